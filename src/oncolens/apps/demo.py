@@ -1,0 +1,47 @@
+"""`make demo`: the whole oncolens path on the phantoms it generates, printing each stage's summary."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(width=120)
+
+
+def stage(title: str) -> None:
+    console.rule(f"[bold]{title}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo_out"))
+    parser.add_argument("--n", type=int, default=400)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args(argv)
+    from oncolens.apps.cli import print_scan_summary
+    from oncolens.data import generate_phantoms, leakage_report, load_manifest, save_manifest, split
+    from oncolens.data.scan import scan_to_csv
+
+    start = time.perf_counter()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stage("1. phantoms")
+    data_dir = generate_phantoms(out / "phantoms", n=args.n, size=args.size, seed=0)
+    console.print(f"{args.n} phantoms with lesion masks in {data_dir}")
+    stage("2. scan")
+    summary = scan_to_csv(data_dir, out / "manifest.csv")
+    print_scan_summary(summary)
+    stage("3. split (grouped by patient)")
+    frame = split(load_manifest(out / "manifest.csv"), test=0.2, val=0.1, seed=42)
+    save_manifest(frame, out / "splits.csv")
+    console.print(frame.groupby(["label", "split"]).size().unstack(fill_value=0).to_string())
+    console.print(leakage_report(frame).to_text(), markup=False, highlight=False)
+    console.print(f"\ndemo finished in {time.perf_counter() - start:.1f}s; outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

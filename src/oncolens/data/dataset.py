@@ -1,0 +1,82 @@
+"""A torch Dataset over a manifest: images that went bad since the scan are reported and skipped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from .imageio import UnreadableImage, read_image
+
+__all__ = ["ManifestDataset", "collate_skip_none", "class_names_of"]
+
+log = logging.getLogger(__name__)
+
+
+def class_names_of(manifest: pd.DataFrame, label_col: str = "label") -> list[str]:
+    """The sorted class names of a manifest (the index of each is its class id)."""
+    return sorted(manifest[label_col].astype(str).unique())
+
+
+class ManifestDataset(Dataset):
+    """Images of a manifest (optionally one split) as ``(tensor, class_index)`` pairs.
+
+    An image that cannot be read yields ``None``; use :func:`collate_skip_none` in the DataLoader.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        split: str | Sequence[str] | None = None,
+        transform: Callable | None = None,
+        label_col: str = "label",
+        classes: Sequence[str] | None = None,
+    ):
+        frame = manifest
+        if split is not None:
+            if "split" not in frame.columns:
+                raise ValueError("the manifest has no 'split' column: run `oncolens split` first")
+            wanted = [split] if isinstance(split, str) else list(split)
+            frame = frame[frame["split"].isin(wanted)]
+            if frame.empty:
+                raise ValueError(f"split {split!r} is empty in this manifest")
+        self.frame = frame.reset_index(drop=True)
+        self.label_col = label_col
+        self.classes = list(classes) if classes is not None else class_names_of(self.frame, label_col)
+        self.class_to_index = {name: i for i, name in enumerate(self.classes)}
+        unknown = set(self.frame[label_col].astype(str)) - set(self.classes)
+        if unknown:
+            raise ValueError(f"labels {sorted(unknown)} are not among the model's classes {self.classes}")
+        self.transform = transform
+        self.paths = self.frame["path"].tolist()
+        self.targets = [self.class_to_index[str(v)] for v in self.frame[label_col]]
+        self.bad_files: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int):
+        """The PIL image at ``index`` (mode L or RGB)."""
+        return read_image(self.paths[index]).image
+
+    def __getitem__(self, index: int):
+        try:
+            image = self.load(index)
+        except UnreadableImage as exc:
+            if self.paths[index] not in self.bad_files:
+                log.warning("skipping unreadable image %s: %s", self.paths[index], exc.reason)
+            self.bad_files[self.paths[index]] = exc.reason
+            return None
+        tensor = self.transform(image) if self.transform is not None else image
+        return tensor, self.targets[index]
+
+
+def collate_skip_none(batch):
+    """Collate a batch, dropping items that came back ``None`` (unreadable files)."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return default_collate(batch)

@@ -1,0 +1,134 @@
+"""The layout registry: one class per way a dataset can be laid out on disk."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..imageio import IMAGE_EXTENSIONS
+
+__all__ = [
+    "LayoutOptions",
+    "Layout",
+    "Candidate",
+    "register_layout",
+    "get_layout",
+    "list_layouts",
+    "detect_layout",
+    "iter_image_files",
+    "MASK_SUFFIX",
+]
+
+#: A file named ``<stem>.mask.png`` beside an image is that image's lesion mask, never an image.
+MASK_SUFFIX = ".mask.png"
+
+
+@dataclass(frozen=True)
+class LayoutOptions:
+    """What a user can tell a layout beyond the root folder."""
+
+    exclude: tuple[str, ...] = ()
+    group_regex: str | None = None
+    path_col: str = "path"
+    label_col: str = "label"
+    group_col: str | None = None
+    level_names: tuple[str, ...] | None = None
+
+
+@dataclass
+class Candidate:
+    """One file a layout found, with the labels it could read without opening the image."""
+
+    path: Path
+    fields: dict[str, object] = field(default_factory=dict)
+    #: set when the layout already knows the file is unusable (e.g. a CSV row pointing nowhere)
+    problem: str | None = None
+
+
+class Layout:
+    """Base class: subclasses list candidate files and the columns they fill."""
+
+    name: str = ""
+    description: str = ""
+
+    def detect(self, root: Path) -> float:
+        """How well this layout fits ``root``: 0 (not at all) to 1 (certain)."""
+        return 0.0
+
+    def columns(self, root: Path, options: LayoutOptions) -> list[str]:
+        """The label/metadata columns this layout fills, in manifest order."""
+        return ["label"]
+
+    def candidates(self, root: Path, options: LayoutOptions) -> Iterator[Candidate]:
+        raise NotImplementedError
+
+
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(name: str):
+    """Class decorator: make a :class:`Layout` subclass available by ``name``."""
+
+    def decorator(cls: type[Layout]) -> type[Layout]:
+        cls.name = name
+        _LAYOUTS[name] = cls()
+        return cls
+
+    return decorator
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return _LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown layout {name!r}; choose one of: auto, {', '.join(sorted(_LAYOUTS))}") from None
+
+
+def list_layouts() -> list[str]:
+    return sorted(_LAYOUTS)
+
+
+def detect_layout(root: Path) -> Layout:
+    """The registered layout that fits ``root`` best (``folder`` when none is specific)."""
+    scores = {name: layout.detect(root) for name, layout in _LAYOUTS.items()}
+    best = max(scores, key=lambda n: (scores[n], n == "folder"))
+    return _LAYOUTS[best] if scores[best] > 0 else _LAYOUTS["folder"]
+
+
+def _excluded(rel_parts: Sequence[str], exclude: Sequence[str]) -> bool:
+    lowered = {e.lower() for e in exclude}
+    return any(part.lower() in lowered for part in rel_parts)
+
+
+def iter_image_files(root: Path, exclude: Sequence[str] = ()) -> Iterator[Path]:
+    """Image files under ``root`` in a stable order, skipping hidden files, masks and excluded folders."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root).parts
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded((*rel, d), exclude))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower().endswith(MASK_SUFFIX):
+                continue
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Path(dirpath) / name
+
+
+def sample_files(root: Path, limit: int = 200) -> list[Path]:
+    files = []
+    for path in iter_image_files(root):
+        files.append(path)
+        if len(files) >= limit:
+            break
+    return files
+
+
+def group_from_regex(regex: str | None, text: str) -> str | None:
+    """First match of ``regex`` in ``text`` (group 1 when the pattern has one)."""
+    if not regex:
+        return None
+    match = re.search(regex, text)
+    if not match:
+        return None
+    return match.group(1) if match.groups() else match.group(0)

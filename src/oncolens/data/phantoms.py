@@ -1,0 +1,195 @@
+"""Synthetic phantoms: labelled images oncolens owns, with the ground-truth lesion mask of each.
+
+Two organ-like families, each with ``tumor`` / ``normal`` classes:
+
+* ``histo`` -- H&E-like tissue: pink stroma with purple nuclei; a tumour is an irregular region of
+  larger, darker, crowded, pleomorphic nuclei. Normal tissue may hold small benign clusters.
+* ``mri`` -- a greyscale axial head slice: skull ring, textured brain, ventricles, bias field and
+  noise; a tumour is an irregular mass whose contrast ranges from faint to clear.
+
+Images of one patient share anatomy (shape, stain, texture); a patient is tumour or normal, so a
+split that ignores patients leaks. Layout: ``OUT/<family>/<family>_<class>/<family>-P###_##.png``
+with ``<stem>.mask.png`` beside each image and a ``PHANTOMS.json`` marker at the root.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.draw import ellipse
+
+from .layouts import MASK_SUFFIX
+from .layouts.phantoms import MARKER_FILE
+
+__all__ = ["PhantomConfig", "generate", "FAMILIES", "MARKER_FILE", "render_phantom"]
+
+FAMILIES = ("histo", "mri")
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    n: int = 200
+    size: int = 128
+    seed: int = 0
+    per_patient: int = 4
+    families: tuple[str, ...] = FAMILIES
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
+    field -= field.min()
+    return field / (field.max() + 1e-8)
+
+
+def _blob_mask(rng: np.random.Generator, size: int, center: tuple[float, float], radius: float) -> np.ndarray:
+    """An irregular lesion-shaped mask: a disc whose edge is perturbed by smooth noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = np.arctan2(yy - center[0], xx - center[1])
+    distance = np.hypot(yy - center[0], xx - center[1])
+    harmonics = sum(
+        rng.uniform(0.05, 0.22) / k * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)
+    )
+    return distance <= radius * (1 + harmonics)
+
+
+def _lesion_geometry(rng: np.random.Generator, size: int, inside: np.ndarray | None = None) -> np.ndarray:
+    for _ in range(50):
+        radius = rng.uniform(0.09, 0.2) * size
+        center = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
+        mask = _blob_mask(rng, size, center, radius)
+        if inside is None or (mask & ~inside).sum() < 0.02 * mask.sum():
+            return mask
+    return mask
+
+
+def _draw_nuclei(
+    canvas: np.ndarray, rng: np.random.Generator, centers: np.ndarray, radius: tuple[float, float],
+    colour: np.ndarray, darkness: tuple[float, float],
+) -> None:
+    size = canvas.shape[0]
+    for cy, cx in centers:
+        r = rng.uniform(*radius)
+        rr, cc = ellipse(cy, cx, r, r * rng.uniform(0.6, 1.0), shape=(size, size), rotation=rng.uniform(0, np.pi))
+        alpha = rng.uniform(*darkness)
+        canvas[rr, cc] = (1 - alpha) * canvas[rr, cc] + alpha * colour
+
+
+def _histo(rng: np.random.Generator, anatomy: dict, size: int, tumor: bool) -> tuple[np.ndarray, np.ndarray]:
+    scale = size / 128
+    stroma = np.array(anatomy["eosin"], dtype=np.float32)
+    texture = _smooth_noise(rng, size, 3 * scale)[..., None]
+    fibres = _smooth_noise(rng, size, 1.0 * scale)[..., None]
+    canvas = stroma * (0.82 + 0.25 * texture) - 25 * (fibres > 0.62)
+    canvas += (255 - stroma) * 0.5 * (_smooth_noise(rng, size, 6 * scale)[..., None] > 0.8)  # lumen-like gaps
+    hema = np.array(anatomy["hematoxylin"], dtype=np.float32)
+    n_normal = int(anatomy["density"] * size * size / 140)
+    centers = rng.uniform(0, size, (n_normal, 2))
+    mask = np.zeros((size, size), dtype=bool)
+    if tumor:
+        mask = _lesion_geometry(rng, size)
+        centers = centers[~mask[centers[:, 0].astype(int), centers[:, 1].astype(int)]]
+    _draw_nuclei(canvas, rng, centers, (1.6 * scale, 2.6 * scale), hema, (0.55, 0.8))
+    if not tumor and rng.random() < 0.5:  # benign lymphocyte cluster: crowded but small nuclei
+        cluster = _lesion_geometry(rng, size)
+        ys, xs = np.nonzero(cluster)
+        pick = rng.choice(len(ys), size=min(len(ys), int(len(ys) / (14 * scale * scale)) + 1), replace=False)
+        _draw_nuclei(canvas, rng, np.stack([ys[pick], xs[pick]], 1), (1.2 * scale, 1.9 * scale), hema * 0.8, (0.6, 0.85))
+    if tumor:
+        ys, xs = np.nonzero(mask)
+        strength = rng.uniform(0.55, 1.0)  # how atypical the tumour looks: faint to obvious
+        n_tumor = int(len(ys) / ((30 - 14 * strength) * scale * scale)) + 1
+        pick = rng.choice(len(ys), size=min(len(ys), n_tumor), replace=False)
+        big = (1.6 + 1.4 * strength) * scale
+        _draw_nuclei(canvas, rng, np.stack([ys[pick], xs[pick]], 1), (big * 0.75, big * 1.25), hema * (1 - 0.35 * strength), (0.6, 0.9))
+    canvas += rng.normal(0, 6, canvas.shape)
+    return np.clip(canvas, 0, 255).astype(np.uint8), mask
+
+
+def _mri(rng: np.random.Generator, anatomy: dict, size: int, tumor: bool) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    cy, cx = 0.5 + rng.normal(0, 0.015), 0.5 + rng.normal(0, 0.015)
+    ay, ax = anatomy["axes"]
+    r = np.hypot((yy - cy) / ay, (xx - cx) / ax)
+    head, brain = r <= 1.0, r <= 0.88
+    image = np.zeros((size, size), dtype=np.float32)
+    image[head & ~brain] = 0.85  # skull and scalp
+    texture = _smooth_noise(rng, size, 2.0 * size / 128) * 0.5 + anatomy["texture"] * 0.5
+    image[brain] = 0.42 + 0.22 * texture[brain]
+    vr = np.hypot((yy - cy) / (0.1 * anatomy["ventricles"]), (xx - cx) / (0.05 * anatomy["ventricles"]))
+    image[(vr <= 1) & brain] = 0.12
+    mask = np.zeros((size, size), dtype=bool)
+    if tumor:
+        mask = _lesion_geometry(rng, size, inside=brain) & brain
+        contrast = rng.uniform(0.12, 0.4) * rng.choice([1, -1], p=[0.8, 0.2])
+        lesion = ndimage.gaussian_filter(mask.astype(np.float32), 1.2 * size / 128)
+        core = _smooth_noise(rng, size, 1.5)
+        image += contrast * lesion * (0.7 + 0.3 * core)
+        if rng.random() < 0.4:  # ring enhancement with a darker necrotic core
+            inner = ndimage.binary_erosion(mask, iterations=max(1, int(0.04 * size)))
+            image[inner] -= abs(contrast) * 0.6
+    bias = 0.85 + 0.3 * _smooth_noise(rng, size, 20 * size / 128)
+    image = image * bias
+    image = np.hypot(image + rng.normal(0, 0.04, image.shape), rng.normal(0, 0.04, image.shape))  # Rician noise
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
+
+
+def _anatomy(family: str, rng: np.random.Generator, size: int) -> dict:
+    if family == "histo":
+        return {
+            "eosin": [rng.uniform(215, 245), rng.uniform(150, 195), rng.uniform(185, 220)],
+            "hematoxylin": [rng.uniform(60, 110), rng.uniform(30, 60), rng.uniform(110, 150)],
+            "density": rng.uniform(0.8, 1.2),
+        }
+    return {
+        "axes": (rng.uniform(0.38, 0.45), rng.uniform(0.32, 0.4)),
+        "texture": _smooth_noise(rng, size, 2.0 * size / 128),
+        "ventricles": rng.uniform(0.8, 1.3),
+    }
+
+
+_RENDERERS = {"histo": _histo, "mri": _mri}
+
+
+def render_phantom(family: str, tumor: bool, size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom image (RGB for histo, greyscale for mri) and its boolean lesion mask."""
+    rng = np.random.default_rng(seed)
+    return _RENDERERS[family](rng, _anatomy(family, rng, size), size, tumor)
+
+
+def generate(out_dir: str | Path, n: int = 200, size: int = 128, seed: int = 0, per_patient: int = 4,
+             families: tuple[str, ...] = FAMILIES) -> Path:
+    """Write ``n`` phantoms (balanced over families x {tumor, normal}) with masks under ``out_dir``."""
+    if size < 32:
+        raise ValueError(f"size must be at least 32 pixels, got {size}")
+    unknown = set(families) - set(_RENDERERS)
+    if unknown:
+        raise ValueError(f"unknown phantom families {sorted(unknown)}; available: {sorted(_RENDERERS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = [(family, tumor) for family in families for tumor in (False, True)]
+    root_rng = np.random.default_rng(seed)
+    patient_counter = {family: 0 for family in families}
+    for class_index, (family, tumor) in enumerate(classes):
+        count = n // len(classes) + (1 if class_index < n % len(classes) else 0)
+        folder = out / family / f"{family}_{'tumor' if tumor else 'normal'}"
+        folder.mkdir(parents=True, exist_ok=True)
+        made = 0
+        while made < count:
+            patient_counter[family] += 1
+            patient_id = f"{family}-P{patient_counter[family]:03d}"
+            patient_rng = np.random.default_rng(root_rng.integers(2**63))
+            anatomy = _anatomy(family, patient_rng, size)
+            for slice_index in range(min(per_patient, count - made)):
+                image, mask = _RENDERERS[family](patient_rng, anatomy, size, tumor)
+                stem = f"{patient_id}_{slice_index + 1:02d}"
+                Image.fromarray(image).save(folder / f"{stem}.png")
+                Image.fromarray((mask * 255).astype(np.uint8)).save(folder / f"{stem}{MASK_SUFFIX}")
+                made += 1
+    marker = {"generator": "oncolens.data.phantoms", **asdict(PhantomConfig(n, size, seed, per_patient, tuple(families)))}
+    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+    return out

@@ -1,0 +1,189 @@
+"""Leakage-free splits: stratified by label, grouped by patient, deterministic for a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+__all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column"]
+
+
+class SplitError(ValueError):
+    """The manifest cannot be split as asked; the message says why and what to do."""
+
+
+def default_group_column(manifest: pd.DataFrame) -> str | None:
+    """``group`` (or ``patient``) when the manifest carries patient ids for every row."""
+    for col in ("group", "patient"):
+        if col in manifest.columns:
+            values = manifest[col].astype(str).str.strip()
+            if (values != "").all() and values.nunique() > 1:
+                return col
+            if (values != "").any():
+                missing = int((values == "").sum())
+                raise SplitError(
+                    f"column {col!r} names a patient for some images but {missing} have none; "
+                    "fill it for every image, or pass group_col=None to split by image"
+                )
+    return None
+
+
+def _check_labels(labels: pd.Series, needed: int) -> None:
+    counts = labels.value_counts()
+    if len(counts) < 2:
+        only = counts.index[0] if len(counts) else "(none)"
+        raise SplitError(
+            f"the dataset has only one class ({only!r}, {int(counts.sum()) if len(counts) else 0} images); "
+            "a classifier needs at least two classes. Check the layout and --exclude options."
+        )
+    rare = counts[counts < needed]
+    if len(rare):
+        raise SplitError(
+            f"classes with too few images to stratify into every split (need >= {needed}): "
+            + ", ".join(f"{k}={v}" for k, v in rare.items())
+        )
+
+
+def _group_holdout(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices so that about ``fraction`` of images (whole groups) are held out, label-stratified."""
+    n_groups = len(np.unique(groups))
+    n_splits = int(min(max(2, round(1.0 / fraction)), n_groups))
+    if n_splits < 2:
+        raise SplitError(f"only {n_groups} patient group(s): cannot hold any out without sharing a patient")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    # the fold whose size is closest to the asked fraction
+    best = min(
+        folds.split(np.zeros(len(labels)), labels, groups),
+        key=lambda tr_te: abs(len(tr_te[1]) / len(labels) - fraction),
+    )
+    return best
+
+
+def split(
+    manifest: pd.DataFrame,
+    test: float = 0.2,
+    val: float = 0.0,
+    seed: int = 42,
+    group_col: str | None = "auto",
+    label_col: str = "label",
+) -> pd.DataFrame:
+    """Return a copy of ``manifest`` with a ``split`` column (train / val / test).
+
+    With a group column (patient ids), no group appears in two splits; splits are stratified by
+    label as well as groups allow. The same seed gives the same split.
+    """
+    if not 0 < test < 1 or not 0 <= val < 1 or test + val >= 1:
+        raise SplitError(f"fractions must satisfy 0 < test < 1, 0 <= val and test + val < 1 (got test={test}, val={val})")
+    if label_col not in manifest.columns:
+        raise SplitError(f"label column {label_col!r} not in manifest columns {list(manifest.columns)}")
+    frame = manifest.reset_index(drop=True).copy()
+    labels = frame[label_col].astype(str)
+    n_parts = 2 + (val > 0)
+    _check_labels(labels, needed=n_parts)
+    if group_col == "auto":
+        group_col = default_group_column(frame)
+    split_col = np.array(["train"] * len(frame), dtype=object)
+    index = np.arange(len(frame))
+    if group_col:
+        groups = frame[group_col].astype(str).to_numpy()
+        rest, test_idx = _group_holdout(labels.to_numpy(), groups, test, seed)
+        split_col[test_idx] = "test"
+        if val > 0:
+            sub_rest, sub_val = _group_holdout(labels.to_numpy()[rest], groups[rest], val / (1 - test), seed + 1)
+            split_col[rest[sub_val]] = "val"
+    else:
+        try:
+            rest, test_idx = train_test_split(index, test_size=test, stratify=labels, random_state=seed)
+            split_col[test_idx] = "test"
+            if val > 0:
+                _, val_idx = train_test_split(
+                    rest, test_size=val / (1 - test), stratify=labels.iloc[rest], random_state=seed + 1
+                )
+                split_col[val_idx] = "val"
+        except ValueError as exc:
+            raise SplitError(f"cannot stratify this dataset: {exc}") from exc
+    frame["split"] = split_col
+    frame.attrs["group_col"] = group_col
+    return frame
+
+
+@dataclass
+class LeakageReport:
+    """Images that appear, exactly or nearly, in more than one split."""
+
+    exact: pd.DataFrame
+    near: pd.DataFrame
+    label_conflicts: pd.DataFrame
+    group_col: str | None = None
+    shared_groups: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.exact.empty and self.near.empty and not self.shared_groups
+
+    def to_text(self) -> str:
+        lines = []
+        if self.group_col:
+            lines.append(f"patient groups ({self.group_col}) shared across splits: {len(self.shared_groups)}")
+        lines.append(f"exact duplicates (same bytes) across splits: {len(self.exact)} pair(s)")
+        lines.append(f"near duplicates (perceptual hash) across splits: {len(self.near)} pair(s)")
+        lines.append(f"duplicates with different labels (label noise): {len(self.label_conflicts)} pair(s)")
+        for title, table in (("exact", self.exact), ("near", self.near)):
+            for row in table.head(20).itertuples(index=False):
+                lines.append(f"  [{title}] {row.split_a}:{row.path_a} <-> {row.split_b}:{row.path_b}")
+        return "\n".join(lines)
+
+
+def _phash_bits(hex_hashes: pd.Series) -> np.ndarray:
+    return np.array([int(h, 16) if h else 0 for h in hex_hashes], dtype=np.uint64)
+
+
+def leakage_report(split_manifest: pd.DataFrame, near_threshold: int = 4, label_col: str = "label") -> LeakageReport:
+    """List exact (sha256) and near (phash Hamming distance <= ``near_threshold``) duplicates across splits."""
+    frame = split_manifest.reset_index(drop=True)
+    cols = ["path_a", "split_a", "label_a", "path_b", "split_b", "label_b", "distance"]
+    pairs_exact, pairs_near = [], []
+    if "sha256" in frame.columns:
+        for _, members in frame.groupby("sha256"):
+            if len(members) < 2 or members["split"].nunique() < 2:
+                continue
+            rows = members.to_dict("records")
+            for i in range(len(rows)):
+                for j in range(i + 1, len(rows)):
+                    if rows[i]["split"] != rows[j]["split"]:
+                        a, b = rows[i], rows[j]
+                        pairs_exact.append((a["path"], a["split"], a[label_col], b["path"], b["split"], b[label_col], 0))
+    if "phash" in frame.columns and len(frame):
+        bits = _phash_bits(frame["phash"])
+        splits = frame["split"].to_numpy()
+        sha = frame["sha256"].to_numpy() if "sha256" in frame.columns else np.array([""] * len(frame))
+        for i in range(len(frame) - 1):  # O(n^2) in vectorised rows: 10k images take a few seconds
+            distance = np.bitwise_count(bits[i + 1 :] ^ bits[i])
+            for k in np.nonzero((distance <= near_threshold) & (splits[i + 1 :] != splits[i]))[0]:
+                j = i + 1 + int(k)
+                if sha[i] and sha[i] == sha[j]:
+                    continue  # already an exact duplicate
+                a, b = frame.iloc[i], frame.iloc[j]
+                pairs_near.append((a["path"], a["split"], a[label_col], b["path"], b["split"], b[label_col], int(distance[k])))
+    exact = pd.DataFrame(pairs_exact, columns=cols)
+    near = pd.DataFrame(pairs_near, columns=cols)
+    both = pd.concat([exact, near], ignore_index=True)
+    conflicts = both[both["label_a"] != both["label_b"]].reset_index(drop=True)
+    group_col = frame.attrs.get("group_col") or default_group_column_safe(frame)
+    shared: list[str] = []
+    if group_col:
+        per_group = frame.groupby(group_col)["split"].nunique()
+        shared = sorted(per_group[per_group > 1].index.astype(str))
+    return LeakageReport(exact=exact, near=near, label_conflicts=conflicts, group_col=group_col, shared_groups=shared)
+
+
+def default_group_column_safe(frame: pd.DataFrame) -> str | None:
+    try:
+        return default_group_column(frame)
+    except SplitError:
+        return None

@@ -1,0 +1,81 @@
+"""Preprocessing (what a model expects) and augmentation (training only), with torchvision v2."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torchvision.transforms import v2
+
+__all__ = ["Preprocessing", "Augmentation", "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything needed to turn an image into the tensor a model was trained on."""
+
+    size: int = 224
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(
+            size=int(data["size"]),
+            channels=int(data["channels"]),
+            mean=tuple(float(x) for x in data["mean"]),
+            std=tuple(float(x) for x in data["std"]),
+        )
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation, as the seeds used it (flip, rotation, zoom, contrast)."""
+
+    hflip: bool = True
+    vflip: bool = False
+    rotation: float = 15.0
+    zoom: float = 0.1
+    contrast: float = 0.2
+    enabled: bool = True
+
+    @classmethod
+    def none(cls) -> "Augmentation":
+        return cls(enabled=False)
+
+
+def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentation | None = None) -> v2.Compose:
+    """A v2 pipeline from a PIL image (L or RGB) to a normalised float tensor of ``pre``'s shape."""
+    steps: list[v2.Transform] = [v2.ToImage()]
+    steps.append(v2.Grayscale(num_output_channels=1) if pre.channels == 1 else v2.RGB())
+    steps.append(v2.Resize((pre.size, pre.size), antialias=True))
+    augment = augment if augment is not None else Augmentation()
+    if train and augment.enabled:
+        if augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if augment.vflip:
+            steps.append(v2.RandomVerticalFlip())
+        if augment.rotation or augment.zoom:
+            steps.append(
+                v2.RandomAffine(
+                    degrees=augment.rotation,
+                    scale=(1 - augment.zoom, 1 + augment.zoom) if augment.zoom else None,
+                )
+            )
+        if augment.contrast:
+            steps.append(v2.ColorJitter(contrast=augment.contrast))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
+    return v2.Compose(steps)
