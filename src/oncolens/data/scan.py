@@ -215,6 +215,6 @@ def scan(
     if options is None:
         options = LayoutOptions(exclude=tuple(exclude))
     summary, results = iter_scan(root, layout, options, max_pixels=max_pixels, workers=workers)
-    rows = [r.row for r in results if isinstance(r, ScanRecord)]
-    manifest = pd.DataFrame(rows, columns=summary.columns).fillna("")
+    rows = [{c: r.row.get(c, "") for c in summary.columns} for r in results if isinstance(r, ScanRecord)]
+    manifest = pd.DataFrame(rows, columns=summary.columns)
     return ScanResult(manifest=manifest, summary=summary)

@@ -1,0 +1,69 @@
+import pytest
+from PIL import Image
+
+from oncolens.data.imageio import UnreadableImage, decode_image, read_image
+from tests.helpers import bomb_png, dicom_file, make_bad_corpus
+
+
+def test_bad_corpus_each_file_converted_or_reported(tmp_path):
+    expected = make_bad_corpus(tmp_path)
+    for name, (outcome, detail) in expected.items():
+        path = tmp_path / "cls_a" / name
+        if outcome == "ok":
+            loaded = read_image(path)
+            assert loaded.image.mode == detail, name
+            assert loaded.width > 0 and loaded.height > 0
+        else:
+            with pytest.raises(UnreadableImage) as info:
+                read_image(path)
+            assert detail in info.value.reason, (name, info.value.reason)
+            assert str(path) in str(info.value)
+
+
+def test_sixteen_bit_uses_full_range(tmp_path):
+    make_bad_corpus(tmp_path)
+    image = read_image(tmp_path / "cls_a" / "grey16.png").image
+    lo, hi = image.getextrema()
+    assert lo == 0 and hi == 255
+
+
+def test_rgba_transparent_becomes_black():
+    rgba = Image.new("RGBA", (8, 8), (255, 255, 255, 0))
+    import io
+
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue()).image
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_bomb_rejected_before_decoding():
+    with pytest.raises(UnreadableImage, match="too large"):
+        decode_image(bomb_png(), max_pixels=10_000_000)
+
+
+def test_max_pixels_is_configurable(tmp_path):
+    img = Image.new("L", (100, 100))
+    img.save(tmp_path / "x.png")
+    with pytest.raises(UnreadableImage, match="too large"):
+        read_image(tmp_path / "x.png", max_pixels=5_000)
+
+
+def test_dicom_read_with_patient_and_window(tmp_path):
+    loaded = read_image(dicom_file(tmp_path / "a.dcm", patient_id="P42"))
+    assert loaded.format == "DICOM" and loaded.image.mode == "L"
+    assert loaded.meta["patient_id"] == "P42"
+    assert loaded.image.getextrema() == (0, 255)
+
+
+def test_dicom_detected_by_content_not_extension(tmp_path):
+    path = dicom_file(tmp_path / "a.dcm")
+    renamed = path.rename(tmp_path / "scan.png")
+    assert read_image(renamed).format == "DICOM"
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(UnreadableImage, match="not found"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(UnreadableImage, match="directory"):
+        read_image(tmp_path)

@@ -1,0 +1,92 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from oncolens.data import leakage_report, split
+from oncolens.data.split import SplitError
+
+
+def toy_manifest(n_patients=40, per_patient=5, seed=0, imbalance=0.3):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = "tumor" if rng.random() < imbalance else "normal"
+        for k in range(per_patient + int(rng.integers(0, 3))):
+            rows.append({"path": f"/x/p{p}_{k}.png", "label": label, "group": f"P{p:03d}",
+                         "sha256": f"{p:04d}{k:060d}", "phash": f"{rng.integers(2**63):016x}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_no_patient_in_two_splits(seed):
+    frame = split(toy_manifest(seed=seed), test=0.2, val=0.1, seed=seed)
+    per_group = frame.groupby("group")["split"].nunique()
+    assert (per_group == 1).all()
+    assert set(frame["split"]) == {"train", "val", "test"}
+    assert leakage_report(frame).shared_groups == []
+
+
+def test_split_fractions_and_stratification_within_tolerance():
+    frame = split(toy_manifest(n_patients=100), test=0.2, val=0.1, seed=3)
+    fractions = frame["split"].value_counts(normalize=True)
+    assert abs(fractions["test"] - 0.2) < 0.06
+    assert abs(fractions["val"] - 0.1) < 0.06
+    overall = (frame["label"] == "tumor").mean()
+    for name, part in frame.groupby("split"):
+        assert abs((part["label"] == "tumor").mean() - overall) < 0.12, name
+
+
+def test_ungrouped_split_is_exactly_stratified():
+    frame = toy_manifest().drop(columns="group")
+    result = split(frame, test=0.25, seed=0)
+    assert result.attrs["group_col"] is None
+    overall = (result["label"] == "tumor").mean()
+    test = result[result["split"] == "test"]
+    assert abs((test["label"] == "tumor").mean() - overall) < 0.03
+
+
+def test_split_is_deterministic_for_a_seed():
+    frame = toy_manifest()
+    a = split(frame, test=0.2, val=0.1, seed=7)["split"]
+    b = split(frame, test=0.2, val=0.1, seed=7)["split"]
+    c = split(frame, test=0.2, val=0.1, seed=8)["split"]
+    assert (a == b).all()
+    assert not (a == c).all()
+
+
+def test_partial_group_column_is_an_error():
+    frame = toy_manifest()
+    frame.loc[0, "group"] = ""
+    with pytest.raises(SplitError, match="fill it"):
+        split(frame)
+
+
+def test_bad_fractions_and_rare_classes():
+    frame = toy_manifest()
+    with pytest.raises(SplitError):
+        split(frame, test=0.6, val=0.5)
+    rare = pd.concat([frame, pd.DataFrame([{"path": "/y.png", "label": "rare", "group": "Z"}])]).drop(columns="group")
+    with pytest.raises(SplitError, match="too few"):
+        split(rare)
+
+
+def test_leakage_report_finds_exact_and_near_duplicates():
+    frame = toy_manifest().drop(columns="group")
+    frame.loc[1, ["sha256", "phash"]] = frame.loc[0, ["sha256", "phash"]].values
+    near = int(frame.loc[2, "phash"], 16) ^ 0b101  # 2 bits away
+    frame.loc[3, "phash"] = f"{near:016x}"
+    frame["split"] = "train"
+    frame.loc[[1, 3], "split"] = "test"
+    frame.loc[3, "label"] = "other"
+    report = leakage_report(frame, near_threshold=4)
+    assert len(report.exact) == 1 and {report.exact.iloc[0]["path_a"], report.exact.iloc[0]["path_b"]} == {"/x/p0_0.png", "/x/p0_1.png"}
+    assert len(report.near) >= 1 and (report.near["distance"] == 2).any()
+    assert len(report.label_conflicts) >= 1
+    assert not report.clean
+    assert "exact duplicates" in report.to_text()
+
+
+def test_phantoms_split_grouped_by_patient(phantom_manifest):
+    frame = split(phantom_manifest, test=0.25, seed=0)
+    assert frame.attrs["group_col"] == "group"
+    assert (frame.groupby("group")["split"].nunique() == 1).all()

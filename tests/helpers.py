@@ -1,0 +1,122 @@
+"""Small synthetic inputs the tests make themselves (no downloads, no ../shared/data)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def save(img: Image.Image, path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kwargs)
+    return path
+
+
+def noise_image(size: int = 32, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1}[mode]
+    array = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode=mode)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims a huge image (a decompression-bomb shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int = 0) -> Path:
+    """A 16-bit MONOCHROME2 DICOM with a patient id and a window."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient_id
+    ds.Modality = "MR"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
+    """Write one file per kind of bad or unusual input under ``root/cls_a``.
+
+    Returns ``{filename: ("ok", expected_mode) | ("skip", reason_fragment)}``.
+    """
+    folder = root / "cls_a"
+    folder.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, tuple[str, str]] = {}
+
+    (folder / "zero.png").write_bytes(b"")
+    expected["zero.png"] = ("skip", "empty file")
+
+    good_jpeg = io.BytesIO()
+    noise_image(64).save(good_jpeg, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good_jpeg.getvalue()[: len(good_jpeg.getvalue()) // 2])
+    expected["truncated.jpg"] = ("skip", "truncated")
+
+    good_png = png_bytes(noise_image(64))
+    (folder / "truncated.png").write_bytes(good_png[: len(good_png) // 2])
+    expected["truncated.png"] = ("skip", "truncated")
+
+    (folder / "text.png").write_text("this is not an image\n")
+    expected["text.png"] = ("skip", "not an image")
+
+    (folder / "bomb.png").write_bytes(bomb_png())
+    expected["bomb.png"] = ("skip", "too large")
+
+    sixteen = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)
+    save(Image.fromarray(sixteen), folder / "grey16.png")
+    expected["grey16.png"] = ("ok", "L")
+
+    save(noise_image(32).convert("CMYK"), folder / "cmyk.jpg")
+    expected["cmyk.jpg"] = ("ok", "RGB")
+
+    save(noise_image(32).convert("RGBA"), folder / "rgba.png")
+    expected["rgba.png"] = ("ok", "RGB")
+
+    save(noise_image(32).convert("P"), folder / "palette.png")
+    expected["palette.png"] = ("ok", "RGB")
+
+    save(noise_image(32, "L"), folder / "grey8.png")
+    expected["grey8.png"] = ("ok", "L")
+
+    save(noise_image(32, seed=3), folder / "ünïcödé ímage 名前.png")
+    expected["ünïcödé ímage 名前.png"] = ("ok", "RGB")
+
+    dicom_file(folder / "scan.dcm")
+    expected["scan.dcm"] = ("ok", "L")
+    return expected
