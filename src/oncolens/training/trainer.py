@@ -1,0 +1,455 @@
+"""Train a model from a manifest into a run folder: reproducible, resumable, early-stopped.
+
+Each epoch starts from a seed derived from (seed, epoch) and ends with an atomic checkpoint, so a
+run resumed after a crash continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+
+from ..data import Augmentation, ManifestDataset, build_transforms, collate_skip_none, load_manifest, save_manifest
+from ..data import split as split_manifest
+from ..data.split import default_group_column_safe
+from ..models import OncoClassifier, create_model, get_spec, save_bundle
+from ..models.bundle import atomic_write_bytes
+from .config import TrainConfig, load_config
+from .feature_cache import FeatureCache, cache_key, compute_features
+
+__all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything"]
+
+
+@dataclass
+class EpochState:
+    """What a callback sees after each epoch (its checkpoint is already on disk)."""
+
+    epoch: int
+    history: list[dict]
+    run_dir: Path
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    bundle_path: Path
+    history: pd.DataFrame
+    best_epoch: int
+    val_loss: float
+    val_accuracy: float
+    classes: list[str]
+    config: TrainConfig
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Replace every ``auto`` with what it means for this model and machine (recorded in the run)."""
+    config = copy.deepcopy(config)
+    spec = get_spec(config.model)
+    if config.weights == "auto":
+        config.weights = "imagenet" if spec.imagenet_offline else "random"
+    if config.freeze == "auto":
+        config.freeze = "full" if config.weights == "random" else "frozen"
+    if config.device == "auto":
+        config.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.feature_cache == "auto":
+        config.feature_cache = "disk"
+    if config.name is None:
+        config.name = f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return config
+
+
+def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
+    """The manifest with train/val(/test) splits: kept if present, else made (grouped by patient)."""
+    if "split" not in frame.columns or (frame["split"] == "").all():
+        return split_manifest(frame, test=config.test_fraction, val=config.val_fraction, seed=config.seed,
+                              label_col=config.label_col)
+    if (frame["split"] == "val").any():
+        return frame
+    train_part = frame[frame["split"] == "train"]
+    carved = split_manifest(train_part, test=config.val_fraction, val=0.0, seed=config.seed, label_col=config.label_col,
+                            group_col="auto" if default_group_column_safe(train_part) else None)
+    frame = frame.copy()
+    frame.loc[train_part.index, "split"] = carved["split"].replace({"test": "val"}).to_numpy()
+    return frame
+
+
+def _checkpoint_bytes(obj: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    l2 = set()
+    head_l2 = getattr(model.head, "l2_parameters", None)
+    groups = []
+    if head_l2:
+        params = [p for p in head_l2() if p.requires_grad]
+        l2 = {id(p) for p in params}
+        groups.append({"params": params, "weight_decay": config.weight_decay + model.head.l2})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in l2]
+    groups.insert(0, {"params": rest, "weight_decay": config.weight_decay})
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {config.optimizer!r}")
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
+                 console: Console | None = None):
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.console = console or Console(width=120)
+        self.run_dir = config.run_dir
+        self.device = torch.device(config.device)
+        self.use_amp = self.device.type == "cuda"
+
+    # --- set-up -------------------------------------------------------------------------------
+    def setup(self, frame: pd.DataFrame) -> None:
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(cfg.seed)
+        if cfg.label_col not in frame.columns:
+            raise ValueError(f"label column {cfg.label_col!r} not in the manifest ({list(frame.columns)})")
+        frame = frame.copy()
+        frame["label"] = frame[cfg.label_col].astype(str)
+        self.frame = frame
+        self.classes = sorted(frame["label"].unique())
+        missing = set(self.classes) - set(frame.loc[frame["split"] == "train", "label"])
+        if missing:
+            raise ValueError(f"classes {sorted(missing)} have no training images")
+        self.model: OncoClassifier = create_model(cfg.model, num_classes=len(self.classes), weights=cfg.weights,
+                                                  freeze=cfg.freeze, head=cfg.head, input_size=cfg.image_size,
+                                                  channels=cfg.channels).to(self.device)
+        self.channels_last = self.device.type == "cpu" and cfg.model not in ("seed_cnn", "seed_bn_cnn")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        pre = self.model.preprocessing
+        self.augmentation = Augmentation(hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, zoom=cfg.zoom,
+                                         contrast=cfg.contrast, enabled=cfg.augment)
+        self.train_set = ManifestDataset(frame, "train", build_transforms(pre, True, self.augmentation), classes=self.classes)
+        self.val_set = ManifestDataset(frame, "val", build_transforms(pre, False), classes=self.classes)
+        self.cached = (self.model.backbone_frozen and cfg.feature_cache in ("disk", "memory")
+                       and (not cfg.augment or cfg.cache_views > 0))
+        weight = None
+        if cfg.class_weights:
+            from sklearn.utils.class_weight import compute_class_weight
+
+            targets = np.array(self.train_set.targets)
+            weight = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(self.classes)), y=targets),
+                                  dtype=torch.float32, device=self.device)
+        self.criterion = nn.CrossEntropyLoss(weight=weight)
+        self.val_criterion = nn.CrossEntropyLoss(weight=weight, reduction="sum")
+        self.optimizer = _optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
+                                                                    patience=cfg.lr_patience)
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.history: list[dict] = []
+        self.best_val = float("inf")
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.start_epoch = 0
+        if self.cached:
+            self._build_feature_cache()
+
+    def _build_feature_cache(self) -> None:
+        cfg = self.config
+        cache = FeatureCache(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache", mode=cfg.feature_cache)
+        model_id = {"model": cfg.model, "weights": cfg.weights, "channels_last": self.channels_last,
+                    "weights_file": _file_stamp(cfg.weights),
+                    "preprocessing": self.model.preprocessing.to_dict()}
+        views = cfg.cache_views if cfg.augment else 1
+        started = time.perf_counter()
+
+        def features_for(dataset: ManifestDataset, extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            key = cache_key(dataset.paths, {**model_id, **extra})
+
+            def compute() -> dict[str, torch.Tensor]:
+                seed_everything(cfg.seed + 7919 * extra.get("view", 0))
+                x, y = compute_features(self.model.backbone, dataset, batch_size=max(cfg.batch_size, 32),
+                                        device=self.device, channels_last=self.channels_last)
+                return {"features": x, "targets": y}
+
+            found = cache.get_or_compute(key, compute)
+            return found["features"], found["targets"]
+
+        self.train_views = [
+            features_for(self.train_set, {"split": "train", "view": v, "augment": self.augmentation.__dict__ if cfg.augment else None,
+                                          "seed": cfg.seed if cfg.augment else None})
+            for v in range(views)
+        ]
+        self.val_features = features_for(self.val_set, {"split": "val"})
+        self.console.print(f"feature cache ({cfg.feature_cache}): {views} train view(s) + val, "
+                           f"{cache.hits} hit(s), {cache.misses} computed, {time.perf_counter() - started:.1f}s")
+
+    # --- loaders ------------------------------------------------------------------------------
+    def _train_loader(self, epoch: int) -> DataLoader:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        if self.cached:
+            x, y = self.train_views[epoch % len(self.train_views)]
+            dataset = TensorDataset(x, y)
+            targets = y.numpy()
+            collate = None
+        else:
+            dataset = self.train_set
+            targets = np.array(self.train_set.targets)
+            collate = collate_skip_none
+        sampler = None
+        if cfg.balanced_sampling:
+            counts = np.bincount(targets, minlength=len(self.classes)).astype(float)
+            weights = 1.0 / np.maximum(counts[targets], 1)
+            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), generator=generator)
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                          generator=generator, collate_fn=collate, num_workers=0 if self.cached else cfg.num_workers)
+
+    def _val_loader(self) -> DataLoader:
+        if self.cached:
+            return DataLoader(TensorDataset(*self.val_features), batch_size=256)
+        return DataLoader(self.val_set, batch_size=self.config.batch_size, collate_fn=collate_skip_none,
+                          num_workers=self.config.num_workers)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.cached:
+            return self.model.head(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    # --- one epoch ----------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, float, int]:
+        self.model.train()
+        if self.cached:
+            self.model.backbone.eval()
+        loader = self._train_loader(epoch)
+        task = progress.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=len(loader))
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in loader:
+            if len(y) == 0:
+                progress.advance(task)
+                continue
+            y = y.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                logits = self._forward(x)
+                loss = self.criterion(logits.float(), y)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            progress.update(task, advance=1, description=(
+                f"epoch {epoch + 1}/{self.config.epochs} loss {total_loss / seen:.4f} acc {correct / seen:.3f}"))
+        progress.remove_task(task)
+        return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+    @torch.inference_mode()
+    def evaluate_val(self) -> tuple[float, float]:
+        self.model.eval()
+        total, correct, seen = 0.0, 0, 0
+        for x, y in self._val_loader():
+            if len(y) == 0:
+                continue
+            y = y.to(self.device)
+            logits = self._forward(x).float()
+            total += float(self.val_criterion(logits, y))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        if seen == 0:
+            raise RuntimeError("no readable validation images")
+        return total / seen, correct / seen
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def _save_checkpoint(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+        }
+        atomic_write_bytes(self.run_dir / "checkpoint.pt", _checkpoint_bytes(state))
+
+    def _save_best(self) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = self.run_dir / "best.safetensors.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, self.run_dir / "best.safetensors")
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_val, self.best_epoch, self.bad_epochs = state["best_val"], state["best_epoch"], state["bad_epochs"]
+        self.start_epoch = int(state["epoch"]) + 1
+        history_file = self.run_dir / "history.csv"
+        self.history = pd.read_csv(history_file).to_dict("records")[: self.start_epoch] if history_file.exists() else []
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        cfg = self.config
+        stopped = self.bad_epochs >= cfg.patience
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as progress:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                if stopped:
+                    break
+                seed_everything(cfg.seed * 1000 + epoch)
+                started = time.perf_counter()
+                train_loss, train_acc, seen = self._train_epoch(epoch, progress)
+                val_loss, val_acc = self.evaluate_val()
+                elapsed = time.perf_counter() - started
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step(val_loss)
+                improved = val_loss < self.best_val - 1e-7
+                if improved:
+                    self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+                    self._save_best()
+                else:
+                    self.bad_epochs += 1
+                self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": elapsed,
+                                     "images_per_s": seen / max(elapsed, 1e-9)})
+                pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
+                self._save_checkpoint(epoch)
+                self.console.print(
+                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
+                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  lr {lr:.2e}  {elapsed:.1f}s"
+                    + ("  *" if improved else ""))
+                for callback in self.callbacks:
+                    callback(EpochState(epoch=epoch, history=list(self.history), run_dir=self.run_dir))
+                if self.bad_epochs >= cfg.patience:
+                    self.console.print(f"early stopping: no val_loss improvement for {cfg.patience} epochs")
+                    stopped = True
+        return self._finish(stopped)
+
+    def _finish(self, stopped: bool) -> RunResult:
+        self.model.load_state_dict(load_file(str(self.run_dir / "best.safetensors")))
+        val_loss, val_acc = self.evaluate_val()
+        self.model.to(memory_format=torch.contiguous_format)
+        history = pd.DataFrame(self.history)
+        meta = {"label_col": self.config.label_col, "run": str(self.run_dir), "best_epoch": self.best_epoch + 1,
+                "val_accuracy": val_acc, "val_loss": val_loss, "trained_on": self.config.data}
+        bundle = save_bundle(self.model.cpu(), self.classes, self.run_dir / "bundle", meta=meta)
+        metrics = {"best_epoch": self.best_epoch + 1, "epochs_run": len(history), "stopped_early": stopped,
+                   "val_loss": val_loss, "val_accuracy": val_acc, "n_train": len(self.train_set),
+                   "n_val": len(self.val_set), "feature_cache": self.cached,
+                   "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
+                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}}
+        atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        plot_training_curves(history, self.run_dir / "curves.png")
+        self.console.print(f"best epoch {self.best_epoch + 1}: val_accuracy {val_acc:.4f}  val_loss {val_loss:.4f}")
+        self.console.print(f"bundle: {bundle}")
+        return RunResult(run_dir=self.run_dir, bundle_path=bundle, history=history, best_epoch=self.best_epoch + 1,
+                         val_loss=val_loss, val_accuracy=val_acc, classes=self.classes, config=self.config)
+
+
+def _file_stamp(weights: str) -> list | None:
+    path = Path(weights)
+    if weights in ("random", "imagenet") or not path.exists():
+        return None
+    target = path / "model.safetensors" if path.is_dir() else path
+    stat = target.stat()
+    return [str(target.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
+    """Loss and accuracy per epoch, train against validation."""
+    if history.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], marker="o", label="train")
+        ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
+          console: Console | None = None) -> RunResult:
+    """Train ``config.model`` on ``config.data`` into ``runs_dir/name``; return where everything went."""
+    config = resolve_config(config)
+    if not config.data:
+        raise ValueError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
+    run_dir = config.run_dir
+    if (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    frame = prepare_splits(load_manifest(config.data), config)
+    save_manifest(frame, run_dir / "splits.csv")
+    atomic_write_bytes(run_dir / "config.yaml", config.to_yaml().encode())
+    trainer = _Trainer(config, callbacks, console)
+    trainer.setup(frame)
+    (run_dir / "classes.json").write_text(json.dumps(trainer.classes))
+    return trainer.fit()
+
+
+def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]] = (),
+           console: Console | None = None) -> RunResult:
+    """Continue a run from its last checkpoint, with the configuration and splits it started with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    config.runs_dir, config.name = str(run_dir.parent), run_dir.name
+    trainer = _Trainer(config, callbacks, console)
+    trainer.setup(load_manifest(run_dir / "splits.csv"))
+    if (run_dir / "checkpoint.pt").exists():
+        trainer.load_checkpoint()
+        (console or trainer.console).print(f"resuming {run_dir} after epoch {trainer.start_epoch}")
+    return trainer.fit()
