@@ -21,6 +21,14 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
+@app.callback()
+def _setup() -> None:
+    """Train, evaluate and explain deep-learning classifiers for cancer images."""
+    from oncolens.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a clear error (no stack trace) and exit."""
     console.print(f"[bold red]error:[/] {message}")

@@ -136,6 +136,11 @@ def apply_freeze(model: OncoClassifier, freeze: str) -> None:
             p.requires_grad = True
 
 
+def feature_dim(backbone: nn.Module) -> int:
+    """Length of the feature vector a backbone outputs (timm: after its pre-logits layer, if any)."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -165,14 +170,15 @@ def create_model(
         spec.load_imagenet(backbone, chans)
     elif weights not in ("random", None, ""):
         load_local_weights(backbone, weights)
+    in_features = feature_dim(backbone)
     head_name = head or spec.default_head
     if head_name == "own":
         if spec.own_head is None:
             raise ValueError(f"{name} has no head of its own; choose linear, seed000 or seed004")
-        head_module = spec.own_head(backbone.num_features, num_classes)
+        head_module = spec.own_head(in_features, num_classes)
         head_module.head_name = "own"
     else:
-        head_module = create_head(head_name, backbone.num_features, num_classes)
+        head_module = create_head(head_name, in_features, num_classes)
     mean = spec.mean if chans == spec.channels else (float(sum(spec.mean) / len(spec.mean)),) * chans
     std = spec.std if chans == spec.channels else (float(sum(spec.std) / len(spec.std)),) * chans
     preprocessing = Preprocessing(size=size, channels=chans, mean=tuple(mean), std=tuple(std))

@@ -1,0 +1,143 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from oncolens.data import save_manifest, split
+from oncolens.training import TrainConfig, resume, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def split_csv(phantom_manifest, tmp_path) -> Path:
+    return save_manifest(split(phantom_manifest, test=0.2, val=0.2, seed=0), tmp_path / "splits.csv")
+
+
+def tiny(split_csv, tmp_path, **kw) -> TrainConfig:
+    base = dict(data=str(split_csv), model="seed_cnn", image_size=32, epochs=3, batch_size=8, lr=1e-3,
+                runs_dir=str(tmp_path / "runs"), name="run", patience=10, augment=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_folder_contents(split_csv, tmp_path):
+    result = train(tiny(split_csv, tmp_path))
+    run = result.run_dir
+    for name in ("config.yaml", "classes.json", "history.csv", "curves.png", "checkpoint.pt", "best.safetensors",
+                 "metrics.json", "splits.csv", "bundle/model.safetensors", "bundle/bundle.json"):
+        assert (run / name).exists(), name
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"} <= set(history.columns)
+    assert result.best_epoch == int(history["val_loss"].idxmin()) + 1
+    assert result.val_loss == pytest.approx(history["val_loss"].min(), rel=1e-4)  # best weights restored
+    assert json.loads((run / "classes.json").read_text()) == ["histo_normal", "histo_tumor", "mri_normal", "mri_tumor"]
+
+
+def test_same_seed_same_history(split_csv, tmp_path):
+    a = train(tiny(split_csv, tmp_path, name="a", augment=True)).history
+    b = train(tiny(split_csv, tmp_path, name="b", augment=True)).history
+    cols = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_existing_run_is_not_overwritten(split_csv, tmp_path):
+    train(tiny(split_csv, tmp_path, epochs=1))
+    with pytest.raises(FileExistsError, match="resume"):
+        train(tiny(split_csv, tmp_path, epochs=1))
+
+
+def test_unsplit_manifest_is_split_by_patient(phantom_manifest, tmp_path):
+    csv = save_manifest(phantom_manifest, tmp_path / "m.csv")
+    result = train(tiny(csv, tmp_path, epochs=1))
+    used = pd.read_csv(result.run_dir / "splits.csv")
+    assert set(used["split"]) == {"train", "val", "test"}
+    assert (used.groupby("group")["split"].nunique() == 1).all()
+
+
+def test_frozen_backbone_uses_feature_cache(split_csv, tmp_path):
+    cfg = tiny(split_csv, tmp_path, model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen",
+               feature_cache="disk", cache_dir=str(tmp_path / "cache"), name="c1", head="seed004")
+    first = train(cfg)
+    assert json.loads((first.run_dir / "metrics.json").read_text())["feature_cache"] is True
+    cached_files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(cached_files) == 2  # train + val
+    stamps = [f.stat().st_mtime_ns for f in cached_files]
+    cfg.name = "c2"
+    second = train(cfg)
+    assert [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").glob("*.safetensors"))] == stamps  # reused
+    pd.testing.assert_frame_equal(first.history[["train_loss", "val_loss"]], second.history[["train_loss", "val_loss"]])
+    # the same run without the cache gives the same validation losses (features are the same)
+    cfg.name, cfg.feature_cache = "c3", "off"
+    uncached = train(cfg)
+    assert np.allclose(uncached.history["val_loss"].iloc[0], first.history["val_loss"].iloc[0], atol=1e-4)
+
+
+def test_augmented_views_cached(split_csv, tmp_path):
+    cfg = tiny(split_csv, tmp_path, model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen",
+               augment=True, cache_views=2, cache_dir=str(tmp_path / "cache"), feature_cache="memory")
+    result = train(cfg)
+    assert json.loads((result.run_dir / "metrics.json").read_text())["feature_cache"] is True
+
+
+def test_class_weights_and_balanced_sampling_run(split_csv, tmp_path):
+    result = train(tiny(split_csv, tmp_path, epochs=1, class_weights=True, balanced_sampling=True, optimizer="adamw"))
+    assert np.isfinite(result.val_loss)
+
+
+def _bundle_outputs_script(bundle: Path, images: list[str]) -> str:
+    return textwrap.dedent(f"""
+        import json
+        from oncolens.predictor import Predictor
+        predictions, failed = Predictor.from_bundle({str(bundle)!r}).predict_files({images!r})
+        print(json.dumps([p.probabilities for p in predictions]))
+    """)
+
+
+def test_bundle_round_trip_in_fresh_process(split_csv, tmp_path, phantom_manifest):
+    result = train(tiny(split_csv, tmp_path, epochs=1))
+    images = list(phantom_manifest["path"][:5])
+    from oncolens.predictor import Predictor
+
+    here = [p.probabilities for p in Predictor.from_bundle(result.bundle_path).predict_files(images)[0]]
+    out = subprocess.run([sys.executable, "-c", _bundle_outputs_script(result.bundle_path, images)],
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    there = json.loads(out.stdout)
+    assert here == there
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from oncolens.training import TrainConfig, train
+cfg = TrainConfig(**{cfg!r})
+def kill_after_second_epoch(state):
+    if state.epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+train(cfg, callbacks=[kill_after_second_epoch])
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(split_csv, tmp_path):
+    kw = dict(epochs=5, augment=True, patience=10)
+    reference = train(tiny(split_csv, tmp_path, name="reference", **kw))
+    cfg = tiny(split_csv, tmp_path, name="killed", **kw)
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(cfg=cfg.to_dict())], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_dir = tmp_path / "runs" / "killed"
+    assert len(pd.read_csv(run_dir / "history.csv")) == 2
+    assert not (run_dir / "bundle").exists()
+    resumed = resume(run_dir)
+    cols = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    pd.testing.assert_frame_equal(resumed.history[cols], reference.history[cols])
+    assert resumed.val_accuracy == reference.val_accuracy and resumed.val_loss == reference.val_loss
+    assert resumed.best_epoch == reference.best_epoch
