@@ -61,3 +61,55 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     pd.DataFrame({"path": ["a.png", "b.png"], "label": ["x", "x"]}).to_csv(one, index=False)
     result = runner.invoke(app, ["split", str(one), "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 2 and "only one class" in result.output
+
+
+def test_models_lists_registry():
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    names = {row["name"] for row in json.loads(result.output)}
+    assert {"seed_cnn", "tf_efficientnet_lite0", "alexnet"} <= names
+
+
+def test_train_with_yaml_and_flags_then_predict(tmp_path, phantom_dir):
+    manifest = tmp_path / "m.csv"
+    assert runner.invoke(app, ["scan", str(phantom_dir), "--out", str(manifest)]).exit_code == 0
+    config = tmp_path / "c.yaml"
+    config.write_text("model: seed_cnn\nimage_size: 32\nepochs: 5\nbatch_size: 8\naugment: false\n")
+    result = runner.invoke(app, ["train", str(manifest), "--config", str(config), "--epochs", "1",
+                                 "--runs-dir", str(tmp_path / "runs"), "--name", "r"])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["model"] == "seed_cnn" and saved["image_size"] == 32
+    assert saved["weights"] == "random" and saved["freeze"] == "full"  # 'auto' resolved and recorded
+    bundle = tmp_path / "runs" / "r" / "bundle"
+    images = sorted(p for p in phantom_dir.rglob("*.png") if not p.name.endswith(".mask.png"))[:3]
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    for out in (tmp_path / "p.csv", tmp_path / "p.json"):
+        result = runner.invoke(app, ["predict", str(bundle), *map(str, images), str(bad), "--top-k", "2", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "skipped" in result.output and "not an image" in result.output
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert len(frame) == 3 and {"top1_label", "top2_probability"} <= set(frame.columns)
+    import json
+
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert len(data["predictions"]) == 3 and len(data["predictions"][0]["top"]) == 2 and str(bad) in data["skipped"]
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "runs" / "r")])
+    assert result.exit_code == 0, result.output
+
+
+def test_train_unavailable_weights_is_clear(tmp_path, phantom_dir, monkeypatch):
+    from oncolens.models import registry
+
+    monkeypatch.setattr(registry, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(registry, "_hub_cache_file", lambda *a, **k: None)
+    manifest = tmp_path / "m.csv"
+    runner.invoke(app, ["scan", str(phantom_dir), "--out", str(manifest)])
+    result = runner.invoke(app, ["train", str(manifest), "--model", "resnet50", "--weights", "imagenet",
+                                 "--runs-dir", str(tmp_path / "runs"), "--name", "x"])
+    assert result.exit_code == 2 and "cannot be reached" in result.output and "Traceback" not in result.output
