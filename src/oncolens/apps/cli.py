@@ -268,6 +268,52 @@ def predict(
         fail("no image could be read", code=1)
 
 
+def print_metrics(report) -> None:
+    table = Table(title=f"{report.n} images; 95% CI by bootstrap over {report.bootstrap_unit}s ({report.n_boot} resamples)")
+    table.add_column("metric")
+    table.add_column("value [95% CI]", justify="right")
+    for name in report.headline:
+        table.add_row(name, report.format_value(name))
+    for name, value in (("pr_auc_macro", report.pr_auc_macro), ("log_loss", report.log_loss),
+                        ("expected_calibration_error", report.ece)):
+        table.add_row(name, "undefined" if value is None else f"{value:.3f}")
+    console.print(table)
+    per_class = Table(title="per class (one-vs-rest)")
+    cols = ("class", "support", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
+    for col in cols:
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for row in report.per_class:
+        per_class.add_row(*(str(row[c]) if c in ("class", "support") else
+                            ("undefined" if row[c] is None else f"{row[c]:.3f}") for c in cols))
+    console.print(per_class)
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    data: Annotated[Path, typer.Option("--data", help="manifest CSV")],
+    split: Annotated[str, typer.Option(help="split to evaluate ('all' for every row)")] = "test",
+    label_map: Annotated[Optional[str], typer.Option(help="YAML label map, or 'normal-vs-tumor'")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: <run>/eval-<split>)")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="manifest column with the true labels")] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 1000,
+    top_k: Annotated[int, typer.Option(help="highest-loss images in the gallery")] = 12,
+) -> None:
+    """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html."""
+    from oncolens.evaluation import evaluate as run_evaluation
+
+    try:
+        result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
+                                out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    print_metrics(result.report)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"metrics: {result.metrics_json}")
+    console.print(f"report: {result.report_html}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
