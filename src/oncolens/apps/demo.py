@@ -62,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, result in runs.items():
         console.print(f"[bold]{name}[/]: validation accuracy {result.val_accuracy:.3f} "
                       f"(best epoch {result.best_epoch}); bundle {result.bundle_path}")
+    stage("5. evaluate on the held-out test split (patient-level bootstrap CIs) and write the HTML report")
+    from oncolens.apps.cli import print_metrics
+    from oncolens.evaluation import evaluate
+
+    reports = {}
+    for name, result in runs.items():
+        evaluation = evaluate(result.bundle_path, out / "splits.csv", split="test", out_dir=out / "eval" / name)
+        console.print(f"[bold]{name}[/] on the test split:")
+        print_metrics(evaluation.report)
+        reports[name] = evaluation.report_html
+    for name, path in reports.items():
+        console.print(f"report ({name}): {path.resolve()}")
     console.print(f"\ndemo finished in {time.perf_counter() - start:.1f}s; outputs in {out}")
     return 0
 

@@ -170,13 +170,17 @@ def evaluate(
                     "dataset": summary})
     metrics_json = out_dir / "metrics.json"
     metrics_json.write_text(json.dumps(metrics, indent=2, default=float))
-    metric_rows = [{"metric": name, "value": report.headline.get(name),
-                    "ci95_low": (report.intervals.get(name) or (None, None))[0],
-                    "ci95_high": (report.intervals.get(name) or (None, None))[1]}
+    def ci_text(name: str) -> str:
+        interval = report.intervals.get(name)
+        if name not in HEADLINE_METRICS:
+            return "not bootstrapped"
+        return f"{interval[0]:.3f} – {interval[1]:.3f}" if interval else "undefined"
+
+    metric_rows = [{"metric": name, "value": report.headline.get(name), "95% CI": ci_text(name)}
                    for name in (*HEADLINE_METRICS, "macro_precision", "macro_recall") if name in report.headline]
-    metric_rows += [{"metric": "pr_auc_macro", "value": report.pr_auc_macro},
-                    {"metric": "log_loss", "value": report.log_loss},
-                    {"metric": "expected_calibration_error", "value": report.ece}]
+    metric_rows += [{"metric": name, "value": value, "95% CI": "not bootstrapped"} for name, value in
+                    (("pr_auc_macro", report.pr_auc_macro), ("log_loss", report.log_loss),
+                     ("expected_calibration_error", report.ece))]
     html_path = render_report(
         out_dir / "report.html", title=f"oncolens evaluation: {loaded.model.name}",
         subtitle=f"{len(y)} images, split {split or 'all'}, classes {', '.join(classes)}",

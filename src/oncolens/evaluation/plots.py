@@ -28,7 +28,7 @@ def _save(fig, out: Path) -> Path:
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: Path) -> Path:
     """Counts and row-normalised (recall per true class) side by side."""
     n = len(classes)
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.6 * n * 2), max(4.5, 0.9 * n + 2)))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.2 * n), max(4.2, 0.55 * n + 2.5)))
     rows = confusion.sum(1, keepdims=True)
     normalised = np.divide(confusion, rows, out=np.zeros_like(confusion, dtype=float), where=rows > 0)
     for ax, matrix, title, fmt in ((axes[0], confusion, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
@@ -90,7 +90,7 @@ def plot_gallery(images: Sequence, titles: Sequence[str], out: Path, columns: in
                  suptitle: str | None = None) -> Path:
     """A grid of images (PIL or arrays) with a title under each."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, title in zip(axes.ravel(), images, titles):

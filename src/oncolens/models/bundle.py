@@ -100,6 +100,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
                          head=cfg["head"], input_size=int(cfg["input_size"]), channels=int(cfg["channels"]))
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     model.config["weights"] = info.get("trained_from_weights", "random")
+    model.config["freeze"] = cfg.get("freeze", "full")
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
