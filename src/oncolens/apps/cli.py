@@ -298,13 +298,26 @@ def evaluate(
     label_col: Annotated[Optional[str], typer.Option(help="manifest column with the true labels")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 1000,
     top_k: Annotated[int, typer.Option(help="highest-loss images in the gallery")] = 12,
+    explain_method: Annotated[Optional[str], typer.Option("--explain", help="add explanation panels (e.g. gradcam)")] = None,
+    per_class: Annotated[int, typer.Option(help="panel cases per class with --explain")] = 2,
 ) -> None:
     """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html."""
     from oncolens.evaluation import evaluate as run_evaluation
 
     try:
+        explanations = None
+        if explain_method:
+            from oncolens.explain import explain_panels
+
+            if label_map:
+                fail("--explain needs the model's own classes; it cannot be combined with --label-map")
+            panel_dir = (out or bundle.parent / f"eval-{split}") / "panels"
+            panels = explain_panels(bundle, data, panel_dir, per_class=per_class, method=explain_method,
+                                    split=None if split == "all" else split)
+            explanations = [(f"{explain_method}: {p.stem.removeprefix('panel_')}", p) for p in panels]
         result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
-                                out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k)
+                                out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
+                                explanations=explanations)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     print_metrics(result.report)
@@ -312,6 +325,113 @@ def evaluate(
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"metrics: {result.metrics_json}")
     console.print(f"report: {result.report_html}")
+
+
+def _image_paths(items: list[Path]) -> list[Path]:
+    from oncolens.data.layouts import iter_image_files
+
+    paths: list[Path] = []
+    for item in items:
+        paths.extend(iter_image_files(item) if item.is_dir() else [item])
+    return paths
+
+
+def _explain_options(internal_batch_size: int, n_samples: int):
+    from oncolens.explain import ExplainOptions
+
+    return ExplainOptions(internal_batch_size=internal_batch_size, n_samples=n_samples)
+
+
+@app.command()
+def explain(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    method: Annotated[str, typer.Option(help="comma-separated: gradcam,gradcampp,xgradcam,hirescam,layercam,scorecam,"
+                                             "eigencam,saliency,ig,occlusion,lime,kernelshap")] = "gradcam",
+    target: Annotated[str, typer.Option(help="'predicted' or a class name / index")] = "predicted",
+    layer: Annotated[Optional[str], typer.Option(help="CAM target layer by name (default: chosen automatically)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("explanations"),
+    threshold: Annotated[str, typer.Option(help="otsu or percentile")] = "otsu",
+    percentile: Annotated[float, typer.Option(help="percentile for --threshold percentile")] = 90.0,
+    alpha: Annotated[float, typer.Option(help="heatmap opacity")] = 0.45,
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 16,
+    internal_batch_size: Annotated[int, typer.Option(help="perturbed inputs per forward pass")] = 32,
+    n_samples: Annotated[int, typer.Option(help="LIME / KernelSHAP samples")] = 200,
+) -> None:
+    """Explain predictions: raw map (.npy), heatmap overlay and contour overlay (PNG) per image and method."""
+    from oncolens.explain import explain_to_files, list_methods
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:
+        fail(f"unknown method(s) {unknown}; available: {', '.join(list_methods())}")
+    try:
+        records, failed = explain_to_files(bundle, _image_paths(images), methods, out, target=target, target_layer=layer,
+                                           threshold=threshold, percentile=percentile, alpha=alpha,
+                                           batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    table = Table(title=f"{len(records)} explanation(s) in {out}")
+    for col in ("image", "method", "target", "p", "regions", "area", "ms/image"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(Path(r["image"]).name, r["method"], r["target"], f"{r['target_probability']:.2f}",
+                      str(len(r["regions"])), f"{r['area_fraction']:.2f}", f"{1000 * r['seconds_per_image']:.0f}")
+    console.print(table)
+    for path, reason in failed.items():
+        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    if not records:
+        fail("no image could be explained", code=1)
+
+
+@app.command("explain-panels")
+def explain_panels_command(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    data: Annotated[Path, typer.Option("--data", help="manifest CSV")],
+    per_class: Annotated[int, typer.Option(help="correct and wrong cases per class")] = 3,
+    method: Annotated[str, typer.Option(help="explanation method")] = "gradcam",
+    split: Annotated[str, typer.Option(help="split to draw cases from ('all' for every row)")] = "test",
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("panels"),
+) -> None:
+    """One PNG grid per class: N correct and N wrong predictions with heatmap and contour overlays."""
+    from oncolens.explain import explain_panels
+
+    try:
+        paths = explain_panels(bundle, data, out, per_class=per_class, method=method,
+                               split=None if split == "all" else split)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    for path in paths:
+        console.print(f"panel: {path}")
+
+
+@app.command("explain-eval")
+def explain_eval_command(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    data: Annotated[Path, typer.Option("--data", help="manifest CSV (lesion masks in mask_path score localisation)")],
+    method: Annotated[str, typer.Option(help="comma-separated methods")] = "gradcam,gradcampp,eigencam,saliency",
+    split: Annotated[str, typer.Option(help="split ('all' for every row)")] = "test",
+    n_images: Annotated[int, typer.Option(help="images to score")] = 16,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the table as CSV")] = None,
+) -> None:
+    """Score methods: deletion/insertion AUC vs a random map, pointing game and IoU with masks, ms per image."""
+    from oncolens.explain import evaluate_explanations
+
+    try:
+        table = evaluate_explanations(bundle, data, [m.strip() for m in method.split(",") if m.strip()],
+                                      split=None if split == "all" else split, n_images=n_images)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    view = Table(title="explanation quality (deletion: lower is better; insertion, pointing game, IoU: higher)")
+    for col in table.columns:
+        view.add_column(col, justify="left" if col == "method" else "right")
+    for row in table.itertuples(index=False):
+        view.add_row(*("n/a" if v is None or (isinstance(v, float) and v != v) else
+                       (f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))
+    console.print(view)
+    if out:
+        table.to_csv(out, index=False)
+        console.print(f"table: {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -101,7 +101,11 @@ def evaluate(
     seed: int = 0,
     explanations: list[tuple[str, Path]] | None = None,
 ) -> EvaluationResult:
-    """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``."""
+    """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
+
+    ``explanations`` are ``(caption, png)`` pairs (e.g. from ``oncolens.explain.explain_panels``) shown in
+    the report's Explanations section.
+    """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
     notes: list[str] = []

@@ -1,0 +1,70 @@
+"""Panels of correct and wrong predictions per class with their explanations (seed 004's auto panels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data import load_manifest, read_image
+from ..evaluation.plots import plot_gallery
+from ..models.bundle import Bundle, load_bundle
+from ..models.inference import predict_manifest
+from .contours import draw_regions, overlay_heatmap
+from .outputs import localise
+from .registry import ExplainOptions, explain
+
+__all__ = ["explain_panels", "select_cases"]
+
+
+def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per_class: int) -> pd.DataFrame:
+    """Per true class: the ``per_class`` most confident correct and most confident wrong predictions."""
+    pred = proba.argmax(1)
+    table = frame.assign(pred=[classes[i] for i in pred], confidence=proba.max(1))
+    table["correct"] = table["label"] == table["pred"]
+    picked = []
+    for name in classes:
+        rows = table[table["label"] == name].sort_values("confidence", ascending=False)
+        picked.append(rows[rows["correct"]].head(per_class).assign(case="correct"))
+        picked.append(rows[~rows["correct"]].head(per_class).assign(case="wrong"))
+    return pd.concat(picked, ignore_index=True) if picked else table.head(0)
+
+
+def explain_panels(bundle: str | Path | Bundle, data: str | Path | pd.DataFrame, out_dir: str | Path,
+                   per_class: int = 3, method: str = "gradcam", split: str | None = "test", alpha: float = 0.45,
+                   options: ExplainOptions | None = None) -> list[Path]:
+    """One PNG grid per class: N correct and N wrong cases, each as heatmap and contour overlays."""
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
+    if split and "split" in frame.columns:
+        frame = frame[frame["split"] == split]
+    label_col = loaded.meta.get("label_col", "label")
+    frame = frame.assign(label=frame[label_col if label_col in frame.columns else "label"].astype(str))
+    frame = frame[frame["label"].isin(loaded.classes)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError("no image with one of the model's classes in this data/split")
+    proba, positions, _ = predict_manifest(loaded.model, frame)
+    frame = frame.iloc[positions].reset_index(drop=True)
+    cases = select_cases(frame, proba, list(loaded.classes), per_class)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = []
+    for name in loaded.classes:
+        rows = cases[cases["label"] == name]
+        if rows.empty:
+            continue
+        images = [read_image(p).image for p in rows["path"]]
+        explanations = explain(loaded, images, method=method, options=options)
+        tiles, titles = [], []
+        for image, row, e in zip(images, rows.itertuples(), explanations):
+            tiles.append(overlay_heatmap(image, e.heatmap, alpha))
+            tiles.append(draw_regions(image, localise(e.heatmap).regions, e.heatmap.shape))
+            head = f"{row.case.upper()}: true {row.label}\npred {row.pred} ({row.confidence:.2f})"
+            titles += [f"{head}\n{method}", f"{head}\ncontours"]
+        n_correct = int((rows["case"] == "correct").sum())
+        out = out_dir / f"panel_{name}.png"
+        plot_gallery(tiles, titles, out, columns=4,
+                     suptitle=f"{name}: {n_correct} correct, {len(rows) - n_correct} wrong ({method})")
+        outputs.append(out)
+    return outputs
