@@ -26,6 +26,10 @@ def superpixels(x: torch.Tensor, preprocessing, n_segments: int) -> torch.Tensor
     segments = slic(image, n_segments=n_segments, compactness=10, start_label=0,
                     channel_axis=-1 if image.shape[2] == 3 else None) if image.shape[2] == 3 else \
         slic(image[..., 0], n_segments=n_segments, compactness=0.1, start_label=0, channel_axis=None)
+    if len(np.unique(segments)) < 2:  # a flat image gives one superpixel: fall back to a square grid
+        side = max(2, int(round(np.sqrt(n_segments))))
+        h, w = segments.shape
+        segments = (np.arange(h)[:, None] * side // h) * side + (np.arange(w)[None, :] * side // w)
     return torch.as_tensor(segments, device=x.device, dtype=torch.long)[None, None]
 
 

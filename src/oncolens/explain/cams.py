@@ -10,19 +10,33 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from .registry import Method, register_method
 
 
+def _gradients_start_here(module, inputs, output):
+    """Make the target layer's output a leaf that requires grad: the backward pass stops there.
+
+    A loaded bundle's parameters do not require gradients, and a CAM needs gradients only at the
+    target layer, so nothing before it is differentiated (Grad-CAM then costs ~2 forward passes).
+    """
+    return output.detach().requires_grad_(True).clone()  # a non-leaf copy: later in-place ops stay legal
+
+
 class CamMethod(Method):
     kind = "cam"
     needs_layer = True
+    handles_predicted = True
     cam_class: type = GradCAM
 
-    def attribute(self, model, x, targets, *, layer, preprocessing, options) -> np.ndarray:
-        # parameters of a loaded bundle do not require gradients: gradients flow from the input instead
-        x = x.detach().clone().requires_grad_(True)
-        with self.cam_class(model=model, target_layers=[layer]) as cam:
-            if hasattr(cam, "batch_size") or self.cam_class is ScoreCAM:
-                cam.batch_size = options.internal_batch_size
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
-        return np.asarray(maps, dtype=np.float32)
+    def attribute(self, model, x, targets, *, layer, preprocessing, options):
+        handle = layer.register_forward_hook(_gradients_start_here)  # runs before the CAM's own hooks
+        try:
+            with self.cam_class(model=model, target_layers=[layer]) as cam:
+                if self.cam_class is ScoreCAM:
+                    cam.batch_size = options.internal_batch_size
+                wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+                maps = cam(input_tensor=x, targets=wanted)
+                logits = cam.outputs.detach()
+        finally:
+            handle.remove()
+        return np.asarray(maps, dtype=np.float32), logits
 
 
 @register_method("gradcam")

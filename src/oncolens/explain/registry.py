@@ -63,9 +63,13 @@ class Method:
     #: "cam" maps are already >= 0; "signed" keep their positive part; "magnitude" are >= 0
     kind: str = "signed"
     needs_layer: bool = False
+    #: True when ``attribute`` accepts ``targets=None`` (explain the predicted class) and returns logits
+    handles_predicted: bool = False
 
-    def attribute(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, layer: nn.Module | None,
-                  preprocessing: Preprocessing, options: ExplainOptions) -> np.ndarray:
+    def attribute(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None, *,
+                  layer: nn.Module | None, preprocessing: Preprocessing,
+                  options: ExplainOptions) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
+        """Raw maps ``(B, H, W)``, or ``(maps, logits)`` when the method ran the forward pass itself."""
         raise NotImplementedError
 
 
@@ -155,6 +159,16 @@ def explain(
     results: list[Explanation] = []
     for start in range(0, len(x_all), batch_size):
         x = x_all[start:start + batch_size].to(device)
+        started = time.perf_counter()
+        if target == "predicted" and chosen.handles_predicted:
+            # the method's own forward pass gives the prediction: no extra pass
+            with torch.enable_grad():
+                raw, logits = chosen.attribute(model, x, None, layer=layer, preprocessing=model.preprocessing,
+                                               options=options)
+            proba = torch.softmax(logits.float(), 1).cpu().numpy()
+            results.extend(_explanations(method, chosen, raw, proba, proba.argmax(1), classes, layer_name,
+                                         (time.perf_counter() - started) / len(x), sources[start:start + len(x)]))
+            continue
         with torch.no_grad():
             proba = torch.softmax(model(x).float(), 1).cpu().numpy()
         predicted = proba.argmax(1)
@@ -168,17 +182,26 @@ def explain(
             raise ValueError(f"target must be 'predicted', a class index or one of {classes}, got {target!r}")
         if (targets >= len(classes)).any() or (targets < 0).any():
             raise ValueError(f"target index out of range for {len(classes)} classes")
-        started = time.perf_counter()
         with torch.enable_grad():
             raw = chosen.attribute(model, x, torch.as_tensor(targets, device=device), layer=layer,
                                    preprocessing=model.preprocessing, options=options)
-        seconds = (time.perf_counter() - started) / len(x)
-        raw = np.asarray(raw, dtype=np.float32)
-        heatmaps = to_relevance(raw, chosen.kind)
-        for i in range(len(x)):
-            t, p = int(targets[i]), int(predicted[i])
-            results.append(Explanation(method=method, target_index=t, target_class=classes[t],
-                                       target_probability=float(proba[i, t]), predicted_class=classes[p],
-                                       predicted_probability=float(proba[i, p]), raw=raw[i], heatmap=heatmaps[i],
-                                       layer=layer_name, seconds=seconds, source=sources[start + i]))
+        if isinstance(raw, tuple):
+            raw = raw[0]
+        results.extend(_explanations(method, chosen, raw, proba, targets, classes, layer_name,
+                                     (time.perf_counter() - started) / len(x), sources[start:start + len(x)]))
     return results
+
+
+def _explanations(method: str, chosen: Method, raw, proba: np.ndarray, targets, classes: list[str],
+                  layer_name: str | None, seconds: float, sources: list[str]) -> list[Explanation]:
+    raw = np.asarray(raw, dtype=np.float32)
+    heatmaps = to_relevance(raw, chosen.kind)
+    predicted = proba.argmax(1)
+    out = []
+    for i in range(len(raw)):
+        t, p = int(targets[i]), int(predicted[i])
+        out.append(Explanation(method=method, target_index=t, target_class=classes[t],
+                               target_probability=float(proba[i, t]), predicted_class=classes[p],
+                               predicted_probability=float(proba[i, p]), raw=raw[i], heatmap=heatmaps[i],
+                               layer=layer_name, seconds=seconds, source=sources[i]))
+    return out
