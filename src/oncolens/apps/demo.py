@@ -66,12 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     from oncolens.apps.cli import print_metrics
     from oncolens.evaluation import evaluate
 
+    from oncolens.explain import evaluate_explanations, explain_panels
+
     reports = {}
     for name, result in runs.items():
-        evaluation = evaluate(result.bundle_path, out / "splits.csv", split="test", out_dir=out / "eval" / name)
+        panels = explain_panels(result.bundle_path, out / "splits.csv", out / "eval" / name / "panels", per_class=2,
+                                method="gradcam", split="test")
+        evaluation = evaluate(result.bundle_path, out / "splits.csv", split="test", out_dir=out / "eval" / name,
+                              explanations=[(f"Grad-CAM: {p.stem.removeprefix('panel_')}", p) for p in panels])
         console.print(f"[bold]{name}[/] on the test split:")
         print_metrics(evaluation.report)
         reports[name] = evaluation.report_html
+    stage("6. how far can the heatmaps be trusted? (lesion masks of the tumour phantoms)")
+    for name, result in runs.items():
+        methods = ["gradcam", "gradcampp", "saliency"] if name == "seed_cnn" else ["gradcam"]
+        table = evaluate_explanations(result.bundle_path, out / "splits.csv", methods=methods, split="test",
+                                      n_images=12)
+        console.print(f"[bold]{name}[/]")
+        console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for name, path in reports.items():
         console.print(f"report ({name}): {path.resolve()}")
     console.print(f"\ndemo finished in {time.perf_counter() - start:.1f}s; outputs in {out}")

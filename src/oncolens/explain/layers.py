@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -24,8 +26,20 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"model has no layer {name!r}; the last layers are: {', '.join(names)}") from None
 
 
-@torch.no_grad()
+_FOUND: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def find_target_layer(model: nn.Module, input_size: int, channels: int) -> tuple[str, nn.Module]:
+    """Cached :func:`search_target_layer` (the search costs one forward pass per model and input shape)."""
+    per_model = _FOUND.setdefault(model, {})
+    key = (input_size, channels)
+    if key not in per_model:
+        per_model[key] = search_target_layer(model, input_size, channels)
+    return per_model[key]
+
+
+@torch.no_grad()
+def search_target_layer(model: nn.Module, input_size: int, channels: int) -> tuple[str, nn.Module]:
     """``(name, module)`` of the last module (in execution order) whose output is a feature map larger than 1x1.
 
     Containers count: for ResNet this is ``layer4``, for DenseNet ``features``, for the seed CNNs the
