@@ -434,6 +434,32 @@ def explain_eval_command(
         console.print(f"table: {out}")
 
 
+@app.command()
+def stage(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV with a TNM (or stage) column")],
+    tnm_col: Annotated[str, typer.Option(help="column of TNM strings such as 'T2 N1 M0'")] = "tnm",
+    rule: Annotated[str, typer.Option(help="ajcc (0, I-IV; simplified) or generic (seed 003: 0, I-III, IV)")] = "ajcc",
+    out: Annotated[Path, typer.Option("--out", "-o", help="manifest with a 'stage' column")] = Path("staged.csv"),
+) -> None:
+    """Add a 'stage' column from TNM strings, to train a staging classifier with --label-col stage."""
+    from oncolens.data import load_manifest, save_manifest
+    from oncolens.staging import stage_column
+
+    try:
+        frame = load_manifest(manifest)
+        if tnm_col not in frame.columns:
+            fail(f"column {tnm_col!r} not in the manifest ({list(frame.columns)})")
+        frame["stage"], problems = stage_column(frame[tnm_col], rule)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    staged = frame[frame["stage"] != ""]
+    save_manifest(staged, out)
+    console.print(staged["stage"].value_counts().sort_index().to_string())
+    for value, reason in problems.items():
+        console.print(f"[yellow]no stage[/] for {value!r}: {reason}", highlight=False)
+    console.print(f"{len(staged)} of {len(frame)} rows staged: {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
