@@ -1,19 +1,25 @@
-"""Predictor: a bundle in, probabilities out, preprocessing exactly as in training."""
+"""Predictor: a bundle in; probabilities, an explanation map and contours/boxes out.
+
+The apps (CLI, Streamlit, REST API) use only this. PyTorch and ONNX Runtime back-ends share the
+interface; explanations always use the PyTorch model (they need its gradients and layers).
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .data import build_transforms, read_image
+from .data import build_transforms, decode_image, read_image
+from .explain import ExplainOptions, draw_regions, explain, localise, overlay_heatmap
 from .models.bundle import Bundle, load_bundle
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
 
 @dataclass
@@ -40,31 +46,71 @@ class Prediction:
                 "top": [{"label": name, "probability": p} for name, p in top]}
 
 
-class Predictor:
-    """Loads a bundle once and predicts on PIL images or files, in batches."""
+@dataclass
+class ExplainedPrediction:
+    """A prediction with its heatmap, overlays and the regions the heatmap points at."""
 
-    def __init__(self, bundle: Bundle, batch_size: int = 32):
+    prediction: Prediction
+    method: str
+    heatmap: np.ndarray
+    heatmap_overlay: np.ndarray
+    contour_overlay: np.ndarray
+    regions: list[dict] = field(default_factory=list)
+    area_fraction: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**self.prediction.to_dict(), "method": self.method, "map_size": list(self.heatmap.shape),
+                "regions": self.regions, "area_fraction": self.area_fraction}
+
+
+class Predictor:
+    """Loads a bundle once; predicts and explains PIL images, files or uploaded bytes, in batches."""
+
+    def __init__(self, bundle: Bundle, backend: str = "torch", onnx_path: str | Path | None = None,
+                 batch_size: int = 32):
         self.bundle = bundle
         self.model = bundle.model.eval()
-        self.classes = bundle.classes
+        self.classes = list(bundle.classes)
+        self.preprocessing = bundle.preprocessing
         self.transform = build_transforms(bundle.preprocessing, train=False)
         self.batch_size = batch_size
+        self.backend = backend
+        self._session = None
+        if backend == "onnx":
+            import onnxruntime as ort
+
+            if onnx_path is None:
+                from .export import export_onnx
+
+                onnx_path = export_onnx(bundle, Path(bundle.path or ".") / "model.onnx")
+            self._session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        elif backend != "torch":
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Predictor":
         return cls(load_bundle(path, device=device), **kwargs)
 
+    @property
+    def info(self) -> dict:
+        return {"classes": self.classes, "input_size": self.preprocessing.size, "channels": self.preprocessing.channels,
+                "model": self.model.config.get("name"), "backend": self.backend,
+                "version": self.bundle.meta.get("oncolens_version") or __import__("oncolens").__version__}
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(image) for image in images])
 
-    @torch.inference_mode()
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``(n_images, n_classes)`` probabilities."""
-        device = next(self.model.parameters()).device
         out = []
         for start in range(0, len(images), self.batch_size):
-            batch = self.preprocess(images[start:start + self.batch_size]).to(device)
-            out.append(torch.softmax(self.model(batch).float(), dim=1).cpu().numpy())
+            batch = self.preprocess(images[start:start + self.batch_size])
+            if self._session is not None:
+                logits = torch.as_tensor(self._session.run(None, {"image": batch.numpy()})[0])
+            else:
+                with torch.inference_mode():
+                    logits = self.model(batch.to(next(self.model.parameters()).device)).float().cpu()
+            out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def predict(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
@@ -82,3 +128,27 @@ class Predictor:
             except Exception as exc:  # UnreadableImage, or anything a broken file triggers
                 failed[str(path)] = getattr(exc, "reason", str(exc))
         return self.predict(images, sources), failed
+
+    @staticmethod
+    def load_bytes(data: bytes, name: str = "upload", max_pixels: int = 40_000_000) -> Image.Image:
+        """Decode uploaded bytes by content (never by name); raises UnreadableImage with the reason."""
+        return decode_image(data, max_pixels=max_pixels, name=name).image
+
+    def explain(self, image: Image.Image, method: str = "gradcam", target: str | int = "predicted",
+                alpha: float = 0.45, threshold: str = "otsu", options: ExplainOptions | None = None,
+                source: str = "") -> ExplainedPrediction:
+        """Prediction, explanation heatmap, heatmap overlay and green contour/box overlay of one image."""
+        prediction = self.predict([image], [source])[0]
+        e = explain(self.bundle, [image], method=method, target=target, options=options)[0]
+        where = localise(e.heatmap, threshold)
+        return ExplainedPrediction(prediction=prediction, method=method, heatmap=e.heatmap,
+                                   heatmap_overlay=overlay_heatmap(image, e.heatmap, alpha),
+                                   contour_overlay=draw_regions(image, where.regions, e.heatmap.shape),
+                                   regions=[r.to_dict() for r in where.regions], area_fraction=where.area_fraction)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG encoding of an RGB uint8 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

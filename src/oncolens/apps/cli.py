@@ -460,6 +460,46 @@ def stage(
     console.print(f"{len(staged)} of {len(frame)} rows staged: {out}")
 
 
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write")] = Path("model.onnx"),
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+) -> None:
+    """Export a bundle to ONNX and check that ONNX Runtime gives the same probabilities."""
+    from oncolens.export import export_onnx, onnx_parity
+
+    try:
+        path = export_onnx(bundle, onnx, opset=opset)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    difference = onnx_parity(bundle, path)
+    console.print(f"onnx: {path}  (max |probability difference| vs PyTorch on a batch: {difference:.2e})")
+    if difference > 1e-4:
+        fail("ONNX Runtime output differs from PyTorch by more than 1e-4", code=1)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    max_upload_mb: Annotated[float, typer.Option(help="upload size limit in MiB")] = 20.0,
+) -> None:
+    """Serve the REST API (FastAPI): /health, /model, /predict, /explain; OpenAPI docs at /docs."""
+    import uvicorn
+
+    from oncolens.apps.api import create_app
+    from oncolens.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_bundle(bundle, backend=backend)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    uvicorn.run(create_app(predictor, max_upload_bytes=int(max_upload_mb * 2**20)), host=host, port=port)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -1,0 +1,88 @@
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from oncolens.apps.api import create_app
+from oncolens.data import save_manifest, split
+from oncolens.export import export_onnx, onnx_parity
+from oncolens.predictor import Predictor
+from oncolens.training import TrainConfig, train
+from tests.helpers import bomb_png, dicom_file, png_bytes
+
+
+@pytest.fixture(scope="module")
+def bundle(phantom_manifest, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp / "s.csv")
+    return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8,
+                             runs_dir=str(tmp / "runs"), name="r", augment=False)).bundle_path
+
+
+@pytest.fixture(scope="module")
+def client(bundle):
+    return TestClient(create_app(Predictor.from_bundle(bundle), max_upload_bytes=200_000))
+
+
+def image_upload(phantom_manifest, index=0):
+    return {"file": ("scan.png", open(phantom_manifest["path"][index], "rb").read(), "image/png")}
+
+
+def test_health_model_docs(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/model").json()
+    assert info["classes"] == ["histo_normal", "histo_tumor", "mri_normal", "mri_tumor"]
+    assert info["input_size"] == 32 and "gradcam" in info["explanation_methods"]
+    assert client.get("/docs").status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_predict_and_explain(client, phantom_manifest):
+    result = client.post("/predict?top_k=2", files=image_upload(phantom_manifest)).json()
+    assert result["label"] in ["histo_normal", "histo_tumor", "mri_normal", "mri_tumor"] and len(result["top"]) == 2
+    explained = client.post("/explain", files=image_upload(phantom_manifest)).json()
+    assert explained["method"] == "gradcam" and isinstance(explained["regions"], list)
+    overlay = Image.open(io.BytesIO(base64.b64decode(explained["contours_png_base64"])))
+    assert overlay.size == (48, 48)
+    png = client.post("/explain?overlay=heatmap", files=image_upload(phantom_manifest), headers={"Accept": "image/png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert client.post("/explain?method=saliency", files=image_upload(phantom_manifest)).status_code == 200
+
+
+def test_dicom_upload_sniffed_by_content(client, tmp_path):
+    data = dicom_file(tmp_path / "x.dcm").read_bytes()
+    assert client.post("/predict", files={"file": ("x.txt", data, "text/plain")}).status_code == 200
+
+
+@pytest.mark.parametrize("files, status, fragment", [
+    ({"file": ("a.png", b"", "image/png")}, 400, "empty"),
+    ({"file": ("a.png", b"hello, not an image", "image/png")}, 415, "not a usable image"),
+    ({"file": ("a.png", png_bytes(Image.new("RGB", (64, 64)))[:60], "image/png")}, 415, "truncated"),
+    ({"file": ("a.png", bomb_png(), "image/png")}, 413, "too large"),
+    ({"file": ("a.bin", b"\x00" * 300_000, "image/png")}, 413, "limit"),
+    ({"image": ("a.png", b"x", "image/png")}, 422, ""),
+])
+def test_bad_uploads_get_clear_4xx_and_server_keeps_serving(client, phantom_manifest, files, status, fragment):
+    for endpoint in ("/predict", "/explain"):
+        response = client.post(endpoint, files=files)
+        assert response.status_code == status, (endpoint, response.text)
+        assert "detail" in response.json() and fragment in str(response.json()["detail"])
+    assert client.post("/predict", files=image_upload(phantom_manifest)).status_code == 200
+
+
+def test_no_body_and_unknown_method(client, phantom_manifest):
+    assert client.post("/predict").status_code == 422
+    response = client.post("/explain?method=magic", files=image_upload(phantom_manifest))
+    assert response.status_code == 422 and "unknown method" in response.json()["detail"]
+
+
+def test_onnx_export_parity_and_backend(bundle, tmp_path, phantom_manifest):
+    path = export_onnx(bundle, tmp_path / "m.onnx")
+    assert onnx_parity(bundle, path) < 1e-4
+    images = [Image.open(p) for p in phantom_manifest["path"][:6]]
+    torch_proba = Predictor.from_bundle(bundle).predict_proba(images)
+    onnx_proba = Predictor.from_bundle(bundle, backend="onnx", onnx_path=path).predict_proba(images)
+    assert np.abs(torch_proba - onnx_proba).max() < 1e-4
