@@ -500,6 +500,24 @@ def serve(
     uvicorn.run(create_app(predictor, max_upload_bytes=int(max_upload_mb * 2**20)), host=host, port=port)
 
 
+@app.command("app")
+def app_command(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    port: Annotated[int, typer.Option(help="port")] = 8501,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Start the Streamlit app: upload images, see prediction, probabilities, heatmap and contours."""
+    import subprocess
+
+    if not (bundle / "bundle.json").exists():
+        fail(f"{bundle} is not a bundle folder (no bundle.json)")
+    script = Path(__file__).with_name("streamlit_app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port",
+               str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--",
+               "--bundle", str(bundle.resolve())]
+    raise typer.Exit(subprocess.call(command))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -1,0 +1,110 @@
+"""Streamlit app: upload scans, see the prediction, a probability chart, heatmap and contour overlays.
+
+Run with ``oncolens app BUNDLE`` (or ``streamlit run streamlit_app.py -- --bundle BUNDLE``; the
+``ONCOLENS_BUNDLE`` environment variable works too). Research use only, not a medical device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import pandas as pd
+import streamlit as st
+
+from oncolens.data import UnreadableImage
+from oncolens.explain import list_methods
+from oncolens.predictor import Predictor, png_bytes
+
+MAX_UPLOAD_BYTES = 50 * 2**20
+TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"]
+
+
+def bundle_path() -> str | None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--bundle")
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    return known.bundle or os.environ.get("ONCOLENS_BUNDLE")
+
+
+@st.cache_resource(show_spinner="loading the model…")
+def load_predictor(path: str) -> Predictor:
+    """Loaded once per server process, shared by every session and upload."""
+    from oncolens.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    return Predictor.from_bundle(path)
+
+
+def example_image():
+    from PIL import Image
+
+    from oncolens.data.phantoms import render_phantom
+
+    image, _ = render_phantom("mri", tumor=True, size=128, seed=3)
+    return Image.fromarray(image)
+
+
+def show_result(predictor: Predictor, name: str, image, method: str, alpha: float) -> None:
+    result = predictor.explain(image, method=method, alpha=alpha, source=name)
+    p = result.prediction
+    st.subheader(f"{name}")
+    st.markdown(f"**Prediction: {p.label}** ({p.confidence:.1%})")
+    chart = pd.DataFrame({"probability": list(p.probabilities.values())}, index=list(p.probabilities.keys()))
+    st.bar_chart(chart, horizontal=True)
+    left, right = st.columns(2)
+    left.image(result.heatmap_overlay, caption=f"{method} heatmap", use_container_width=True)
+    right.image(result.contour_overlay, caption="contours and boxes", use_container_width=True)
+    stem = os.path.splitext(name)[0]
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("heatmap PNG", png_bytes(result.heatmap_overlay), f"{stem}.{method}.heatmap.png", "image/png",
+                       key=f"h-{name}")
+    d2.download_button("contours PNG", png_bytes(result.contour_overlay), f"{stem}.{method}.contours.png",
+                       "image/png", key=f"c-{name}")
+    d3.download_button("result JSON", json.dumps(result.to_dict(), indent=2), f"{stem}.{method}.json",
+                       "application/json", key=f"j-{name}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="oncolens", layout="wide")
+    st.title("oncolens")
+    st.caption("Upload a scan to see the model's prediction and where it looked. Research use only.")
+    path = bundle_path()
+    if not path:
+        st.error("No model bundle given: start with `oncolens app runs/<name>/bundle`.")
+        return
+    try:
+        predictor = load_predictor(path)
+    except (FileNotFoundError, ValueError) as exc:
+        st.error(f"Cannot load the bundle {path}: {exc}")
+        return
+    info = predictor.info
+    with st.sidebar:
+        st.header("Model")
+        st.write(f"{info['model']} · {info['input_size']} px · {len(info['classes'])} classes")
+        st.write(", ".join(info["classes"]))
+        method = st.selectbox("Explanation method", list_methods(), index=list_methods().index("gradcam"))
+        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
+        use_example = st.button("Try an example image")
+    uploads = st.file_uploader("Images (PNG, JPEG, TIFF, DICOM)", type=TYPES, accept_multiple_files=True)
+    items = []
+    for upload in uploads or []:
+        data = upload.getvalue()
+        if len(data) > MAX_UPLOAD_BYTES:
+            st.error(f"{upload.name}: larger than {MAX_UPLOAD_BYTES // 2**20} MiB; not analysed.")
+            continue
+        try:
+            items.append((upload.name, predictor.load_bytes(data, name=upload.name)))
+        except UnreadableImage as exc:
+            st.error(f"{upload.name}: not a usable image ({exc.reason}).")
+    if use_example:
+        items.append(("example-mri-phantom.png", example_image()))
+    for name, image in items:
+        show_result(predictor, name, image, method, alpha)
+    if not items:
+        st.info("Upload one or several images, or try the example.")
+
+
+main()

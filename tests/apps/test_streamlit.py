@@ -1,0 +1,107 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from oncolens.data import save_manifest, split
+from oncolens.training import TrainConfig, train
+
+APP = Path(__file__).resolve().parents[2] / "src" / "oncolens" / "apps" / "streamlit_app.py"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def bundle(phantom_manifest, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("st")
+    csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp / "s.csv")
+    return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8,
+                             runs_dir=str(tmp / "runs"), name="r", augment=False)).bundle_path
+
+
+def run_app(monkeypatch, bundle):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ONCOLENS_BUNDLE", str(bundle))
+    return AppTest.from_file(str(APP), default_timeout=120).run()
+
+
+def test_app_loads_model_and_widgets(monkeypatch, bundle):
+    at = run_app(monkeypatch, bundle)
+    assert not at.exception
+    assert at.title[0].value == "oncolens"
+    assert at.sidebar.selectbox[0].value == "gradcam"
+    assert at.sidebar.slider[0].value == 0.45
+    assert any("Upload one or several images" in i.value for i in at.info)
+
+
+def test_example_image_shows_prediction(monkeypatch, bundle):
+    at = run_app(monkeypatch, bundle)
+    at.sidebar.button[0].click().run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "Prediction:" in text
+    assert any(label in text for label in ("histo_normal", "histo_tumor", "mri_normal", "mri_tumor"))
+    at.sidebar.selectbox[0].select("saliency").run()
+    assert not at.exception
+
+
+def test_missing_bundle_is_a_message(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ONCOLENS_BUNDLE", str(tmp_path / "nope"))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception and "Cannot load the bundle" in at.error[0].value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
+def test_browser_upload_shows_prediction_and_overlays(bundle, phantom_manifest, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    bundle = os.environ.get("ONCOLENS_APP_BUNDLE", str(bundle))  # e.g. the demo's bundle for the README screenshot
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "oncolens.apps.cli", "app", str(bundle), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start")
+        image = phantom_manifest["path"][0]
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not an image at all")
+        screenshot = Path(os.environ.get("ONCOLENS_SCREENSHOT", tmp_path / "app.png"))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.locator("input[type=file]").set_input_files([image, str(bad)])
+            page.get_by_text("Prediction:").first.wait_for(timeout=90_000)
+            page.get_by_text("contours and boxes").first.wait_for(timeout=30_000)
+            body = page.inner_text("body")
+            assert any(label in body for label in ("histo_normal", "histo_tumor", "mri_normal", "mri_tumor"))
+            assert "not a usable image" in body
+            assert page.locator("img").count() >= 2
+            page.screenshot(path=str(screenshot), full_page=True)
+            browser.close()
+        assert screenshot.stat().st_size > 10_000
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
