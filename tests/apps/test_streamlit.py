@@ -83,7 +83,7 @@ def test_browser_upload_shows_prediction_and_overlays(bundle, phantom_manifest, 
                 time.sleep(0.5)
         else:
             pytest.fail("streamlit did not start")
-        image = phantom_manifest["path"][0]
+        image = os.environ.get("ONCOLENS_APP_IMAGE", phantom_manifest["path"][0])
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not an image at all")
         screenshot = Path(os.environ.get("ONCOLENS_SCREENSHOT", tmp_path / "app.png"))
