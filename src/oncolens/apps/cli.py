@@ -518,6 +518,42 @@ def app_command(
     raise typer.Exit(subprocess.call(command))
 
 
+study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("transfer")
+def study_transfer(
+    manifest: Annotated[Path, typer.Argument(help="manifest with a domain column (e.g. cancer_type, organ)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-transfer"),
+    domain_col: Annotated[str, typer.Option(help="column whose values are the source/target datasets")] = "cancer_type",
+    label_map: Annotated[str, typer.Option(help="YAML label map or 'normal-vs-tumor'")] = "normal-vs-tumor",
+    model: Annotated[str, typer.Option()] = "seed_cnn",
+    weights: Annotated[str, typer.Option()] = "auto",
+    freeze: Annotated[str, typer.Option()] = "auto",
+    image_size: Annotated[Optional[int], typer.Option()] = None,
+    epochs: Annotated[int, typer.Option()] = 10,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    seed: Annotated[int, typer.Option()] = 42,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples per cell")] = 200,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+) -> None:
+    """Cross-cancer transfer matrix (seed 000): one model per source, tested on every target."""
+    from oncolens.studies import transfer_matrix
+    from oncolens.training import TrainConfig
+
+    config = TrainConfig(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
+                         batch_size=batch_size, augment=False)
+    try:
+        transfer_matrix(manifest, out, domain_col=domain_col, label_map=label_map, train_config=config, seed=seed,
+                        n_boot=n_boot, workers=workers)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    console.print(f"study: {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

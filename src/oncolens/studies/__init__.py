@@ -1,0 +1,6 @@
+"""The seeds' experiments as one-command studies, built only from the modules before this one."""
+
+from .runner import Job, run_jobs
+from .transfer_matrix import transfer_matrix
+
+__all__ = ["Job", "run_jobs", "transfer_matrix"]
