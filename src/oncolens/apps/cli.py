@@ -554,6 +554,61 @@ def study_transfer(
     console.print(f"study: {out}")
 
 
+def _study_base(epochs: int, lr: float, batch_size: int, image_size: Optional[int], freeze: str = "auto"):
+    from oncolens.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze=freeze, augment=False)
+
+
+@study_app.command("compare")
+def study_compare(
+    manifest: Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")],
+    models: Annotated[str, typer.Option(help="comma-separated model names")] = "seed_cnn,seed_bn_cnn,tf_efficientnet_lite0",
+    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-compare"),
+    epochs: Annotated[int, typer.Option()] = 10,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    image_size: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    n_boot: Annotated[int, typer.Option()] = 200,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+) -> None:
+    """Architecture comparison (seed 002): same split, AUC/F1/accuracy with CIs, time, parameters."""
+    from oncolens.studies import compare_models
+
+    try:
+        compare_models(manifest, out, [m.strip() for m in models.split(",")], _study_base(epochs, lr, batch_size, image_size),
+                       seed=seed, n_boot=n_boot, workers=workers)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+
+
+@study_app.command("pretraining")
+def study_pretraining(
+    manifest: Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")],
+    models: Annotated[str, typer.Option(help="comma-separated model names")] = "alexnet,vgg16",
+    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-pretraining"),
+    epochs: Annotated[int, typer.Option()] = 10,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    image_size: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    n_boot: Annotated[int, typer.Option()] = 200,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+) -> None:
+    """Random vs ImageNet initialisation per architecture (seed 003); unavailable weights are reported."""
+    from oncolens.studies import compare_pretraining
+
+    try:
+        compare_pretraining(manifest, out, [m.strip() for m in models.split(",")],
+                            _study_base(epochs, lr, batch_size, image_size, freeze="full"), seed=seed, n_boot=n_boot,
+                            workers=workers)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

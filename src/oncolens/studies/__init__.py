@@ -1,6 +1,7 @@
 """The seeds' experiments as one-command studies, built only from the modules before this one."""
 
+from .compare import compare_models, compare_pretraining
 from .runner import Job, run_jobs
 from .transfer_matrix import transfer_matrix
 
-__all__ = ["Job", "run_jobs", "transfer_matrix"]
+__all__ = ["compare_models", "compare_pretraining", "Job", "run_jobs", "transfer_matrix"]

@@ -230,8 +230,11 @@ class _Trainer:
             counts = np.bincount(targets, minlength=len(self.classes)).astype(float)
             weights = 1.0 / np.maximum(counts[targets], 1)
             sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), generator=generator)
+        # a last batch of one image breaks batch norm in training mode: drop it (it is reshuffled next epoch)
+        drop_last = len(targets) > cfg.batch_size and len(targets) % cfg.batch_size == 1
         return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                          generator=generator, collate_fn=collate, num_workers=0 if self.cached else cfg.num_workers)
+                          generator=generator, collate_fn=collate, drop_last=drop_last,
+                          num_workers=0 if self.cached else cfg.num_workers)
 
     def _val_loader(self) -> DataLoader:
         if self.cached:
