@@ -7,19 +7,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from oncolens.apps.api import create_app
-from oncolens.data import save_manifest, split
 from oncolens.export import export_onnx, onnx_parity
 from oncolens.predictor import Predictor
-from oncolens.training import TrainConfig, train
 from tests.helpers import bomb_png, dicom_file, png_bytes
 
 
 @pytest.fixture(scope="module")
-def bundle(phantom_manifest, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
-    csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp / "s.csv")
-    return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8,
-                             runs_dir=str(tmp / "runs"), name="r", augment=False)).bundle_path
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

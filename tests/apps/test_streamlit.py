@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from oncolens.data import save_manifest, split
-from oncolens.training import TrainConfig, train
 
 APP = Path(__file__).resolve().parents[2] / "src" / "oncolens" / "apps" / "streamlit_app.py"
 CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def bundle(phantom_manifest, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("st")
-    csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp / "s.csv")
-    return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8,
-                             runs_dir=str(tmp / "runs"), name="r", augment=False)).bundle_path
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 def run_app(monkeypatch, bundle):

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..data import build_transforms, load_manifest, read_image
-from ..models.bundle import Bundle, load_bundle
+from ..data import build_transforms, read_image
+from ..models.bundle import Bundle
+from .outputs import bundle_and_cases
 from .registry import ExplainOptions, explain
 from .trust import deletion_insertion, mask_iou, pointing_game, random_map
 
@@ -29,13 +30,7 @@ def evaluate_explanations(bundle: str | Path | Bundle, data: str | Path | pd.Dat
                           n_images: int = 16, lesion_only: bool = True, steps: int = 16, seed: int = 0,
                           options: ExplainOptions | None = None) -> pd.DataFrame:
     """A table of methods x metrics (means over images) including a ``random`` baseline row."""
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
-    if split and "split" in frame.columns:
-        frame = frame[frame["split"] == split]
-    label_col = loaded.meta.get("label_col", "label")
-    frame = frame.assign(label=frame[label_col if label_col in frame.columns else "label"].astype(str))
-    frame = frame[frame["label"].isin(loaded.classes)]
+    loaded, frame = bundle_and_cases(bundle, data, split)
     masks = [_load_mask(p) for p in frame.get("mask_path", pd.Series([""] * len(frame))).astype(str)]
     has_lesion = np.array([m is not None and m.any() for m in masks], dtype=bool)
     if lesion_only and has_lesion.any():

@@ -15,7 +15,26 @@ from ..data import read_image
 from .contours import Region, draw_regions, extract_regions, overlay_heatmap, threshold_map
 from .registry import Explanation, ExplainOptions, explain
 
-__all__ = ["Localisation", "localise", "explain_to_files"]
+__all__ = ["Localisation", "localise", "explain_to_files", "bundle_and_cases"]
+
+
+def bundle_and_cases(bundle, data, split: str | None):
+    """The loaded bundle and the manifest rows of ``split`` whose label is one of its classes."""
+    import pandas as pd
+
+    from ..data import load_manifest
+    from ..models.bundle import Bundle, load_bundle
+
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
+    if split and "split" in frame.columns:
+        frame = frame[frame["split"] == split]
+    label_col = loaded.meta.get("label_col", "label")
+    frame = frame.assign(label=frame[label_col if label_col in frame.columns else "label"].astype(str))
+    frame = frame[frame["label"].isin(loaded.classes)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError("no image with one of the model's classes in this data/split")
+    return loaded, frame
 
 
 @dataclass

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import load_manifest, read_image
+from ..data import read_image
 from ..evaluation.plots import plot_gallery
-from ..models.bundle import Bundle, load_bundle
+from ..models.bundle import Bundle
 from ..models.inference import predict_manifest
 from .contours import draw_regions, overlay_heatmap
-from .outputs import localise
+from .outputs import bundle_and_cases, localise
 from .registry import ExplainOptions, explain
 
 __all__ = ["explain_panels", "select_cases"]
@@ -35,15 +35,7 @@ def explain_panels(bundle: str | Path | Bundle, data: str | Path | pd.DataFrame,
                    per_class: int = 3, method: str = "gradcam", split: str | None = "test", alpha: float = 0.45,
                    options: ExplainOptions | None = None) -> list[Path]:
     """One PNG grid per class: N correct and N wrong cases, each as heatmap and contour overlays."""
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
-    if split and "split" in frame.columns:
-        frame = frame[frame["split"] == split]
-    label_col = loaded.meta.get("label_col", "label")
-    frame = frame.assign(label=frame[label_col if label_col in frame.columns else "label"].astype(str))
-    frame = frame[frame["label"].isin(loaded.classes)].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError("no image with one of the model's classes in this data/split")
+    loaded, frame = bundle_and_cases(bundle, data, split)
     proba, positions, _ = predict_manifest(loaded.model, frame)
     frame = frame.iloc[positions].reset_index(drop=True)
     cases = select_cases(frame, proba, list(loaded.classes), per_class)
