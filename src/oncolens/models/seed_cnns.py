@@ -8,22 +8,30 @@ from torch import nn
 __all__ = ["SeedCnnBackbone", "SeedBnCnnBackbone", "seed_cnn_head", "seed_bn_cnn_head"]
 
 
-class SeedCnnBackbone(nn.Module):
-    """Seed 001: three valid 3x3 convolutions (32/64/128) with ReLU and 2x2 max-pool, then flatten."""
+class _FlattenBackbone(nn.Module):
+    """A conv stack whose feature map is flattened (no global pooling), as in the seeds' Keras models."""
 
-    def __init__(self, in_chans: int = 1, input_size: int = 128):
+    def __init__(self, features: nn.Sequential, in_chans: int, input_size: int):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        )
+        self.features = features
         self.flatten = nn.Flatten()
         with torch.no_grad():
             self.num_features = self.flatten(self.features(torch.zeros(1, in_chans, input_size, input_size))).shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.flatten(self.features(x))
+
+
+class SeedCnnBackbone(_FlattenBackbone):
+    """Seed 001: three valid 3x3 convolutions (32/64/128) with ReLU and 2x2 max-pool, then flatten."""
+
+    def __init__(self, in_chans: int = 1, input_size: int = 128):
+        features = nn.Sequential(
+            nn.Conv2d(in_chans, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        super().__init__(features, in_chans, input_size)
 
 
 def seed_cnn_head(in_features: int, num_classes: int) -> nn.Module:
@@ -31,23 +39,16 @@ def seed_cnn_head(in_features: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
 
 
-class SeedBnCnnBackbone(nn.Module):
+class SeedBnCnnBackbone(_FlattenBackbone):
     """Seed 002: 3x3 conv blocks (32/64/128) with batch norm, ReLU and max-pool, then flatten (no GAP)."""
 
     def __init__(self, in_chans: int = 3, input_size: int = 50, widths: tuple[int, ...] = (32, 64, 128)):
-        super().__init__()
         layers: list[nn.Module] = []
         previous = in_chans
         for width in widths:
             layers += [nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             previous = width
-        self.features = nn.Sequential(*layers)
-        self.flatten = nn.Flatten()
-        with torch.no_grad():
-            self.num_features = self.flatten(self.features(torch.zeros(1, in_chans, input_size, input_size))).shape[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.flatten(self.features(x))
+        super().__init__(nn.Sequential(*layers), in_chans, input_size)
 
 
 def seed_bn_cnn_head(in_features: int, num_classes: int) -> nn.Module:
