@@ -1,7 +1,8 @@
 """Predictor: a bundle in; probabilities, an explanation map and contours/boxes out.
 
 The apps (CLI, Streamlit, REST API) use only this. PyTorch and ONNX Runtime back-ends share the
-interface; explanations always use the PyTorch model (they need its gradients and layers).
+interface; explanations always use the PyTorch model (they need its gradients and layers). A
+hierarchical bundle is served by one predictor per tree node: its predictions carry every level.
 """
 
 from __future__ import annotations
@@ -17,21 +18,28 @@ from PIL import Image
 
 from .data import build_transforms, decode_image, read_image
 from .explain import ExplainOptions, draw_regions, explain, localise, overlay_heatmap
-from .models.bundle import Bundle, load_bundle
+from .models.bundle import Bundle
+from .models.hierarchy import HierarchicalBundle, load_any_bundle
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
 
 @dataclass
 class Prediction:
-    """Class probabilities of one image, with the top classes first."""
+    """Class probabilities of one image, with the top classes first.
+
+    For a hierarchical bundle, ``decided`` is the routed leaf (it can differ from the most probable
+    leaf) and ``levels`` has one entry per level the image passed: level, label, confidence, probabilities.
+    """
 
     probabilities: dict[str, float]
     source: str = ""
+    decided: str | None = None
+    levels: list[dict] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
+        return self.decided or max(self.probabilities, key=self.probabilities.get)
 
     @property
     def confidence(self) -> float:
@@ -42,8 +50,11 @@ class Prediction:
 
     def to_dict(self, k: int | None = None) -> dict:
         top = self.top(k or len(self.probabilities))
-        return {"source": self.source, "label": self.label, "confidence": self.confidence,
-                "top": [{"label": name, "probability": p} for name, p in top]}
+        out = {"source": self.source, "label": self.label, "confidence": self.confidence,
+               "top": [{"label": name, "probability": p} for name, p in top]}
+        if self.levels:
+            out["levels"] = self.levels
+        return out
 
 
 @dataclass
@@ -58,24 +69,37 @@ class ExplainedPrediction:
     regions: list[dict] = field(default_factory=list)
     area_fraction: float = 0.0
 
+    explained_by: dict = field(default_factory=dict)
+
     def to_dict(self) -> dict:
-        return {**self.prediction.to_dict(), "method": self.method, "map_size": list(self.heatmap.shape),
-                "regions": self.regions, "area_fraction": self.area_fraction}
+        out = {**self.prediction.to_dict(), "method": self.method, "map_size": list(self.heatmap.shape),
+               "regions": self.regions, "area_fraction": self.area_fraction}
+        if self.explained_by:
+            out["explained_by"] = self.explained_by
+        return out
 
 
 class Predictor:
     """Loads a bundle once; predicts and explains PIL images, files or uploaded bytes, in batches."""
 
-    def __init__(self, bundle: Bundle, backend: str = "torch", onnx_path: str | Path | None = None,
-                 batch_size: int = 32):
+    def __init__(self, bundle: Bundle | HierarchicalBundle, backend: str = "torch",
+                 onnx_path: str | Path | None = None, batch_size: int = 32):
         self.bundle = bundle
-        self.model = bundle.model.eval()
         self.classes = list(bundle.classes)
         self.preprocessing = bundle.preprocessing
         self.transform = build_transforms(bundle.preprocessing, train=False)
         self.batch_size = batch_size
         self.backend = backend
         self._session = None
+        self._nodes: dict[str, Predictor] = {}
+        if isinstance(bundle, HierarchicalBundle):
+            if onnx_path is not None:
+                raise ValueError("a hierarchical bundle exports each node to ONNX itself; do not pass onnx_path")
+            self.model = bundle.root.bundle.model
+            self._nodes = {node.key: Predictor(node.bundle, backend=backend, batch_size=batch_size)
+                           for node in bundle.nodes()}
+            return
+        self.model = bundle.model.eval()
         if backend == "onnx":
             import onnxruntime as ort
 
@@ -89,19 +113,32 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Predictor":
-        return cls(load_bundle(path, device=device), **kwargs)
+        """A predictor for the flat or hierarchical bundle at ``path``."""
+        return cls(load_any_bundle(path, device=device), **kwargs)
+
+    @property
+    def hierarchical(self) -> bool:
+        return isinstance(self.bundle, HierarchicalBundle)
 
     @property
     def info(self) -> dict:
-        return {"classes": self.classes, "input_size": self.preprocessing.size, "channels": self.preprocessing.channels,
-                "model": self.model.config.get("name"), "backend": self.backend,
-                "version": self.bundle.meta.get("oncolens_version") or __import__("oncolens").__version__}
+        out = {"kind": self.bundle.kind, "classes": self.classes, "input_size": self.preprocessing.size,
+               "channels": self.preprocessing.channels, "model": self.model.config.get("name"), "backend": self.backend,
+               "version": self.bundle.meta.get("oncolens_version") or __import__("oncolens").__version__}
+        if isinstance(self.bundle, HierarchicalBundle):
+            out["levels"] = [{"name": lv.name, "column": lv.column} for lv in self.bundle.levels]
+            out["nodes"] = [{"node": node.key, "level": self.bundle.levels[node.level].name,
+                             "classes": list(node.children), "model": node.bundle.model.config.get("name")}
+                            for node in self.bundle.nodes()]
+        return out
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(image) for image in images])
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """``(n_images, n_classes)`` probabilities."""
+        """``(n_images, n_classes)`` probabilities (leaf path products for a hierarchical bundle)."""
+        if self._nodes:
+            return self._hierarchical_scores(images)[0]
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = self.preprocess(images[start:start + self.batch_size])
@@ -113,10 +150,28 @@ class Predictor:
             out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
+    def _hierarchical_scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        node_proba = {key: node.predict_proba(images) for key, node in self._nodes.items()}
+        leaf, routed = self.bundle.combine(node_proba)
+        return leaf, routed, node_proba
+
     def predict(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
-        proba = self.predict_proba(images)
         sources = sources or [""] * len(images)
-        return [Prediction(dict(zip(self.classes, map(float, row))), source=src) for row, src in zip(proba, sources)]
+        if not self._nodes:
+            proba = self.predict_proba(images)
+            return [Prediction(dict(zip(self.classes, map(float, row))), source=src) for row, src in zip(proba, sources)]
+        leaf, routed, node_proba = self._hierarchical_scores(images)
+        out = []
+        for i, (row, src) in enumerate(zip(leaf, sources)):
+            levels = []
+            for node, c in self.bundle.route(node_proba, i):
+                names = list(node.children)
+                levels.append({"level": self.bundle.levels[node.level].name, "node": node.key, "label": names[c],
+                               "confidence": float(node_proba[node.key][i, c]),
+                               "probabilities": dict(zip(names, map(float, node_proba[node.key][i])))})
+            out.append(Prediction(dict(zip(self.classes, map(float, row))), source=src,
+                                  decided=self.classes[int(routed[i])], levels=levels))
+        return out
 
     def predict_files(self, paths: Sequence[str | Path]) -> tuple[list[Prediction], dict[str, str]]:
         """Predictions for the readable files, and ``{path: reason}`` for the others."""
@@ -136,15 +191,20 @@ class Predictor:
 
     def explain(self, image: Image.Image, method: str = "gradcam", target: str | int = "predicted",
                 alpha: float = 0.45, threshold: str = "otsu", options: ExplainOptions | None = None,
-                source: str = "") -> ExplainedPrediction:
-        """Prediction, explanation heatmap, heatmap overlay and green contour/box overlay of one image."""
+                source: str = "", level: int | None = None) -> ExplainedPrediction:
+        """Prediction, explanation heatmap, heatmap overlay and green contour/box overlay of one image.
+
+        For a hierarchical bundle the map comes from the classifier at ``level`` on the routed path
+        (default: the deepest); ``explained_by`` names it.
+        """
         prediction = self.predict([image], [source])[0]
-        e = explain(self.bundle, [image], method=method, target=target, options=options)[0]
+        e = explain(self.bundle, [image], method=method, target=target, options=options, level=level)[0]
         where = localise(e.heatmap, threshold)
         return ExplainedPrediction(prediction=prediction, method=method, heatmap=e.heatmap,
                                    heatmap_overlay=overlay_heatmap(image, e.heatmap, alpha),
                                    contour_overlay=draw_regions(image, where.regions, e.heatmap.shape),
-                                   regions=[r.to_dict() for r in where.regions], area_fraction=where.area_fraction)
+                                   regions=[r.to_dict() for r in where.regions], area_fraction=where.area_fraction,
+                                   explained_by={**e.extra, "class": e.target_class} if e.extra else {})
 
 
 def png_bytes(array: np.ndarray) -> bytes:

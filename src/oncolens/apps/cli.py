@@ -243,12 +243,19 @@ def predict(
     for item in images:
         paths.extend(iter_image_files(item) if item.is_dir() else [item])
     predictions, failed = predictor.predict_files(paths)
-    table = Table(title=f"{len(predictions)} prediction(s)")
+    levels = [lv["name"] for lv in predictor.info.get("levels", [])]
+    table = Table(title=f"{len(predictions)} prediction(s)" + (f"; routed {' > '.join(levels)}" if levels else ""))
     table.add_column("image")
+    if levels:
+        table.add_column("routed prediction")
+        for name in levels:
+            table.add_column(name)
     for i in range(min(top_k, len(predictor.classes))):
         table.add_column(f"top {i + 1}")
     for p in predictions:
-        table.add_row(Path(p.source).name, *(f"{name} {prob:.3f}" for name, prob in p.top(top_k)))
+        by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
+        routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(name, "-") for name in levels)] if levels else []
+        table.add_row(Path(p.source).name, *routed, *(f"{name} {prob:.3f}" for name, prob in p.top(top_k)))
     console.print(table)
     for path, reason in failed.items():
         console.print(f"[yellow]skipped[/] {path}: {reason}", markup=True, highlight=False)
@@ -260,6 +267,8 @@ def predict(
             import pandas as pd
 
             rows = [{"image": r["source"], "label": r["label"], "confidence": r["confidence"],
+                     **{f"{lv['level']}_label": lv["label"] for lv in r.get("levels", [])},
+                     **{f"{lv['level']}_confidence": lv["confidence"] for lv in r.get("levels", [])},
                      **{f"top{i + 1}_label": t["label"] for i, t in enumerate(r["top"])},
                      **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(r["top"])}} for r in records]
             pd.DataFrame(rows).to_csv(out, index=False)
@@ -321,6 +330,21 @@ def evaluate(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     print_metrics(result.report)
+    levels = json.loads(result.metrics_json.read_text()).get("levels") or {}
+    if levels:
+        table = Table(title="hierarchy, level by level (right when the path down to the level is right)")
+        for col in ("level", "classes", "accuracy", "macro_f1", "roc_auc_macro"):
+            table.add_column(col)
+        for name, level in levels.items():
+            def cell(metric: str) -> str:
+                item = level["headline"][metric]
+                if item["value"] is None:
+                    return "undefined"
+                ci = item["ci95"]
+                return f"{item['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+            table.add_row(name, str(len(level["classes"])), cell("accuracy"), cell("macro_f1"), cell("roc_auc_macro"))
+        console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"metrics: {result.metrics_json}")
@@ -357,6 +381,8 @@ def explain(
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 16,
     internal_batch_size: Annotated[int, typer.Option(help="perturbed inputs per forward pass")] = 32,
     n_samples: Annotated[int, typer.Option(help="LIME / KernelSHAP samples")] = 200,
+    level: Annotated[Optional[int], typer.Option(help="hierarchical bundles: level whose classifier is explained "
+                                                      "(0 = top; default: the deepest on the routed path)")] = None,
 ) -> None:
     """Explain predictions: raw map (.npy), heatmap overlay and contour overlay (PNG) per image and method."""
     from oncolens.explain import explain_to_files, list_methods
@@ -368,7 +394,8 @@ def explain(
     try:
         records, failed = explain_to_files(bundle, _image_paths(images), methods, out, target=target, target_layer=layer,
                                            threshold=threshold, percentile=percentile, alpha=alpha,
-                                           batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples))
+                                           batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples),
+                                           level=level)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     table = Table(title=f"{len(records)} explanation(s) in {out}")
@@ -466,16 +493,26 @@ def export(
     onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write")] = Path("model.onnx"),
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
 ) -> None:
-    """Export a bundle to ONNX and check that ONNX Runtime gives the same probabilities."""
+    """Export a bundle to ONNX and check that ONNX Runtime gives the same probabilities.
+
+    A hierarchical bundle exports one file per classifier of its tree, into the folder --onnx.
+    """
     from oncolens.export import export_onnx, onnx_parity
+    from oncolens.models import load_any_bundle
 
     try:
-        path = export_onnx(bundle, onnx, opset=opset)
+        loaded = load_any_bundle(bundle)
+        targets = ([(node.bundle, onnx / f"{node.key}.onnx") for node in loaded.nodes()]
+                   if loaded.kind == "hierarchical" else [(loaded, onnx)])
+        paths = [(b, export_onnx(b, out, opset=opset)) for b, out in targets]
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    difference = onnx_parity(bundle, path)
-    console.print(f"onnx: {path}  (max |probability difference| vs PyTorch on a batch: {difference:.2e})")
-    if difference > 1e-4:
+    worst = 0.0
+    for loaded_bundle, path in paths:
+        difference = onnx_parity(loaded_bundle, path)
+        worst = max(worst, difference)
+        console.print(f"onnx: {path}  (max |probability difference| vs PyTorch on a batch: {difference:.2e})")
+    if worst > 1e-4:
         fail("ONNX Runtime output differs from PyTorch by more than 1e-4", code=1)
 
 
@@ -607,6 +644,38 @@ def study_pretraining(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
+
+
+@study_app.command("hierarchy")
+def study_hierarchy(
+    manifest: Annotated[Path, typer.Argument(help="manifest with one column per level (e.g. tumor_class, subtype)")],
+    levels: Annotated[str, typer.Option(help="comma-separated levels, top first: columns or binary, subtype, "
+                                             "organ, tumor")] = "binary,subtype",
+    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-hierarchy"),
+    model: Annotated[str, typer.Option()] = "seed_cnn",
+    weights: Annotated[str, typer.Option()] = "auto",
+    freeze: Annotated[str, typer.Option()] = "auto",
+    epochs: Annotated[int, typer.Option()] = 10,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    image_size: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    n_boot: Annotated[int, typer.Option()] = 200,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+) -> None:
+    """Hierarchical classifiers (seeds 004, 001): top model + one per branch, routed, vs one flat model."""
+    from oncolens.studies import hierarchy_study
+    from oncolens.training import TrainConfig
+
+    config = TrainConfig(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
+                         batch_size=batch_size, augment=False)
+    try:
+        hierarchy_study(manifest, out, [v.strip() for v in levels.split(",") if v.strip()], train_config=config,
+                        seed=seed, n_boot=n_boot, workers=workers)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    console.print(f"hierarchical bundle: {out / 'hierarchical_bundle'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -11,10 +11,12 @@ import pandas as pd
 import yaml
 
 from ..data import load_manifest, read_image
-from ..models.bundle import Bundle, load_bundle
+from ..models.bundle import Bundle
+from ..models.hierarchy import HierarchicalBundle, load_any_bundle, predict_manifest_hierarchical
 from ..models.inference import predict_manifest
 from ..training.trainer import plot_training_curves
 from .label_map import LabelMap, load_label_map
+from .levels import level_metrics
 from .metrics import HEADLINE_METRICS, MetricsReport, compute_metrics
 from .plots import plot_confusion, plot_gallery, plot_group_breakdown, plot_reliability, plot_roc
 from .report import render_report
@@ -89,8 +91,17 @@ def _error_gallery(frame: pd.DataFrame, out: Path, top_k: int) -> Path | None:
     return plot_gallery(images, titles, out, suptitle=f"top {len(images)} highest-loss images") if images else None
 
 
+def _describe(loaded: Bundle | HierarchicalBundle) -> tuple[str, dict]:
+    """A display name and the model configuration(s) of a flat or hierarchical bundle."""
+    if isinstance(loaded, HierarchicalBundle):
+        nodes = {node.key: node.bundle.model.config for node in loaded.nodes()}
+        levels = " > ".join(lv.name for lv in loaded.levels)
+        return f"hierarchical ({levels}; {len(nodes)} classifiers)", {"kind": "hierarchical", "nodes": nodes}
+    return loaded.model.name, loaded.model.config
+
+
 def evaluate(
-    bundle: str | Path | Bundle,
+    bundle: str | Path | Bundle | HierarchicalBundle,
     data: str | Path | pd.DataFrame,
     split: str | None = "test",
     label_map: str | Path | dict | LabelMap | None = None,
@@ -104,9 +115,11 @@ def evaluate(
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
     ``explanations`` are ``(caption, png)`` pairs (e.g. from ``oncolens.explain.explain_panels``) shown in
-    the report's Explanations section.
+    the report's Explanations section. A hierarchical bundle is scored on its leaf classes (taken from
+    the level columns), with its routed decisions, and at every level of the hierarchy.
     """
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    loaded = bundle if isinstance(bundle, (Bundle, HierarchicalBundle)) else load_any_bundle(bundle)
+    hierarchical = isinstance(loaded, HierarchicalBundle)
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
     notes: list[str] = []
     if split and "split" in frame.columns and (frame["split"] != "").any():
@@ -116,10 +129,21 @@ def evaluate(
     elif split:
         notes.append(f"the manifest has no split column: evaluating all {len(frame)} images")
     label_col = label_col or loaded.meta.get("label_col", "label")
-    if label_col not in frame.columns:
-        label_col = "label"
-    frame = frame.assign(label=frame[label_col].astype(str)).reset_index(drop=True)
-    proba, positions, unreadable = predict_manifest(loaded.model, frame)
+    if hierarchical and label_col == "label" and all(lv.column in frame.columns for lv in loaded.levels):
+        frame = frame.assign(label=loaded.leaf_labels(frame)).reset_index(drop=True)
+        if (frame["label"] == "").any():
+            raise ValueError("rows whose level values " + str([lv.column for lv in loaded.levels]) +
+                             " are not a path of this hierarchy: " + ", ".join(frame.loc[frame["label"] == "", "path"][:5]))
+    else:
+        label_col = label_col if label_col in frame.columns else "label"
+        frame = frame.assign(label=frame[label_col].astype(str)).reset_index(drop=True)
+    if hierarchical and label_map is not None:
+        raise ValueError("label maps apply to flat bundles; a hierarchical bundle is evaluated on its own levels")
+    routed = None
+    if hierarchical:
+        proba, routed, positions, unreadable = predict_manifest_hierarchical(loaded, frame)
+    else:
+        proba, positions, unreadable = predict_manifest(loaded.model, frame)
     if unreadable:
         notes.append(f"{len(unreadable)} unreadable image(s) skipped: " + "; ".join(
             f"{Path(p).name}: {r}" for p, r in list(unreadable.items())[:5]))
@@ -141,11 +165,13 @@ def evaluate(
                              "(e.g. --label-map normal-vs-tumor) to evaluate across datasets")
         y = np.array([classes.index(v) for v in frame["label"]])
     groups = frame["group"].tolist() if "group" in frame.columns else None
-    report = compute_metrics(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed)
+    report = compute_metrics(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed, predicted=routed)
     notes += report.notes
+    levels = (level_metrics(y, proba, routed, classes, loaded.leaf_paths, [lv.name for lv in loaded.levels],
+                            groups=groups, n_boot=n_boot, seed=seed) if hierarchical else {})
     out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    pred = proba.argmax(1)
+    pred = proba.argmax(1) if routed is None else routed
     predictions = pd.DataFrame({
         "path": frame["path"], "true": frame["label"], "predicted": [classes[i] for i in pred],
         "confidence": proba.max(1), "loss": -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1)),
@@ -157,7 +183,8 @@ def evaluate(
              ("ROC curves", plot_roc(y, proba, classes, out_dir / "roc.png")),
              ("reliability diagram", plot_reliability(y, proba, out_dir / "reliability.png"))]
     run_dir = Path(loaded.path).parent if loaded.path else None
-    config: dict = {"bundle": str(loaded.path), "model": loaded.model.config, "classes": loaded.classes}
+    model_name, model_config = _describe(loaded)
+    config: dict = {"bundle": str(loaded.path), "model": model_config, "classes": loaded.classes}
     if run_dir and (run_dir / "history.csv").exists():
         curves = plot_training_curves(pd.read_csv(run_dir / "history.csv"), out_dir / "training_curves.png")
         plots.append(("training curves", curves))
@@ -171,7 +198,8 @@ def evaluate(
     metrics.update({"bundle": str(loaded.path), "data": str(data) if not isinstance(data, pd.DataFrame) else "DataFrame",
                     "split": split, "label_map": None if label_map is None else str(label_map),
                     "unreadable": unreadable, "notes": notes, "most_confused": confused, "groups": groups_tables,
-                    "dataset": summary})
+                    "dataset": summary,
+                    "levels": {name: level.to_dict() for name, level in levels.items()}})
     metrics_json = out_dir / "metrics.json"
     metrics_json.write_text(json.dumps(metrics, indent=2, default=float))
     def ci_text(name: str) -> str:
@@ -185,8 +213,13 @@ def evaluate(
     metric_rows += [{"metric": name, "value": value, "95% CI": "not bootstrapped"} for name, value in
                     (("pr_auc_macro", report.pr_auc_macro), ("log_loss", report.log_loss),
                      ("expected_calibration_error", report.ece))]
+    for name, level in levels.items():  # the hierarchy, level by level (the last one is the leaf level)
+        for metric in ("accuracy", "macro_f1", "roc_auc_macro"):
+            interval = level.intervals.get(metric)
+            metric_rows.append({"metric": f"level {name}: {metric}", "value": level.headline.get(metric),
+                                "95% CI": f"{interval[0]:.3f} – {interval[1]:.3f}" if interval else "undefined"})
     html_path = render_report(
-        out_dir / "report.html", title=f"oncolens evaluation: {loaded.model.name}",
+        out_dir / "report.html", title=f"oncolens evaluation: {model_name}",
         subtitle=f"{len(y)} images, split {split or 'all'}, classes {', '.join(classes)}",
         metrics=metrics, metric_rows=metric_rows, per_class=report.per_class, plots=plots, groups=groups_tables,
         group_plots=group_plots, gallery=gallery, confused=confused, config=config, dataset=summary, notes=notes,

@@ -54,9 +54,10 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 1
                                               num_classes=proba.shape[1], n_bins=n_bins, norm="l1"))
 
 
-def _headline(y: np.ndarray, proba: np.ndarray, positive: int | None) -> dict[str, float | None]:
+def _headline(y: np.ndarray, proba: np.ndarray, positive: int | None,
+              pred: np.ndarray | None = None) -> dict[str, float | None]:
     n_classes = proba.shape[1]
-    pred = proba.argmax(1)
+    pred = proba.argmax(1) if pred is None else pred
     labels = np.arange(n_classes)
     present = np.unique(y)
     out: dict[str, float | None] = {
@@ -82,9 +83,12 @@ def _headline(y: np.ndarray, proba: np.ndarray, positive: int | None) -> dict[st
 
 def bootstrap_ci(
     y: np.ndarray, proba: np.ndarray, groups: np.ndarray | None = None, positive: int | None = None,
-    n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+    n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, predicted: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float] | None]:
-    """Percentile bootstrap intervals of the headline metrics; resamples whole groups when given."""
+    """Percentile bootstrap intervals of the headline metrics; resamples whole groups when given.
+
+    ``predicted`` are decisions other than ``proba.argmax(1)`` (e.g. a hierarchy's routed classes).
+    """
     rng = np.random.default_rng(seed)
     if groups is not None:
         unique, inverse = np.unique(groups, return_inverse=True)
@@ -96,7 +100,8 @@ def bootstrap_ci(
             index = np.concatenate([members[g] for g in chosen])
         else:
             index = rng.integers(0, len(y), len(y))
-        for name, value in _headline(y[index], proba[index], positive).items():
+        chosen_pred = None if predicted is None else predicted[index]
+        for name, value in _headline(y[index], proba[index], positive, chosen_pred).items():
             if value is not None:
                 samples.setdefault(name, []).append(value)
     alpha = (1 - confidence) / 2
@@ -165,9 +170,13 @@ def _default_positive(classes: Sequence[str]) -> int | None:
 
 def compute_metrics(
     y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], groups: Sequence[str] | None = None,
-    positive_class: str | None = None, n_boot: int = 1000, seed: int = 0,
+    positive_class: str | None = None, n_boot: int = 1000, seed: int = 0, predicted: Sequence[int] | None = None,
 ) -> MetricsReport:
-    """Metrics of predicted probabilities ``proba`` (n x classes) against integer labels ``y_true``."""
+    """Metrics of predicted probabilities ``proba`` (n x classes) against integer labels ``y_true``.
+
+    Decisions are ``proba.argmax(1)`` unless ``predicted`` gives them (a hierarchy routes level by level,
+    which can differ from the argmax of its path-product probabilities); ranking metrics use ``proba``.
+    """
     y = np.asarray(y_true, dtype=int)
     proba = np.asarray(proba, dtype=float)
     classes = list(classes)
@@ -179,9 +188,11 @@ def compute_metrics(
     positive = classes.index(positive_class) if positive_class else _default_positive(classes)
     notes: list[str] = []
     labels = np.arange(len(classes))
-    pred = proba.argmax(1)
+    pred = proba.argmax(1) if predicted is None else np.asarray(predicted, dtype=int)
+    if len(pred) != len(y):
+        raise ValueError(f"{len(pred)} predicted classes for {len(y)} labels")
     present = set(np.unique(y).tolist())
-    headline = _headline(y, proba, positive)
+    headline = _headline(y, proba, positive, pred)
     if len(present) < 2:
         notes.append("only one class in the ground truth: ROC-AUC, balanced accuracy and specificity are undefined")
     never_predicted = [classes[c] for c in labels if c in present and not (pred == c).any()]
@@ -216,7 +227,8 @@ def compute_metrics(
             unit = "patient"
         else:
             group_array = None
-    intervals = bootstrap_ci(y, proba, group_array, positive, n_boot=n_boot, seed=seed) if n_boot else {}
+    intervals = (bootstrap_ci(y, proba, group_array, positive, n_boot=n_boot, seed=seed,
+                              predicted=None if predicted is None else pred) if n_boot else {})
     return MetricsReport(
         classes=classes, n=len(y), headline=headline, intervals=intervals, per_class=per_class,
         confusion=confusion_matrix(y, pred, labels=labels),

@@ -23,8 +23,12 @@ def bundle_and_cases(bundle, data, split: str | None):
     import pandas as pd
 
     from ..data import load_manifest
-    from ..models.bundle import Bundle, load_bundle
+    from ..models.bundle import Bundle, load_bundle, read_bundle_info
 
+    kind = read_bundle_info(bundle).get("kind") if isinstance(bundle, (str, Path)) else getattr(bundle, "kind", "")
+    if kind == "hierarchical":
+        raise ValueError(f"{bundle} is a hierarchical bundle: panels and explanation metrics work per classifier; "
+                         f"run them on its node bundles ({Path(bundle) / 'nodes'}/<node>)")
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
     if split and "split" in frame.columns:
@@ -70,11 +74,15 @@ def _safe_stem(path: str, index: int) -> str:
 def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str], out_dir: str | Path,
                      target: str | int = "predicted", target_layer: str | None = None, threshold: str = "otsu",
                      percentile: float = 90.0, alpha: float = 0.45, batch_size: int = 16,
-                     options: ExplainOptions | None = None) -> tuple[list[dict], dict[str, str]]:
-    """Explain image files with each method; write outputs per image and method; return records and failures."""
-    from ..models.bundle import Bundle, load_bundle
+                     options: ExplainOptions | None = None, level: int | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Explain image files with each method; write outputs per image and method; return records and failures.
 
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    ``level`` picks the classifier of a hierarchical bundle (0 = top; default: the deepest on the route).
+    """
+    from ..models.bundle import Bundle
+    from ..models.hierarchy import HierarchicalBundle, load_any_bundle
+
+    loaded = bundle if isinstance(bundle, (Bundle, HierarchicalBundle)) else load_any_bundle(bundle)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images, sources, failed = [], [], {}
@@ -87,7 +95,8 @@ def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str]
     records = []
     for method in methods:
         explanations: list[Explanation] = explain(loaded, images, method=method, target=target,
-                                                  target_layer=target_layer, batch_size=batch_size, options=options)
+                                                  target_layer=target_layer, batch_size=batch_size, options=options,
+                                                  level=level)
         for index, (image, source, e) in enumerate(zip(images, sources, explanations)):
             stem = f"{_safe_stem(source, index)}.{method}"
             np.save(out_dir / f"{stem}.npy", e.raw)
@@ -99,6 +108,6 @@ def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str]
                             "predicted_probability": e.predicted_probability, "layer": e.layer,
                             "seconds_per_image": e.seconds, "map_size": list(e.heatmap.shape),
                             "raw": f"{stem}.npy", "heatmap_png": f"{stem}.heatmap.png",
-                            "contours_png": f"{stem}.contours.png", **where.to_dict()})
+                            "contours_png": f"{stem}.contours.png", **e.extra, **where.to_dict()})
     (out_dir / "explanations.json").write_text(json.dumps({"explanations": records, "skipped": failed}, indent=2))
     return records, failed

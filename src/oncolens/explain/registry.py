@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 
 from ..data import Preprocessing, build_transforms, read_image
-from ..models.bundle import Bundle, load_bundle
+from ..models.bundle import Bundle
+from ..models.hierarchy import HierarchicalBundle, HierarchyNode, load_any_bundle
 from ..models.registry import OncoClassifier
 from .layers import find_target_layer, get_layer
 
@@ -107,8 +108,6 @@ def to_relevance(raw: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _as_model(model_or_bundle) -> tuple[OncoClassifier, list[str]]:
-    if isinstance(model_or_bundle, (str, Path)):
-        model_or_bundle = load_bundle(model_or_bundle)
     if isinstance(model_or_bundle, Bundle):
         return model_or_bundle.model, list(model_or_bundle.classes)
     if isinstance(model_or_bundle, OncoClassifier):
@@ -136,13 +135,23 @@ def _as_batch(images, preprocessing: Preprocessing) -> tuple[torch.Tensor, list[
 def explain(
     model_or_bundle, images: Sequence | torch.Tensor, method: str = "gradcam", target: str | int = "predicted",
     target_layer: str | None = None, batch_size: int = 16, options: ExplainOptions | None = None,
-    classes: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None, level: int | None = None,
 ) -> list[Explanation]:
     """Explain each image's ``target`` class (``predicted``, a class name or an index) with ``method``.
+
+    A hierarchical bundle explains each image with the classifier that decided it at ``level`` (default:
+    the deepest one on its routed path), or, for a named target class, with the classifier that decides
+    that class; ``Explanation.extra`` says which node and level.
 
     >>> explain("runs/demo/bundle", ["scan.png"], method="gradcam")[0].heatmap.shape  # doctest: +SKIP
     (224, 224)
     """
+    if len(images) == 0:
+        return []
+    if isinstance(model_or_bundle, (str, Path)):
+        model_or_bundle = load_any_bundle(model_or_bundle)
+    if isinstance(model_or_bundle, HierarchicalBundle):
+        return _explain_hierarchical(model_or_bundle, images, method, target, target_layer, batch_size, options, level)
     model, bundle_classes = _as_model(model_or_bundle)
     classes = list(classes or bundle_classes)
     options = options or ExplainOptions()
@@ -205,3 +214,47 @@ def _explanations(method: str, chosen: Method, raw, proba: np.ndarray, targets, 
                                predicted_probability=float(proba[i, p]), raw=raw[i], heatmap=heatmaps[i],
                                layer=layer_name, seconds=seconds, source=sources[i]))
     return out
+
+
+def _node_probabilities(bundle: HierarchicalBundle, images: list[Image.Image]) -> dict[str, np.ndarray]:
+    out = {}
+    for node in bundle.nodes():
+        model = node.bundle.model
+        x, _ = _as_batch(images, model.preprocessing)
+        with torch.no_grad():
+            out[node.key] = torch.softmax(model(x.to(next(model.parameters()).device)).float(), 1).cpu().numpy()
+    return out
+
+
+def _explain_hierarchical(bundle: HierarchicalBundle, images, method: str, target: str | int, target_layer,
+                          batch_size: int, options, level: int | None) -> list[Explanation]:
+    if isinstance(images, torch.Tensor):
+        raise TypeError("a hierarchical bundle explains images or image files, not tensors (its nodes may "
+                        "preprocess differently)")
+    pil, sources = [], []
+    for item in images:
+        pil.append(read_image(item).image if isinstance(item, (str, Path)) else item)
+        sources.append(str(item) if isinstance(item, (str, Path)) else "")
+    chosen: list[tuple[HierarchyNode, int]] = []
+    if target == "predicted":
+        node_proba = _node_probabilities(bundle, pil)
+        for i in range(len(pil)):
+            path = bundle.route(node_proba, i)
+            chosen.append(path[-1] if level is None else path[min(level, len(path) - 1)])
+    else:
+        found = bundle.node_for_class(str(target))
+        if found is None:
+            names = sorted({v for n in bundle.nodes() for v in n.children} | set(bundle.classes))
+            raise ValueError(f"target must be 'predicted' or a class of the hierarchy ({', '.join(names)}), got {target!r}")
+        chosen = [found] * len(pil)
+    results: list[Explanation | None] = [None] * len(pil)
+    for key in dict.fromkeys((node.key, c) for node, c in chosen):
+        members = [i for i, (node, c) in enumerate(chosen) if (node.key, c) == key]
+        node = chosen[members[0]][0]
+        done = explain(node.bundle, [pil[i] for i in members], method=method, target=key[1], target_layer=target_layer,
+                       batch_size=batch_size, options=options)
+        for i, e in zip(members, done):
+            e.source = sources[i]
+            e.extra.update({"node": node.key, "level": bundle.levels[node.level].name})
+            results[i] = e
+    return results  # type: ignore[return-value]

@@ -94,7 +94,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     path = Path(path)
     info = read_bundle_info(path)
     if info.get("kind", "flat") != "flat":
-        raise ValueError(f"{path} is a {info['kind']} bundle; load it with oncolens.predictor.load_predictor_bundle")
+        raise ValueError(f"{path} is a {info['kind']} bundle; load it with oncolens.models.load_any_bundle")
     cfg = info["model"]
     model = create_model(cfg["name"], num_classes=int(cfg["num_classes"]), weights="random", freeze="full",
                          head=cfg["head"], input_size=int(cfg["input_size"]), channels=int(cfg["channels"]))

@@ -1,0 +1,188 @@
+"""Hierarchical classification (seeds 004 and 001): a top-level model and one model per branch, combined
+into a routed hierarchical bundle, scored at every level and end to end against one flat model over
+the leaf classes trained on the same split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..data import load_manifest, save_manifest, split  # noqa: E402
+from ..evaluation import evaluate  # noqa: E402
+from ..evaluation.levels import level_metrics  # noqa: E402
+from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle  # noqa: E402
+from ..training import TrainConfig  # noqa: E402
+from .runner import Job, run_jobs  # noqa: E402
+from .transfer_matrix import _eval_job, _train_job  # noqa: E402
+
+__all__ = ["hierarchy_study", "LEAF_COLUMN"]
+
+#: Column of the study's manifest that holds each row's leaf class (the flat model's label).
+LEAF_COLUMN = "leaf"
+METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("roc_auc_macro", "ROC-AUC"))
+
+
+def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: float, seed: int):
+    """The study's manifest (leaf column, one grouped split), fixed on the first run so a resume reuses it."""
+    path = out_dir / "data" / "all.csv"
+    frame = load_manifest(path if path.exists() else manifest)
+    resolved = resolve_levels(list(frame.columns), levels)
+    notes = []
+    if not path.exists():
+        values = frame[[lv.column for lv in resolved]].astype(str)
+        empty = (values == "") | (values == "nan")
+        if empty.any(axis=1).any():
+            notes.append(f"{int(empty.any(axis=1).sum())} row(s) without a value at every level were left out")
+            frame = frame[~empty.any(axis=1)].reset_index(drop=True)
+        tree = HierarchyTree.from_manifest(frame, resolved)
+        by_path = {p: name for p, name in tree.leaves.items()}
+        frame[LEAF_COLUMN] = [by_path[tuple(p)] for p in values[~empty.any(axis=1)].itertuples(index=False)]
+        if "split" not in frame.columns or (frame["split"] == "").all():
+            frame = split(frame, test=test, val=val, seed=seed, label_col=LEAF_COLUMN)
+        save_manifest(frame, path)
+    return frame, resolved, HierarchyTree.from_manifest(frame, resolved), notes
+
+
+def _plot(table: pd.DataFrame, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(1.8 * len(table) + 2.5, 3.6))
+    x = np.arange(len(table))
+    for offset, (model, colour) in zip((-0.2, 0.2), (("hierarchical", "tab:blue"), ("flat", "tab:orange"))):
+        values = table[f"{model}_accuracy"].astype(float).to_numpy()
+        cis = [ci if isinstance(ci, (list, tuple)) else (v, v) for ci, v in zip(table[f"{model}_accuracy_ci95"], values)]
+        err = np.array([[max(v - lo, 0) for (lo, _), v in zip(cis, values)], [max(hi - v, 0) for (_, hi), v in zip(cis, values)]])
+        ax.bar(x + offset, values, 0.4, yerr=err, capsize=3, label=model, color=colour)
+    ax.set_xticks(x, table["level"])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy (95% CI)")
+    ax.set_title("hierarchical vs flat, level by level")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _fmt(value, ci) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "undefined"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, (list, tuple)) else "")
+
+
+def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[str] = ("binary", "subtype"),
+                    train_config: TrainConfig | None = None, test: float = 0.2, val: float = 0.15, seed: int = 42,
+                    n_boot: int = 200, workers: int = 1) -> pd.DataFrame:
+    """Train the tree's classifiers and a flat leaf model; write the hierarchical bundle and level tables.
+
+    Returns the level table: one row per level (the last is end to end), hierarchical vs flat metrics.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed)
+    data = out_dir / "data" / "all.csv"
+    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3))
+    runs = out_dir / "runs"
+    node_data, jobs = {}, []
+    for prefix in tree.nodes:
+        key = tree.node_key(prefix)
+        path = out_dir / "data" / f"node-{key}.csv"
+        if not path.exists():
+            inside = [tuple(p[:len(prefix)]) == prefix for p in frame[[lv.column for lv in resolved]].astype(str).itertuples(index=False)]
+            save_manifest(frame[inside].reset_index(drop=True), path)
+        node_data[prefix] = path
+        config = {**base, "data": str(path), "label_col": resolved[len(prefix)].column, "runs_dir": str(runs),
+                  "name": f"node-{key}", "seed": seed}
+        jobs.append(Job(f"train node {key}", _train_job, {"config": config}, done=runs / f"node-{key}" / "bundle" / "bundle.json"))
+    flat = {**base, "data": str(data), "label_col": LEAF_COLUMN, "runs_dir": str(runs), "name": "flat", "seed": seed}
+    jobs.append(Job("train flat", _train_job, {"config": flat}, done=runs / "flat" / "bundle" / "bundle.json"))
+    run_jobs(jobs, workers)
+    bundle_path = out_dir / "hierarchical_bundle"
+    if not (bundle_path / "bundle.json").exists():
+        save_hierarchical_bundle(tree, {p: runs / f"node-{tree.node_key(p)}" / "bundle" for p in tree.nodes},
+                                 bundle_path, meta={"study": str(out_dir), "levels": list(levels)})
+    evals = out_dir / "evals"
+    eval_jobs = [Job(f"evaluate node {tree.node_key(p)}", _eval_job,
+                     {"bundle": str(runs / f"node-{tree.node_key(p)}" / "bundle"), "data": str(node_data[p]),
+                      "out_dir": str(evals / f"node-{tree.node_key(p)}"), "n_boot": n_boot},
+                     done=evals / f"node-{tree.node_key(p)}" / "metrics.json") for p in tree.nodes]
+    eval_jobs += [Job(f"evaluate {name}", _eval_job, {"bundle": str(bundle), "data": str(data),
+                                                      "out_dir": str(evals / name), "n_boot": n_boot},
+                      done=evals / name / "metrics.json")
+                  for name, bundle in (("hierarchical", bundle_path), ("flat", runs / "flat" / "bundle"))]
+    run_jobs(eval_jobs, workers)
+
+    level_names_ = [lv.name for lv in resolved]
+    hier_levels = json.loads((evals / "hierarchical" / "metrics.json").read_text())["levels"]
+    flat_levels = _flat_levels(evals / "flat", data, tree, level_names_, n_boot, seed)
+    rows = []
+    for depth, name in enumerate(level_names_):
+        row = {"level": name + (" (end to end)" if depth == len(level_names_) - 1 else ""),
+               "classes": len(hier_levels[name]["classes"])}
+        for model, source in (("hierarchical", hier_levels[name]), ("flat", flat_levels[name])):
+            for metric, _ in METRICS:
+                row[f"{model}_{metric}"] = source["headline"][metric]["value"]
+                row[f"{model}_{metric}_ci95"] = source["headline"][metric]["ci95"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(out_dir / "results.csv", index=False)
+    nodes = []
+    for prefix, classes in tree.nodes.items():
+        headline = json.loads((evals / f"node-{tree.node_key(prefix)}" / "metrics.json").read_text())["headline"]
+        nodes.append({"node": " > ".join(prefix) or "root", "level": resolved[len(prefix)].name,
+                      "classes": ", ".join(classes),
+                      **{m: headline[m]["value"] for m, _ in METRICS},
+                      **{f"{m}_ci95": headline[m]["ci95"] for m, _ in METRICS}})
+    node_table = pd.DataFrame(nodes)
+    node_table.to_csv(out_dir / "nodes.csv", index=False)
+    _plot(table, out_dir / "levels.png")
+    _write_markdown(table, node_table, out_dir, resolved, tree, notes)
+    return table
+
+
+def _flat_levels(eval_dir: Path, data: Path, tree: HierarchyTree, levels: list[str], n_boot: int, seed: int) -> dict:
+    """The flat model's metrics at every level, from its test predictions (a leaf decides its whole path)."""
+    predictions = pd.read_csv(eval_dir / "predictions.csv", keep_default_na=False)
+    classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+    proba = predictions[[f"prob_{c}" for c in classes]].to_numpy(float)
+    manifest = load_manifest(data).set_index("path")
+    groups = manifest.loc[predictions["path"], "group"].astype(str).tolist() if "group" in manifest.columns else None
+    leaf_paths = {name: p for p, name in tree.leaves.items()}
+    reports = level_metrics([classes.index(t) for t in predictions["true"].astype(str)], proba,
+                            [classes.index(p) for p in predictions["predicted"].astype(str)], classes, leaf_paths,
+                            levels, groups=groups, n_boot=n_boot, seed=seed)
+    out = {name: report.to_dict() for name, report in reports.items()}
+    (eval_dir / "levels.json").write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
+def _write_markdown(table: pd.DataFrame, node_table: pd.DataFrame, out_dir: Path, resolved, tree: HierarchyTree,
+                    notes: list[str]) -> None:
+    lines = ["# Hierarchical vs flat classification (test split)", "",
+             "Levels: " + " > ".join(f"{lv.name} (`{lv.column}`)" for lv in resolved) +
+             f"; {len(tree.nodes)} classifiers in the tree, {len(tree.leaves)} leaf classes.", "",
+             "A prediction counts as right at a level when its whole path down to that level is right. "
+             "The hierarchy routes each image by the most probable class at each level; the flat model's "
+             "leaf decides its path. 95% bootstrap intervals (by patient when known).", "",
+             "| level | classes | " + " | ".join(f"{m} {label}" for m in ("hierarchical", "flat") for _, label in METRICS) + " |",
+             "|---|---|" + "---|" * (2 * len(METRICS))]
+    for row in table.to_dict("records"):
+        cells = [_fmt(row[f"{m}_{metric}"], row[f"{m}_{metric}_ci95"]) for m in ("hierarchical", "flat") for metric, _ in METRICS]
+        lines.append(f"| {row['level']} | {row['classes']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Each classifier on its own branch (true parent given)", "",
+              "| node | level | classes | " + " | ".join(label for _, label in METRICS) + " |",
+              "|---|---|---|" + "---|" * len(METRICS)]
+    for row in node_table.to_dict("records"):
+        lines.append(f"| {row['node']} | {row['level']} | {row['classes']} | " +
+                     " | ".join(_fmt(row[m], row[f"{m}_ci95"]) for m, _ in METRICS) + " |")
+    lines += ["", "Combined predictor: `hierarchical_bundle/` (accepted by `oncolens predict`, `explain`, `evaluate`, "
+              "`serve` and `app`). Reports: `evals/*/report.html`."]
+    lines += [f"- note: {n}" for n in notes]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
