@@ -32,3 +32,22 @@ def tiny_bundle(phantom_manifest, tmp_path_factory) -> Path:
     csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp / "s.csv")
     return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8,
                              runs_dir=str(tmp / "runs"), name="r", augment=False)).bundle_path
+
+
+@pytest.fixture(scope="session")
+def hierarchy_study_dir(phantom_manifest, tmp_path_factory) -> Path:
+    """A hierarchy study (organ > tumour) of one-epoch 32 px seed CNNs on the session phantoms, made once."""
+    from oncolens.data import save_manifest
+    from oncolens.studies import hierarchy_study
+    from oncolens.training import TrainConfig
+
+    tmp = tmp_path_factory.mktemp("hierarchy")
+    manifest = save_manifest(phantom_manifest, tmp / "m.csv")
+    hierarchy_study(manifest, tmp / "study", levels=["organ", "tumor"], n_boot=10,
+                    train_config=TrainConfig(model="seed_cnn", image_size=32, epochs=1, batch_size=8, augment=False))
+    return tmp / "study"
+
+
+@pytest.fixture(scope="session")
+def hierarchical_bundle(hierarchy_study_dir) -> Path:
+    return hierarchy_study_dir / "hierarchical_bundle"

@@ -81,3 +81,14 @@ def test_onnx_export_parity_and_backend(bundle, tmp_path, phantom_manifest):
     torch_proba = Predictor.from_bundle(bundle).predict_proba(images)
     onnx_proba = Predictor.from_bundle(bundle, backend="onnx", onnx_path=path).predict_proba(images)
     assert np.abs(torch_proba - onnx_proba).max() < 1e-4
+
+
+def test_hierarchical_bundle_is_served_level_by_level(hierarchical_bundle, phantom_manifest):
+    client = TestClient(create_app(Predictor.from_bundle(hierarchical_bundle)))
+    info = client.get("/model").json()
+    assert info["kind"] == "hierarchical" and [lv["name"] for lv in info["levels"]] == ["organ", "tumor"]
+    result = client.post("/predict", files=image_upload(phantom_manifest)).json()
+    assert [lv["level"] for lv in result["levels"]] == ["organ", "tumor"] and result["label"] == result["levels"][1]["label"]
+    explained = client.post("/explain?level=0", files=image_upload(phantom_manifest)).json()
+    assert explained["explained_by"]["level"] == "organ" and explained["levels"]
+    assert client.post("/explain?level=-1", files=image_upload(phantom_manifest)).status_code == 422

@@ -113,3 +113,29 @@ def test_train_unavailable_weights_is_clear(tmp_path, phantom_dir, monkeypatch):
     result = runner.invoke(app, ["train", str(manifest), "--model", "resnet50", "--weights", "imagenet",
                                  "--runs-dir", str(tmp_path / "runs"), "--name", "x"])
     assert result.exit_code == 2 and "cannot be reached" in result.output and "Traceback" not in result.output
+
+
+def test_hierarchical_bundle_through_predict_explain_evaluate_export(hierarchical_bundle, hierarchy_study_dir,
+                                                                     phantom_manifest, tmp_path):
+    images = [str(p) for p in phantom_manifest["path"][:3]]
+    result = runner.invoke(app, ["predict", str(hierarchical_bundle), *images, "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert {"organ_label", "organ_confidence", "tumor_label", "label"} <= set(table.columns)
+    assert (table["label"] == table["tumor_label"]).all()
+    result = runner.invoke(app, ["explain", str(hierarchical_bundle), images[0], "--level", "0", "--out",
+                                 str(tmp_path / "x")])
+    assert result.exit_code == 0, result.output
+    record = __import__("json").loads((tmp_path / "x" / "explanations.json").read_text())["explanations"][0]
+    assert record["level"] == "organ" and record["node"] == "root" and record["target"] in ("histo", "mri")
+    result = runner.invoke(app, ["evaluate", str(hierarchical_bundle), "--data",
+                                 str(hierarchy_study_dir / "data" / "all.csv"), "--n-boot", "5", "--out",
+                                 str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert "level by level" in result.output
+    result = runner.invoke(app, ["export", str(hierarchical_bundle), "--onnx", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["histo.onnx", "mri.onnx", "root.onnx"]
+    result = runner.invoke(app, ["explain-panels", str(hierarchical_bundle), "--data",
+                                 str(hierarchy_study_dir / "data" / "all.csv")])
+    assert result.exit_code == 2 and "node bundles" in result.output

@@ -45,6 +45,25 @@ def test_example_image_shows_prediction(monkeypatch, bundle):
     assert not at.exception
 
 
+def test_hierarchical_bundle_shows_every_level(monkeypatch, hierarchical_bundle):
+    at = run_app(monkeypatch, hierarchical_bundle)
+    assert not at.exception
+    assert "organ > tumor" in " ".join(m.value for m in at.sidebar.markdown)
+    level_choice = at.sidebar.selectbox[0]
+    assert level_choice.options == ["deepest on the route", "organ", "tumor"]
+    at.sidebar.button[0].click().run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "Prediction:" in text and "Routed: organ" in text and "→ tumor" in text
+    table = at.dataframe[0].value
+    assert list(table["level"]) == ["organ", "tumor"]
+    level_choice.select("organ").run()
+    at.sidebar.button[0].click().run()
+    assert not at.exception
+    captions = [e.proto.imgs[0].caption for e in at.main if type(e).__name__ == "Image"]
+    assert captions[0].startswith("gradcam heatmap (organ classifier, class ")
+
+
 def test_missing_bundle_is_a_message(monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 

@@ -61,14 +61,16 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
                       method: str = Query("gradcam", description="explanation method"),
                       alpha: float = Query(0.45, ge=0.0, le=1.0),
                       overlay: str = Query("contours", pattern="^(contours|heatmap)$",
-                                           description="which overlay an image/png response returns")):
+                                           description="which overlay an image/png response returns"),
+                      level: int | None = Query(None, ge=0, description="hierarchical bundles: level whose "
+                                                "classifier is explained (0 = top; default: the deepest)")):
         if method not in list_methods():
             raise HTTPException(status_code=422, detail=f"unknown method {method!r}; one of {list_methods()}")
         image = await read_image_upload(file)
 
         def run():
             with explain_lock:
-                return predictor.explain(image, method=method, alpha=alpha, source=file.filename or "")
+                return predictor.explain(image, method=method, alpha=alpha, source=file.filename or "", level=level)
 
         result = await run_in_threadpool(run)
         if "image/png" in request.headers.get("accept", ""):

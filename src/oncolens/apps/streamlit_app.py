@@ -47,16 +47,24 @@ def example_image():
     return Image.fromarray(image)
 
 
-def show_result(predictor: Predictor, name: str, image, method: str, alpha: float) -> None:
-    result = predictor.explain(image, method=method, alpha=alpha, source=name)
+def show_result(predictor: Predictor, name: str, image, method: str, alpha: float, level: int | None = None) -> None:
+    result = predictor.explain(image, method=method, alpha=alpha, source=name, level=level)
     p = result.prediction
     st.subheader(f"{name}")
     st.markdown(f"**Prediction: {p.label}** ({p.confidence:.1%})")
+    if p.levels:  # a hierarchical bundle: the decision at every level of the routed path
+        st.markdown("Routed: " + " → ".join(f"{lv['level']} **{lv['label']}** ({lv['confidence']:.0%})"
+                                           for lv in p.levels))
+        st.dataframe(pd.DataFrame([{"level": lv["level"], "prediction": lv["label"], "confidence": lv["confidence"],
+                                    "alternatives": ", ".join(f"{k} {v:.2f}" for k, v in lv["probabilities"].items())}
+                                   for lv in p.levels]), hide_index=True)
     chart = pd.DataFrame({"probability": list(p.probabilities.values())}, index=list(p.probabilities.keys()))
     st.bar_chart(chart, horizontal=True)
     left, right = st.columns(2)
-    left.image(result.heatmap_overlay, caption=f"{method} heatmap", use_container_width=True)
-    right.image(result.contour_overlay, caption="contours and boxes", use_container_width=True)
+    by = result.explained_by
+    caption = f"{method} heatmap" + (f" ({by['level']} classifier, class {by['class']})" if by else "")
+    left.image(result.heatmap_overlay, caption=caption, width="stretch")
+    right.image(result.contour_overlay, caption="contours and boxes", width="stretch")
     stem = os.path.splitext(name)[0]
     d1, d2, d3 = st.columns(3)
     d1.download_button("heatmap PNG", png_bytes(result.heatmap_overlay), f"{stem}.{method}.heatmap.png", "image/png",
@@ -85,6 +93,12 @@ def main() -> None:
         st.header("Model")
         st.write(f"{info['model']} · {info['input_size']} px · {len(info['classes'])} classes")
         st.write(", ".join(info["classes"]))
+        level = None
+        if info.get("levels"):
+            names = [lv["name"] for lv in info["levels"]]
+            st.write(f"hierarchical: {' > '.join(names)} ({len(info['nodes'])} classifiers)")
+            choice = st.selectbox("Explain the classifier of level", ["deepest on the route", *names])
+            level = None if choice == "deepest on the route" else names.index(choice)
         method = st.selectbox("Explanation method", list_methods(), index=list_methods().index("gradcam"))
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
         use_example = st.button("Try an example image")
@@ -102,7 +116,7 @@ def main() -> None:
     if use_example:
         items.append(("example-mri-phantom.png", example_image()))
     for name, image in items:
-        show_result(predictor, name, image, method, alpha)
+        show_result(predictor, name, image, method, alpha, level)
     if not items:
         st.info("Upload one or several images, or try the example.")
 

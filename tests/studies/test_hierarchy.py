@@ -1,0 +1,80 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from oncolens.apps.cli import app
+from oncolens.data import save_manifest
+from oncolens.evaluation import evaluate
+from oncolens.models import HierarchicalBundle, load_any_bundle
+from oncolens.studies import hierarchy_study
+from oncolens.training import TrainConfig
+
+pytestmark = pytest.mark.slow
+LEAVES = ["histo_normal", "histo_tumor", "mri_normal", "mri_tumor"]
+
+
+def test_study_writes_levels_nodes_figure_and_a_hierarchical_bundle(hierarchy_study_dir):
+    out = hierarchy_study_dir
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["level"]) == ["organ", "tumor (end to end)"]
+    assert list(table["classes"]) == [2, 4]
+    for model in ("hierarchical", "flat"):
+        assert table[f"{model}_accuracy"].between(0, 1).all()
+        assert table[f"{model}_roc_auc_macro"].notna().all()
+    nodes = pd.read_csv(out / "nodes.csv")
+    assert list(nodes["node"]) == ["root", "histo", "mri"]
+    assert nodes.set_index("node").loc["mri", "classes"] == "mri_normal, mri_tumor"
+    assert (out / "levels.png").stat().st_size > 1000
+    text = (out / "results.md").read_text()
+    assert "Hierarchical vs flat" in text and "| root | organ | histo, mri |" in text
+    for run in ("node-root", "node-histo", "node-mri", "flat"):
+        assert (out / "runs" / run / "bundle" / "bundle.json").exists()
+        assert (out / "evals" / run / "report.html").exists()
+    assert (out / "evals" / "hierarchical" / "report.html").exists()
+    hb = load_any_bundle(out / "hierarchical_bundle")
+    assert isinstance(hb, HierarchicalBundle) and hb.classes == LEAVES
+
+
+def test_end_to_end_rows_match_evaluate_of_the_bundle(hierarchy_study_dir):
+    out = hierarchy_study_dir
+    table = pd.read_csv(out / "results.csv").set_index("level")
+    result = evaluate(out / "hierarchical_bundle", out / "data" / "all.csv", n_boot=0, out_dir=out / "re-eval")
+    metrics = json.loads(result.metrics_json.read_text())
+    assert metrics["headline"]["accuracy"]["value"] == pytest.approx(table.loc["tumor (end to end)", "hierarchical_accuracy"])
+    assert metrics["levels"]["organ"]["headline"]["accuracy"]["value"] == pytest.approx(table.loc["organ", "hierarchical_accuracy"])
+    # the organ level of the combined predictor is the root classifier's own decision
+    root = json.loads((out / "evals" / "node-root" / "metrics.json").read_text())
+    assert root["headline"]["accuracy"]["value"] == pytest.approx(table.loc["organ", "hierarchical_accuracy"])
+    assert "level organ: accuracy" in result.report_html.read_text()
+
+
+def test_resume_skips_finished_runs(hierarchy_study_dir, phantom_manifest, capsys):
+    out = hierarchy_study_dir
+    stamp = (out / "runs" / "node-root" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    hierarchy_study(out / "data" / "all.csv", out, levels=["organ", "tumor"], n_boot=10,
+                    train_config=TrainConfig(model="seed_cnn", image_size=32, epochs=1, batch_size=8, augment=False))
+    assert (out / "runs" / "node-root" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp
+    printed = capsys.readouterr().out
+    assert "skip train node root" in printed and "skip evaluate hierarchical" in printed
+
+
+def test_cli_binary_subtype_levels(phantom_manifest, tmp_path):
+    # BreaKHis-like columns: benign/malignant, then two subtypes per branch
+    frame = phantom_manifest.assign(
+        tumor_class=["malignant" if "tumor" in v else "benign" for v in phantom_manifest["label"]],
+        subtype=[{"histo_normal": "adenosis", "mri_normal": "fibroadenoma", "histo_tumor": "ductal",
+                  "mri_tumor": "lobular"}[v] for v in phantom_manifest["label"]])
+    manifest = save_manifest(frame, tmp_path / "m.csv")
+    result = CliRunner().invoke(app, ["study", "hierarchy", str(manifest), "--levels", "binary,subtype", "--out",
+                                      str(tmp_path / "s"), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
+                                      "--n-boot", "5", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Hierarchical vs flat" in result.output
+    nodes = pd.read_csv(tmp_path / "s" / "nodes.csv")
+    assert list(nodes["node"]) == ["root", "benign", "malignant"]
+    assert list(pd.read_csv(tmp_path / "s" / "results.csv")["level"]) == ["binary", "subtype (end to end)"]
+    bad = CliRunner().invoke(app, ["study", "hierarchy", str(manifest), "--levels", "organ,stage", "--out",
+                                   str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "none of the columns" in bad.output
