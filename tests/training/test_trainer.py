@@ -82,6 +82,22 @@ def test_frozen_backbone_uses_feature_cache(split_csv, tmp_path):
     assert np.allclose(uncached.history["val_loss"].iloc[0], first.history["val_loss"].iloc[0], atol=1e-4)
 
 
+def test_feature_cache_never_shares_targets_between_label_columns(split_csv, tmp_path):
+    # same images, same backbone, other labels (organ vs the 4 classes): a shared cache entry would train
+    # the second model on the first one's targets
+    cfg = tiny(split_csv, tmp_path, model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen", epochs=1,
+               feature_cache="disk", cache_dir=str(tmp_path / "cache"), name="organ", label_col="organ")
+    train(cfg)
+    cfg.name, cfg.label_col = "label", "label"
+    result = train(cfg)
+    assert result.classes == ["histo_normal", "histo_tumor", "mri_normal", "mri_tumor"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # train + val, per label column
+    from safetensors.torch import load_file
+
+    most = max(int(load_file(str(p))["targets"].max()) for p in (tmp_path / "cache").glob("*.safetensors"))
+    assert most == 3
+
+
 def test_augmented_views_cached(split_csv, tmp_path):
     cfg = tiny(split_csv, tmp_path, model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen",
                augment=True, cache_views=2, cache_dir=str(tmp_path / "cache"), feature_cache="memory")

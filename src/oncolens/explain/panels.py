@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def explain_panels(bundle: str | Path | Bundle, data: str | Path | pd.DataFrame,
             head = f"{row.case.upper()}: true {row.label}\npred {row.pred} ({row.confidence:.2f})"
             titles += [f"{head}\n{method}", f"{head}\ncontours"]
         n_correct = int((rows["case"] == "correct").sum())
-        out = out_dir / f"panel_{name}.png"
+        out = out_dir / f"panel_{re.sub(r'[^\w.-]+', '_', name)}.png"  # class names may hold '/' (hierarchy leaves)
         plot_gallery(tiles, titles, out, columns=4,
                      suptitle=f"{name}: {n_correct} correct, {len(rows) - n_correct} wrong ({method})")
         outputs.append(out)

@@ -192,7 +192,9 @@ class _Trainer:
         started = time.perf_counter()
 
         def features_for(dataset: ManifestDataset, extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
-            key = cache_key(dataset.paths, {**model_id, **extra})
+            # the cached entry holds the targets too: two runs on the same images with other labels
+            # (a hierarchy's nodes, a staging column) must not share it
+            key = cache_key(dataset.paths, {**model_id, **extra, "classes": self.classes, "targets": dataset.targets})
 
             def compute() -> dict[str, torch.Tensor]:
                 seed_everything(cfg.seed + 7919 * extra.get("view", 0))
