@@ -78,3 +78,12 @@ def test_cli_binary_subtype_levels(phantom_manifest, tmp_path):
     bad = CliRunner().invoke(app, ["study", "hierarchy", str(manifest), "--levels", "organ,stage", "--out",
                                    str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "none of the columns" in bad.output
+
+
+def test_leaf_without_training_patients_is_a_clear_error_before_training(phantom_manifest, tmp_path):
+    frame = phantom_manifest.assign(split="train")
+    frame.loc[frame["label"] == "mri_tumor", "split"] = "test"  # e.g. a subtype with one patient, drawn into test
+    manifest = save_manifest(frame, tmp_path / "m.csv")
+    with pytest.raises(ValueError, match=r"without training images.*mri_tumor \(\d+ patient"):
+        hierarchy_study(manifest, tmp_path / "s", levels=["organ", "tumor"])
+    assert not (tmp_path / "s" / "runs").exists()

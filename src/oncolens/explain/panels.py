@@ -56,7 +56,8 @@ def explain_panels(bundle: str | Path | Bundle, data: str | Path | pd.DataFrame,
             head = f"{row.case.upper()}: true {row.label}\npred {row.pred} ({row.confidence:.2f})"
             titles += [f"{head}\n{method}", f"{head}\ncontours"]
         n_correct = int((rows["case"] == "correct").sum())
-        out = out_dir / f"panel_{re.sub(r'[^\w.-]+', '_', name)}.png"  # class names may hold '/' (hierarchy leaves)
+        safe_name = re.sub(r"[^\w.-]+", "_", name)  # class names may hold '/' (hierarchy leaves)
+        out = out_dir / f"panel_{safe_name}.png"
         plot_gallery(tiles, titles, out, columns=4,
                      suptitle=f"{name}: {n_correct} correct, {len(rows) - n_correct} wrong ({method})")
         outputs.append(out)

@@ -48,8 +48,20 @@ def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: f
         frame[LEAF_COLUMN] = [by_path[tuple(p)] for p in values[~empty.any(axis=1)].itertuples(index=False)]
         if "split" not in frame.columns or (frame["split"] == "").all():
             frame = split(frame, test=test, val=val, seed=seed, label_col=LEAF_COLUMN)
+        _check_split(frame)
         save_manifest(frame, path)
     return frame, resolved, HierarchyTree.from_manifest(frame, resolved), notes
+
+
+def _check_split(frame: pd.DataFrame) -> None:
+    """Every leaf class needs training images; say which do not, and why, before any training starts."""
+    counts = pd.crosstab(frame[LEAF_COLUMN], frame["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
+    missing = counts.index[counts["train"] == 0].tolist()
+    if missing:
+        groups = frame.groupby(LEAF_COLUMN)["group"].nunique() if "group" in frame.columns else None
+        detail = ", ".join(f"{leaf} ({int(groups[leaf])} patient(s))" if groups is not None else leaf for leaf in missing)
+        raise ValueError(f"leaf class(es) without training images after the split by patient: {detail}. "
+                         "Each needs patients in the training split: add data, or merge or drop these classes")
 
 
 def _plot(table: pd.DataFrame, out: Path) -> Path:
