@@ -81,3 +81,16 @@ def test_cli_explain_commands(trained, tmp_path):
                               "--n-boot", "20", "--out", str(tmp_path / "ev")])
     assert out.exit_code == 0, out.output
     assert "panel_" in (tmp_path / "ev" / "report.html").read_text() or (tmp_path / "ev" / "panels").exists()
+
+
+def test_panels_of_classes_whose_names_hold_a_slash(phantom_manifest, tmp_path):
+    # hierarchy leaves are named 'organ/class' when class names repeat across organs
+    from oncolens.data import save_manifest
+    from oncolens.models import create_model, save_bundle
+
+    frame = phantom_manifest.assign(label=phantom_manifest["label"].str.replace("_", "/"))
+    classes = sorted(frame["label"].unique())
+    bundle = save_bundle(create_model("seed_cnn", num_classes=len(classes), weights="random", input_size=32), classes,
+                         tmp_path / "b")
+    outputs = explain_panels(bundle, save_manifest(frame, tmp_path / "m.csv"), tmp_path / "p", per_class=1, split=None)
+    assert outputs and all(p.parent == tmp_path / "p" and "/" not in p.name for p in outputs)

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, default_collate
 
 from .imageio import UnreadableImage, read_image
 
-__all__ = ["ManifestDataset", "collate_skip_none", "class_names_of"]
+__all__ = ["ManifestDataset", "IndexedDataset", "collate_skip_none", "class_names_of"]
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +80,25 @@ def collate_skip_none(batch):
     if not batch:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     return default_collate(batch)
+
+
+class IndexedDataset(Dataset):
+    """``(tensor, index)`` items of a :class:`ManifestDataset` (``None`` for unreadable images), so the
+    rows that could be read are known after :func:`collate_skip_none` drops the others.
+
+    ``seed_of(index)``, when given, seeds torch's generator before each item: random transforms then
+    depend on the image, not on its position or on what else is in the batch.
+    """
+
+    def __init__(self, inner: ManifestDataset, seed_of: Callable[[int], int] | None = None):
+        self.inner = inner
+        self.seed_of = seed_of
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        if self.seed_of is not None:
+            torch.manual_seed(self.seed_of(index))
+        item = self.inner[index]
+        return None if item is None else (item[0], index)

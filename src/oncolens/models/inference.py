@@ -8,22 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ManifestDataset, build_transforms
-from ..data.dataset import collate_skip_none
+from ..data.dataset import IndexedDataset, collate_skip_none
 from .registry import OncoClassifier
 
 __all__ = ["predict_manifest"]
-
-
-class _IndexedDataset(torch.utils.data.Dataset):
-    def __init__(self, inner: ManifestDataset):
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: int):
-        item = self.inner[index]
-        return None if item is None else (item[0], index)
 
 
 @torch.inference_mode()
@@ -31,7 +19,7 @@ def predict_manifest(model: OncoClassifier, frame: pd.DataFrame, batch_size: int
                      num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """``(probabilities, row_positions, unreadable)`` for the rows of ``frame`` that could be read."""
     dataset = ManifestDataset(frame.assign(label="?"), transform=build_transforms(model.preprocessing), classes=["?"])
-    loader = DataLoader(_IndexedDataset(dataset), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_skip_none)
     device = next(model.parameters()).device
     model.eval()

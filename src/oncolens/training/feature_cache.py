@@ -1,7 +1,12 @@
-"""Backbone features computed once and reused: frozen backbones then cost one pass, not one per epoch.
+"""Backbone features computed once per image and reused: frozen backbones then cost one pass, not one
+per epoch, and runs on the same images (a study's runs, a hierarchy's nodes, a flat model over the same
+split) share them whatever their labels.
 
-Keyed by data (paths, sizes, modification times), model (name, weights) and preprocessing, so a
-changed file, model or transform never reuses stale features.
+Features are stored per image, keyed by the file (path, size, modification time) inside a namespace
+keyed by everything that shapes them (model, weights, preprocessing, augmentation view and seed), so a
+changed file, model or transform never reuses stale features. Labels are never cached: they come from
+the dataset each time. On disk, each computation adds one safetensors shard (features plus the image
+keys in its metadata) written atomically; unreadable images are remembered so they are not retried.
 """
 
 from __future__ import annotations
@@ -9,102 +14,132 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..data.dataset import collate_skip_none
+from ..data.dataset import IndexedDataset, ManifestDataset, collate_skip_none
 
-__all__ = ["FeatureCache", "compute_features", "cache_key"]
+__all__ = ["FeatureCache", "compute_features", "image_key", "namespace_key"]
 
 
-def _file_identity(path: str) -> list:
+def image_key(path: str) -> str:
+    """A short hash of the file's path, size and modification time."""
     try:
         stat = os.stat(path)
-        return [path, stat.st_size, stat.st_mtime_ns]
+        identity = [path, stat.st_size, stat.st_mtime_ns]
     except OSError:
-        return [path, None, None]
+        identity = [path, None, None]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 
-def cache_key(paths: list[str], descriptor: dict) -> str:
-    """A hash of the files (path, size, mtime) and of everything that shapes the features."""
-    digest = hashlib.sha256(json.dumps(descriptor, sort_keys=True, default=str).encode())
-    for path in paths:
-        digest.update(json.dumps(_file_identity(path)).encode())
-    return digest.hexdigest()[:32]
+def namespace_key(descriptor: dict) -> str:
+    """A hash of everything that shapes the features (model, weights, preprocessing, augmentation)."""
+    return hashlib.sha256(json.dumps(descriptor, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 @torch.inference_mode()
 def compute_features(
-    backbone: nn.Module, dataset: Dataset, batch_size: int = 32, device: str | torch.device = "cpu",
-    num_workers: int = 0, channels_last: bool = False, progress: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features, targets)`` of every readable item of ``dataset`` through ``backbone`` in eval mode."""
+    backbone: nn.Module, dataset: ManifestDataset, indices: Sequence[int] | None = None, batch_size: int = 32,
+    device: str | torch.device = "cpu", num_workers: int = 0, channels_last: bool = False,
+    seed_of: Callable[[int], int] | None = None, progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """``(features, readable_indices)`` of the items ``indices`` (default: all) of ``dataset``.
+
+    ``seed_of(index)`` seeds each item's random transforms (see :class:`IndexedDataset`).
+    """
     was_training = backbone.training
     backbone.eval()
-    feats, targets = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    source = IndexedDataset(dataset, seed_of=seed_of)
+    subset = source if indices is None else torch.utils.data.Subset(source, list(indices))
+    feats, kept = [], []
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skip_none)
-    for x, y in loader:
-        if len(x) == 0:
+    for x, index in loader:
+        if len(index) == 0:
             continue
         x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         feats.append(backbone(x).float().cpu())
-        targets.append(y)
+        kept.extend(int(i) for i in index)
         if progress:
-            progress(len(y))
+            progress(len(index))
     backbone.train(was_training)
     if not feats:
-        raise RuntimeError("no readable images to compute features from")
-    return torch.cat(feats), torch.cat(targets)
+        return torch.zeros(0), kept
+    return torch.cat(feats), kept
 
 
 class FeatureCache:
-    """Features stored on disk (safetensors) or in memory, looked up by :func:`cache_key`."""
+    """Per-image features on disk (safetensors shards) or in memory, grouped by namespace."""
 
     def __init__(self, directory: str | Path | None = None, mode: str = "disk"):
         if mode not in ("disk", "memory"):
             raise ValueError(f"cache mode must be 'disk' or 'memory', got {mode!r}")
+        if mode == "disk" and directory is None:
+            raise ValueError("a disk cache needs a directory")
         self.mode = mode
         self.directory = Path(directory) if directory else None
-        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._memory: dict[str, list[tuple[list[str], list[str], torch.Tensor]]] = {}
         self.hits = 0
         self.misses = 0
 
-    def _file(self, key: str) -> Path:
-        assert self.directory is not None
-        return self.directory / f"{key}.safetensors"
-
-    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+    def _shards(self, namespace: str) -> list[tuple[list[str], list[str], torch.Tensor]]:
+        """``(keys, unreadable_keys, features)`` of every shard of ``namespace``."""
         if self.mode == "memory":
-            found = self._memory.get(key)
-        else:
-            file = self._file(key)
-            found = load_file(str(file)) if file.exists() else None
-        if found is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return found
+            return self._memory.get(namespace, [])
+        folder = self.directory / namespace
+        shards = []
+        for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            with safe_open(str(file), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                shards.append((json.loads(meta.get("keys", "[]")), json.loads(meta.get("unreadable", "[]")),
+                               handle.get_tensor("features")))
+        return shards
 
-    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    def _add_shard(self, namespace: str, keys: list[str], unreadable: list[str], features: torch.Tensor) -> None:
         if self.mode == "memory":
-            self._memory[key] = tensors
+            self._memory.setdefault(namespace, []).append((keys, unreadable, features))
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._file(key).with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, self._file(key))
+        folder = self.directory / namespace
+        folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(json.dumps([keys, unreadable]).encode()).hexdigest()[:16]
+        tmp = folder / f"{name}.tmp"
+        save_file({"features": features.contiguous()}, str(tmp),
+                  metadata={"keys": json.dumps(keys), "unreadable": json.dumps(unreadable)})
+        os.replace(tmp, folder / f"{name}.safetensors")
 
-    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        found = self.get(key)
-        if found is None:
-            found = compute()
-            self.put(key, found)
-        return found
+    def features(self, namespace: str, keys: Sequence[str],
+                 compute: Callable[[list[int]], tuple[torch.Tensor, list[int]]]) -> tuple[torch.Tensor, list[int]]:
+        """Features of the items with ``keys`` (in order) and the positions that were readable.
+
+        ``compute(positions)`` returns the features of the readable ones among ``positions`` and which
+        those are; it is called only for items this cache has never seen.
+        """
+        rows: dict[str, torch.Tensor] = {}
+        known_bad: set[str] = set()
+        for shard_keys, shard_bad, tensor in self._shards(namespace):
+            known_bad.update(shard_bad)
+            for i, key in enumerate(shard_keys):
+                rows.setdefault(key, tensor[i])
+        missing = [i for i, key in enumerate(keys) if key not in rows and key not in known_bad]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed, readable = compute(missing)
+            new_keys = [keys[i] for i in readable]
+            bad = sorted({keys[i] for i in missing} - set(new_keys))
+            if new_keys or bad:
+                self._add_shard(namespace, new_keys, bad, computed if new_keys else torch.zeros(0))
+            rows.update(zip(new_keys, computed))
+            known_bad.update(bad)
+        kept = [i for i, key in enumerate(keys) if key in rows]
+        if not kept:
+            raise RuntimeError("no readable images to compute features from")
+        return torch.stack([rows[keys[i]] for i in kept]), kept

@@ -7,6 +7,7 @@ run resumed after a crash continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import os
@@ -31,7 +32,7 @@ from ..data.split import default_group_column_safe
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
 from ..models.bundle import atomic_write_bytes
 from .config import TrainConfig, load_config
-from .feature_cache import FeatureCache, cache_key, compute_features
+from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything"]
 
@@ -191,28 +192,30 @@ class _Trainer:
         views = cfg.cache_views if cfg.augment else 1
         started = time.perf_counter()
 
-        def features_for(dataset: ManifestDataset, extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
-            # the cached entry holds the targets too: two runs on the same images with other labels
-            # (a hierarchy's nodes, a staging column) must not share it
-            key = cache_key(dataset.paths, {**model_id, **extra, "classes": self.classes, "targets": dataset.targets})
+        def features_for(dataset: ManifestDataset, view: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """Features of ``dataset``'s readable images (``view`` None: no augmentation) and their labels."""
+            augmented = view is not None
+            namespace = namespace_key({**model_id, "augment": self.augmentation.__dict__ if augmented else None,
+                                       "view": view, "seed": cfg.seed if augmented else None})
+            keys = [image_key(p) for p in dataset.paths]
 
-            def compute() -> dict[str, torch.Tensor]:
-                seed_everything(cfg.seed + 7919 * extra.get("view", 0))
-                x, y = compute_features(self.model.backbone, dataset, batch_size=max(cfg.batch_size, 32),
-                                        device=self.device, channels_last=self.channels_last)
-                return {"features": x, "targets": y}
+            def seed_of(index: int) -> int:  # an augmented view of an image depends on the image, not the batch
+                return int(hashlib.sha256(f"{keys[index]}:{view}:{cfg.seed}".encode()).hexdigest()[:15], 16)
 
-            found = cache.get_or_compute(key, compute)
-            return found["features"], found["targets"]
+            def compute(indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+                return compute_features(self.model.backbone, dataset, indices, batch_size=max(cfg.batch_size, 32),
+                                        device=self.device, channels_last=self.channels_last,
+                                        seed_of=seed_of if augmented else None)
 
-        self.train_views = [
-            features_for(self.train_set, {"split": "train", "view": v, "augment": self.augmentation.__dict__ if cfg.augment else None,
-                                          "seed": cfg.seed if cfg.augment else None})
-            for v in range(views)
-        ]
-        self.val_features = features_for(self.val_set, {"split": "val"})
+            features, kept = cache.features(namespace, keys, compute)
+            # labels come from this run's dataset, never from the cache (runs share images, not labels)
+            return features, torch.as_tensor([dataset.targets[i] for i in kept], dtype=torch.long)
+
+        self.train_views = [features_for(self.train_set, v if cfg.augment else None) for v in range(views)]
+        self.val_features = features_for(self.val_set, None)
         self.console.print(f"feature cache ({cfg.feature_cache}): {views} train view(s) + val, "
-                           f"{cache.hits} hit(s), {cache.misses} computed, {time.perf_counter() - started:.1f}s")
+                           f"{cache.hits} image(s) cached, {cache.misses} computed, "
+                           f"{time.perf_counter() - started:.1f}s")
 
     # --- loaders ------------------------------------------------------------------------------
     def _train_loader(self, epoch: int) -> DataLoader:
