@@ -91,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                     train_config=TrainConfig(model="seed_cnn", epochs=8, lr=1e-3, batch_size=32, augment=False),
                     n_boot=200)
     console.print((out / "study-transfer" / "results.md").read_text(), markup=False, highlight=False)
+    stage("8. a hierarchy: organ, then tumour or not (one classifier per organ), against one flat 4-class model")
+    from oncolens.studies import hierarchy_study
+
+    hierarchy_study(out / "manifest.csv", out / "study-hierarchy", levels=["organ", "tumor"], n_boot=200,
+                    train_config=TrainConfig(model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen",
+                                             head="seed004", epochs=30, lr=1e-3, batch_size=32, augment=False,
+                                             patience=5, cache_dir=str(out / "feature_cache")))
+    console.print((out / "study-hierarchy" / "results.md").read_text(), markup=False, highlight=False)
+    console.print(f"the routed predictor: oncolens app {out / 'study-hierarchy' / 'hierarchical_bundle'}")
     for name, path in reports.items():
         console.print(f"report ({name}): {path.resolve()}")
     console.print(f"\ndemo finished in {time.perf_counter() - start:.1f}s; outputs in {out}")
