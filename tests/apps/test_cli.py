@@ -136,6 +136,14 @@ def test_hierarchical_bundle_through_predict_explain_evaluate_export(hierarchica
     result = runner.invoke(app, ["export", str(hierarchical_bundle), "--onnx", str(tmp_path / "onnx")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["histo.onnx", "mri.onnx", "root.onnx"]
-    result = runner.invoke(app, ["explain-panels", str(hierarchical_bundle), "--data",
+    result = runner.invoke(app, ["evaluate", str(hierarchical_bundle), "--data",
+                                 str(hierarchy_study_dir / "data" / "all.csv"), "--n-boot", "5", "--out",
+                                 str(tmp_path / "ev2"), "--explain", "gradcam", "--per-class", "1"])
+    assert result.exit_code == 0, result.output
+    panels = sorted(p.name for p in (tmp_path / "ev2" / "panels").glob("*.png"))
+    assert panels and set(panels) <= {f"panel_{c}.png" for c in ("histo_normal", "histo_tumor", "mri_normal", "mri_tumor")}
+    report = (tmp_path / "ev2" / "report.html").read_text()
+    assert "<figcaption>gradcam: " in report and "no explanation was computed" not in report
+    result = runner.invoke(app, ["explain-eval", str(hierarchical_bundle), "--data",
                                  str(hierarchy_study_dir / "data" / "all.csv")])
     assert result.exit_code == 2 and "node bundles" in result.output

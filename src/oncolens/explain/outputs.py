@@ -18,23 +18,31 @@ from .registry import Explanation, ExplainOptions, explain
 __all__ = ["Localisation", "localise", "explain_to_files", "bundle_and_cases"]
 
 
-def bundle_and_cases(bundle, data, split: str | None):
-    """The loaded bundle and the manifest rows of ``split`` whose label is one of its classes."""
+def bundle_and_cases(bundle, data, split: str | None, hierarchical: bool = False):
+    """The loaded bundle and the manifest rows of ``split`` whose label is one of its classes.
+
+    With ``hierarchical``, a hierarchical bundle is accepted and its rows are labelled with their leaf
+    class (from the level columns); otherwise it is refused with a pointer to its node bundles.
+    """
     import pandas as pd
 
     from ..data import load_manifest
-    from ..models.bundle import Bundle, load_bundle, read_bundle_info
+    from ..models.bundle import Bundle, read_bundle_info
+    from ..models.hierarchy import HierarchicalBundle, load_any_bundle
 
     kind = read_bundle_info(bundle).get("kind") if isinstance(bundle, (str, Path)) else getattr(bundle, "kind", "")
-    if kind == "hierarchical":
-        raise ValueError(f"{bundle} is a hierarchical bundle: panels and explanation metrics work per classifier; "
-                         f"run them on its node bundles ({Path(bundle) / 'nodes'}/<node>)")
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if kind == "hierarchical" and not hierarchical:
+        raise ValueError(f"{bundle} is a hierarchical bundle: explanation metrics score one classifier; "
+                         f"run them on its node bundles ({Path(str(getattr(bundle, 'path', bundle))) / 'nodes'}/<node>)")
+    loaded = bundle if isinstance(bundle, (Bundle, HierarchicalBundle)) else load_any_bundle(bundle)
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
     if split and "split" in frame.columns:
         frame = frame[frame["split"] == split]
     label_col = loaded.meta.get("label_col", "label")
-    frame = frame.assign(label=frame[label_col if label_col in frame.columns else "label"].astype(str))
+    if isinstance(loaded, HierarchicalBundle) and all(lv.column in frame.columns for lv in loaded.levels):
+        frame = frame.assign(label=loaded.leaf_labels(frame))
+    else:
+        frame = frame.assign(label=frame[label_col if label_col in frame.columns else "label"].astype(str))
     frame = frame[frame["label"].isin(loaded.classes)].reset_index(drop=True)
     if frame.empty:
         raise ValueError("no image with one of the model's classes in this data/split")

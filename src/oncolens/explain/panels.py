@@ -11,6 +11,7 @@ import pandas as pd
 from ..data import read_image
 from ..evaluation.plots import plot_gallery
 from ..models.bundle import Bundle
+from ..models.hierarchy import HierarchicalBundle, predict_manifest_hierarchical
 from ..models.inference import predict_manifest
 from .contours import draw_regions, overlay_heatmap
 from .outputs import bundle_and_cases, localise
@@ -19,10 +20,14 @@ from .registry import ExplainOptions, explain
 __all__ = ["explain_panels", "select_cases"]
 
 
-def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per_class: int) -> pd.DataFrame:
-    """Per true class: the ``per_class`` most confident correct and most confident wrong predictions."""
-    pred = proba.argmax(1)
-    table = frame.assign(pred=[classes[i] for i in pred], confidence=proba.max(1))
+def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per_class: int,
+                 predicted: np.ndarray | None = None) -> pd.DataFrame:
+    """Per true class: the ``per_class`` most confident correct and most confident wrong predictions.
+
+    ``predicted`` overrides ``proba.argmax(1)`` (a hierarchy's routed leaves).
+    """
+    pred = proba.argmax(1) if predicted is None else np.asarray(predicted)
+    table = frame.assign(pred=[classes[i] for i in pred], confidence=proba[np.arange(len(pred)), pred])
     table["correct"] = table["label"] == table["pred"]
     picked = []
     for name in classes:
@@ -32,14 +37,22 @@ def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per
     return pd.concat(picked, ignore_index=True) if picked else table.head(0)
 
 
-def explain_panels(bundle: str | Path | Bundle, data: str | Path | pd.DataFrame, out_dir: str | Path,
+def explain_panels(bundle: str | Path | Bundle | HierarchicalBundle, data: str | Path | pd.DataFrame, out_dir: str | Path,
                    per_class: int = 3, method: str = "gradcam", split: str | None = "test", alpha: float = 0.45,
                    options: ExplainOptions | None = None) -> list[Path]:
-    """One PNG grid per class: N correct and N wrong cases, each as heatmap and contour overlays."""
-    loaded, frame = bundle_and_cases(bundle, data, split)
-    proba, positions, _ = predict_manifest(loaded.model, frame)
+    """One PNG grid per class: N correct and N wrong cases, each as heatmap and contour overlays.
+
+    For a hierarchical bundle, classes are its leaves, predictions are routed, and each map comes from
+    the classifier that made the last decision on the route.
+    """
+    loaded, frame = bundle_and_cases(bundle, data, split, hierarchical=True)
+    routed = None
+    if isinstance(loaded, HierarchicalBundle):
+        proba, routed, positions, _ = predict_manifest_hierarchical(loaded, frame)
+    else:
+        proba, positions, _ = predict_manifest(loaded.model, frame)
     frame = frame.iloc[positions].reset_index(drop=True)
-    cases = select_cases(frame, proba, list(loaded.classes), per_class)
+    cases = select_cases(frame, proba, list(loaded.classes), per_class, predicted=routed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
