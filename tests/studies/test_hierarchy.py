@@ -57,7 +57,7 @@ def test_resume_skips_finished_runs(hierarchy_study_dir, phantom_manifest, capsy
                     train_config=TrainConfig(model="seed_cnn", image_size=32, epochs=1, batch_size=8, augment=False))
     assert (out / "runs" / "node-root" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp
     printed = capsys.readouterr().out
-    assert "skip train node root" in printed and "skip evaluate hierarchical" in printed
+    assert "skip train node-root" in printed and "skip evaluate hierarchical" in printed
 
 
 def test_cli_binary_subtype_levels(phantom_manifest, tmp_path):

@@ -29,6 +29,7 @@ __all__ = ["hierarchy_study", "LEAF_COLUMN"]
 #: Column of the study's manifest that holds each row's leaf class (the flat model's label).
 LEAF_COLUMN = "leaf"
 METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("roc_auc_macro", "ROC-AUC"))
+MODELS = ("hierarchical", "flat")
 
 
 def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: float, seed: int):
@@ -55,13 +56,18 @@ def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: f
 
 def _check_split(frame: pd.DataFrame) -> None:
     """Every leaf class needs training images; say which do not, and why, before any training starts."""
-    counts = pd.crosstab(frame[LEAF_COLUMN], frame["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
-    missing = counts.index[counts["train"] == 0].tolist()
+    missing = sorted(set(frame[LEAF_COLUMN]) - set(frame.loc[frame["split"] == "train", LEAF_COLUMN]))
     if missing:
-        groups = frame.groupby(LEAF_COLUMN)["group"].nunique() if "group" in frame.columns else None
-        detail = ", ".join(f"{leaf} ({int(groups[leaf])} patient(s))" if groups is not None else leaf for leaf in missing)
+        patients = frame.groupby(LEAF_COLUMN)["group"].nunique() if "group" in frame.columns else None
+        detail = ", ".join(leaf if patients is None else f"{leaf} ({int(patients[leaf])} patient(s))"
+                           for leaf in missing)
         raise ValueError(f"leaf class(es) without training images after the split by patient: {detail}. "
                          "Each needs patients in the training split: add data, or merge or drop these classes")
+
+
+def _node_run(tree: HierarchyTree, prefix: tuple[str, ...]) -> str:
+    """The run (and evaluation) folder name of the classifier at ``prefix``."""
+    return f"node-{tree.node_key(prefix)}"
 
 
 def _plot(table: pd.DataFrame, out: Path) -> Path:
@@ -69,8 +75,9 @@ def _plot(table: pd.DataFrame, out: Path) -> Path:
     x = np.arange(len(table))
     for offset, (model, colour) in zip((-0.2, 0.2), (("hierarchical", "tab:blue"), ("flat", "tab:orange"))):
         values = table[f"{model}_accuracy"].astype(float).to_numpy()
-        cis = [ci if isinstance(ci, (list, tuple)) else (v, v) for ci, v in zip(table[f"{model}_accuracy_ci95"], values)]
-        err = np.array([[max(v - lo, 0) for (lo, _), v in zip(cis, values)], [max(hi - v, 0) for (_, hi), v in zip(cis, values)]])
+        low, high = np.array([ci if isinstance(ci, (list, tuple)) else (v, v)  # no interval: no bar
+                              for ci, v in zip(table[f"{model}_accuracy_ci95"], values)]).T
+        err = np.clip([values - low, high - values], 0, None)
         ax.bar(x + offset, values, 0.4, yerr=err, capsize=3, label=model, color=colour)
     ax.set_xticks(x, table["level"])
     ax.set_ylim(0, 1.05)
@@ -99,37 +106,31 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed)
-    data = out_dir / "data" / "all.csv"
     base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3))
-    runs = out_dir / "runs"
-    node_data, jobs = {}, []
+    runs, evals = out_dir / "runs", out_dir / "evals"
+    # every run: (its data, its label column); node runs train on their branch's rows only
+    plan = {"flat": (out_dir / "data" / "all.csv", LEAF_COLUMN)}
+    paths = [tuple(p) for p in frame[[lv.column for lv in resolved]].astype(str).itertuples(index=False)]
     for prefix in tree.nodes:
-        key = tree.node_key(prefix)
-        path = out_dir / "data" / f"node-{key}.csv"
-        if not path.exists():
-            inside = [tuple(p[:len(prefix)]) == prefix for p in frame[[lv.column for lv in resolved]].astype(str).itertuples(index=False)]
-            save_manifest(frame[inside].reset_index(drop=True), path)
-        node_data[prefix] = path
-        config = {**base, "data": str(path), "label_col": resolved[len(prefix)].column, "runs_dir": str(runs),
-                  "name": f"node-{key}", "seed": seed}
-        jobs.append(Job(f"train node {key}", _train_job, {"config": config}, done=runs / f"node-{key}" / "bundle" / "bundle.json"))
-    flat = {**base, "data": str(data), "label_col": LEAF_COLUMN, "runs_dir": str(runs), "name": "flat", "seed": seed}
-    jobs.append(Job("train flat", _train_job, {"config": flat}, done=runs / "flat" / "bundle" / "bundle.json"))
-    run_jobs(jobs, workers)
+        run = _node_run(tree, prefix)
+        data = out_dir / "data" / f"{run}.csv"
+        if not data.exists():
+            save_manifest(frame[[p[:len(prefix)] == prefix for p in paths]].reset_index(drop=True), data)
+        plan[run] = (data, resolved[len(prefix)].column)
+    run_jobs([Job(f"train {run}", _train_job, {"config": {**base, "data": str(data), "label_col": label_col,
+                                                         "runs_dir": str(runs), "name": run, "seed": seed}},
+                  done=runs / run / "bundle" / "bundle.json") for run, (data, label_col) in plan.items()], workers)
     bundle_path = out_dir / "hierarchical_bundle"
     if not (bundle_path / "bundle.json").exists():
-        save_hierarchical_bundle(tree, {p: runs / f"node-{tree.node_key(p)}" / "bundle" for p in tree.nodes},
+        save_hierarchical_bundle(tree, {p: runs / _node_run(tree, p) / "bundle" for p in tree.nodes},
                                  bundle_path, meta={"study": str(out_dir), "levels": list(levels)})
-    evals = out_dir / "evals"
-    eval_jobs = [Job(f"evaluate node {tree.node_key(p)}", _eval_job,
-                     {"bundle": str(runs / f"node-{tree.node_key(p)}" / "bundle"), "data": str(node_data[p]),
-                      "out_dir": str(evals / f"node-{tree.node_key(p)}"), "n_boot": n_boot},
-                     done=evals / f"node-{tree.node_key(p)}" / "metrics.json") for p in tree.nodes]
-    eval_jobs += [Job(f"evaluate {name}", _eval_job, {"bundle": str(bundle), "data": str(data),
-                                                      "out_dir": str(evals / name), "n_boot": n_boot},
-                      done=evals / name / "metrics.json")
-                  for name, bundle in (("hierarchical", bundle_path), ("flat", runs / "flat" / "bundle"))]
-    run_jobs(eval_jobs, workers)
+    # each node on its own branch's test rows; the combined predictor and the flat model on all of them
+    targets = {run: (runs / run / "bundle", data) for run, (data, _) in plan.items()}
+    targets["hierarchical"] = (bundle_path, plan["flat"][0])
+    run_jobs([Job(f"evaluate {name}", _eval_job, {"bundle": str(bundle), "data": str(data),
+                                                  "out_dir": str(evals / name), "n_boot": n_boot},
+                  done=evals / name / "metrics.json") for name, (bundle, data) in targets.items()], workers)
+    data = plan["flat"][0]
 
     level_names_ = [lv.name for lv in resolved]
     hier_levels = json.loads((evals / "hierarchical" / "metrics.json").read_text())["levels"]
@@ -147,7 +148,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     table.to_csv(out_dir / "results.csv", index=False)
     nodes = []
     for prefix, classes in tree.nodes.items():
-        headline = json.loads((evals / f"node-{tree.node_key(prefix)}" / "metrics.json").read_text())["headline"]
+        headline = json.loads((evals / _node_run(tree, prefix) / "metrics.json").read_text())["headline"]
         nodes.append({"node": " > ".join(prefix) or "root", "level": resolved[len(prefix)].name,
                       "classes": ", ".join(classes),
                       **{m: headline[m]["value"] for m, _ in METRICS},
@@ -183,10 +184,10 @@ def _write_markdown(table: pd.DataFrame, node_table: pd.DataFrame, out_dir: Path
              "A prediction counts as right at a level when its whole path down to that level is right. "
              "The hierarchy routes each image by the most probable class at each level; the flat model's "
              "leaf decides its path. 95% bootstrap intervals (by patient when known).", "",
-             "| level | classes | " + " | ".join(f"{m} {label}" for m in ("hierarchical", "flat") for _, label in METRICS) + " |",
+             "| level | classes | " + " | ".join(f"{m} {label}" for m in MODELS for _, label in METRICS) + " |",
              "|---|---|" + "---|" * (2 * len(METRICS))]
     for row in table.to_dict("records"):
-        cells = [_fmt(row[f"{m}_{metric}"], row[f"{m}_{metric}_ci95"]) for m in ("hierarchical", "flat") for metric, _ in METRICS]
+        cells = [_fmt(row[f"{m}_{metric}"], row[f"{m}_{metric}_ci95"]) for m in MODELS for metric, _ in METRICS]
         lines.append(f"| {row['level']} | {row['classes']} | " + " | ".join(cells) + " |")
     lines += ["", "## Each classifier on its own branch (true parent given)", "",
               "| node | level | classes | " + " | ".join(label for _, label in METRICS) + " |",
