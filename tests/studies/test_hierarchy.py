@@ -87,3 +87,32 @@ def test_leaf_without_training_patients_is_a_clear_error_before_training(phantom
     with pytest.raises(ValueError, match=r"without training images.*mri_tumor \(\d+ patient"):
         hierarchy_study(manifest, tmp_path / "s", levels=["organ", "tumor"])
     assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_three_levels_with_a_single_value_branch(phantom_manifest, tmp_path):
+    # organ > status > grade, where normal tissue has one grade ('none'): no classifier for it, and the
+    # grade names repeat across organs, so leaves are named by their path
+    tumour = phantom_manifest["label"].str.endswith("tumor")
+    patient = phantom_manifest["group"].str.extract(r"P(\d+)")[0].astype(int)
+    frame = phantom_manifest.assign(status=tumour.map({True: "tumor", False: "normal"}),
+                                    grade=[("high" if p % 2 else "low") if t else "none" for t, p in zip(tumour, patient)])
+    manifest = save_manifest(frame, tmp_path / "m.csv")
+    table = hierarchy_study(manifest, tmp_path / "s", levels=["organ", "status", "grade"], n_boot=5,
+                            train_config=TrainConfig(model="seed_cnn", image_size=32, epochs=1, batch_size=8,
+                                                     augment=False))
+    assert list(table["level"]) == ["organ", "status", "grade (end to end)"]
+    nodes = pd.read_csv(tmp_path / "s" / "nodes.csv")
+    assert list(nodes["node"]) == ["root", "histo", "histo > tumor", "mri", "mri > tumor"]
+    # so few patients leave a branch without test images: reported, not scored, and the study goes on
+    untested = nodes[nodes["status"] == "no test image"]
+    assert nodes.loc[nodes["status"] == "ok", "accuracy"].notna().all() and untested["accuracy"].isna().all()
+    text = (tmp_path / "s" / "results.md").read_text()
+    assert all(f"classifier {n} has no test image" in text for n in untested["node"])
+    hb = load_any_bundle(tmp_path / "s" / "hierarchical_bundle")
+    assert hb.classes == ["histo/normal/none", "histo/tumor/high", "histo/tumor/low", "mri/normal/none",
+                          "mri/tumor/high", "mri/tumor/low"]
+    histo = next(n for n in hb.nodes() if n.key == "histo")
+    assert histo.children["normal"] == "histo/normal/none"  # straight to the leaf
+    metrics = json.loads((tmp_path / "s" / "evals" / "hierarchical" / "metrics.json").read_text())
+    assert list(metrics["levels"]) == ["organ", "status", "grade"]
+    assert metrics["levels"]["status"]["classes"] == ["histo/normal", "histo/tumor", "mri/normal", "mri/tumor"]

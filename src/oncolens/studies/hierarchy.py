@@ -125,7 +125,9 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
         save_hierarchical_bundle(tree, {p: runs / _node_run(tree, p) / "bundle" for p in tree.nodes},
                                  bundle_path, meta={"study": str(out_dir), "levels": list(levels)})
     # each node on its own branch's test rows; the combined predictor and the flat model on all of them
-    targets = {run: (runs / run / "bundle", data) for run, (data, _) in plan.items()}
+    # a branch can have no test image in a small dataset: its classifier is then reported, not scored
+    untested = {run for run, (data, _) in plan.items() if "test" not in set(load_manifest(data)["split"])}
+    targets = {run: (runs / run / "bundle", data) for run, (data, _) in plan.items() if run not in untested}
     targets["hierarchical"] = (bundle_path, plan["flat"][0])
     run_jobs([Job(f"evaluate {name}", _eval_job, {"bundle": str(bundle), "data": str(data),
                                                   "out_dir": str(evals / name), "n_boot": n_boot},
@@ -148,11 +150,16 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     table.to_csv(out_dir / "results.csv", index=False)
     nodes = []
     for prefix, classes in tree.nodes.items():
-        headline = json.loads((evals / _node_run(tree, prefix) / "metrics.json").read_text())["headline"]
-        nodes.append({"node": " > ".join(prefix) or "root", "level": resolved[len(prefix)].name,
-                      "classes": ", ".join(classes),
-                      **{m: headline[m]["value"] for m, _ in METRICS},
-                      **{f"{m}_ci95": headline[m]["ci95"] for m, _ in METRICS}})
+        run = _node_run(tree, prefix)
+        row = {"node": " > ".join(prefix) or "root", "level": resolved[len(prefix)].name, "classes": ", ".join(classes)}
+        row["status"] = "no test image" if run in untested else "ok"
+        if run in untested:
+            notes.append(f"classifier {row['node']} has no test image: not scored on its own")
+        else:
+            headline = json.loads((evals / run / "metrics.json").read_text())["headline"]
+            row.update({m: headline[m]["value"] for m, _ in METRICS})
+            row.update({f"{m}_ci95": headline[m]["ci95"] for m, _ in METRICS})
+        nodes.append(row)
     node_table = pd.DataFrame(nodes)
     node_table.to_csv(out_dir / "nodes.csv", index=False)
     _plot(table, out_dir / "levels.png")
@@ -194,7 +201,8 @@ def _write_markdown(table: pd.DataFrame, node_table: pd.DataFrame, out_dir: Path
               "|---|---|---|" + "---|" * len(METRICS)]
     for row in node_table.to_dict("records"):
         lines.append(f"| {row['node']} | {row['level']} | {row['classes']} | " +
-                     " | ".join(_fmt(row[m], row[f"{m}_ci95"]) for m, _ in METRICS) + " |")
+                     " | ".join(_fmt(row.get(m), row.get(f"{m}_ci95")) if row["status"] == "ok" else row["status"]
+                                for m, _ in METRICS) + " |")
     lines += ["", "Combined predictor: `hierarchical_bundle/` (accepted by `oncolens predict`, `explain`, `evaluate`, "
               "`serve` and `app`). Reports: `evals/*/report.html`."]
     lines += [f"- note: {n}" for n in notes]
