@@ -80,10 +80,12 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
-def test_browser_upload_shows_prediction_and_overlays(bundle, phantom_manifest, tmp_path):
+@pytest.mark.parametrize("kind", ["flat", "hierarchical"])
+def test_browser_upload_shows_prediction_and_overlays(kind, bundle, hierarchical_bundle, phantom_manifest, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    bundle = os.environ.get("ONCOLENS_APP_BUNDLE", str(bundle))  # e.g. the demo's bundle for the README screenshot
+    chosen = bundle if kind == "flat" else hierarchical_bundle
+    bundle = os.environ.get("ONCOLENS_APP_BUNDLE", str(chosen))  # e.g. the demo's bundle for the README screenshot
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "oncolens.apps.cli", "app", str(bundle), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -112,6 +114,8 @@ def test_browser_upload_shows_prediction_and_overlays(bundle, phantom_manifest, 
             body = page.inner_text("body")
             assert any(label in body for label in ("histo_normal", "histo_tumor", "mri_normal", "mri_tumor"))
             assert "not a usable image" in body
+            if kind == "hierarchical" and "ONCOLENS_APP_BUNDLE" not in os.environ:
+                assert "Routed: organ" in body and "hierarchical: organ > tumor" in body
             assert page.locator("img").count() >= 2
             page.screenshot(path=str(screenshot), full_page=True)
             browser.close()
