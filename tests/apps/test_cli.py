@@ -145,5 +145,7 @@ def test_hierarchical_bundle_through_predict_explain_evaluate_export(hierarchica
     report = (tmp_path / "ev2" / "report.html").read_text()
     assert "<figcaption>gradcam: " in report and "no explanation was computed" not in report
     result = runner.invoke(app, ["explain-eval", str(hierarchical_bundle), "--data",
-                                 str(hierarchy_study_dir / "data" / "all.csv")])
-    assert result.exit_code == 2 and "node bundles" in result.output
+                                 str(hierarchy_study_dir / "data" / "all.csv"), "--method", "gradcam,saliency",
+                                 "--n-images", "4"])
+    assert result.exit_code == 0, result.output
+    assert "gradcam" in result.output and "random" in result.output

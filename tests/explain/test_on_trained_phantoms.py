@@ -94,3 +94,15 @@ def test_panels_of_classes_whose_names_hold_a_slash(phantom_manifest, tmp_path):
                          tmp_path / "b")
     outputs = explain_panels(bundle, save_manifest(frame, tmp_path / "m.csv"), tmp_path / "p", per_class=1, split=None)
     assert outputs and all(p.parent == tmp_path / "p" and "/" not in p.name for p in outputs)
+
+
+def test_explanation_metrics_of_a_hierarchy_use_the_deciding_classifier(hierarchy_study_dir):
+    from oncolens.explain.evaluate import _scorer
+    from oncolens.models import load_any_bundle
+
+    hb = load_any_bundle(hierarchy_study_dir / "hierarchical_bundle")
+    scorer, index = _scorer(hb, "mri_tumor")
+    assert scorer.classes == ["mri_normal", "mri_tumor"] and index == 1
+    table = evaluate_explanations(hb, hierarchy_study_dir / "data" / "all.csv", methods=["gradcam"], n_images=4)
+    assert list(table["method"]) == ["gradcam", "random"]
+    assert table["pointing_game"].notna().all()  # the tumour phantoms' lesion masks were used

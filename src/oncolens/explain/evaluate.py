@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..data import build_transforms, read_image
 from ..models.bundle import Bundle
+from ..models.hierarchy import HierarchicalBundle
 from .outputs import bundle_and_cases
 from .registry import ExplainOptions, explain
 from .trust import deletion_insertion, mask_iou, pointing_game, random_map
@@ -25,11 +26,23 @@ def _load_mask(path: str) -> np.ndarray | None:
     return np.asarray(Image.open(path).convert("L")) > 0
 
 
-def evaluate_explanations(bundle: str | Path | Bundle, data: str | Path | pd.DataFrame,
+def _scorer(loaded: Bundle | HierarchicalBundle, label: str) -> tuple[Bundle, int]:
+    """The flat bundle that decides ``label`` and the class index of ``label`` in it."""
+    if isinstance(loaded, HierarchicalBundle):
+        node, index = loaded.node_for_class(label)
+        return node.bundle, index
+    return loaded, loaded.classes.index(label)
+
+
+def evaluate_explanations(bundle: str | Path | Bundle | HierarchicalBundle, data: str | Path | pd.DataFrame,
                           methods: Sequence[str] = ("gradcam", "saliency"), split: str | None = "test",
                           n_images: int = 16, lesion_only: bool = True, steps: int = 16, seed: int = 0,
                           options: ExplainOptions | None = None) -> pd.DataFrame:
-    """A table of methods x metrics (means over images) including a ``random`` baseline row."""
+    """A table of methods x metrics (means over images) including a ``random`` baseline row.
+
+    For a hierarchical bundle each image is explained and scored with the classifier that decides its
+    true leaf (the last one on the true path), for that leaf's class there.
+    """
     loaded, frame = bundle_and_cases(bundle, data, split)
     masks = [_load_mask(p) for p in frame.get("mask_path", pd.Series([""] * len(frame))).astype(str)]
     has_lesion = np.array([m is not None and m.any() for m in masks], dtype=bool)
@@ -40,28 +53,27 @@ def evaluate_explanations(bundle: str | Path | Bundle, data: str | Path | pd.Dat
     if frame.empty:
         raise ValueError("no images to explain in this data/split")
     images = [read_image(p).image for p in frame["path"]]
-    targets = [loaded.classes.index(v) for v in frame["label"]]
-    transform = build_transforms(loaded.preprocessing)
+    scorers = [_scorer(loaded, v) for v in frame["label"]]  # (flat bundle, target class index) per image
     rows = []
     per_method_maps: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     for method in methods:
         maps = []
         total = 0.0
-        for image, target in zip(images, targets):
-            e = explain(loaded, [image], method=method, target=target, options=options)[0]
+        for image, (scorer, target) in zip(images, scorers):
+            e = explain(scorer, [image], method=method, target=target, options=options)[0]
             maps.append(e.heatmap)
             total += e.seconds
         per_method_maps[method] = maps
         seconds[method] = total / len(images)
-    size = loaded.preprocessing.size
-    per_method_maps["random"] = [random_map((size, size), seed=seed + i) for i in range(len(images))]
+    per_method_maps["random"] = [random_map((scorer.preprocessing.size,) * 2, seed=seed + i)
+                                 for i, (scorer, _) in enumerate(scorers)]
     seconds["random"] = 0.0
     for method, maps in per_method_maps.items():
         deletion, insertion, pointing, ious = [], [], [], []
-        for image, target, heatmap, mask in zip(images, targets, maps, masks):
-            x = transform(image)[None].to(next(loaded.model.parameters()).device)
-            curve = deletion_insertion(loaded.model, x, heatmap, target, steps=steps)
+        for image, (scorer, target), heatmap, mask in zip(images, scorers, maps, masks):
+            x = build_transforms(scorer.preprocessing)(image)[None].to(next(scorer.model.parameters()).device)
+            curve = deletion_insertion(scorer.model, x, heatmap, target, steps=steps)
             deletion.append(curve.deletion_auc)
             insertion.append(curve.insertion_auc)
             if mask is not None and mask.any():

@@ -18,22 +18,16 @@ from .registry import Explanation, ExplainOptions, explain
 __all__ = ["Localisation", "localise", "explain_to_files", "bundle_and_cases"]
 
 
-def bundle_and_cases(bundle, data, split: str | None, hierarchical: bool = False):
-    """The loaded bundle and the manifest rows of ``split`` whose label is one of its classes.
-
-    With ``hierarchical``, a hierarchical bundle is accepted and its rows are labelled with their leaf
-    class (from the level columns); otherwise it is refused with a pointer to its node bundles.
+def bundle_and_cases(bundle, data, split: str | None):
+    """The loaded (flat or hierarchical) bundle and the manifest rows of ``split`` whose label is one of
+    its classes; a hierarchical bundle's rows are labelled with their leaf class (from the level columns).
     """
     import pandas as pd
 
     from ..data import load_manifest
-    from ..models.bundle import Bundle, read_bundle_info
+    from ..models.bundle import Bundle
     from ..models.hierarchy import HierarchicalBundle, load_any_bundle
 
-    kind = read_bundle_info(bundle).get("kind") if isinstance(bundle, (str, Path)) else getattr(bundle, "kind", "")
-    if kind == "hierarchical" and not hierarchical:
-        raise ValueError(f"{bundle} is a hierarchical bundle: explanation metrics score one classifier; "
-                         f"run them on its node bundles ({Path(str(getattr(bundle, 'path', bundle))) / 'nodes'}/<node>)")
     loaded = bundle if isinstance(bundle, (Bundle, HierarchicalBundle)) else load_any_bundle(bundle)
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
     if split and "split" in frame.columns:

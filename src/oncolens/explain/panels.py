@@ -45,7 +45,7 @@ def explain_panels(bundle: str | Path | Bundle | HierarchicalBundle, data: str |
     For a hierarchical bundle, classes are its leaves, predictions are routed, and each map comes from
     the classifier that made the last decision on the route.
     """
-    loaded, frame = bundle_and_cases(bundle, data, split, hierarchical=True)
+    loaded, frame = bundle_and_cases(bundle, data, split)
     routed = None
     if isinstance(loaded, HierarchicalBundle):
         proba, routed, positions, _ = predict_manifest_hierarchical(loaded, frame)
