@@ -96,8 +96,9 @@ class Predictor:
             if onnx_path is not None:
                 raise ValueError("a hierarchical bundle exports each node to ONNX itself; do not pass onnx_path")
             self.model = bundle.root.bundle.model
-            self._nodes = {node.key: Predictor(node.bundle, backend=backend, batch_size=batch_size)
-                           for node in bundle.nodes()}
+            if backend == "onnx":  # one ONNX Runtime session per node
+                self._nodes = {node.key: Predictor(node.bundle, backend=backend, batch_size=batch_size)
+                               for node in bundle.nodes()}
             return
         self.model = bundle.model.eval()
         if backend == "onnx":
@@ -137,7 +138,7 @@ class Predictor:
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``(n_images, n_classes)`` probabilities (leaf path products for a hierarchical bundle)."""
-        if self._nodes:
+        if self.hierarchical:
             return self._hierarchical_scores(images)[0]
         out = []
         for start in range(0, len(images), self.batch_size):
@@ -150,14 +151,31 @@ class Predictor:
             out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
+    @torch.inference_mode()
+    def _shared_backbone_scores(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """Each node's probabilities; nodes with one backbone (e.g. frozen ImageNet) share its pass."""
+        out = {}
+        for group in self.bundle.shared_backbones():
+            model = group[0].bundle.model
+            transform = build_transforms(model.preprocessing, train=False)
+            device = next(model.parameters()).device
+            features = torch.cat([model.backbone(torch.stack([transform(im) for im in images[i:i + self.batch_size]])
+                                                 .to(device)) for i in range(0, len(images), self.batch_size)])
+            for node in group:
+                out[node.key] = torch.softmax(node.bundle.model.head(features).float(), 1).cpu().numpy()
+        return out
+
     def _hierarchical_scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        node_proba = {key: node.predict_proba(images) for key, node in self._nodes.items()}
+        if self._nodes:
+            node_proba = {key: node.predict_proba(images) for key, node in self._nodes.items()}
+        else:
+            node_proba = self._shared_backbone_scores(images)
         leaf, routed = self.bundle.combine(node_proba)
         return leaf, routed, node_proba
 
     def predict(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
         sources = sources or [""] * len(images)
-        if not self._nodes:
+        if not self.hierarchical:
             proba = self.predict_proba(images)
             return [Prediction(dict(zip(self.classes, map(float, row))), source=src) for row, src in zip(proba, sources)]
         leaf, routed, node_proba = self._hierarchical_scores(images)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from oncolens.models import (
     HierarchicalBundle,
@@ -106,3 +107,27 @@ def test_save_refuses_mismatched_classes_and_keeps_old_bundle(three_level, tmp_p
         save_hierarchical_bundle(tree, bundles, path)
     assert isinstance(load_any_bundle(path), HierarchicalBundle)
     assert not list(path.parent.glob("hb.tmp*"))
+
+
+def test_nodes_sharing_a_backbone_share_its_pass(tmp_path, phantom_manifest):
+    from oncolens.models.hierarchy import predict_manifest_hierarchical
+    from oncolens.models.inference import predict_manifest
+    from oncolens.predictor import Predictor
+
+    tree = HierarchyTree.from_manifest(phantom_manifest, resolve_levels(list(phantom_manifest.columns), ["organ", "tumor"]))
+    shared = create_model("seed_cnn", num_classes=2, weights="random", input_size=32).backbone.state_dict()
+    bundles = {}
+    for prefix, classes in tree.nodes.items():
+        model = create_model("seed_cnn", num_classes=len(classes), weights="random", input_size=32)
+        model.backbone.load_state_dict(shared)  # as after training heads on one frozen backbone
+        bundles[prefix] = save_bundle(model, classes, tmp_path / "src" / tree.node_key(prefix))
+    hb = load_any_bundle(save_hierarchical_bundle(tree, bundles, tmp_path / "hb"))
+    assert [[n.key for n in group] for group in hb.shared_backbones()] == [["root", "histo", "mri"]]
+    frame = phantom_manifest.head(10)
+    leaf, routed, positions, _ = predict_manifest_hierarchical(hb, frame)
+    separate = {node.key: predict_manifest(node.bundle.model, frame)[0] for node in hb.nodes()}
+    expected_leaf, expected_routed = hb.combine(separate)
+    np.testing.assert_allclose(leaf, expected_leaf, atol=1e-6)
+    assert (routed == expected_routed).all() and list(positions) == list(range(10))
+    images = [Image.open(p) for p in frame["path"]]
+    np.testing.assert_allclose(Predictor(hb).predict_proba(images), expected_leaf, atol=1e-5)

@@ -12,6 +12,7 @@ to one); they carry the ranking used by ROC-AUC, while the routed leaf is the de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import pandas as pd
 
 from .. import __version__
 from .bundle import BUNDLE_FORMAT, Bundle, load_bundle, read_bundle_info
-from .inference import predict_manifest
+from .inference import predict_manifest_heads
 
 __all__ = ["Level", "HierarchyNode", "HierarchicalBundle", "HierarchyTree", "LEVEL_ALIASES", "resolve_levels",
            "leaf_names", "level_names", "save_hierarchical_bundle", "load_hierarchical_bundle", "load_any_bundle",
@@ -160,6 +161,7 @@ class HierarchicalBundle:
     leaf_paths: dict[str, tuple[str, ...]]
     meta: dict = field(default_factory=dict)
     path: Path | None = None
+    _groups: list[list[HierarchyNode]] | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -168,6 +170,18 @@ class HierarchicalBundle:
     @property
     def preprocessing(self):
         return self.root.bundle.preprocessing
+
+    def shared_backbones(self) -> list[list[HierarchyNode]]:
+        """Nodes grouped by identical backbone weights and preprocessing (e.g. one frozen ImageNet
+        backbone under every node): each group needs one backbone pass per image, then one head per node."""
+        if self._groups is None:
+            groups: dict[tuple[str, str], list[HierarchyNode]] = {}
+            for node in self.nodes():
+                key = (json.dumps(node.bundle.preprocessing.to_dict(), sort_keys=True),
+                       _fingerprint(node.bundle.model.backbone))
+                groups.setdefault(key, []).append(node)
+            self._groups = list(groups.values())
+        return self._groups
 
     def nodes(self) -> Iterator[HierarchyNode]:
         stack = [self.root]
@@ -225,6 +239,15 @@ class HierarchicalBundle:
         """The level-``depth`` class name (see :func:`level_names`) on the path to ``leaf``."""
         names = level_names(list(self.leaf_paths.values()), depth + 1)
         return names[self.leaf_paths[leaf][:depth + 1]]
+
+
+def _fingerprint(module) -> str:
+    """A hash of a module's weights and buffers (equal for copies of one frozen backbone)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _node_spec(tree: HierarchyTree, prefix: tuple[str, ...]) -> dict:
@@ -311,10 +334,16 @@ def load_any_bundle(path: str | Path, device: str = "cpu") -> Bundle | Hierarchi
 
 def predict_manifest_hierarchical(bundle: HierarchicalBundle, frame: pd.DataFrame, batch_size: int = 32
                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
-    """``(leaf_probabilities, routed_leaf_indices, row_positions, unreadable)`` for the readable rows."""
+    """``(leaf_probabilities, routed_leaf_indices, row_positions, unreadable)`` for the readable rows.
+
+    Every node scores every image (the leaf probabilities need all of them); nodes sharing a backbone
+    share its pass.
+    """
     node_proba, positions, unreadable = {}, None, {}
-    for node in bundle.nodes():
-        proba, positions, unreadable = predict_manifest(node.bundle.model, frame, batch_size=batch_size)
-        node_proba[node.key] = proba
+    for group in bundle.shared_backbones():
+        model = group[0].bundle.model
+        probas, positions, unreadable = predict_manifest_heads(
+            model.backbone, [node.bundle.model.head for node in group], model.preprocessing, frame, batch_size)
+        node_proba.update({node.key: proba for node, proba in zip(group, probas)})
     leaf, routed = bundle.combine(node_proba)
     return leaf, routed, positions, unreadable
