@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..data.transforms import Preprocessing
-from .registry import OncoClassifier, create_model
+from .registry import OncoClassifier, create_model, prefers_channels_last
 
 __all__ = ["Bundle", "save_bundle", "load_bundle", "BUNDLE_FORMAT", "atomic_write_bytes"]
 
@@ -102,6 +102,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model.config["weights"] = info.get("trained_from_weights", "random")
     model.config["freeze"] = cfg.get("freeze", "full")
     model.eval().to(device)
+    if prefers_channels_last(cfg["name"], device):
+        model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     return Bundle(model=model, classes=info["classes"], preprocessing=Preprocessing.from_dict(info["preprocessing"]),

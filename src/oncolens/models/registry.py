@@ -24,6 +24,7 @@ __all__ = [
     "register_model",
     "create_model",
     "get_spec",
+    "prefers_channels_last",
     "list_models",
     "model_table",
     "apply_freeze",
@@ -48,9 +49,15 @@ class ModelSpec:
     load_imagenet: Callable[[nn.Module, int], None] | None = None
     imagenet_offline: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+    channels_last_on_cpu: bool = True  # NHWC convolutions are faster on CPU (measured ~1.3-1.5x for Lite0)
 
 
 _MODELS: dict[str, ModelSpec] = {}
+
+
+def prefers_channels_last(model_name: str, device: str | torch.device) -> bool:
+    """Whether ``model_name`` runs faster in channels-last memory format on ``device``."""
+    return torch.device(device).type == "cpu" and get_spec(model_name).channels_last_on_cpu
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -214,11 +221,13 @@ register_model(ModelSpec(
     name="seed_cnn", source="seed 001", build_backbone=lambda c, s: SeedCnnBackbone(c, s),
     description="seed 001 custom CNN: 3 conv 32/64/128 + max-pool, dense 128 (128x128 greyscale)",
     input_size=128, channels=1, mean=(0.0,), std=(1.0,), default_head="own", own_head=seed_cnn_head,
+    channels_last_on_cpu=False,
 ))
 register_model(ModelSpec(
     name="seed_bn_cnn", source="seed 002", build_backbone=lambda c, s: SeedBnCnnBackbone(c, s),
     description="seed 002 CNN: conv+BN+max-pool blocks, flatten, dense+dropout (50x50 RGB)",
     input_size=50, channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), default_head="own", own_head=seed_bn_cnn_head,
+    channels_last_on_cpu=False,
 ))
 
 

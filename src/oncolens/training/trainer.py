@@ -31,6 +31,7 @@ from ..data import split as split_manifest
 from ..data.split import default_group_column_safe
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
 from ..models.bundle import atomic_write_bytes
+from ..models.registry import prefers_channels_last
 from .config import TrainConfig, load_config
 from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
 
@@ -152,7 +153,7 @@ class _Trainer:
         self.model: OncoClassifier = create_model(cfg.model, num_classes=len(self.classes), weights=cfg.weights,
                                                   freeze=cfg.freeze, head=cfg.head, input_size=cfg.image_size,
                                                   channels=cfg.channels).to(self.device)
-        self.channels_last = self.device.type == "cpu" and cfg.model not in ("seed_cnn", "seed_bn_cnn")
+        self.channels_last = prefers_channels_last(cfg.model, self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         pre = self.model.preprocessing
