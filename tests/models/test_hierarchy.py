@@ -131,3 +131,16 @@ def test_nodes_sharing_a_backbone_share_its_pass(tmp_path, phantom_manifest):
     assert (routed == expected_routed).all() and list(positions) == list(range(10))
     images = [Image.open(p) for p in frame["path"]]
     np.testing.assert_allclose(Predictor(hb).predict_proba(images), expected_leaf, atol=1e-5)
+
+
+def test_a_single_top_value_starts_the_tree_at_the_first_branching_level(tmp_path):
+    paths = [("x", "p", "1"), ("x", "p", "2"), ("x", "q", "3")]
+    tree = HierarchyTree.from_manifest(frame_of(paths), resolve_levels(["a", "b", "c"], ["a", "b", "c"]))
+    assert () not in tree.nodes and tree.root == ("x",)
+    hb = load_any_bundle(save_hierarchical_bundle(tree, tiny_bundles(tree, tmp_path), tmp_path / "hb"))
+    assert hb.root.key == "x" and hb.root.level == 1
+    leaf, routed = hb.combine({"x": np.array([[0.6, 0.4]]), "x__p": np.array([[0.3, 0.7]])})
+    assert dict(zip(hb.classes, leaf[0])) == pytest.approx({"1": 0.18, "2": 0.42, "3": 0.4})
+    assert hb.classes[routed[0]] == "2"
+    with pytest.raises(ValueError, match="single leaf"):
+        HierarchyTree.from_manifest(frame_of([("x", "p", "1")]), resolve_levels(["a", "b", "c"], ["a", "b", "c"])).root
