@@ -47,9 +47,15 @@ def test_hierarchical_explanation_uses_the_classifier_of_the_chosen_level(predic
         predictor.explain(images[0], target="lung")
 
 
-def test_hierarchical_onnx_backend_matches_torch(hierarchical_bundle, predictor, images):
+def test_hierarchical_onnx_backend_matches_torch(hierarchical_bundle, predictor, images, tmp_path):
     onnx = Predictor.from_bundle(hierarchical_bundle, backend="onnx")
     assert np.abs(onnx.predict_proba(images) - predictor.predict_proba(images)).max() < 1e-4
     assert [p.label for p in onnx.predict(images)] == [p.label for p in predictor.predict(images)]
-    with pytest.raises(ValueError, match="exports each node"):
-        Predictor.from_bundle(hierarchical_bundle, backend="onnx", onnx_path="x.onnx")
+    # graphs exported by `oncolens export` are reused from their folder; a folder without them is filled
+    exported = tmp_path / "graphs"
+    reused = Predictor.from_bundle(hierarchical_bundle, backend="onnx", onnx_path=exported)
+    stamps = {p.name: p.stat().st_mtime_ns for p in exported.glob("*.onnx")}
+    assert sorted(stamps) == ["histo.onnx", "mri.onnx", "root.onnx"]
+    again = Predictor.from_bundle(hierarchical_bundle, backend="onnx", onnx_path=exported)
+    assert {p.name: p.stat().st_mtime_ns for p in exported.glob("*.onnx")} == stamps
+    assert np.abs(again.predict_proba(images) - reused.predict_proba(images)).max() == 0

@@ -8,6 +8,7 @@ hierarchical bundle is served by one predictor per tree node: its predictions ca
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 from .data import build_transforms, decode_image, read_image
 from .explain import ExplainOptions, draw_regions, explain, localise, overlay_heatmap
 from .models.bundle import Bundle
+from .export import export_hierarchical_onnx, group_name
 from .models.hierarchy import HierarchicalBundle, load_any_bundle
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
@@ -91,14 +93,13 @@ class Predictor:
         self.batch_size = batch_size
         self.backend = backend
         self._session = None
-        self._nodes: dict[str, Predictor] = {}
+        self._group_sessions: dict[str, object] = {}
         if isinstance(bundle, HierarchicalBundle):
-            if onnx_path is not None:
-                raise ValueError("a hierarchical bundle exports each node to ONNX itself; do not pass onnx_path")
             self.model = bundle.root.bundle.model
-            if backend == "onnx":  # one ONNX Runtime session per node
-                self._nodes = {node.key: Predictor(node.bundle, backend=backend, batch_size=batch_size)
-                               for node in bundle.nodes()}
+            if backend == "onnx":  # one ONNX Runtime session per group of nodes sharing a backbone
+                self._group_sessions = _hierarchical_sessions(bundle, onnx_path)
+            elif backend != "torch":
+                raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
             return
         self.model = bundle.model.eval()
         if backend == "onnx":
@@ -152,24 +153,29 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     @torch.inference_mode()
-    def _shared_backbone_scores(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+    def _node_scores(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         """Each node's probabilities; nodes with one backbone (e.g. frozen ImageNet) share its pass."""
         out = {}
         for group in self.bundle.shared_backbones():
             model = group[0].bundle.model
             transform = build_transforms(model.preprocessing, train=False)
-            device = next(model.parameters()).device
-            features = torch.cat([model.backbone(torch.stack([transform(im) for im in images[i:i + self.batch_size]])
-                                                 .to(device)) for i in range(0, len(images), self.batch_size)])
-            for node in group:
-                out[node.key] = torch.softmax(node.bundle.model.head(features).float(), 1).cpu().numpy()
+            session = self._group_sessions.get(group_name(group))
+            logits: list[list[torch.Tensor]] = [[] for _ in group]
+            for start in range(0, len(images), self.batch_size):
+                x = torch.stack([transform(image) for image in images[start:start + self.batch_size]])
+                if session is not None:
+                    outputs = [torch.as_tensor(o) for o in session.run(None, {"image": x.numpy()})]
+                else:
+                    features = model.backbone(x.to(next(model.parameters()).device))
+                    outputs = [node.bundle.model.head(features).float().cpu() for node in group]
+                for store, output in zip(logits, outputs):
+                    store.append(output)
+            for node, store in zip(group, logits):
+                out[node.key] = torch.softmax(torch.cat(store), 1).numpy()
         return out
 
     def _hierarchical_scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        if self._nodes:
-            node_proba = {key: node.predict_proba(images) for key, node in self._nodes.items()}
-        else:
-            node_proba = self._shared_backbone_scores(images)
+        node_proba = self._node_scores(images)
         leaf, routed = self.bundle.combine(node_proba)
         return leaf, routed, node_proba
 
@@ -223,6 +229,24 @@ class Predictor:
                                    contour_overlay=draw_regions(image, where.regions, e.heatmap.shape),
                                    regions=[r.to_dict() for r in where.regions], area_fraction=where.area_fraction,
                                    explained_by={**e.extra, "class": e.target_class} if e.extra else {})
+
+
+def _hierarchical_sessions(bundle: HierarchicalBundle, onnx_dir: str | Path | None) -> dict[str, object]:
+    """An ONNX Runtime session per backbone group, from ``onnx_dir`` (as `oncolens export` writes it) or
+    exported afresh next to the bundle when the folder does not hold this bundle's graphs."""
+    import onnxruntime as ort
+
+    folder = Path(onnx_dir) if onnx_dir else Path(bundle.path or ".") / "onnx"
+    groups = {group_name(g): [n.key for n in g] for g in bundle.shared_backbones()}
+
+    def matches(name: str, nodes: list[str]) -> bool:
+        sidecar = folder / f"{name}.json"
+        return (folder / f"{name}.onnx").exists() and sidecar.exists() and json.loads(sidecar.read_text())["nodes"] == nodes
+
+    if onnx_dir is None or not all(matches(name, nodes) for name, nodes in groups.items()):
+        export_hierarchical_onnx(bundle, folder)
+    return {name: ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+            for name in groups}
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -135,7 +135,9 @@ def test_hierarchical_bundle_through_predict_explain_evaluate_export(hierarchica
     assert "level by level" in result.output
     result = runner.invoke(app, ["export", str(hierarchical_bundle), "--onnx", str(tmp_path / "onnx")])
     assert result.exit_code == 0, result.output
+    # one-epoch seed CNNs have their own backbones: one graph per classifier
     assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["histo.onnx", "mri.onnx", "root.onnx"]
+    assert "max |probability difference|" in result.output
     result = runner.invoke(app, ["evaluate", str(hierarchical_bundle), "--data",
                                  str(hierarchy_study_dir / "data" / "all.csv"), "--n-boot", "5", "--out",
                                  str(tmp_path / "ev2"), "--explain", "gradcam", "--per-class", "1"])

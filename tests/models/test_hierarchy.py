@@ -131,6 +131,13 @@ def test_nodes_sharing_a_backbone_share_its_pass(tmp_path, phantom_manifest):
     assert (routed == expected_routed).all() and list(positions) == list(range(10))
     images = [Image.open(p) for p in frame["path"]]
     np.testing.assert_allclose(Predictor(hb).predict_proba(images), expected_leaf, atol=1e-5)
+    # ONNX: one graph for the group (backbone once, three heads), same probabilities
+    onnx = Predictor(hb, backend="onnx", onnx_path=tmp_path / "onnx")
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["root.onnx"]
+    np.testing.assert_allclose(onnx.predict_proba(images), expected_leaf, atol=1e-5)
+    from oncolens.export import export_hierarchical_onnx, hierarchical_onnx_parity
+
+    assert hierarchical_onnx_parity(hb, export_hierarchical_onnx(hb, tmp_path / "again")) < 1e-4
 
 
 def test_a_single_top_value_starts_the_tree_at_the_first_branching_level(tmp_path):

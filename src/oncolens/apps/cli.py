@@ -495,23 +495,25 @@ def export(
 ) -> None:
     """Export a bundle to ONNX and check that ONNX Runtime gives the same probabilities.
 
-    A hierarchical bundle exports one file per classifier of its tree, into the folder --onnx.
+    A hierarchical bundle exports one graph per group of classifiers sharing a backbone (backbone once,
+    a head per classifier) into the folder --onnx, which `serve --backend onnx --onnx DIR` can use.
     """
-    from oncolens.export import export_onnx, onnx_parity
+    from oncolens.export import export_hierarchical_onnx, export_onnx, hierarchical_onnx_parity, onnx_parity
     from oncolens.models import load_any_bundle
 
     try:
         loaded = load_any_bundle(bundle)
-        targets = ([(node.bundle, onnx / f"{node.key}.onnx") for node in loaded.nodes()]
-                   if loaded.kind == "hierarchical" else [(loaded, onnx)])
-        paths = [(b, export_onnx(b, out, opset=opset)) for b, out in targets]
+        if loaded.kind == "hierarchical":
+            paths = export_hierarchical_onnx(loaded, onnx, opset=opset)
+            worst = hierarchical_onnx_parity(loaded, paths)
+        else:
+            paths = {"model": export_onnx(loaded, onnx, opset=opset)}
+            worst = onnx_parity(loaded, paths["model"])
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    worst = 0.0
-    for loaded_bundle, path in paths:
-        difference = onnx_parity(loaded_bundle, path)
-        worst = max(worst, difference)
-        console.print(f"onnx: {path}  (max |probability difference| vs PyTorch on a batch: {difference:.2e})")
+    for path in paths.values():
+        console.print(f"onnx: {path}")
+    console.print(f"max |probability difference| vs PyTorch on a batch: {worst:.2e}")
     if worst > 1e-4:
         fail("ONNX Runtime output differs from PyTorch by more than 1e-4", code=1)
 
@@ -522,6 +524,9 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: the file (or, for a "
+                                                 "hierarchical bundle, folder) `oncolens export` wrote; "
+                                                 "default: export next to the bundle")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="upload size limit in MiB")] = 20.0,
 ) -> None:
     """Serve the REST API (FastAPI): /health, /model, /predict, /explain; OpenAPI docs at /docs."""
@@ -531,7 +536,7 @@ def serve(
     from oncolens.predictor import Predictor
 
     try:
-        predictor = Predictor.from_bundle(bundle, backend=backend)
+        predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     uvicorn.run(create_app(predictor, max_upload_bytes=int(max_upload_mb * 2**20)), host=host, port=port)
