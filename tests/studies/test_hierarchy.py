@@ -116,3 +116,16 @@ def test_three_levels_with_a_single_value_branch(phantom_manifest, tmp_path):
     metrics = json.loads((tmp_path / "s" / "evals" / "hierarchical" / "metrics.json").read_text())
     assert list(metrics["levels"]) == ["organ", "status", "grade"]
     assert metrics["levels"]["status"]["classes"] == ["histo/normal", "histo/tumor", "mri/normal", "mri/tumor"]
+
+
+def test_hierarchy_evaluated_through_a_label_map(hierarchy_study_dir, tmp_path):
+    bundle, data = hierarchy_study_dir / "hierarchical_bundle", hierarchy_study_dir / "data" / "all.csv"
+    leaf = evaluate(bundle, data, n_boot=0, out_dir=tmp_path / "leaf")
+    mapped = evaluate(bundle, data, n_boot=0, out_dir=tmp_path / "mapped", label_map="normal-vs-tumor")
+    assert mapped.report.classes == ["normal", "tumor"]
+    assert not json.loads(mapped.metrics_json.read_text())["levels"]  # the truth is no longer the tree's
+    # the mapped decision is the routed leaf's target
+    expected = ["normal" if p.endswith("normal") else "tumor" for p in leaf.predictions["predicted"]]
+    assert list(mapped.predictions["predicted"]) == expected
+    assert list(mapped.predictions["true"]) == ["normal" if t.endswith("normal") else "tumor"
+                                                for t in leaf.predictions["true"]]

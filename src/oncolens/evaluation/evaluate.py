@@ -129,7 +129,8 @@ def evaluate(
     elif split:
         notes.append(f"the manifest has no split column: evaluating all {len(frame)} images")
     label_col = label_col or loaded.meta.get("label_col", "label")
-    if hierarchical and label_col == "label" and all(lv.column in frame.columns for lv in loaded.levels):
+    own_levels = hierarchical and label_map is None and label_col == "label"
+    if own_levels and all(lv.column in frame.columns for lv in loaded.levels):
         frame = frame.assign(label=loaded.leaf_labels(frame)).reset_index(drop=True)
         if (frame["label"] == "").any():
             raise ValueError("rows whose level values " + str([lv.column for lv in loaded.levels]) +
@@ -137,8 +138,6 @@ def evaluate(
     else:
         label_col = label_col if label_col in frame.columns else "label"
         frame = frame.assign(label=frame[label_col].astype(str)).reset_index(drop=True)
-    if hierarchical and label_map is not None:
-        raise ValueError("label maps apply to flat bundles; a hierarchical bundle is evaluated on its own levels")
     routed = None
     if hierarchical:
         proba, routed, positions, unreadable = predict_manifest_hierarchical(loaded, frame)
@@ -151,10 +150,16 @@ def evaluate(
     classes = list(loaded.classes)
     if label_map is not None:
         lm = label_map if isinstance(label_map, LabelMap) else load_label_map(label_map)
-        mapped = lm.apply(frame["label"].tolist(), classes, proba)
+        # a hierarchy's leaves are mapped by their own label (the last level: 'normal' of 'brain/normal')
+        map_classes = [loaded.leaf_paths[c][-1] for c in classes] if hierarchical else classes
+        mapped = lm.apply(frame["label"].tolist(), map_classes, proba)
         notes += mapped.notes()
         frame = frame[mapped.kept].reset_index(drop=True)
         frame["label"] = [lm.classes[i] for i in mapped.y]
+        if routed is not None:  # the routed leaf's target; the mapped argmax when that leaf is unmapped
+            targets = [lm.target_of(map_classes[r]) for r in routed[mapped.kept]]
+            routed = np.array([lm.classes.index(t) if t is not None else int(row.argmax())
+                               for t, row in zip(targets, mapped.proba)], dtype=int)
         classes, y, proba = mapped.classes, mapped.y, mapped.proba
         if len(y) == 0:
             raise ValueError("no image has a label the label map knows; " + " ".join(mapped.notes()))
@@ -168,7 +173,7 @@ def evaluate(
     report = compute_metrics(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed, predicted=routed)
     notes += report.notes
     levels = (level_metrics(y, proba, routed, classes, loaded.leaf_paths, [lv.name for lv in loaded.levels],
-                            groups=groups, n_boot=n_boot, seed=seed) if hierarchical else {})
+                            groups=groups, n_boot=n_boot, seed=seed) if hierarchical and label_map is None else {})
     out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = proba.argmax(1) if routed is None else routed
