@@ -85,7 +85,7 @@ def leaf_names(paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
 
 
 def _paths_of(frame: pd.DataFrame, levels: Sequence[Level]) -> list[tuple[str, ...]]:
-    values = frame[[lv.column for lv in levels]].astype(str).fillna("")
+    values = frame[[lv.column for lv in levels]].fillna("").astype(str)
     return [tuple(row) for row in values.itertuples(index=False)]
 
 
@@ -234,11 +234,6 @@ class HierarchicalBundle:
                 if name in (value, child if isinstance(child, str) else None):
                     return node, c
         return None
-
-    def level_of_leaf(self, leaf: str, depth: int) -> str:
-        """The level-``depth`` class name (see :func:`level_names`) on the path to ``leaf``."""
-        names = level_names(list(self.leaf_paths.values()), depth + 1)
-        return names[self.leaf_paths[leaf][:depth + 1]]
 
 
 def _fingerprint(module) -> str:
