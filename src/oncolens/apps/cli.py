@@ -563,92 +563,105 @@ def app_command(
 study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
+# options every study shares (typer reads them from each command's signature)
+StudyOut = Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")]
+Epochs = Annotated[int, typer.Option()]
+LearningRate = Annotated[float, typer.Option()]
+BatchSize = Annotated[int, typer.Option()]
+ImageSize = Annotated[Optional[int], typer.Option()]
+Seed = Annotated[int, typer.Option()]
+Workers = Annotated[int, typer.Option(help="parallel worker processes")]
+ModelList = Annotated[str, typer.Option(help="comma-separated model names")]
+SplitManifest = Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")]
+
+
+def _study_config(**values):
+    """The training configuration of a study's runs: the given options, no augmentation."""
+    from oncolens.training import TrainConfig
+
+    return TrainConfig(augment=False, **values)
+
+
+def _run_study(run, out: Path) -> None:
+    """Run a study; print its results table, or a clear error."""
+    try:
+        run()
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
 
 @study_app.command("transfer")
 def study_transfer(
     manifest: Annotated[Path, typer.Argument(help="manifest with a domain column (e.g. cancer_type, organ)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-transfer"),
+    out: StudyOut = Path("study-transfer"),
     domain_col: Annotated[str, typer.Option(help="column whose values are the source/target datasets")] = "cancer_type",
     label_map: Annotated[str, typer.Option(help="YAML label map or 'normal-vs-tumor'")] = "normal-vs-tumor",
     model: Annotated[str, typer.Option()] = "seed_cnn",
     weights: Annotated[str, typer.Option()] = "auto",
     freeze: Annotated[str, typer.Option()] = "auto",
-    image_size: Annotated[Optional[int], typer.Option()] = None,
-    epochs: Annotated[int, typer.Option()] = 10,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    seed: Annotated[int, typer.Option()] = 42,
+    image_size: ImageSize = None,
+    epochs: Epochs = 10,
+    lr: LearningRate = 1e-3,
+    batch_size: BatchSize = 16,
+    seed: Seed = 42,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples per cell")] = 200,
-    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    workers: Workers = 1,
 ) -> None:
     """Cross-cancer transfer matrix (seed 000): one model per source, tested on every target."""
     from oncolens.studies import transfer_matrix
-    from oncolens.training import TrainConfig
 
-    config = TrainConfig(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
-                         batch_size=batch_size, augment=False)
-    try:
-        transfer_matrix(manifest, out, domain_col=domain_col, label_map=label_map, train_config=config, seed=seed,
-                        n_boot=n_boot, workers=workers)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    config = _study_config(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
+                           batch_size=batch_size)
+    _run_study(lambda: transfer_matrix(manifest, out, domain_col=domain_col, label_map=label_map, train_config=config,
+                                       seed=seed, n_boot=n_boot, workers=workers), out)
     console.print(f"study: {out}")
-
-
-def _study_base(epochs: int, lr: float, batch_size: int, image_size: Optional[int], freeze: str = "auto"):
-    from oncolens.training import TrainConfig
-
-    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze=freeze, augment=False)
 
 
 @study_app.command("compare")
 def study_compare(
-    manifest: Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")],
-    models: Annotated[str, typer.Option(help="comma-separated model names")] = "seed_cnn,seed_bn_cnn,tf_efficientnet_lite0",
-    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-compare"),
-    epochs: Annotated[int, typer.Option()] = 10,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    image_size: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 42,
+    manifest: SplitManifest,
+    models: ModelList = "seed_cnn,seed_bn_cnn,tf_efficientnet_lite0",
+    out: StudyOut = Path("study-compare"),
+    epochs: Epochs = 10,
+    lr: LearningRate = 1e-3,
+    batch_size: BatchSize = 16,
+    image_size: ImageSize = None,
+    seed: Seed = 42,
     n_boot: Annotated[int, typer.Option()] = 200,
-    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    workers: Workers = 1,
 ) -> None:
     """Architecture comparison (seed 002): same split, AUC/F1/accuracy with CIs, time, parameters."""
     from oncolens.studies import compare_models
 
-    try:
-        compare_models(manifest, out, [m.strip() for m in models.split(",")], _study_base(epochs, lr, batch_size, image_size),
-                       seed=seed, n_boot=n_boot, workers=workers)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze="auto")
+    _run_study(lambda: compare_models(manifest, out, _names(models), config, seed=seed, n_boot=n_boot,
+                                      workers=workers), out)
 
 
 @study_app.command("pretraining")
 def study_pretraining(
-    manifest: Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")],
-    models: Annotated[str, typer.Option(help="comma-separated model names")] = "alexnet,vgg16",
-    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-pretraining"),
-    epochs: Annotated[int, typer.Option()] = 10,
-    lr: Annotated[float, typer.Option()] = 1e-4,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    image_size: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 42,
+    manifest: SplitManifest,
+    models: ModelList = "alexnet,vgg16",
+    out: StudyOut = Path("study-pretraining"),
+    epochs: Epochs = 10,
+    lr: LearningRate = 1e-4,
+    batch_size: BatchSize = 16,
+    image_size: ImageSize = None,
+    seed: Seed = 42,
     n_boot: Annotated[int, typer.Option()] = 200,
-    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    workers: Workers = 1,
 ) -> None:
     """Random vs ImageNet initialisation per architecture (seed 003); unavailable weights are reported."""
     from oncolens.studies import compare_pretraining
 
-    try:
-        compare_pretraining(manifest, out, [m.strip() for m in models.split(",")],
-                            _study_base(epochs, lr, batch_size, image_size, freeze="full"), seed=seed, n_boot=n_boot,
-                            workers=workers)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze="full")
+    _run_study(lambda: compare_pretraining(manifest, out, _names(models), config, seed=seed, n_boot=n_boot,
+                                           workers=workers), out)
 
 
 @study_app.command("hierarchy")
@@ -656,30 +669,25 @@ def study_hierarchy(
     manifest: Annotated[Path, typer.Argument(help="manifest with one column per level (e.g. tumor_class, subtype)")],
     levels: Annotated[str, typer.Option(help="comma-separated levels, top first: columns or binary, subtype, "
                                              "organ, tumor")] = "binary,subtype",
-    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("study-hierarchy"),
+    out: StudyOut = Path("study-hierarchy"),
     model: Annotated[str, typer.Option()] = "seed_cnn",
     weights: Annotated[str, typer.Option()] = "auto",
     freeze: Annotated[str, typer.Option()] = "auto",
-    epochs: Annotated[int, typer.Option()] = 10,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    image_size: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 42,
+    epochs: Epochs = 10,
+    lr: LearningRate = 1e-3,
+    batch_size: BatchSize = 16,
+    image_size: ImageSize = None,
+    seed: Seed = 42,
     n_boot: Annotated[int, typer.Option()] = 200,
-    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    workers: Workers = 1,
 ) -> None:
     """Hierarchical classifiers (seeds 004, 001): top model + one per branch, routed, vs one flat model."""
     from oncolens.studies import hierarchy_study
-    from oncolens.training import TrainConfig
 
-    config = TrainConfig(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
-                         batch_size=batch_size, augment=False)
-    try:
-        hierarchy_study(manifest, out, [v.strip() for v in levels.split(",") if v.strip()], train_config=config,
-                        seed=seed, n_boot=n_boot, workers=workers)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    config = _study_config(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
+                           batch_size=batch_size)
+    _run_study(lambda: hierarchy_study(manifest, out, _names(levels), train_config=config, seed=seed, n_boot=n_boot,
+                                       workers=workers), out)
     console.print(f"hierarchical bundle: {out / 'hierarchical_bundle'}")
 
 
