@@ -152,30 +152,13 @@ class Predictor:
             out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
-    @torch.inference_mode()
-    def _node_scores(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
-        """Each node's probabilities; nodes with one backbone (e.g. frozen ImageNet) share its pass."""
-        out = {}
-        for group in self.bundle.shared_backbones():
-            model = group[0].bundle.model
-            transform = build_transforms(model.preprocessing, train=False)
-            session = self._group_sessions.get(group_name(group))
-            logits: list[list[torch.Tensor]] = [[] for _ in group]
-            for start in range(0, len(images), self.batch_size):
-                x = torch.stack([transform(image) for image in images[start:start + self.batch_size]])
-                if session is not None:
-                    outputs = [torch.as_tensor(o) for o in session.run(None, {"image": x.numpy()})]
-                else:
-                    features = model.backbone(x.to(next(model.parameters()).device))
-                    outputs = [node.bundle.model.head(features).float().cpu() for node in group]
-                for store, output in zip(logits, outputs):
-                    store.append(output)
-            for node, store in zip(group, logits):
-                out[node.key] = torch.softmax(torch.cat(store), 1).numpy()
-        return out
+    def _run_onnx_group(self, group, x: torch.Tensor) -> list[torch.Tensor]:
+        outputs = self._group_sessions[group_name(group)].run(None, {"image": x.numpy()})
+        return [torch.as_tensor(o) for o in outputs]
 
     def _hierarchical_scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        node_proba = self._node_scores(images)
+        node_proba = self.bundle.node_probabilities(images, self.batch_size,
+                                                    self._run_onnx_group if self._group_sessions else None)
         leaf, routed = self.bundle.combine(node_proba)
         return leaf, routed, node_proba
 
@@ -184,7 +167,10 @@ class Predictor:
         if not self.hierarchical:
             proba = self.predict_proba(images)
             return [Prediction(dict(zip(self.classes, map(float, row))), source=src) for row, src in zip(proba, sources)]
-        leaf, routed, node_proba = self._hierarchical_scores(images)
+        return self._hierarchical_predictions(*self._hierarchical_scores(images), sources)
+
+    def _hierarchical_predictions(self, leaf: np.ndarray, routed: np.ndarray, node_proba: dict[str, np.ndarray],
+                                  sources: Sequence[str]) -> list[Prediction]:
         out = []
         for i, (row, src) in enumerate(zip(leaf, sources)):
             levels = []
@@ -221,8 +207,14 @@ class Predictor:
         For a hierarchical bundle the map comes from the classifier at ``level`` on the routed path
         (default: the deepest); ``explained_by`` names it.
         """
-        prediction = self.predict([image], [source])[0]
-        e = explain(self.bundle, [image], method=method, target=target, options=options, level=level)[0]
+        routing = None
+        if self.hierarchical:  # score the nodes once: for the prediction and to route the explanation
+            leaf, routed, routing = self._hierarchical_scores([image])
+            prediction = self._hierarchical_predictions(leaf, routed, routing, [source])[0]
+        else:
+            prediction = self.predict([image], [source])[0]
+        e = explain(self.bundle, [image], method=method, target=target, options=options, level=level,
+                    routing=routing)[0]
         where = localise(e.heatmap, threshold)
         return ExplainedPrediction(prediction=prediction, method=method, heatmap=e.heatmap,
                                    heatmap_overlay=overlay_heatmap(image, e.heatmap, alpha),

@@ -7,7 +7,7 @@ one is a subclass with ``attribute()`` and ``@register_method``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,13 +135,15 @@ def _as_batch(images, preprocessing: Preprocessing) -> tuple[torch.Tensor, list[
 def explain(
     model_or_bundle, images: Sequence | torch.Tensor, method: str = "gradcam", target: str | int = "predicted",
     target_layer: str | None = None, batch_size: int = 16, options: ExplainOptions | None = None,
-    classes: Sequence[str] | None = None, level: int | None = None,
+    classes: Sequence[str] | None = None, level: int | None = None, routing: Mapping[str, np.ndarray] | None = None,
 ) -> list[Explanation]:
     """Explain each image's ``target`` class (``predicted``, a class name or an index) with ``method``.
 
     A hierarchical bundle explains each image with the classifier that decided it at ``level`` (default:
     the deepest one on its routed path), or, for a named target class, with the classifier that decides
-    that class; ``Explanation.extra`` says which node and level.
+    that class; ``Explanation.extra`` says which node and level. ``routing`` passes the nodes'
+    probabilities of these images when they are already known (a Predictor has them), so they are not
+    computed again.
 
     >>> explain("runs/demo/bundle", ["scan.png"], method="gradcam")[0].heatmap.shape  # doctest: +SKIP
     (224, 224)
@@ -151,7 +153,8 @@ def explain(
     if isinstance(model_or_bundle, (str, Path)):
         model_or_bundle = load_any_bundle(model_or_bundle)
     if isinstance(model_or_bundle, HierarchicalBundle):
-        return _explain_hierarchical(model_or_bundle, images, method, target, target_layer, batch_size, options, level)
+        return _explain_hierarchical(model_or_bundle, images, method, target, target_layer, batch_size, options, level,
+                                     routing)
     model, bundle_classes = _as_model(model_or_bundle)
     classes = list(classes or bundle_classes)
     options = options or ExplainOptions()
@@ -216,18 +219,8 @@ def _explanations(method: str, chosen: Method, raw, proba: np.ndarray, targets, 
     return out
 
 
-def _node_probabilities(bundle: HierarchicalBundle, images: list[Image.Image]) -> dict[str, np.ndarray]:
-    out = {}
-    for node in bundle.nodes():
-        model = node.bundle.model
-        x, _ = _as_batch(images, model.preprocessing)
-        with torch.no_grad():
-            out[node.key] = torch.softmax(model(x.to(next(model.parameters()).device)).float(), 1).cpu().numpy()
-    return out
-
-
 def _explain_hierarchical(bundle: HierarchicalBundle, images, method: str, target: str | int, target_layer,
-                          batch_size: int, options, level: int | None) -> list[Explanation]:
+                          batch_size: int, options, level: int | None, routing) -> list[Explanation]:
     if isinstance(images, torch.Tensor):
         raise TypeError("a hierarchical bundle explains images or image files, not tensors (its nodes may "
                         "preprocess differently)")
@@ -237,10 +230,8 @@ def _explain_hierarchical(bundle: HierarchicalBundle, images, method: str, targe
         sources.append(str(item) if isinstance(item, (str, Path)) else "")
     chosen: list[tuple[HierarchyNode, int]] = []
     if target == "predicted":
-        node_proba = _node_probabilities(bundle, pil)
-        for i in range(len(pil)):
-            path = bundle.route(node_proba, i)
-            chosen.append(path[-1] if level is None else path[min(level, len(path) - 1)])
+        node_proba = routing if routing is not None else bundle.node_probabilities(pil, batch_size)
+        chosen = [bundle.decider(node_proba, i, level) for i in range(len(pil))]
     else:
         found = bundle.node_for_class(str(target))
         if found is None:

@@ -18,14 +18,17 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
 
 from .. import __version__
+from ..data import build_transforms
 from .bundle import BUNDLE_FORMAT, Bundle, load_bundle, read_bundle_info
 from .inference import predict_manifest_heads
 
@@ -182,6 +185,40 @@ class HierarchicalBundle:
                 groups.setdefault(key, []).append(node)
             self._groups = list(groups.values())
         return self._groups
+
+    @torch.inference_mode()
+    def node_probabilities(self, images: Sequence[Image.Image], batch_size: int = 32,
+                           run_group: Callable[[list[HierarchyNode], torch.Tensor], list[torch.Tensor]] | None = None
+                           ) -> dict[str, np.ndarray]:
+        """Each node's ``(n_images, classes)`` probabilities; nodes sharing a backbone share its pass.
+
+        ``run_group(nodes, batch)`` replaces the PyTorch backbone + heads (e.g. an ONNX Runtime graph);
+        it returns one logits tensor per node.
+        """
+        out = {}
+        for group in self.shared_backbones():
+            model = group[0].bundle.model
+            transform = build_transforms(model.preprocessing, train=False)
+            logits: list[list[torch.Tensor]] = [[] for _ in group]
+            for start in range(0, len(images), batch_size):
+                x = torch.stack([transform(image) for image in images[start:start + batch_size]])
+                if run_group is not None:
+                    outputs = run_group(group, x)
+                else:
+                    features = model.backbone(x.to(next(model.parameters()).device))
+                    outputs = [node.bundle.model.head(features).float().cpu() for node in group]
+                for store, output in zip(logits, outputs):
+                    store.append(output)
+            for node, store in zip(group, logits):
+                out[node.key] = torch.softmax(torch.cat(store), 1).numpy()
+        return out
+
+    def decider(self, node_proba: Mapping[str, np.ndarray], index: int,
+                level: int | None = None) -> tuple[HierarchyNode, int]:
+        """The node (and its chosen class) that decided image ``index`` at ``level`` of its route
+        (default: the last decision)."""
+        path = self.route(node_proba, index)
+        return path[-1] if level is None else path[min(level, len(path) - 1)]
 
     def nodes(self) -> Iterator[HierarchyNode]:
         stack = [self.root]
