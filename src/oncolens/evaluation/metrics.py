@@ -58,7 +58,6 @@ def _headline(y: np.ndarray, proba: np.ndarray, positive: int | None,
               pred: np.ndarray | None = None) -> dict[str, float | None]:
     n_classes = proba.shape[1]
     pred = proba.argmax(1) if pred is None else pred
-    labels = np.arange(n_classes)
     present = np.unique(y)
     out: dict[str, float | None] = {
         "accuracy": _safe(accuracy_score, y, pred),

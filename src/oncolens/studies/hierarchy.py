@@ -17,7 +17,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..data import load_manifest, save_manifest, split  # noqa: E402
-from ..evaluation import evaluate  # noqa: E402
 from ..evaluation.levels import level_metrics  # noqa: E402
 from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle  # noqa: E402
 from ..training import TrainConfig  # noqa: E402
