@@ -1,27 +1,27 @@
 """Predictor: a bundle in; probabilities, an explanation map and contours/boxes out.
 
 The apps (CLI, Streamlit, REST API) use only this. PyTorch and ONNX Runtime back-ends share the
-interface; explanations always use the PyTorch model (they need its gradients and layers). A
-hierarchical bundle is served by one predictor per tree node: its predictions carry every level.
+interface; explanations always use the PyTorch model (they need its gradients and layers). Predictions
+of a tree of classifiers carry the decision at every level.
 """
 
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .data import build_transforms, decode_image, read_image
-from .explain import ExplainOptions, draw_regions, explain, localise, overlay_heatmap
-from .models.bundle import Bundle
-from .export import export_hierarchical_onnx, group_name
-from .models.hierarchy import HierarchicalBundle, load_any_bundle
+from .data import decode_image
+from .explain import ExplainOptions, compose, explain
+from .models.bundle import ModelBundle, load_any_bundle
+from .models.scoring import Backend, Scores, make_backend
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
@@ -81,118 +81,110 @@ class ExplainedPrediction:
         return out
 
 
-class Predictor:
-    """Loads a bundle once; predicts and explains PIL images, files or uploaded bytes, in batches."""
+class _SharedExclusiveLock:
+    """Many predictions at once, or one explanation alone: CAM hooks live on the shared model, so a
+    forward pass must never run through it while an explanation has them attached."""
 
-    def __init__(self, bundle: Bundle | HierarchicalBundle, backend: str = "torch",
-                 onnx_path: str | Path | None = None, batch_size: int = 32):
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._writer = True  # new readers wait from now on
+            self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Predictor:
+    """Loads a bundle once; predicts and explains PIL images, files or uploaded bytes, in batches.
+
+    Every bundle (one classifier or a tree of them) is served the same way; ``backend`` is ``torch`` or
+    ``onnx`` (graphs from ``onnx_path`` when it holds this bundle's export, exported there when it
+    does not, exported in memory when no path is given). Safe to share between threads.
+    """
+
+    def __init__(self, bundle: ModelBundle, backend: str = "torch", onnx_path: str | Path | None = None,
+                 batch_size: int = 32, num_workers: int | None = None):
         self.bundle = bundle
         self.classes = list(bundle.classes)
         self.preprocessing = bundle.preprocessing
-        self.transform = build_transforms(bundle.preprocessing, train=False)
         self.batch_size = batch_size
+        self.num_workers = num_workers
         self.backend = backend
-        self._session = None
-        self._group_sessions: dict[str, object] = {}
-        if isinstance(bundle, HierarchicalBundle):
-            self.model = bundle.root.bundle.model
-            if backend == "onnx":  # one ONNX Runtime session per group of nodes sharing a backbone
-                self._group_sessions = _hierarchical_sessions(bundle, onnx_path)
-            elif backend != "torch":
-                raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-            return
-        self.model = bundle.model.eval()
-        if backend == "onnx":
-            import onnxruntime as ort
-
-            if onnx_path is None:
-                from .export import export_onnx
-
-                onnx_path = export_onnx(bundle, Path(bundle.path or ".") / "model.onnx")
-            self._session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        elif backend != "torch":
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        self.model = bundle.root.model
+        self.runner: Backend = make_backend(bundle, backend, onnx_dir=onnx_path)
+        self._lock = _SharedExclusiveLock()
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Predictor":
-        """A predictor for the flat or hierarchical bundle at ``path``."""
+        """A predictor for the bundle at ``path``, whatever its kind."""
         return cls(load_any_bundle(path, device=device), **kwargs)
 
     @property
     def hierarchical(self) -> bool:
-        return isinstance(self.bundle, HierarchicalBundle)
+        """True when each image passes more than one decision (a tree of classifiers)."""
+        return self.bundle.is_tree
 
     @property
     def info(self) -> dict:
-        out = {"kind": self.bundle.kind, "classes": self.classes, "input_size": self.preprocessing.size,
-               "channels": self.preprocessing.channels, "model": self.model.config.get("name"), "backend": self.backend,
-               "version": self.bundle.meta.get("oncolens_version") or __import__("oncolens").__version__}
-        if isinstance(self.bundle, HierarchicalBundle):
-            out["levels"] = [{"name": lv.name, "column": lv.column} for lv in self.bundle.levels]
-            out["nodes"] = [{"node": node.key, "level": self.bundle.levels[node.level].name,
-                             "classes": list(node.children), "model": node.bundle.model.config.get("name")}
-                            for node in self.bundle.nodes()]
-        return out
+        return {**self.bundle.info(), "backend": self.backend}
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(image) for image in images])
+    def score(self, inputs: Any) -> Scores:
+        """The bundle's :class:`Scores` of images or image files (see ``ModelBundle.score``)."""
+        with self._lock.shared():
+            return self.bundle.score(inputs, backend=self.runner, batch_size=self.batch_size,
+                                     num_workers=self.num_workers)
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """``(n_images, n_classes)`` probabilities (leaf path products for a hierarchical bundle)."""
-        if self.hierarchical:
-            return self._hierarchical_scores(images)[0]
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = self.preprocess(images[start:start + self.batch_size])
-            if self._session is not None:
-                logits = torch.as_tensor(self._session.run(None, {"image": batch.numpy()})[0])
-            else:
-                with torch.inference_mode():
-                    logits = self.model(batch.to(next(self.model.parameters()).device)).float().cpu()
-            out.append(torch.softmax(logits, dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        """``(n_images, n_classes)`` probabilities (leaf path products for a tree of classifiers)."""
+        return self.score(list(images)).probabilities
 
-    def _run_onnx_group(self, group, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self._group_sessions[group_name(group)].run(None, {"image": x.numpy()})
-        return [torch.as_tensor(o) for o in outputs]
-
-    def _hierarchical_scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        node_proba = self.bundle.node_probabilities(images, self.batch_size,
-                                                    self._run_onnx_group if self._group_sessions else None)
-        leaf, routed = self.bundle.combine(node_proba)
-        return leaf, routed, node_proba
+    def predictions(self, scores: Scores, sources: Sequence[str] | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per row of ``scores``."""
+        sources = list(sources) if sources is not None else scores.sources
+        return [Prediction(dict(zip(self.classes, map(float, scores.probabilities[i]))), source=sources[i],
+                           decided=self.classes[int(scores.decided[i])], levels=self.bundle.level_records(scores, i))
+                for i in range(len(scores))]
 
     def predict(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
-        sources = sources or [""] * len(images)
-        if not self.hierarchical:
-            proba = self.predict_proba(images)
-            return [Prediction(dict(zip(self.classes, map(float, row))), source=src) for row, src in zip(proba, sources)]
-        return self._hierarchical_predictions(*self._hierarchical_scores(images), sources)
+        images = list(images)
+        return self.predictions(self.score(images), sources or [""] * len(images))
 
-    def _hierarchical_predictions(self, leaf: np.ndarray, routed: np.ndarray, node_proba: dict[str, np.ndarray],
-                                  sources: Sequence[str]) -> list[Prediction]:
-        out = []
-        for i, (row, src) in enumerate(zip(leaf, sources)):
-            levels = []
-            for node, c in self.bundle.route(node_proba, i):
-                names = list(node.children)
-                levels.append({"level": self.bundle.levels[node.level].name, "node": node.key, "label": names[c],
-                               "confidence": float(node_proba[node.key][i, c]),
-                               "probabilities": dict(zip(names, map(float, node_proba[node.key][i])))})
-            out.append(Prediction(dict(zip(self.classes, map(float, row))), source=src,
-                                  decided=self.classes[int(routed[i])], levels=levels))
-        return out
+    def iter_predict_files(self, paths: Sequence[str | Path]) -> Iterator[tuple[list[Prediction], dict[str, str]]]:
+        """``(predictions, unreadable)`` batch by batch, in input order (bounded memory)."""
+        with self._lock.shared():
+            for scores in self.bundle.iter_scores([str(p) for p in paths], backend=self.runner,
+                                                  batch_size=self.batch_size, num_workers=self.num_workers):
+                yield self.predictions(scores), scores.unreadable
 
     def predict_files(self, paths: Sequence[str | Path]) -> tuple[list[Prediction], dict[str, str]]:
         """Predictions for the readable files, and ``{path: reason}`` for the others."""
-        images, sources, failed = [], [], {}
-        for path in paths:
-            try:
-                images.append(read_image(path).image)
-                sources.append(str(path))
-            except Exception as exc:  # UnreadableImage, or anything a broken file triggers
-                failed[str(path)] = getattr(exc, "reason", str(exc))
-        return self.predict(images, sources), failed
+        predictions, failed = [], {}
+        for batch, unreadable in self.iter_predict_files(paths):
+            predictions += batch
+            failed.update(unreadable)
+        return predictions, failed
 
     @staticmethod
     def load_bytes(data: bytes, name: str = "upload", max_pixels: int = 40_000_000) -> Image.Image:
@@ -204,41 +196,26 @@ class Predictor:
                 source: str = "", level: int | None = None) -> ExplainedPrediction:
         """Prediction, explanation heatmap, heatmap overlay and green contour/box overlay of one image.
 
-        For a hierarchical bundle the map comes from the classifier at ``level`` on the routed path
-        (default: the deepest); ``explained_by`` names it.
+        One classifier: the prediction comes from the explanation's own forward pass. A tree: the nodes
+        are scored once (to route), and the map comes from the classifier at ``level`` on the routed
+        path (default: the deepest); ``explained_by`` names it.
         """
-        routing = None
-        if self.hierarchical:  # score the nodes once: for the prediction and to route the explanation
-            leaf, routed, routing = self._hierarchical_scores([image])
-            prediction = self._hierarchical_predictions(leaf, routed, routing, [source])[0]
+        scores = None
+        with self._lock.exclusive():
+            if not self.bundle.single_classifier:
+                scores = self.bundle.score([image], backend=self.runner)
+            e = explain(self.bundle, [image], method=method, target=target, options=options, level=level,
+                        routing=None if scores is None else scores.node_probabilities)[0]
+        if scores is None:
+            prediction = Prediction(dict(zip(self.classes, map(float, e.probabilities))), source=source)
         else:
-            prediction = self.predict([image], [source])[0]
-        e = explain(self.bundle, [image], method=method, target=target, options=options, level=level,
-                    routing=routing)[0]
-        where = localise(e.heatmap, threshold)
+            prediction = self.predictions(scores, [source])[0]
+        composed = compose(image, e.heatmap, alpha, threshold)
         return ExplainedPrediction(prediction=prediction, method=method, heatmap=e.heatmap,
-                                   heatmap_overlay=overlay_heatmap(image, e.heatmap, alpha),
-                                   contour_overlay=draw_regions(image, where.regions, e.heatmap.shape),
-                                   regions=[r.to_dict() for r in where.regions], area_fraction=where.area_fraction,
+                                   heatmap_overlay=composed.heatmap_overlay, contour_overlay=composed.contour_overlay,
+                                   regions=[r.to_dict() for r in composed.localisation.regions],
+                                   area_fraction=composed.localisation.area_fraction,
                                    explained_by={**e.extra, "class": e.target_class} if e.extra else {})
-
-
-def _hierarchical_sessions(bundle: HierarchicalBundle, onnx_dir: str | Path | None) -> dict[str, object]:
-    """An ONNX Runtime session per backbone group, from ``onnx_dir`` (as `oncolens export` writes it) or
-    exported afresh next to the bundle when the folder does not hold this bundle's graphs."""
-    import onnxruntime as ort
-
-    folder = Path(onnx_dir) if onnx_dir else Path(bundle.path or ".") / "onnx"
-    groups = {group_name(g): [n.key for n in g] for g in bundle.shared_backbones()}
-
-    def matches(name: str, nodes: list[str]) -> bool:
-        sidecar = folder / f"{name}.json"
-        return (folder / f"{name}.onnx").exists() and sidecar.exists() and json.loads(sidecar.read_text())["nodes"] == nodes
-
-    if onnx_dir is None or not all(matches(name, nodes) for name, nodes in groups.items()):
-        export_hierarchical_onnx(bundle, folder)
-    return {name: ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-            for name in groups}
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .errors import ConfigError, DataError
+
 __all__ = ["TNM", "TNMError", "parse_tnm", "stage_group", "stage_column", "STAGES", "RULES"]
 
 STAGES = ("0", "I", "II", "III", "IV")
@@ -44,7 +46,7 @@ _TNM = re.compile(
 )
 
 
-class TNMError(ValueError):
+class TNMError(DataError):
     """A TNM string that cannot be parsed; the message says what is wrong."""
 
 
@@ -98,7 +100,7 @@ def parse_tnm(text: str) -> TNM:
 def stage_group(tnm: TNM | str, rule: str = "ajcc") -> str | None:
     """The stage group of a TNM (``0``, ``I``..``IV``; ``I-III`` under the generic rule), or None if undeterminable."""
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        raise ConfigError(f"rule must be one of {RULES}, got {rule!r}")
     tnm = parse_tnm(tnm) if isinstance(tnm, str) else tnm
     if tnm.m == "1":
         return "IV"

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from oncolens.data import leakage_report, split
-from oncolens.data.split import SplitError
+from oncolens.data.split import SplitError, resolve_group_column
 
 
 def toy_manifest(n_patients=40, per_patient=5, seed=0, imbalance=0.3):
@@ -39,7 +39,7 @@ def test_split_fractions_and_stratification_within_tolerance():
 def test_ungrouped_split_is_exactly_stratified():
     frame = toy_manifest().drop(columns="group")
     result = split(frame, test=0.25, seed=0)
-    assert result.attrs["group_col"] is None
+    assert resolve_group_column(result) is None
     overall = (result["label"] == "tumor").mean()
     test = result[result["split"] == "test"]
     assert abs((test["label"] == "tumor").mean() - overall) < 0.03
@@ -88,5 +88,5 @@ def test_leakage_report_finds_exact_and_near_duplicates():
 
 def test_phantoms_split_grouped_by_patient(phantom_manifest):
     frame = split(phantom_manifest, test=0.25, seed=0)
-    assert frame.attrs["group_col"] == "group"
+    assert resolve_group_column(frame) == "group"
     assert (frame.groupby("group")["split"].nunique() == 1).all()

@@ -110,8 +110,6 @@ def test_save_refuses_mismatched_classes_and_keeps_old_bundle(three_level, tmp_p
 
 
 def test_nodes_sharing_a_backbone_share_its_pass(tmp_path, phantom_manifest):
-    from oncolens.models.hierarchy import predict_manifest_hierarchical
-    from oncolens.models.inference import predict_manifest
     from oncolens.predictor import Predictor
 
     tree = HierarchyTree.from_manifest(phantom_manifest, resolve_levels(list(phantom_manifest.columns), ["organ", "tumor"]))
@@ -124,8 +122,9 @@ def test_nodes_sharing_a_backbone_share_its_pass(tmp_path, phantom_manifest):
     hb = load_any_bundle(save_hierarchical_bundle(tree, bundles, tmp_path / "hb"))
     assert [[n.key for n in group] for group in hb.shared_backbones()] == [["root", "histo", "mri"]]
     frame = phantom_manifest.head(10)
-    leaf, routed, positions, _ = predict_manifest_hierarchical(hb, frame)
-    separate = {node.key: predict_manifest(node.bundle.model, frame)[0] for node in hb.nodes()}
+    scores = hb.score(frame)
+    leaf, routed, positions = scores.probabilities, scores.decided, scores.positions
+    separate = {node.key: node.bundle.score(frame).probabilities for node in hb.nodes()}
     expected_leaf, expected_routed = hb.combine(separate)
     np.testing.assert_allclose(leaf, expected_leaf, atol=1e-6)
     assert (routed == expected_routed).all() and list(positions) == list(range(10))
@@ -135,9 +134,10 @@ def test_nodes_sharing_a_backbone_share_its_pass(tmp_path, phantom_manifest):
     onnx = Predictor(hb, backend="onnx", onnx_path=tmp_path / "onnx")
     assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["root.onnx"]
     np.testing.assert_allclose(onnx.predict_proba(images), expected_leaf, atol=1e-5)
-    from oncolens.export import export_hierarchical_onnx, hierarchical_onnx_parity
+    from oncolens.models.onnx import export_onnx, onnx_parity
 
-    assert hierarchical_onnx_parity(hb, export_hierarchical_onnx(hb, tmp_path / "again")) < 1e-4
+    export_onnx(hb, tmp_path / "again")
+    assert onnx_parity(hb, tmp_path / "again") < 1e-4
 
 
 def test_a_single_top_value_starts_the_tree_at_the_first_branching_level(tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from oncolens.errors import OncolensError
 from oncolens.training import FeatureCache
 
 
@@ -35,5 +36,5 @@ def test_disk_shards_survive_a_new_cache_object(tmp_path):
     features, kept = again.features("ns", ["b", "a"], fake_compute(calls))
     assert calls == [[0, 1]] and kept == [0, 1] and features[:, 0].tolist() == [1.0, 0.0]
     assert not list(tmp_path.rglob("*.tmp"))
-    with pytest.raises(RuntimeError, match="no readable"):
+    with pytest.raises(OncolensError, match="no readable"):
         again.features("ns2", ["x"], fake_compute(calls, bad={0}))

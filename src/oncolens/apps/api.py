@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-import threading
+import logging
+import uuid
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from oncolens.data import UnreadableImage
+from oncolens.errors import OncolensError
 from oncolens.explain import list_methods
 from oncolens.predictor import Predictor, png_bytes
 
@@ -17,17 +19,25 @@ __all__ = ["create_app", "DEFAULT_MAX_UPLOAD"]
 
 DEFAULT_MAX_UPLOAD = 20 * 2**20
 
+log = logging.getLogger("oncolens.api")
+
 
 def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
                max_pixels: int = 40_000_000) -> FastAPI:
     """A FastAPI app serving ``predictor``; every error is a JSON ``{"detail": ...}`` with a 4xx code."""
     app = FastAPI(title="oncolens", version=predictor.info["version"],
                   description="Cancer image classification with explanations. Research use only.")
-    explain_lock = threading.Lock()  # CAM hooks live on the shared model: one explanation at a time
+
+    @app.exception_handler(OncolensError)
+    async def user_error(request: Request, exc: OncolensError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # never a stack trace to the client
-        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged, never shown
+        request_id = uuid.uuid4().hex[:12]
+        log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": f"internal error (request id {request_id})",
+                                                      "request_id": request_id})
 
     async def read_image_upload(file: UploadFile):
         data = await file.read(max_upload_bytes + 1)
@@ -68,11 +78,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
             raise HTTPException(status_code=422, detail=f"unknown method {method!r}; one of {list_methods()}")
         image = await read_image_upload(file)
 
-        def run():
-            with explain_lock:
-                return predictor.explain(image, method=method, alpha=alpha, source=file.filename or "", level=level)
-
-        result = await run_in_threadpool(run)
+        result = await run_in_threadpool(predictor.explain, image, method=method, alpha=alpha,
+                                         source=file.filename or "", level=level)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay
             return Response(content=png_bytes(array), media_type="image/png")

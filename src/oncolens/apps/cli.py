@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from oncolens.errors import OncolensError
+from oncolens.files import atomic_write_json
+
+
+class _UserErrors(TyperGroup):
+    """Every command's user errors (:class:`OncolensError`) become one clear line and exit code 2;
+    any other exception is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OncolensError as exc:
+            fail(str(exc))
+
 
 app = typer.Typer(
     name="oncolens",
@@ -17,8 +35,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_UserErrors,
 )
-console = Console(width=None if sys.stdout.isatty() else 120)
+# piped output keeps whole names and tables at their natural width (a terminal wraps to its own width)
+console = Console(width=None if sys.stdout.isatty() else 100_000)
 
 
 @app.callback()
@@ -31,8 +51,13 @@ def _setup() -> None:
 
 def fail(message: str, code: int = 2) -> None:
     """Print a clear error (no stack trace) and exit."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(Text.assemble(("error:", "bold red"), " ", message))
     raise typer.Exit(code)
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
 
 
 def print_scan_summary(summary) -> None:
@@ -77,10 +102,7 @@ def scan(
         exclude=tuple(exclude or ()), group_regex=group_regex, path_col=path_col, label_col=label_col,
         group_col=group_col, level_names=tuple(levels.split(",")) if levels else None,
     )
-    try:
-        summary = scan_to_csv(data_dir, out, layout, options, workers=workers)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    summary = scan_to_csv(data_dir, out, layout, options, workers=workers)
     print_scan_summary(summary)
     if summary_json:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
@@ -104,17 +126,16 @@ def split(
     """Split a manifest into train/val/test: stratified, grouped by patient, deterministic; report leakage."""
     import pandas as pd
 
-    from oncolens.data import SplitError, leakage_report, load_manifest, save_manifest
+    from oncolens.data import leakage_report, load_manifest, save_manifest
     from oncolens.data import split as split_manifest
+    from oncolens.data.split import resolve_group_column
 
-    try:
-        frame = load_manifest(manifest)
-        result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col,
-                                group_col=None if group_col == "none" else group_col)
-    except (SplitError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    frame = load_manifest(manifest)
+    result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col,
+                            group_col=None if group_col == "none" else group_col)
     save_manifest(result, out)
-    table = Table(title=f"split of {len(result)} images (grouped by: {result.attrs.get('group_col') or 'image'})")
+    grouped = resolve_group_column(frame, None if group_col == "none" else group_col)
+    table = Table(title=f"split of {len(result)} images (grouped by: {grouped or 'image'})")
     counts = pd.crosstab(result[label_col], result["split"])
     table.add_column(label_col)
     for col in counts.columns:
@@ -123,7 +144,7 @@ def split(
         table.add_row(str(name), *(str(v) for v in row))
     table.add_row("[bold]total", *(f"[bold]{v}" for v in counts.sum()))
     console.print(table)
-    leak = leakage_report(result, near_threshold=near_threshold, label_col=label_col)
+    leak = leakage_report(result, near_threshold=near_threshold, label_col=label_col, group_col=grouped)
     console.print(leak.to_text(), markup=False, highlight=False)
     if report:
         pairs = pd.concat([leak.exact.assign(kind="exact"), leak.near.assign(kind="near")], ignore_index=True)
@@ -143,10 +164,7 @@ def phantoms(
     """Generate synthetic histology and MRI phantoms (tumour / normal) with lesion masks."""
     from oncolens.data import generate_phantoms
 
-    try:
-        generate_phantoms(out_dir, n=n, size=size, seed=seed, per_patient=per_patient)
-    except ValueError as exc:
-        fail(str(exc))
+    generate_phantoms(out_dir, n=n, size=size, seed=seed, per_patient=per_patient)
     console.print(f"wrote {n} phantoms ({size}px, seed {seed}) with lesion masks to {out_dir}")
 
 
@@ -204,23 +222,20 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
 ) -> None:
     """Train a model on a manifest; write runs/<name>/ with config, history, curves, checkpoint and bundle."""
-    from oncolens.models import WeightsUnavailable
-    from oncolens.training import load_config, resume, train as train_run
+    from oncolens.training import load_config, resume
+    from oncolens.training import train as train_run
 
-    try:
-        if resume_run:
-            result = resume(resume_run, console=console)
-        else:
-            overrides = dict(data=str(data) if data else None, model=model, weights=weights, head=head, freeze=freeze,
-                             label_col=label_col, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                             channels=channels, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                             class_weights=class_weights, balanced_sampling=balanced_sampling, patience=patience,
-                             augment=augment, feature_cache=feature_cache, cache_views=cache_views, seed=seed,
-                             deterministic=deterministic, device=device, val_fraction=val_fraction,
-                             runs_dir=runs_dir, name=name, threads=threads)
-            result = train_run(load_config(config, **overrides), console=console)
-    except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as exc:
-        fail(str(exc))
+    if resume_run:
+        result = resume(resume_run, console=console)
+    else:
+        overrides = dict(data=str(data) if data else None, model=model, weights=weights, head=head, freeze=freeze,
+                         label_col=label_col, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                         channels=channels, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                         class_weights=class_weights, balanced_sampling=balanced_sampling, patience=patience,
+                         augment=augment, feature_cache=feature_cache, cache_views=cache_views, seed=seed,
+                         deterministic=deterministic, device=device, val_fraction=val_fraction,
+                         runs_dir=runs_dir, name=name, threads=threads)
+        result = train_run(load_config(config, **overrides), console=console)
     console.print(f"run: {result.run_dir}  val_accuracy {result.val_accuracy:.4f}")
 
 
@@ -230,50 +245,77 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
     top_k: Annotated[int, typer.Option("--top-k", help="classes to report per image")] = 3,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write .csv or .json")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: folder of graphs from "
+                                                 "`oncolens export` (exported there if it lacks them)")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
+                                                   "core count)")] = None,
+    show: Annotated[int, typer.Option(help="rows to print in the table (all go to --out)")] = 50,
 ) -> None:
-    """Predict classes of images with a bundle; print top-k probabilities, optionally write CSV/JSON."""
+    """Predict classes of images with a bundle; print top-k probabilities, optionally write CSV/JSON.
+
+    Images are decoded and scored batch by batch: memory stays flat whatever the number of files.
+    """
+    import csv
+
     from oncolens.data.layouts import iter_image_files
+    from oncolens.files import atomic_path
     from oncolens.predictor import Predictor
 
-    try:
-        predictor = Predictor.from_bundle(bundle)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, batch_size=batch_size,
+                                      num_workers=workers)
     paths: list[Path] = []
     for item in images:
         paths.extend(iter_image_files(item) if item.is_dir() else [item])
-    predictions, failed = predictor.predict_files(paths)
     levels = [lv["name"] for lv in predictor.info.get("levels", [])]
-    table = Table(title=f"{len(predictions)} prediction(s)" + (f"; routed {' > '.join(levels)}" if levels else ""))
+    k = min(top_k, len(predictor.classes))
+    table = Table()
     table.add_column("image")
     if levels:
         table.add_column("routed prediction")
         for name in levels:
             table.add_column(name)
-    for i in range(min(top_k, len(predictor.classes))):
+    for i in range(k):
         table.add_column(f"top {i + 1}")
-    for p in predictions:
-        by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
-        routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(name, "-") for name in levels)] if levels else []
-        table.add_row(Path(p.source).name, *routed, *(f"{name} {prob:.3f}" for name, prob in p.top(top_k)))
+    fields = ["image", "label", "confidence", *(f"{lv}_{x}" for lv in levels for x in ("label", "confidence")),
+              *(f"top{i + 1}_{x}" for i in range(k) for x in ("label", "probability"))]
+    records, failed, count = [], {}, 0
+    with ExitStack() as stack:
+        writer = None
+        if out and out.suffix != ".json":
+            handle = stack.enter_context(open(stack.enter_context(atomic_path(out)), "w", newline="", encoding="utf-8"))
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+        for batch, unreadable in predictor.iter_predict_files(paths):
+            failed.update(unreadable)
+            for p in batch:
+                count += 1
+                record = p.to_dict(top_k)
+                if writer is not None:
+                    writer.writerow({"image": record["source"], "label": record["label"],
+                                     "confidence": record["confidence"],
+                                     **{f"{lv['level']}_label": lv["label"] for lv in p.levels},
+                                     **{f"{lv['level']}_confidence": lv["confidence"] for lv in p.levels},
+                                     **{f"top{i + 1}_label": t["label"] for i, t in enumerate(record["top"])},
+                                     **{f"top{i + 1}_probability": t["probability"]
+                                        for i, t in enumerate(record["top"])}})
+                elif out:
+                    records.append(record)
+                if count <= show:
+                    by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
+                    routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
+                    table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)))
+        if out and out.suffix == ".json":
+            atomic_write_json(out, {"predictions": records, "skipped": failed})
+    shown = f" (first {show} shown)" if count > show else ""
+    table.title = f"{count} prediction(s){shown}" + (f"; routed {' > '.join(levels)}" if levels else "")
     console.print(table)
     for path, reason in failed.items():
-        console.print(f"[yellow]skipped[/] {path}: {reason}", markup=True, highlight=False)
+        console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     if out:
-        records = [p.to_dict(top_k) for p in predictions]
-        if out.suffix == ".json":
-            out.write_text(json.dumps({"predictions": records, "skipped": failed}, indent=2))
-        else:
-            import pandas as pd
-
-            rows = [{"image": r["source"], "label": r["label"], "confidence": r["confidence"],
-                     **{f"{lv['level']}_label": lv["label"] for lv in r.get("levels", [])},
-                     **{f"{lv['level']}_confidence": lv["confidence"] for lv in r.get("levels", [])},
-                     **{f"top{i + 1}_label": t["label"] for i, t in enumerate(r["top"])},
-                     **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(r["top"])}} for r in records]
-            pd.DataFrame(rows).to_csv(out, index=False)
         console.print(f"predictions: {out}")
-    if not predictions:
+    if not count:
         fail("no image could be read", code=1)
 
 
@@ -309,44 +351,36 @@ def evaluate(
     top_k: Annotated[int, typer.Option(help="highest-loss images in the gallery")] = 12,
     explain_method: Annotated[Optional[str], typer.Option("--explain", help="add explanation panels (e.g. gradcam)")] = None,
     per_class: Annotated[int, typer.Option(help="panel cases per class with --explain")] = 2,
+    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
+                                                   "core count)")] = None,
 ) -> None:
     """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html."""
     from oncolens.evaluation import evaluate as run_evaluation
 
-    try:
-        explanations = None
-        if explain_method:
-            from oncolens.explain import explain_panels
+    explanations = None
+    if explain_method:
+        from oncolens.explain import explain_panels
 
-            if label_map:
-                fail("--explain needs the model's own classes; it cannot be combined with --label-map")
-            panel_dir = (out or bundle.parent / f"eval-{split}") / "panels"
-            panels = explain_panels(bundle, data, panel_dir, per_class=per_class, method=explain_method,
-                                    split=None if split == "all" else split)
-            explanations = [(f"{explain_method}: {p.stem.removeprefix('panel_')}", p) for p in panels]
-        result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
-                                out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
-                                explanations=explanations)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+        if label_map:
+            fail("--explain needs the model's own classes; it cannot be combined with --label-map")
+        panel_dir = (out or bundle.parent / f"eval-{split}") / "panels"
+        panels = explain_panels(bundle, data, panel_dir, per_class=per_class, method=explain_method,
+                                split=None if split == "all" else split)
+        explanations = [(f"{explain_method}: {p.stem.removeprefix('panel_')}", p) for p in panels]
+    result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
+                            out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
+                            explanations=explanations, backend=backend, num_workers=workers)
     print_metrics(result.report)
-    levels = json.loads(result.metrics_json.read_text()).get("levels") or {}
-    if levels:
+    if result.levels:
         table = Table(title="hierarchy, level by level (right when the path down to the level is right)")
         for col in ("level", "classes", "accuracy", "macro_f1", "roc_auc_macro"):
             table.add_column(col)
-        for name, level in levels.items():
-            def cell(metric: str) -> str:
-                item = level["headline"][metric]
-                if item["value"] is None:
-                    return "undefined"
-                ci = item["ci95"]
-                return f"{item['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-            table.add_row(name, str(len(level["classes"])), cell("accuracy"), cell("macro_f1"), cell("roc_auc_macro"))
+        for name, level in result.levels.items():
+            table.add_row(name, str(len(level.classes)), *(level.format_value(m) for m in
+                                                         ("accuracy", "macro_f1", "roc_auc_macro")))
         console.print(table)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    print_notes(result.notes)
     console.print(f"metrics: {result.metrics_json}")
     console.print(f"report: {result.report_html}")
 
@@ -391,13 +425,10 @@ def explain(
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:
         fail(f"unknown method(s) {unknown}; available: {', '.join(list_methods())}")
-    try:
-        records, failed = explain_to_files(bundle, _image_paths(images), methods, out, target=target, target_layer=layer,
-                                           threshold=threshold, percentile=percentile, alpha=alpha,
-                                           batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples),
-                                           level=level)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    records, failed = explain_to_files(bundle, _image_paths(images), methods, out, target=target, target_layer=layer,
+                                       threshold=threshold, percentile=percentile, alpha=alpha,
+                                       batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples),
+                                       level=level)
     table = Table(title=f"{len(records)} explanation(s) in {out}")
     for col in ("image", "method", "target", "p", "regions", "area", "ms/image"):
         table.add_column(col)
@@ -423,13 +454,12 @@ def explain_panels_command(
     """One PNG grid per class: N correct and N wrong predictions with heatmap and contour overlays."""
     from oncolens.explain import explain_panels
 
-    try:
-        paths = explain_panels(bundle, data, out, per_class=per_class, method=method,
-                               split=None if split == "all" else split)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    notes: list[str] = []
+    paths = explain_panels(bundle, data, out, per_class=per_class, method=method,
+                           split=None if split == "all" else split, notes=notes)
     for path in paths:
         console.print(f"panel: {path}")
+    print_notes(notes)
 
 
 @app.command("explain-eval")
@@ -444,11 +474,10 @@ def explain_eval_command(
     """Score methods: deletion/insertion AUC vs a random map, pointing game and IoU with masks, ms per image."""
     from oncolens.explain import evaluate_explanations
 
-    try:
-        table = evaluate_explanations(bundle, data, [m.strip() for m in method.split(",") if m.strip()],
-                                      split=None if split == "all" else split, n_images=n_images)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    notes: list[str] = []
+    table = evaluate_explanations(bundle, data, [m.strip() for m in method.split(",") if m.strip()],
+                                  split=None if split == "all" else split, n_images=n_images, notes=notes)
+    print_notes(notes)
     view = Table(title="explanation quality (deletion: lower is better; insertion, pointing game, IoU: higher)")
     for col in table.columns:
         view.add_column(col, justify="left" if col == "method" else "right")
@@ -472,13 +501,10 @@ def stage(
     from oncolens.data import load_manifest, save_manifest
     from oncolens.staging import stage_column
 
-    try:
-        frame = load_manifest(manifest)
-        if tnm_col not in frame.columns:
-            fail(f"column {tnm_col!r} not in the manifest ({list(frame.columns)})")
-        frame["stage"], problems = stage_column(frame[tnm_col], rule)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    frame = load_manifest(manifest)
+    if tnm_col not in frame.columns:
+        fail(f"column {tnm_col!r} not in the manifest ({list(frame.columns)})")
+    frame["stage"], problems = stage_column(frame[tnm_col], rule)
     staged = frame[frame["stage"] != ""]
     save_manifest(staged, out)
     console.print(staged["stage"].value_counts().sort_index().to_string())
@@ -490,27 +516,21 @@ def stage(
 @app.command()
 def export(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
-    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write")] = Path("model.onnx"),
+    onnx: Annotated[Path, typer.Option("--onnx", help="folder to write the ONNX graphs into")] = Path("onnx"),
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
 ) -> None:
     """Export a bundle to ONNX and check that ONNX Runtime gives the same probabilities.
 
-    A hierarchical bundle exports one graph per group of classifiers sharing a backbone (backbone once,
-    a head per classifier) into the folder --onnx, which `serve --backend onnx --onnx DIR` can use.
+    One graph per group of classifiers sharing a backbone (backbone once, a head per classifier; one
+    graph for a single classifier) goes into the folder --onnx, which `predict`, `evaluate` and `serve`
+    take with --backend onnx --onnx DIR.
     """
-    from oncolens.export import export_hierarchical_onnx, export_onnx, hierarchical_onnx_parity, onnx_parity
     from oncolens.models import load_any_bundle
+    from oncolens.models.onnx import export_onnx, onnx_parity
 
-    try:
-        loaded = load_any_bundle(bundle)
-        if loaded.kind == "hierarchical":
-            paths = export_hierarchical_onnx(loaded, onnx, opset=opset)
-            worst = hierarchical_onnx_parity(loaded, paths)
-        else:
-            paths = {"model": export_onnx(loaded, onnx, opset=opset)}
-            worst = onnx_parity(loaded, paths["model"])
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    loaded = load_any_bundle(bundle)
+    paths = export_onnx(loaded, onnx, opset=opset)
+    worst = onnx_parity(loaded, onnx)
     for path in paths.values():
         console.print(f"onnx: {path}")
     console.print(f"max |probability difference| vs PyTorch on a batch: {worst:.2e}")
@@ -524,9 +544,8 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: the file (or, for a "
-                                                 "hierarchical bundle, folder) `oncolens export` wrote; "
-                                                 "default: export next to the bundle")] = None,
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: the folder `oncolens export` "
+                                                 "wrote (default: exported in memory at start-up)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="upload size limit in MiB")] = 20.0,
 ) -> None:
     """Serve the REST API (FastAPI): /health, /model, /predict, /explain; OpenAPI docs at /docs."""
@@ -535,10 +554,7 @@ def serve(
     from oncolens.apps.api import create_app
     from oncolens.predictor import Predictor
 
-    try:
-        predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx)
     uvicorn.run(create_app(predictor, max_upload_bytes=int(max_upload_mb * 2**20)), host=host, port=port)
 
 
@@ -560,7 +576,7 @@ def app_command(
     raise typer.Exit(subprocess.call(command))
 
 
-study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True)
+study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True, cls=_UserErrors)
 app.add_typer(study_app, name="study")
 
 # options every study shares (typer reads them from each command's signature)
@@ -584,10 +600,7 @@ def _study_config(**values):
 
 def _run_study(run, out: Path) -> None:
     """Run a study; print its results table, or a clear error."""
-    try:
-        run()
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    run()
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
 
 

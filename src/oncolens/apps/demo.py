@@ -22,9 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args(argv)
     from oncolens.apps.cli import print_scan_summary
-    from oncolens.data import generate_phantoms, leakage_report, load_manifest, save_manifest, split
+    from oncolens.data import (
+        generate_phantoms,
+        leakage_report,
+        load_manifest,
+        save_manifest,
+        split,
+    )
     from oncolens.data.scan import scan_to_csv
-
     from oncolens.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
@@ -65,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     stage("5. evaluate on the held-out test split (patient-level bootstrap CIs) and write the HTML report")
     from oncolens.apps.cli import print_metrics
     from oncolens.evaluation import evaluate
-
     from oncolens.explain import evaluate_explanations, explain_panels
 
     reports = {}

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from oncolens.data import UnreadableImage
+from oncolens.errors import OncolensError
 from oncolens.explain import list_methods
 from oncolens.predictor import Predictor, png_bytes
 
@@ -85,7 +86,7 @@ def main() -> None:
         return
     try:
         predictor = load_predictor(path)
-    except (FileNotFoundError, ValueError) as exc:
+    except OncolensError as exc:
         st.error(f"Cannot load the bundle {path}: {exc}")
         return
     info = predictor.info

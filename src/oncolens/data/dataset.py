@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from ..errors import DataError
 from .imageio import UnreadableImage, read_image
 
-__all__ = ["ManifestDataset", "IndexedDataset", "collate_skip_none", "class_names_of"]
+__all__ = ["ManifestDataset", "IndexedDataset", "Unreadable", "collate_skip_none", "class_names_of"]
 
 log = logging.getLogger(__name__)
+
+
+class Unreadable(NamedTuple):
+    """A dataset item that could not be read: its position and the reason."""
+
+    index: int
+    reason: str
 
 
 def class_names_of(manifest: pd.DataFrame, label_col: str = "label") -> list[str]:
@@ -38,18 +47,18 @@ class ManifestDataset(Dataset):
         frame = manifest
         if split is not None:
             if "split" not in frame.columns:
-                raise ValueError("the manifest has no 'split' column: run `oncolens split` first")
+                raise DataError("the manifest has no 'split' column: run `oncolens split` first")
             wanted = [split] if isinstance(split, str) else list(split)
             frame = frame[frame["split"].isin(wanted)]
             if frame.empty:
-                raise ValueError(f"split {split!r} is empty in this manifest")
+                raise DataError(f"split {split!r} is empty in this manifest")
         self.frame = frame.reset_index(drop=True)
         self.label_col = label_col
         self.classes = list(classes) if classes is not None else class_names_of(self.frame, label_col)
         self.class_to_index = {name: i for i, name in enumerate(self.classes)}
         unknown = set(self.frame[label_col].astype(str)) - set(self.classes)
         if unknown:
-            raise ValueError(f"labels {sorted(unknown)} are not among the model's classes {self.classes}")
+            raise DataError(f"labels {sorted(unknown)} are not among the model's classes {self.classes}")
         self.transform = transform
         self.paths = self.frame["path"].tolist()
         self.targets = [self.class_to_index[str(v)] for v in self.frame[label_col]]
@@ -83,11 +92,13 @@ def collate_skip_none(batch):
 
 
 class IndexedDataset(Dataset):
-    """``(tensor, index)`` items of a :class:`ManifestDataset` (``None`` for unreadable images), so the
-    rows that could be read are known after :func:`collate_skip_none` drops the others.
+    """``((tensor,), index)`` items of a :class:`ManifestDataset`, or ``Unreadable(index, reason)`` for an
+    image that cannot be read, so the rows that could be read (and why the others could not) are known
+    after batching, even when items are made in DataLoader worker processes.
 
-    ``seed_of(index)``, when given, seeds torch's generator before each item: random transforms then
-    depend on the image, not on its position or on what else is in the batch.
+    ``seed_of(index)``, when given, seeds the random transforms of each item: random transforms then
+    depend on the image, not on its position or on what else is in the batch. The global random state
+    is restored afterwards.
     """
 
     def __init__(self, inner: ManifestDataset, seed_of: Callable[[int], int] | None = None):
@@ -98,7 +109,12 @@ class IndexedDataset(Dataset):
         return len(self.inner)
 
     def __getitem__(self, index: int):
-        if self.seed_of is not None:
-            torch.manual_seed(self.seed_of(index))
-        item = self.inner[index]
-        return None if item is None else (item[0], index)
+        if self.seed_of is None:
+            item = self.inner[index]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed_of(index))
+                item = self.inner[index]
+        if item is None:
+            return Unreadable(index, self.inner.bad_files.get(self.inner.paths[index], "unreadable"))
+        return (item[0],), index

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import DataError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
@@ -32,7 +34,7 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-class UnreadableImage(Exception):
+class UnreadableImage(DataError):
     """An image that cannot be used; ``reason`` says why in words a user understands."""
 
     def __init__(self, reason: str, path: str | Path | None = None):

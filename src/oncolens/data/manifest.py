@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import DataError, InputNotFound
+from ..files import atomic_write
+
 __all__ = ["load_manifest", "save_manifest", "STRING_COLUMNS"]
 
 #: Columns kept as text even when they look numeric (labels such as "0"/"1", patient ids).
@@ -16,10 +19,10 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     """Load a manifest CSV; relative image paths are resolved against the manifest's folder."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise InputNotFound(f"manifest not found: {path}")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "path" not in frame.columns or "label" not in frame.columns:
-        raise ValueError(f"{path} is not a manifest: it needs 'path' and 'label' columns, has {list(frame.columns)}")
+        raise DataError(f"{path} is not a manifest: it needs 'path' and 'label' columns, has {list(frame.columns)}")
     base = path.resolve().parent
 
     def absolute(p: str) -> str:
@@ -36,9 +39,4 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
 
 def save_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a manifest atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse
 
+from ..errors import ConfigError
 from .layouts import MASK_SUFFIX
 from .layouts.phantoms import MARKER_FILE
 
@@ -165,10 +166,10 @@ def generate(out_dir: str | Path, n: int = 200, size: int = 128, seed: int = 0, 
              families: tuple[str, ...] = FAMILIES) -> Path:
     """Write ``n`` phantoms (balanced over families x {tumor, normal}) with masks under ``out_dir``."""
     if size < 32:
-        raise ValueError(f"size must be at least 32 pixels, got {size}")
+        raise ConfigError(f"size must be at least 32 pixels, got {size}")
     unknown = set(families) - set(_RENDERERS)
     if unknown:
-        raise ValueError(f"unknown phantom families {sorted(unknown)}; available: {sorted(_RENDERERS)}")
+        raise ConfigError(f"unknown phantom families {sorted(unknown)}; available: {sorted(_RENDERERS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = [(family, tumor) for family in families for tumor in (False, True)]

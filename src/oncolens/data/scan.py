@@ -16,6 +16,8 @@ from pathlib import Path
 import imagehash
 import pandas as pd
 
+from ..errors import InputNotFound
+from ..files import atomic_path
 from .imageio import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from .layouts import MASK_SUFFIX, Candidate, LayoutOptions, detect_layout, get_layout
 
@@ -151,7 +153,7 @@ def iter_scan(
     """Start a scan: the summary (filled as the iterator is consumed) and an iterator of results."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"dataset path does not exist: {root}")
+        raise InputNotFound(f"dataset path does not exist: {root}")
     options = options or LayoutOptions()
     chosen = detect_layout(root) if layout == "auto" else get_layout(layout)
     columns = ["path", *chosen.columns(root, options)]
@@ -185,16 +187,12 @@ def scan_to_csv(
 ) -> ScanSummary:
     """Scan ``root`` and stream the manifest to ``out`` (written atomically); return the summary."""
     summary, results = iter_scan(root, layout, options, max_pixels=max_pixels, workers=workers)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=summary.columns, extrasaction="ignore", restval="")
         writer.writeheader()
         for result in results:
             if isinstance(result, ScanRecord):
                 writer.writerow(result.row)
-    tmp.replace(out)
     return summary
 
 

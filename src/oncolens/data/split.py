@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-__all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column"]
+from ..errors import DataError
+
+__all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column"]
 
 
-class SplitError(ValueError):
+class SplitError(DataError):
     """The manifest cannot be split as asked; the message says why and what to do."""
 
 
@@ -108,7 +110,6 @@ def split(
         except ValueError as exc:
             raise SplitError(f"cannot stratify this dataset: {exc}") from exc
     frame["split"] = split_col
-    frame.attrs["group_col"] = group_col
     return frame
 
 
@@ -143,8 +144,10 @@ def _phash_bits(hex_hashes: pd.Series) -> np.ndarray:
     return np.array([int(h, 16) if h else 0 for h in hex_hashes], dtype=np.uint64)
 
 
-def leakage_report(split_manifest: pd.DataFrame, near_threshold: int = 4, label_col: str = "label") -> LeakageReport:
-    """List exact (sha256) and near (phash Hamming distance <= ``near_threshold``) duplicates across splits."""
+def leakage_report(split_manifest: pd.DataFrame, near_threshold: int = 4, label_col: str = "label",
+                   group_col: str | None = "auto") -> LeakageReport:
+    """List exact (sha256) and near (phash Hamming distance <= ``near_threshold``) duplicates across splits,
+    and patients (``group_col``; ``auto``: the manifest's patient column) found in more than one split."""
     frame = split_manifest.reset_index(drop=True)
     cols = ["path_a", "split_a", "label_a", "path_b", "split_b", "label_b", "distance"]
     pairs_exact, pairs_near = [], []
@@ -174,12 +177,17 @@ def leakage_report(split_manifest: pd.DataFrame, near_threshold: int = 4, label_
     near = pd.DataFrame(pairs_near, columns=cols)
     both = pd.concat([exact, near], ignore_index=True)
     conflicts = both[both["label_a"] != both["label_b"]].reset_index(drop=True)
-    group_col = frame.attrs.get("group_col") or default_group_column_safe(frame)
+    group_col = resolve_group_column(frame, group_col)
     shared: list[str] = []
     if group_col:
         per_group = frame.groupby(group_col)["split"].nunique()
         shared = sorted(per_group[per_group > 1].index.astype(str))
     return LeakageReport(exact=exact, near=near, label_conflicts=conflicts, group_col=group_col, shared_groups=shared)
+
+
+def resolve_group_column(frame: pd.DataFrame, group_col: str | None = "auto") -> str | None:
+    """The patient column a split of ``frame`` uses for ``group_col`` (``auto``: the manifest's own, if any)."""
+    return default_group_column_safe(frame) if group_col == "auto" else group_col
 
 
 def default_group_column_safe(frame: pd.DataFrame) -> str | None:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.transforms import v2
 
+from ..errors import ConfigError
+
 __all__ = ["Preprocessing", "Augmentation", "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,9 +26,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+            raise ConfigError(f"channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
+            raise ConfigError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

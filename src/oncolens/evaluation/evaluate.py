@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +11,26 @@ import pandas as pd
 import yaml
 
 from ..data import load_manifest, read_image
-from ..models.bundle import Bundle
-from ..models.hierarchy import HierarchicalBundle, load_any_bundle, predict_manifest_hierarchical
-from ..models.inference import predict_manifest
+from ..errors import DataError
+from ..files import atomic_write, atomic_write_json
+from ..models.bundle import ModelBundle, as_bundle
+from ..models.scoring import Scores
 from ..training.trainer import plot_training_curves
 from .label_map import LabelMap, load_label_map
 from .levels import level_metrics
-from .metrics import HEADLINE_METRICS, MetricsReport, compute_metrics
-from .plots import plot_confusion, plot_gallery, plot_group_breakdown, plot_reliability, plot_roc
+from .metrics import HEADLINE_METRICS, MetricsReport, compute_metrics, format_metric
+from .plots import (
+    plot_confusion,
+    plot_gallery,
+    plot_group_breakdown,
+    plot_reliability,
+    plot_roc,
+)
 from .report import render_report
+from .select import select_rows
 
-__all__ = ["EvaluationResult", "evaluate", "GROUP_COLUMNS", "most_confused_pairs", "dataset_summary"]
+__all__ = ["EvaluationResult", "Measurement", "evaluate", "measure", "write_evaluation", "load_evaluation",
+           "GROUP_COLUMNS", "most_confused_pairs", "dataset_summary"]
 
 #: Manifest columns worth a per-group breakdown when they hold two or more values.
 GROUP_COLUMNS = ("magnification", "organ", "cancer_type", "tumor_class", "subtype", "source_split", "modality", "site")
@@ -29,12 +38,15 @@ GROUP_COLUMNS = ("magnification", "organ", "cancer_type", "tumor_class", "subtyp
 
 @dataclass
 class EvaluationResult:
+    """Where an evaluation went, and its metrics as objects (``levels``: a tree's level-by-level metrics)."""
+
     out_dir: Path
     report: MetricsReport
     predictions: pd.DataFrame
     report_html: Path
     metrics_json: Path
     notes: list[str]
+    levels: dict[str, MetricsReport] = field(default_factory=dict)
 
 
 def most_confused_pairs(confusion: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
@@ -91,17 +103,56 @@ def _error_gallery(frame: pd.DataFrame, out: Path, top_k: int) -> Path | None:
     return plot_gallery(images, titles, out, suptitle=f"top {len(images)} highest-loss images") if images else None
 
 
-def _describe(loaded: Bundle | HierarchicalBundle) -> tuple[str, dict]:
-    """A display name and the model configuration(s) of a flat or hierarchical bundle."""
-    if isinstance(loaded, HierarchicalBundle):
-        nodes = {node.key: node.bundle.model.config for node in loaded.nodes()}
-        levels = " > ".join(lv.name for lv in loaded.levels)
-        return f"hierarchical ({levels}; {len(nodes)} classifiers)", {"kind": "hierarchical", "nodes": nodes}
-    return loaded.model.name, loaded.model.config
+@dataclass
+class Measurement:
+    """Scored rows in the evaluated label space, and their metrics."""
+
+    frame: pd.DataFrame  # the scored rows; ``label`` is the true class
+    classes: list[str]
+    y: np.ndarray
+    proba: np.ndarray
+    decided: np.ndarray
+    report: MetricsReport
+    levels: dict[str, MetricsReport]
+    notes: list[str]
+
+
+def measure(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores, label_map: LabelMap | None = None,
+            n_boot: int = 1000, seed: int = 0) -> Measurement:
+    """Metrics of ``scores`` (of ``frame``'s rows) against the rows' labels, in the bundle's classes or
+    in a label map's target classes; a tree of classifiers is also scored at every level."""
+    notes: list[str] = []
+    frame = frame.iloc[scores.positions].reset_index(drop=True)
+    proba, classes = scores.probabilities, list(bundle.classes)
+    decided = scores.decided
+    if label_map is not None:
+        # a tree's leaves are mapped by their own label (the last level: 'normal' of 'brain/normal')
+        map_classes = [bundle.leaf_paths[c][-1] for c in classes]
+        mapped = label_map.apply(frame["label"].tolist(), map_classes, proba)
+        notes += mapped.notes()
+        frame = frame[mapped.kept].reset_index(drop=True)
+        frame["label"] = [label_map.classes[i] for i in mapped.y]
+        if len(mapped.y) == 0:
+            raise DataError("no image has a label the label map knows; " + " ".join(mapped.notes()))
+        if bundle.single_classifier:  # one classifier: the mapped probabilities decide
+            decided = mapped.proba.argmax(1)
+        else:  # a tree: the routed leaf's target; the mapped argmax when that leaf is unmapped
+            targets = [label_map.target_of(map_classes[r]) for r in decided[mapped.kept]]
+            decided = np.array([label_map.classes.index(t) if t is not None else int(row.argmax())
+                                for t, row in zip(targets, mapped.proba)], dtype=int)
+        classes, y, proba = mapped.classes, mapped.y, mapped.proba
+    else:
+        y = np.array([classes.index(v) for v in frame["label"]], dtype=int)
+    groups = frame["group"].tolist() if "group" in frame.columns else None
+    report = compute_metrics(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed, predicted=decided)
+    notes += report.notes
+    levels = (level_metrics(y, proba, decided, classes, bundle.leaf_paths, bundle.level_names, groups=groups,
+                            n_boot=n_boot, seed=seed) if bundle.is_tree and label_map is None else {})
+    return Measurement(frame, classes, y, proba, np.asarray(decided, dtype=int), report, levels, notes)
 
 
 def evaluate(
-    bundle: str | Path | Bundle | HierarchicalBundle,
+    bundle: str | Path | ModelBundle,
     data: str | Path | pd.DataFrame,
     split: str | None = "test",
     label_map: str | Path | dict | LabelMap | None = None,
@@ -111,91 +162,66 @@ def evaluate(
     top_k: int = 12,
     seed: int = 0,
     explanations: list[tuple[str, Path]] | None = None,
+    backend: str = "torch",
+    num_workers: int | None = None,
 ) -> EvaluationResult:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
-    ``explanations`` are ``(caption, png)`` pairs (e.g. from ``oncolens.explain.explain_panels``) shown in
-    the report's Explanations section. A hierarchical bundle is scored on its leaf classes (taken from
-    the level columns), with its routed decisions, and at every level of the hierarchy.
+    Select the rows (:func:`select_rows`), score them (``bundle.score``, PyTorch or ONNX Runtime),
+    measure (:func:`measure`), write. ``explanations`` are ``(caption, png)`` pairs (e.g. from
+    ``oncolens.explain.explain_panels``) shown in the report's Explanations section. A tree of
+    classifiers is scored on its leaf classes with its routed decisions, and at every level.
     """
-    loaded = bundle if isinstance(bundle, (Bundle, HierarchicalBundle)) else load_any_bundle(bundle)
-    hierarchical = isinstance(loaded, HierarchicalBundle)
+    loaded = as_bundle(bundle)
+    lm = None if label_map is None else (label_map if isinstance(label_map, LabelMap) else load_label_map(label_map))
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
-    notes: list[str] = []
-    if split and "split" in frame.columns and (frame["split"] != "").any():
-        frame = frame[frame["split"] == split]
-        if frame.empty:
-            raise ValueError(f"no images in split {split!r}")
-    elif split:
-        notes.append(f"the manifest has no split column: evaluating all {len(frame)} images")
-    label_col = label_col or loaded.meta.get("label_col", "label")
-    own_levels = hierarchical and label_map is None and label_col == "label"
-    if own_levels and all(lv.column in frame.columns for lv in loaded.levels):
-        frame = frame.assign(label=loaded.leaf_labels(frame)).reset_index(drop=True)
-        if (frame["label"] == "").any():
-            raise ValueError("rows whose level values " + str([lv.column for lv in loaded.levels]) +
-                             " are not a path of this hierarchy: " + ", ".join(frame.loc[frame["label"] == "", "path"][:5]))
-    else:
-        label_col = label_col if label_col in frame.columns else "label"
-        frame = frame.assign(label=frame[label_col].astype(str)).reset_index(drop=True)
-    routed = None
-    if hierarchical:
-        proba, routed, positions, unreadable = predict_manifest_hierarchical(loaded, frame)
-    else:
-        proba, positions, unreadable = predict_manifest(loaded.model, frame)
-    if unreadable:
-        notes.append(f"{len(unreadable)} unreadable image(s) skipped: " + "; ".join(
-            f"{Path(p).name}: {r}" for p, r in list(unreadable.items())[:5]))
-    frame = frame.iloc[positions].reset_index(drop=True)
-    classes = list(loaded.classes)
-    if label_map is not None:
-        lm = label_map if isinstance(label_map, LabelMap) else load_label_map(label_map)
-        # a hierarchy's leaves are mapped by their own label (the last level: 'normal' of 'brain/normal')
-        map_classes = [loaded.leaf_paths[c][-1] for c in classes] if hierarchical else classes
-        mapped = lm.apply(frame["label"].tolist(), map_classes, proba)
-        notes += mapped.notes()
-        frame = frame[mapped.kept].reset_index(drop=True)
-        frame["label"] = [lm.classes[i] for i in mapped.y]
-        if routed is not None:  # the routed leaf's target; the mapped argmax when that leaf is unmapped
-            targets = [lm.target_of(map_classes[r]) for r in routed[mapped.kept]]
-            routed = np.array([lm.classes.index(t) if t is not None else int(row.argmax())
-                               for t, row in zip(targets, mapped.proba)], dtype=int)
-        classes, y, proba = mapped.classes, mapped.y, mapped.proba
-        if len(y) == 0:
-            raise ValueError("no image has a label the label map knows; " + " ".join(mapped.notes()))
-    else:
-        unknown = sorted(set(frame["label"]) - set(classes))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not classes of this model {classes}; pass a label map "
-                             "(e.g. --label-map normal-vs-tumor) to evaluate across datasets")
-        y = np.array([classes.index(v) for v in frame["label"]])
-    groups = frame["group"].tolist() if "group" in frame.columns else None
-    report = compute_metrics(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed, predicted=routed)
-    notes += report.notes
-    levels = (level_metrics(y, proba, routed, classes, loaded.leaf_paths, [lv.name for lv in loaded.levels],
-                            groups=groups, n_boot=n_boot, seed=seed) if hierarchical and label_map is None else {})
+    if lm is not None and label_col is None:  # another dataset, labelled in its own column
+        label_col = next(c for c in (loaded.meta.get("label_col", "label"), "label") if c in frame.columns)
+    selection = select_rows(loaded, frame, split, label_col=label_col, keep_outside=lm is not None)
+    if lm is None and len(selection.outside):
+        raise DataError(f"labels {selection.outside_labels} are not classes of this model {loaded.classes}; pass a "
+                        "label map (e.g. --label-map normal-vs-tumor) to evaluate across datasets")
+    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers)
+    notes = list(selection.notes)
+    if scores.unreadable:
+        notes.append(f"{len(scores.unreadable)} unreadable image(s) skipped: " + "; ".join(
+            f"{Path(p).name}: {r}" for p, r in list(scores.unreadable.items())[:5]))
+    if not len(scores):
+        raise DataError("no image could be read")
+    measured = measure(loaded, selection.frame, scores, lm, n_boot=n_boot, seed=seed)
+    notes += measured.notes
     out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
+    return write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
+                            data=data, label_map=label_map, top_k=top_k, explanations=explanations)
+
+
+def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, *, notes: list[str],
+                     unreadable: dict[str, str], split: str | None, data, label_map, top_k: int = 12,
+                     explanations: list[tuple[str, Path]] | None = None) -> EvaluationResult:
+    """Write predictions, plots, ``metrics.json`` (last, atomically) and ``report.html`` to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pred = proba.argmax(1) if routed is None else routed
+    frame, classes, y, proba, pred = measured.frame, measured.classes, measured.y, measured.proba, measured.decided
+    report, levels = measured.report, measured.levels
     predictions = pd.DataFrame({
         "path": frame["path"], "true": frame["label"], "predicted": [classes[i] for i in pred],
-        "confidence": proba.max(1), "loss": -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1)),
+        "confidence": proba[np.arange(len(pred)), pred] if len(pred) else np.zeros(0),
+        "loss": -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1)),
         **{f"prob_{c}": proba[:, i] for i, c in enumerate(classes)},
     })
-    predictions.to_csv(out_dir / "predictions.csv", index=False)
-    frame["correct"] = pred == y
+    atomic_write(out_dir / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
+    frame = frame.assign(correct=pred == y)
     plots = [("confusion matrix", plot_confusion(report.confusion, classes, out_dir / "confusion.png")),
              ("ROC curves", plot_roc(y, proba, classes, out_dir / "roc.png")),
              ("reliability diagram", plot_reliability(y, proba, out_dir / "reliability.png"))]
     run_dir = Path(loaded.path).parent if loaded.path else None
-    model_name, model_config = _describe(loaded)
+    model_name, model_config = loaded.describe()
     config: dict = {"bundle": str(loaded.path), "model": model_config, "classes": loaded.classes}
     if run_dir and (run_dir / "history.csv").exists():
         curves = plot_training_curves(pd.read_csv(run_dir / "history.csv"), out_dir / "training_curves.png")
         plots.append(("training curves", curves))
     if run_dir and (run_dir / "config.yaml").exists():
         config["training"] = yaml.safe_load((run_dir / "config.yaml").read_text())
-    groups_tables, group_plots = _group_tables(frame.assign(label=frame["label"]), out_dir)
+    groups_tables, group_plots = _group_tables(frame, out_dir)
     gallery = _error_gallery(predictions, out_dir / "errors.png", top_k)
     confused = most_confused_pairs(report.confusion, classes)
     summary = dataset_summary(frame)
@@ -203,31 +229,39 @@ def evaluate(
     metrics.update({"bundle": str(loaded.path), "data": str(data) if not isinstance(data, pd.DataFrame) else "DataFrame",
                     "split": split, "label_map": None if label_map is None else str(label_map),
                     "unreadable": unreadable, "notes": notes, "most_confused": confused, "groups": groups_tables,
-                    "dataset": summary,
-                    "levels": {name: level.to_dict() for name, level in levels.items()}})
-    metrics_json = out_dir / "metrics.json"
-    metrics_json.write_text(json.dumps(metrics, indent=2, default=float))
+                    "dataset": summary, "levels": {name: level.to_dict() for name, level in levels.items()}})
     def ci_text(name: str) -> str:
-        interval = report.intervals.get(name)
         if name not in HEADLINE_METRICS:
             return "not bootstrapped"
+        interval = report.interval(name)
         return f"{interval[0]:.3f} – {interval[1]:.3f}" if interval else "undefined"
 
-    metric_rows = [{"metric": name, "value": report.headline.get(name), "95% CI": ci_text(name)}
+    metric_rows = [{"metric": name, "value": report.value(name), "95% CI": ci_text(name)}
                    for name in (*HEADLINE_METRICS, "macro_precision", "macro_recall") if name in report.headline]
     metric_rows += [{"metric": name, "value": value, "95% CI": "not bootstrapped"} for name, value in
                     (("pr_auc_macro", report.pr_auc_macro), ("log_loss", report.log_loss),
                      ("expected_calibration_error", report.ece))]
     for name, level in levels.items():  # the hierarchy, level by level (the last one is the leaf level)
         for metric in ("accuracy", "macro_f1", "roc_auc_macro"):
-            interval = level.intervals.get(metric)
-            metric_rows.append({"metric": f"level {name}: {metric}", "value": level.headline.get(metric),
-                                "95% CI": f"{interval[0]:.3f} – {interval[1]:.3f}" if interval else "undefined"})
+            metric_rows.append({"metric": f"level {name}: {metric}", "value": level.value(metric),
+                                "95% CI": format_metric(level.value(metric), level.interval(metric))})
     html_path = render_report(
         out_dir / "report.html", title=f"oncolens evaluation: {model_name}",
         subtitle=f"{len(y)} images, split {split or 'all'}, classes {', '.join(classes)}",
-        metrics=metrics, metric_rows=metric_rows, per_class=report.per_class, plots=plots, groups=groups_tables,
+        report=report, metrics=metrics, metric_rows=metric_rows, per_class=report.per_class, plots=plots, groups=groups_tables,
         group_plots=group_plots, gallery=gallery, confused=confused, config=config, dataset=summary, notes=notes,
         explanations=explanations)
+    metrics_json = atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     return EvaluationResult(out_dir=out_dir, report=report, predictions=predictions, report_html=html_path,
-                            metrics_json=metrics_json, notes=notes)
+                            metrics_json=metrics_json, notes=notes, levels=levels)
+
+
+def load_evaluation(out_dir: str | Path) -> EvaluationResult:
+    """An evaluation written before, read back as objects (for studies that resume)."""
+    out_dir = Path(out_dir)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    return EvaluationResult(out_dir=out_dir, report=MetricsReport.from_dict(metrics),
+                            predictions=pd.read_csv(out_dir / "predictions.csv", dtype={"true": str, "predicted": str}),
+                            report_html=out_dir / "report.html", metrics_json=out_dir / "metrics.json",
+                            notes=list(metrics.get("notes", [])),
+                            levels={k: MetricsReport.from_dict(v) for k, v in (metrics.get("levels") or {}).items()})

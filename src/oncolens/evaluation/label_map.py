@@ -12,12 +12,14 @@ labels. Anything it leaves unmapped is reported, never silently dropped.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 
 import numpy as np
 import yaml
+
+from ..errors import ConfigError, InputNotFound
 
 __all__ = ["LabelMap", "MappedPredictions", "load_label_map", "NORMAL_VS_TUMOR"]
 
@@ -104,17 +106,17 @@ def load_label_map(source: str | Path | dict) -> LabelMap:
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"label map not found: {path} (or use the built-in 'normal-vs-tumor')")
+            raise InputNotFound(f"label map not found: {path} (or use the built-in 'normal-vs-tumor')")
         data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not data:
-        raise ValueError("a label map is a mapping of target class -> list of source labels")
+        raise ConfigError("a label map is a mapping of target class -> list of source labels")
     targets = {}
     for target, patterns in data.items():
         if isinstance(patterns, str):
             patterns = [patterns]
         if not isinstance(patterns, list) or not all(isinstance(p, (str, int)) for p in patterns):
-            raise ValueError(f"label map entry {target!r} must be a list of labels or patterns")
+            raise ConfigError(f"label map entry {target!r} must be a list of labels or patterns")
         targets[str(target)] = [str(p) for p in patterns]
     if len(targets) < 2:
-        raise ValueError("a label map needs at least two target classes")
+        raise ConfigError("a label map needs at least two target classes")
     return LabelMap(targets)

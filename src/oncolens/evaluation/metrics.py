@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
@@ -26,10 +26,21 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["MetricsReport", "compute_metrics", "bootstrap_ci", "HEADLINE_METRICS", "expected_calibration_error"]
+from ..errors import DataError
+
+__all__ = ["MetricsReport", "compute_metrics", "bootstrap_ci", "HEADLINE_METRICS", "expected_calibration_error",
+           "format_metric"]
 
 #: Metrics that get a bootstrap confidence interval.
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "sensitivity", "specificity")
+
+
+def format_metric(value: float | None, interval: Sequence[float] | None = None, digits: int = 3) -> str:
+    """``0.912 [0.880, 0.940]``, ``0.912`` without an interval, ``undefined`` without a value."""
+    if value is None:
+        return "undefined"
+    text = f"{value:.{digits}f}"
+    return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
 
 
 def _safe(fn, *args, **kwargs) -> float | None:
@@ -148,12 +159,30 @@ class MetricsReport:
             "notes": self.notes,
         }
 
-    def format_value(self, name: str) -> str:
-        value = self.headline.get(name)
-        if value is None:
-            return "undefined"
+    @classmethod
+    def from_dict(cls, data: dict) -> "MetricsReport":
+        """The report :meth:`to_dict` wrote (e.g. read back from ``metrics.json``)."""
+        headline = data["headline"]
+        return cls(classes=list(data["classes"]), n=int(data["n"]),
+                   headline={k: v["value"] for k, v in headline.items()},
+                   intervals={k: tuple(v["ci95"]) if v["ci95"] else None for k, v in headline.items()},
+                   per_class=list(data["per_class"]), confusion=np.asarray(data["confusion_matrix"]),
+                   log_loss=data["log_loss"], ece=data["expected_calibration_error"], pr_auc_macro=data["pr_auc_macro"],
+                   positive_class=data["positive_class"], bootstrap_unit=data["bootstrap"]["unit"],
+                   n_boot=int(data["bootstrap"]["n_boot"]), notes=list(data.get("notes", [])))
+
+    def value(self, name: str) -> float | None:
+        """A headline metric's value (``None`` when undefined for this data)."""
+        return self.headline.get(name)
+
+    def interval(self, name: str) -> tuple[float, float] | None:
+        """A headline metric's 95% interval (``None`` when not bootstrapped or undefined)."""
         interval = self.intervals.get(name)
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+        return tuple(interval) if interval else None
+
+    def format_value(self, name: str) -> str:
+        """``value [lo, hi]`` of a headline metric, or ``undefined``."""
+        return format_metric(self.value(name), self.interval(name))
 
 
 def _default_positive(classes: Sequence[str]) -> int | None:
@@ -183,7 +212,7 @@ def compute_metrics(
         raise ValueError(f"proba must be (n_images, n_classes) = ({len(y)}, {len(classes)}), got {proba.shape}")
     proba = proba / np.clip(proba.sum(1, keepdims=True), 1e-12, None)  # float32 softmax sums drift from 1
     if len(y) == 0:
-        raise ValueError("no images to evaluate")
+        raise DataError("no images to evaluate")
     positive = classes.index(positive_class) if positive_class else _default_positive(classes)
     notes: list[str] = []
     labels = np.arange(len(classes))

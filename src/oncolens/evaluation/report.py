@@ -8,6 +8,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..files import atomic_write_text
+from .metrics import MetricsReport, format_metric
+
 __all__ = ["render_report", "embed_png", "REPORT_SECTIONS"]
 
 REPORT_SECTIONS = ("summary", "metrics", "per-class", "plots", "groups", "errors", "confused", "explanations",
@@ -56,24 +59,23 @@ def _figures(images: Sequence[tuple[str, Path]]) -> str:
         "</figcaption></figure>" for caption, path in images if path and Path(path).exists()) + "</div>"
 
 
-def render_report(out: Path, *, title: str, subtitle: str, metrics: dict, metric_rows: list[dict],
+def render_report(out: Path, *, title: str, subtitle: str, report: MetricsReport, metrics: dict, metric_rows: list[dict],
                   per_class: list[dict], plots: list[tuple[str, Path]], groups: dict[str, list[dict]],
                   group_plots: list[tuple[str, Path]], gallery: Path | None, confused: list[dict],
                   config: dict, dataset: dict, notes: list[str],
                   explanations: list[tuple[str, Path]] | None = None) -> Path:
     """Write the report to ``out`` and return its path."""
     note_html = "".join(f"<div class='note'>{html.escape(n)}</div>" for n in notes)
-    headline = metrics["headline"]
     kpis = "".join(
         f"<div class='kpi'><span>{html.escape(k.replace('_', ' '))}</span><div class='big'>"
-        f"{'undefined' if headline[k]['value'] is None else format(headline[k]['value'], '.3f')}</div>"
-        f"<span>{'95% CI ' + format(headline[k]['ci95'][0], '.3f') + '–' + format(headline[k]['ci95'][1], '.3f') if headline[k]['ci95'] else ''}</span></div>"
-        for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro") if k in headline)
+        f"{format_metric(report.value(k))}</div><span>"
+        f"{'95% CI ' + format_metric(report.value(k), report.interval(k)).partition(' ')[2] if report.interval(k) else ''}"
+        "</span></div>" for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro") if k in report.headline)
     group_html = "".join(f"<h3>{html.escape(col)}</h3>{_table(rows)}" for col, rows in groups.items())
     sections = {
         "summary": f"<h2>Summary</h2><div class='kpis'>{kpis}</div>{note_html}",
         "metrics": "<h2>Metrics (95% bootstrap CI, resampling by "
-                   f"{html.escape(metrics['bootstrap']['unit'])})</h2>{_table(metric_rows)}",
+                   f"{html.escape(report.bootstrap_unit)})</h2>{_table(metric_rows)}",
         "per-class": f"<h2>Per class (one-vs-rest)</h2>{_table(per_class)}",
         "plots": f"<h2>Plots</h2>{_figures(plots)}",
         "groups": f"<h2>By group</h2>{group_html or '<p>the data has no grouping columns</p>'}{_figures(group_plots)}",
@@ -89,6 +91,4 @@ def render_report(out: Path, *, title: str, subtitle: str, metrics: dict, metric
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>"
             f"</header><main>{body}</main></body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+    return atomic_write_text(out, page)

@@ -75,14 +75,16 @@ class _SuperpixelMethod(Method):
 
     def attribute(self, model, x, targets, *, layer, preprocessing, options) -> np.ndarray:
         out = []
-        torch.manual_seed(options.seed)
-        for i in range(len(x)):
-            mask = superpixels(x[i], preprocessing, options.n_segments)
-            with torch.no_grad():
-                attributions = self.explainer(model).attribute(
-                    x[i:i + 1], target=int(targets[i]), feature_mask=mask.expand_as(x[i:i + 1]), baselines=0.0,
-                    n_samples=options.n_samples, perturbations_per_eval=options.internal_batch_size)
-            out.append(attributions.mean(1)[0].cpu().numpy())
+        # captum samples with torch's global generator: seed it for this call only, then restore it
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            for i in range(len(x)):
+                mask = superpixels(x[i], preprocessing, options.n_segments)
+                with torch.no_grad():
+                    attributions = self.explainer(model).attribute(
+                        x[i:i + 1], target=int(targets[i]), feature_mask=mask.expand_as(x[i:i + 1]), baselines=0.0,
+                        n_samples=options.n_samples, perturbations_per_eval=options.internal_batch_size)
+                out.append(attributions.mean(1)[0].cpu().numpy())
         return np.stack(out)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from skimage.filters import threshold_otsu
 
+from ..errors import ConfigError
+
 __all__ = ["Region", "threshold_map", "extract_regions", "draw_regions", "overlay_heatmap", "to_rgb_array"]
 
 
@@ -38,7 +40,7 @@ def threshold_map(heatmap: np.ndarray, method: str = "otsu", percentile: float =
     elif method == "percentile":
         level = np.percentile(heatmap, percentile)
     else:
-        raise ValueError(f"threshold method must be 'otsu' or 'percentile', got {method!r}")
+        raise ConfigError(f"threshold method must be 'otsu' or 'percentile', got {method!r}")
     return heatmap > level
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..data import build_transforms, read_image
-from ..models.bundle import Bundle
-from ..models.hierarchy import HierarchicalBundle
-from .outputs import bundle_and_cases
+from ..data import UnreadableImage, build_transforms, read_image
+from ..errors import DataError
+from ..evaluation.select import select_rows
+from ..models.bundle import Bundle, ModelBundle
 from .registry import ExplainOptions, explain
 from .trust import deletion_insertion, mask_iou, pointing_game, random_map
 
@@ -26,24 +26,25 @@ def _load_mask(path: str) -> np.ndarray | None:
     return np.asarray(Image.open(path).convert("L")) > 0
 
 
-def _scorer(loaded: Bundle | HierarchicalBundle, label: str) -> tuple[Bundle, int]:
-    """The flat bundle that decides ``label`` and the class index of ``label`` in it."""
-    if isinstance(loaded, HierarchicalBundle):
-        node, index = loaded.node_for_class(label)
-        return node.bundle, index
-    return loaded, loaded.classes.index(label)
+def _scorer(loaded: ModelBundle, label: str) -> tuple[Bundle, int]:
+    """The classifier (a flat bundle) that decides ``label`` and the class index of ``label`` in it."""
+    node, index = loaded.node_for_class(label)
+    return node.bundle, index
 
 
-def evaluate_explanations(bundle: str | Path | Bundle | HierarchicalBundle, data: str | Path | pd.DataFrame,
+def evaluate_explanations(bundle: str | Path | ModelBundle, data: str | Path | pd.DataFrame,
                           methods: Sequence[str] = ("gradcam", "saliency"), split: str | None = "test",
                           n_images: int = 16, lesion_only: bool = True, steps: int = 16, seed: int = 0,
-                          options: ExplainOptions | None = None) -> pd.DataFrame:
+                          options: ExplainOptions | None = None, notes: list[str] | None = None) -> pd.DataFrame:
     """A table of methods x metrics (means over images) including a ``random`` baseline row.
 
     For a hierarchical bundle each image is explained and scored with the classifier that decides its
     true leaf (the last one on the true path), for that leaf's class there.
     """
-    loaded, frame = bundle_and_cases(bundle, data, split)
+    selection = select_rows(bundle, data, split)
+    loaded, frame = selection.bundle, selection.frame
+    if notes is not None:
+        notes += selection.notes
     masks = [_load_mask(p) for p in frame.get("mask_path", pd.Series([""] * len(frame))).astype(str)]
     has_lesion = np.array([m is not None and m.any() for m in masks], dtype=bool)
     if lesion_only and has_lesion.any():
@@ -51,8 +52,19 @@ def evaluate_explanations(bundle: str | Path | Bundle | HierarchicalBundle, data
     frame = frame.head(n_images)
     masks = masks[: len(frame)]
     if frame.empty:
-        raise ValueError("no images to explain in this data/split")
-    images = [read_image(p).image for p in frame["path"]]
+        raise DataError("no images to explain in this data/split")
+    images, keep = [], []
+    for path in frame["path"]:
+        try:
+            images.append(read_image(path).image)
+            keep.append(True)
+        except UnreadableImage as exc:  # reported, never fatal
+            keep.append(False)
+            if notes is not None:
+                notes.append(f"unreadable, left out: {path}: {exc.reason}")
+    frame, masks = frame[keep], [m for m, k in zip(masks, keep) if k]
+    if frame.empty:
+        raise DataError("no readable image to explain in this data/split")
     scorers = [_scorer(loaded, v) for v in frame["label"]]  # (flat bundle, target class index) per image
     rows = []
     per_method_maps: dict[str, list[np.ndarray]] = {}

@@ -7,6 +7,8 @@ import weakref
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["find_target_layer", "get_layer"]
 
 #: Layers that pool away (or merely reshape) the spatial map: never a CAM target.
@@ -23,7 +25,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters())][-15:]
-        raise ValueError(f"model has no layer {name!r}; the last layers are: {', '.join(names)}") from None
+        raise ConfigError(f"model has no layer {name!r}; the last layers are: {', '.join(names)}") from None
 
 
 _FOUND: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -63,7 +65,7 @@ def search_target_layer(model: nn.Module, input_size: int, channels: int) -> tup
         model.train(was_training)
     spatial = [(name, shape) for name, shape in order if len(shape) == 4 and shape[2] * shape[3] > 1]
     if not spatial:
-        raise ValueError("the model has no layer with a spatial feature map: CAM methods cannot be used; "
+        raise ConfigError("the model has no layer with a spatial feature map: CAM methods cannot be used; "
                          "use saliency, ig, occlusion, lime or kernelshap")
     name = spatial[-1][0]
     return name, modules[name]

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 
 from ..data import read_image
+from ..errors import DataError
 from ..evaluation.plots import plot_gallery
-from ..models.bundle import Bundle
-from ..models.hierarchy import HierarchicalBundle, predict_manifest_hierarchical
-from ..models.inference import predict_manifest
-from .contours import draw_regions, overlay_heatmap
-from .outputs import bundle_and_cases, localise
+from ..evaluation.select import select_rows
+from ..models.bundle import ModelBundle
+from .outputs import compose
 from .registry import ExplainOptions, explain
 
 __all__ = ["explain_panels", "select_cases"]
@@ -37,21 +36,24 @@ def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per
     return pd.concat(picked, ignore_index=True) if picked else table.head(0)
 
 
-def explain_panels(bundle: str | Path | Bundle | HierarchicalBundle, data: str | Path | pd.DataFrame, out_dir: str | Path,
+def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataFrame, out_dir: str | Path,
                    per_class: int = 3, method: str = "gradcam", split: str | None = "test", alpha: float = 0.45,
-                   options: ExplainOptions | None = None) -> list[Path]:
+                   options: ExplainOptions | None = None, notes: list[str] | None = None) -> list[Path]:
     """One PNG grid per class: N correct and N wrong cases, each as heatmap and contour overlays.
 
-    For a hierarchical bundle, classes are its leaves, predictions are routed, and each map comes from
-    the classifier that made the last decision on the route.
+    For a tree of classifiers, classes are its leaves, predictions are routed, and each map comes from
+    the classifier that made the last decision on the route. Rows left out (labels outside the model's
+    classes, unreadable files) are appended to ``notes`` when a list is given.
     """
-    loaded, frame = bundle_and_cases(bundle, data, split)
-    routed = None
-    if isinstance(loaded, HierarchicalBundle):
-        proba, routed, positions, _ = predict_manifest_hierarchical(loaded, frame)
-    else:
-        proba, positions, _ = predict_manifest(loaded.model, frame)
-    frame = frame.iloc[positions].reset_index(drop=True)
+    selection = select_rows(bundle, data, split)
+    loaded, frame = selection.bundle, selection.frame
+    if frame.empty:
+        raise DataError("no image with one of the model's classes in this data/split")
+    scores = loaded.score(frame)
+    if notes is not None:
+        notes += selection.notes + [f"unreadable, left out: {p}: {r}" for p, r in scores.unreadable.items()]
+    frame = frame.iloc[scores.positions].reset_index(drop=True)
+    proba, routed = scores.probabilities, scores.decided
     cases = select_cases(frame, proba, list(loaded.classes), per_class, predicted=routed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +66,8 @@ def explain_panels(bundle: str | Path | Bundle | HierarchicalBundle, data: str |
         explanations = explain(loaded, images, method=method, options=options)
         tiles, titles = [], []
         for image, row, e in zip(images, rows.itertuples(), explanations):
-            tiles.append(overlay_heatmap(image, e.heatmap, alpha))
-            tiles.append(draw_regions(image, localise(e.heatmap).regions, e.heatmap.shape))
+            composed = compose(image, e.heatmap, alpha)
+            tiles += [composed.heatmap_overlay, composed.contour_overlay]
             head = f"{row.case.upper()}: true {row.label}\npred {row.pred} ({row.confidence:.2f})"
             titles += [f"{head}\n{method}", f"{head}\ncontours"]
         n_correct = int((rows["case"] == "correct").sum())

@@ -17,8 +17,8 @@ from PIL import Image
 from torch import nn
 
 from ..data import Preprocessing, build_transforms, read_image
-from ..models.bundle import Bundle
-from ..models.hierarchy import HierarchicalBundle, HierarchyNode, load_any_bundle
+from ..errors import ConfigError, DataError
+from ..models.bundle import HierarchyNode, ModelBundle, load_any_bundle
 from ..models.registry import OncoClassifier
 from .layers import find_target_layer, get_layer
 
@@ -55,6 +55,7 @@ class Explanation:
     seconds: float = 0.0
     source: str = ""
     extra: dict = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # the explained classifier's class probabilities
 
 
 class Method:
@@ -92,7 +93,7 @@ def get_method(name: str) -> Method:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown explanation method {name!r}; available: {', '.join(list_methods())}") from None
+        raise ConfigError(f"unknown explanation method {name!r}; available: {', '.join(list_methods())}") from None
 
 
 def list_methods() -> list[str]:
@@ -108,11 +109,11 @@ def to_relevance(raw: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _as_model(model_or_bundle) -> tuple[OncoClassifier, list[str]]:
-    if isinstance(model_or_bundle, Bundle):
-        return model_or_bundle.model, list(model_or_bundle.classes)
+    if isinstance(model_or_bundle, ModelBundle):
+        return model_or_bundle.root.model, list(model_or_bundle.root.children)
     if isinstance(model_or_bundle, OncoClassifier):
         return model_or_bundle, [str(i) for i in range(model_or_bundle.num_classes)]
-    raise TypeError("explain() takes a bundle path, a Bundle or an OncoClassifier")
+    raise TypeError("explain() takes a bundle path, a bundle or an OncoClassifier")
 
 
 def _as_batch(images, preprocessing: Preprocessing) -> tuple[torch.Tensor, list[str]]:
@@ -152,9 +153,10 @@ def explain(
         return []
     if isinstance(model_or_bundle, (str, Path)):
         model_or_bundle = load_any_bundle(model_or_bundle)
-    if isinstance(model_or_bundle, HierarchicalBundle):
-        return _explain_hierarchical(model_or_bundle, images, method, target, target_layer, batch_size, options, level,
-                                     routing)
+    if isinstance(model_or_bundle, ModelBundle) and not model_or_bundle.single_classifier:
+        # a tree of classifiers: explain each image with the one that decides it
+        return _explain_tree(model_or_bundle, images, method, target, target_layer, batch_size, options, level,
+                             routing)
     model, bundle_classes = _as_model(model_or_bundle)
     classes = list(classes or bundle_classes)
     options = options or ExplainOptions()
@@ -191,9 +193,9 @@ def explain(
         elif target in classes:
             targets = np.full(len(x), classes.index(target))
         else:
-            raise ValueError(f"target must be 'predicted', a class index or one of {classes}, got {target!r}")
+            raise DataError(f"target must be 'predicted', a class index or one of {classes}, got {target!r}")
         if (targets >= len(classes)).any() or (targets < 0).any():
-            raise ValueError(f"target index out of range for {len(classes)} classes")
+            raise DataError(f"target index out of range for {len(classes)} classes")
         with torch.enable_grad():
             raw = chosen.attribute(model, x, torch.as_tensor(targets, device=device), layer=layer,
                                    preprocessing=model.preprocessing, options=options)
@@ -215,14 +217,14 @@ def _explanations(method: str, chosen: Method, raw, proba: np.ndarray, targets, 
         out.append(Explanation(method=method, target_index=t, target_class=classes[t],
                                target_probability=float(proba[i, t]), predicted_class=classes[p],
                                predicted_probability=float(proba[i, p]), raw=raw[i], heatmap=heatmaps[i],
-                               layer=layer_name, seconds=seconds, source=sources[i]))
+                               layer=layer_name, seconds=seconds, source=sources[i], probabilities=proba[i]))
     return out
 
 
-def _explain_hierarchical(bundle: HierarchicalBundle, images, method: str, target: str | int, target_layer,
-                          batch_size: int, options, level: int | None, routing) -> list[Explanation]:
+def _explain_tree(bundle: ModelBundle, images, method: str, target: str | int, target_layer, batch_size: int,
+                  options, level: int | None, routing) -> list[Explanation]:
     if isinstance(images, torch.Tensor):
-        raise TypeError("a hierarchical bundle explains images or image files, not tensors (its nodes may "
+        raise TypeError("a tree of classifiers explains images or image files, not tensors (its nodes may "
                         "preprocess differently)")
     pil, sources = [], []
     for item in images:
@@ -230,13 +232,13 @@ def _explain_hierarchical(bundle: HierarchicalBundle, images, method: str, targe
         sources.append(str(item) if isinstance(item, (str, Path)) else "")
     chosen: list[tuple[HierarchyNode, int]] = []
     if target == "predicted":
-        node_proba = routing if routing is not None else bundle.node_probabilities(pil, batch_size)
+        node_proba = routing if routing is not None else bundle.score(pil, batch_size=batch_size).node_probabilities
         chosen = [bundle.decider(node_proba, i, level) for i in range(len(pil))]
     else:
         found = bundle.node_for_class(str(target))
         if found is None:
-            names = sorted({v for n in bundle.nodes() for v in n.children} | set(bundle.classes))
-            raise ValueError(f"target must be 'predicted' or a class of the hierarchy ({', '.join(names)}), got {target!r}")
+            raise DataError(f"target must be 'predicted' or a class of the hierarchy ({', '.join(bundle.class_names())}), "
+                            f"got {target!r}")
         chosen = [found] * len(pil)
     results: list[Explanation | None] = [None] * len(pil)
     for key in dict.fromkeys((node.key, c) for node, c in chosen):

@@ -1,49 +1,68 @@
-"""Networks and their weights: registry, heads, seed CNNs, pretrained weights, bundles."""
+"""Networks and their weights: registry, heads, seed CNNs, pretrained weights, bundles, the scoring loop."""
 
-from .bundle import Bundle, load_bundle, save_bundle
-from .hierarchy import (
-    HierarchicalBundle,
-    HierarchyTree,
-    Level,
-    load_any_bundle,
-    load_hierarchical_bundle,
-    resolve_levels,
-    save_hierarchical_bundle,
+from .bundle import (
+                     Bundle,
+                     HierarchyNode,
+                     Level,
+                     ModelBundle,
+                     as_bundle,
+                     load_any_bundle,
+                     load_bundle,
+                     read_bundle_info,
+                     register_bundle_kind,
+                     save_bundle,
 )
 from .heads import create_head, list_heads, register_head
-from .registry import (
-    ModelSpec,
-    OncoClassifier,
-    apply_freeze,
-    create_model,
-    get_spec,
-    list_models,
-    model_table,
-    register_model,
+from .hierarchy import (
+                     HierarchicalBundle,
+                     HierarchyTree,
+                     load_hierarchical_bundle,
+                     resolve_levels,
+                     save_hierarchical_bundle,
 )
+from .registry import (
+                     ModelSpec,
+                     OncoClassifier,
+                     apply_freeze,
+                     create_model,
+                     get_spec,
+                     list_models,
+                     model_table,
+                     register_model,
+)
+from .scoring import Scores, iter_scores, make_backend, score
 from .weights import WeightsUnavailable
 
 __all__ = [
     "Bundle",
     "HierarchicalBundle",
+    "HierarchyNode",
     "HierarchyTree",
     "Level",
-    "load_any_bundle",
-    "load_hierarchical_bundle",
-    "resolve_levels",
-    "save_hierarchical_bundle",
-    "load_bundle",
-    "save_bundle",
+    "ModelBundle",
     "ModelSpec",
     "OncoClassifier",
+    "Scores",
     "WeightsUnavailable",
     "apply_freeze",
+    "as_bundle",
     "create_head",
     "create_model",
     "get_spec",
+    "iter_scores",
     "list_heads",
     "list_models",
+    "load_any_bundle",
+    "load_bundle",
+    "load_hierarchical_bundle",
+    "make_backend",
     "model_table",
+    "read_bundle_info",
+    "register_bundle_kind",
     "register_head",
     "register_model",
+    "resolve_levels",
+    "save_bundle",
+    "save_hierarchical_bundle",
+    "score",
 ]

@@ -1,69 +1,282 @@
-"""A model bundle: a folder with ``model.safetensors`` and ``bundle.json`` (config, classes, preprocessing).
+"""Model bundles: one interface for every kind of bundle.
 
-It is everything needed to predict on another machine, without the training data, and it is loaded
-without unpickling anything.
+A bundle is a folder with ``bundle.json`` and safetensors weights: everything needed to predict on
+another machine, loaded without unpickling anything. Every bundle is a tree of classifiers
+(:class:`ModelBundle`): a *flat* bundle is a one-node tree (one classifier whose classes are the
+leaves); a *hierarchical* bundle routes an image down the levels of a label hierarchy. Consumers use
+the tree interface (``score``, ``nodes``, ``route``, ``decider``, ``node_for_class``,
+``labels_of``) and never ask which kind they hold.
+
+A new kind of bundle is one class with a loader registered by :func:`register_bundle_kind`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..data.transforms import Preprocessing
+from ..errors import BundleError, InputNotFound
+from ..files import atomic_write, atomic_write_json
 from .registry import OncoClassifier, create_model, prefers_channels_last
 
-__all__ = ["Bundle", "save_bundle", "load_bundle", "BUNDLE_FORMAT", "atomic_write_bytes"]
+if TYPE_CHECKING:
+    from .scoring import Backend, Scores
+
+__all__ = ["Bundle", "ModelBundle", "Level", "HierarchyNode", "save_bundle", "load_bundle", "load_any_bundle",
+           "read_bundle_info", "register_bundle_kind", "BUNDLE_FORMAT"]
 
 BUNDLE_FORMAT = 1
 
 
-@dataclass
-class Bundle:
-    """A loaded bundle: the model in eval mode plus what it was trained on."""
+@dataclass(frozen=True)
+class Level:
+    """One level of a bundle's label tree: its name and the manifest column that holds its labels."""
 
-    model: OncoClassifier
-    classes: list[str]
-    preprocessing: Preprocessing
-    meta: dict = field(default_factory=dict)
-    path: Path | None = None
+    name: str
+    column: str
+
+
+@dataclass
+class HierarchyNode:
+    """One classifier of the tree: its flat bundle, and per class the child node or a leaf name."""
+
+    key: str
+    prefix: tuple[str, ...]
+    bundle: "Bundle"
+    children: dict[str, "HierarchyNode | str"]
 
     @property
-    def kind(self) -> str:
-        return "flat"
+    def level(self) -> int:
+        return len(self.prefix)
+
+    @property
+    def model(self) -> OncoClassifier:
+        return self.bundle.model
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class ModelBundle:
+    """The interface every bundle answers: a tree of classifiers over ``levels`` with leaf ``classes``.
+
+    Subclasses provide ``root``, ``levels``, ``classes``, ``leaf_paths``, ``meta`` and ``path``.
+    """
+
+    root: HierarchyNode
+    levels: list[Level]
+    classes: list[str]
+    leaf_paths: dict[str, tuple[str, ...]]
+    meta: dict
+    path: Path | None
+
+    kind: str = "abstract"
+
+    # --- the tree ---------------------------------------------------------------------------
+    def nodes(self) -> Iterator[HierarchyNode]:
+        """Every classifier, top first (breadth first)."""
+        queue = [self.root]
+        while queue:
+            node = queue.pop(0)
+            yield node
+            queue.extend(child for child in node.children.values() if isinstance(child, HierarchyNode))
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The top classifier's preprocessing (every node may have its own)."""
+        return self.root.bundle.preprocessing
+
+    @property
+    def level_names(self) -> list[str]:
+        return [lv.name for lv in self.levels]
+
+    @property
+    def is_tree(self) -> bool:
+        """True when more than one decision is taken per image (more than one level)."""
+        return len(self.levels) > 1
+
+    @property
+    def single_classifier(self) -> bool:
+        """True when one classifier decides every class, under the bundle's own class names."""
+        return list(self.root.children.items()) == [(c, c) for c in self.classes]
+
+    def shared_backbones(self) -> list[list[HierarchyNode]]:
+        """Nodes grouped by identical backbone weights and preprocessing: each group needs one backbone
+        pass per image, then one head per node."""
+        cached = getattr(self, "_groups", None)
+        if cached is None:
+            groups: dict[tuple[str, str], list[HierarchyNode]] = {}
+            for node in self.nodes():
+                key = (json.dumps(node.bundle.preprocessing.to_dict(), sort_keys=True),
+                       _fingerprint(node.bundle.model.backbone))
+                groups.setdefault(key, []).append(node)
+            cached = list(groups.values())
+            self._groups = cached
+        return cached
+
+    def describe(self) -> tuple[str, dict]:
+        """A display name and the model configuration(s)."""
+        if not self.is_tree:
+            return self.root.model.name, self.root.model.config
+        nodes = {node.key: node.model.config for node in self.nodes()}
+        return (f"{self.kind} ({' > '.join(self.level_names)}; {len(nodes)} classifiers)",
+                {"kind": self.kind, "nodes": nodes})
+
+    def info(self) -> dict:
+        """What a user or client needs to know about the bundle (JSON-safe)."""
+        out = {"kind": self.kind, "classes": list(self.classes), "input_size": self.preprocessing.size,
+               "channels": self.preprocessing.channels, "model": self.root.model.config.get("name"),
+               "version": self.meta.get("oncolens_version") or __version__}
+        if self.is_tree:
+            out["levels"] = [{"name": lv.name, "column": lv.column} for lv in self.levels]
+            out["nodes"] = [{"node": node.key, "level": self.levels[node.level].name, "classes": list(node.children),
+                             "model": node.model.config.get("name")} for node in self.nodes()]
+        return out
+
+    # --- labels -----------------------------------------------------------------------------
+    def labels_of(self, frame: pd.DataFrame, label_col: str | None = None) -> pd.Series:
+        """Each row's leaf class from the bundle's own level columns (``''`` where a row's path is not a
+        leaf of the tree), or from ``label_col`` (default: the column the bundle was trained on, else
+        ``label``) when the level columns are absent or ``label_col`` is given."""
+        own = [lv.column for lv in self.levels]
+        if label_col is None and self.is_tree and all(c in frame.columns for c in own):
+            by_path = {p: name for name, p in self.leaf_paths.items()}
+            paths = frame[own].fillna("").astype(str).itertuples(index=False)
+            return pd.Series([by_path.get(tuple(p), "") for p in paths], index=frame.index, dtype=object)
+        column = label_col or self.meta.get("label_col", "label")
+        column = column if column in frame.columns else "label"
+        return frame[column].astype(str)
+
+    # --- routing ----------------------------------------------------------------------------
+    def combine(self, node_proba: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Leaf probabilities (path products) and routed leaf indices from each node's ``(n, classes)`` output."""
+        n = len(next(iter(node_proba.values())))
+        leaf = np.zeros((n, len(self.classes)))
+        routed = np.full(n, -1)
+        index_of = {name: i for i, name in enumerate(self.classes)}
+
+        def walk(node: HierarchyNode, mass: np.ndarray, chosen: np.ndarray) -> None:
+            proba = node_proba[node.key]
+            best = proba.argmax(1)
+            for c, child in enumerate(node.children.values()):
+                here = chosen & (best == c)
+                if isinstance(child, HierarchyNode):
+                    walk(child, mass * proba[:, c], here)
+                else:
+                    leaf[:, index_of[child]] = mass * proba[:, c]
+                    routed[here] = index_of[child]
+
+        walk(self.root, np.ones(n), np.ones(n, dtype=bool))
+        return leaf, routed
+
+    def route(self, node_proba: Mapping[str, np.ndarray], index: int) -> list[tuple[HierarchyNode, int]]:
+        """The nodes image ``index`` passes through and the class each one chose."""
+        path, node = [], self.root
+        while True:
+            c = int(node_proba[node.key][index].argmax())
+            path.append((node, c))
+            child = list(node.children.values())[c]
+            if not isinstance(child, HierarchyNode):
+                return path
+            node = child
+
+    def decider(self, node_proba: Mapping[str, np.ndarray], index: int,
+                level: int | None = None) -> tuple[HierarchyNode, int]:
+        """The node (and its chosen class) that decided image ``index`` at ``level`` of its route
+        (default: the last decision)."""
+        path = self.route(node_proba, index)
+        return path[-1] if level is None else path[min(level, len(path) - 1)]
+
+    def node_for_class(self, name: str) -> tuple[HierarchyNode, int] | None:
+        """The node that decides class ``name`` (a leaf or an intermediate value) and its index there."""
+        for node in self.nodes():
+            for c, (value, child) in enumerate(node.children.items()):
+                if name in (value, child if isinstance(child, str) else None):
+                    return node, c
+        return None
+
+    def class_names(self) -> list[str]:
+        """Every class any node decides (intermediate values and leaves)."""
+        return sorted({v for n in self.nodes() for v in n.children} | set(self.classes))
+
+    def level_records(self, scores: "Scores", index: int) -> list[dict]:
+        """The decision at every level image ``index`` passed: level, node, label, confidence, probabilities."""
+        if not self.is_tree:
+            return []
+        records = []
+        for node, c in self.route(scores.node_probabilities, index):
+            names = list(node.children)
+            row = scores.node_probabilities[node.key][index]
+            records.append({"level": self.levels[node.level].name, "node": node.key, "label": names[c],
+                            "confidence": float(row[c]), "probabilities": dict(zip(names, map(float, row)))})
+        return records
+
+    # --- scoring ----------------------------------------------------------------------------
+    def score(self, inputs: Any, backend: "str | Backend" = "torch", **options: Any) -> "Scores":
+        """Score images, image files or manifest rows: probabilities per node, the routed decision, the
+        leaf probabilities, optionally the penultimate features, and ``{source: reason}`` for inputs
+        that could not be read (see :func:`oncolens.models.scoring.score`)."""
+        from .scoring import score
+
+        return score(self, inputs, backend=backend, **options)
+
+    def iter_scores(self, inputs: Any, backend: "str | Backend" = "torch", **options: Any) -> Iterator["Scores"]:
+        """:meth:`score` one batch at a time (bounded memory whatever the number of inputs)."""
+        from .scoring import iter_scores
+
+        return iter_scores(self, inputs, backend=backend, **options)
+
+
+def _fingerprint(module: torch.nn.Module) -> str:
+    """A hash of a module's weights and buffers (equal for copies of one frozen backbone)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Bundle(ModelBundle):
+    """A flat bundle: one classifier (the model in eval mode) plus what it was trained on."""
+
+    kind = "flat"
+
+    def __init__(self, model: OncoClassifier, classes: Sequence[str], preprocessing: Preprocessing,
+                 meta: dict | None = None, path: Path | None = None):
+        self.model = model
+        self.classes = list(classes)
+        self.preprocessing_ = preprocessing
+        self.meta = meta or {}
+        self.path = path
+        self.levels = [Level("label", self.meta.get("label_col", "label"))]
+        self.leaf_paths = {c: (c,) for c in self.classes}
+        self.root = HierarchyNode("root", (), self, {c: c for c in self.classes})
+
+    @property
+    def preprocessing(self) -> Preprocessing:  # type: ignore[override]
+        return self.preprocessing_
+
+    def __repr__(self) -> str:
+        return f"Bundle({self.model.name}, classes={self.classes}, path={self.path})"
 
 
 def save_bundle(model: OncoClassifier, classes: list[str], path: str | Path, meta: dict | None = None) -> Path:
-    """Write ``model`` and its metadata to the folder ``path``."""
+    """Write ``model`` and its metadata to the folder ``path`` (each file atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if len(classes) != model.num_classes:
-        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+        raise BundleError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, path / "model.safetensors")
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
     info = {
         "format": BUNDLE_FORMAT,
         "kind": "flat",
@@ -74,19 +287,40 @@ def save_bundle(model: OncoClassifier, classes: list[str], path: str | Path, met
         "preprocessing": model.preprocessing.to_dict(),
         "meta": meta or {},
     }
-    atomic_write_bytes(path / "bundle.json", json.dumps(info, indent=2).encode())
+    atomic_write_json(path / "bundle.json", info)
     return path
 
 
 def read_bundle_info(path: str | Path) -> dict:
+    """The parsed ``bundle.json`` of the bundle folder ``path`` (checked for format and kind)."""
     path = Path(path)
     info_file = path / "bundle.json"
+    if not path.exists():
+        raise InputNotFound(f"bundle not found: {path}")
     if not info_file.is_file():
-        raise FileNotFoundError(f"{path} is not an oncolens bundle (no bundle.json)")
-    info = json.loads(info_file.read_text())
+        raise BundleError(f"{path} is not an oncolens bundle (no bundle.json)")
+    try:
+        info = json.loads(info_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{info_file}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise BundleError(f"{info_file}: expected a JSON object")
     if info.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{path}: bundle format {info.get('format')} is not supported (expected {BUNDLE_FORMAT})")
+        raise BundleError(f"{path}: bundle format {info.get('format')} is not supported (expected {BUNDLE_FORMAT})")
+    kind = info.get("kind", "flat")
+    if kind not in _KINDS:
+        raise BundleError(f"{path}: unknown bundle kind {kind!r} (known: {', '.join(_KINDS)})")
     return info
+
+
+def _check_classes(value: Any, n_outputs: int, where: Path) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise BundleError(f"{where}: 'classes' must be a list of non-empty strings")
+    if len(set(value)) != len(value):
+        raise BundleError(f"{where}: 'classes' has repeated names")
+    if len(value) != n_outputs:
+        raise BundleError(f"{where}: {len(value)} classes listed for a model with {n_outputs} outputs")
+    return list(value)
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
@@ -94,11 +328,25 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     path = Path(path)
     info = read_bundle_info(path)
     if info.get("kind", "flat") != "flat":
-        raise ValueError(f"{path} is a {info['kind']} bundle; load it with oncolens.models.load_any_bundle")
-    cfg = info["model"]
-    model = create_model(cfg["name"], num_classes=int(cfg["num_classes"]), weights="random", freeze="full",
-                         head=cfg["head"], input_size=int(cfg["input_size"]), channels=int(cfg["channels"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        raise BundleError(f"{path} is a {info['kind']} bundle; load it with oncolens.models.load_any_bundle")
+    where = path / "bundle.json"
+    try:
+        cfg = info["model"]
+        model = create_model(cfg["name"], num_classes=int(cfg["num_classes"]), weights="random", freeze="full",
+                             head=cfg["head"], input_size=int(cfg["input_size"]), channels=int(cfg["channels"]))
+        preprocessing = Preprocessing.from_dict(info["preprocessing"])
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{where}: missing or malformed field {exc}") from None
+    classes = _check_classes(info.get("classes"), model.num_classes, where)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise BundleError(f"{path}: no model.safetensors")
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{weights}: unreadable weights ({exc})") from None
+    except RuntimeError as exc:
+        raise BundleError(f"{weights}: weights do not fit the model in bundle.json ({str(exc).splitlines()[0]})") from None
     model.config["weights"] = info.get("trained_from_weights", "random")
     model.config["freeze"] = cfg.get("freeze", "full")
     model.eval().to(device)
@@ -106,5 +354,31 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
-    return Bundle(model=model, classes=info["classes"], preprocessing=Preprocessing.from_dict(info["preprocessing"]),
-                  meta=info.get("meta", {}), path=path)
+    meta = info.get("meta", {})
+    return Bundle(model=model, classes=classes, preprocessing=preprocessing,
+                  meta={**meta, "oncolens_version": info.get("oncolens_version")}, path=path)
+
+
+#: kind -> loader(path, device, info)
+_KINDS: dict[str, Callable[[Path, str, dict], ModelBundle]] = {}
+
+
+def register_bundle_kind(kind: str, loader: Callable[[Path, str, dict], ModelBundle]) -> None:
+    """Make ``load_any_bundle`` load bundles whose ``bundle.json`` says ``"kind": kind``."""
+    if kind in _KINDS and _KINDS[kind] is not loader:
+        raise ValueError(f"bundle kind {kind!r} is already registered")
+    _KINDS[kind] = loader
+
+
+register_bundle_kind("flat", lambda path, device, info: load_bundle(path, device=device))
+
+
+def load_any_bundle(path: str | Path, device: str = "cpu") -> ModelBundle:
+    """The bundle at ``path``, whatever its kind."""
+    info = read_bundle_info(path)
+    return _KINDS[info.get("kind", "flat")](Path(path), device, info)
+
+
+def as_bundle(bundle: "str | Path | ModelBundle", device: str = "cpu") -> ModelBundle:
+    """``bundle`` itself when loaded, else the bundle loaded from that folder."""
+    return bundle if isinstance(bundle, ModelBundle) else load_any_bundle(bundle, device=device)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["register_head", "create_head", "list_heads", "HEAD_DESCRIPTIONS"]
 
 _HEADS: dict[str, Callable[[int, int], nn.Module]] = {}
@@ -27,7 +29,7 @@ def create_head(name: str, in_features: int, num_classes: int) -> nn.Module:
     try:
         builder = _HEADS[name]
     except KeyError:
-        raise ValueError(f"unknown head {name!r}; choose one of {sorted(_HEADS)}") from None
+        raise ConfigError(f"unknown head {name!r}; choose one of {sorted(_HEADS)}") from None
     head = builder(in_features, num_classes)
     head.head_name = name
     return head

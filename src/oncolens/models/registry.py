@@ -14,9 +14,21 @@ import torch
 from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..errors import ConfigError
 from .heads import create_head
-from .seed_cnns import SeedBnCnnBackbone, SeedCnnBackbone, seed_bn_cnn_head, seed_cnn_head
-from .weights import OFFLINE_PROVIDERS, WeightsUnavailable, hub_reachable, load_local_weights, load_state_dict_file
+from .seed_cnns import (
+    SeedBnCnnBackbone,
+    SeedCnnBackbone,
+    seed_bn_cnn_head,
+    seed_cnn_head,
+)
+from .weights import (
+    OFFLINE_PROVIDERS,
+    WeightsUnavailable,
+    hub_reachable,
+    load_local_weights,
+    load_state_dict_file,
+)
 
 __all__ = [
     "ModelSpec",
@@ -70,7 +82,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}") from None
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}") from None
 
 
 def list_models() -> list[str]:
@@ -135,7 +147,7 @@ def apply_freeze(model: OncoClassifier, freeze: str) -> None:
     elif freeze.startswith("last-") and freeze[5:].isdigit():
         keep = int(freeze[5:])
     else:
-        raise ValueError(f"freeze must be 'full', 'frozen' or 'last-N' (e.g. last-2), got {freeze!r}")
+        raise ConfigError(f"freeze must be 'full', 'frozen' or 'last-N' (e.g. last-2), got {freeze!r}")
     for p in model.backbone.parameters():
         p.requires_grad = False
     for block in blocks[len(blocks) - keep:] if keep else []:
@@ -181,7 +193,7 @@ def create_model(
     head_name = head or spec.default_head
     if head_name == "own":
         if spec.own_head is None:
-            raise ValueError(f"{name} has no head of its own; choose linear, seed000 or seed004")
+            raise ConfigError(f"{name} has no head of its own; choose linear, seed000 or seed004")
         head_module = spec.own_head(in_features, num_classes)
         head_module.head_name = "own"
     else:

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import WeightsError
+
 __all__ = [
     "WeightsUnavailable",
     "load_state_dict_file",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(WeightsError):
     """Pretrained weights were asked for but cannot be had on this machine."""
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import load_manifest, save_manifest, split
-from ..models import WeightsUnavailable, create_model
+from ..evaluation import format_metric, load_evaluation
+from ..files import atomic_write, atomic_write_text
+from ..models import WeightsUnavailable, create_model, load_bundle
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
 
@@ -52,10 +54,10 @@ def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val,
         if problem:
             rows.append({"run": name, **overrides, "status": f"unavailable: {problem}"})
             continue
-        jobs.append(Job(f"train {name}", _train_job, {"config": cfg}, done=runs / name / "bundle" / "bundle.json"))
+        jobs.append(Job(f"train {name}", _train_job, {"config": cfg}, done=runs / name / ".done"))
         evals.append(Job(f"evaluate {name}", _eval_job, {"bundle": str(runs / name / "bundle"), "data": str(data),
                                                         "out_dir": str(out_dir / "evals" / name), "n_boot": n_boot},
-                         done=out_dir / "evals" / name / "metrics.json"))
+                         done=out_dir / "evals" / name / ".done"))
         rows.append({"run": name, **overrides, "status": "ok"})
     run_jobs(jobs, workers)
     run_jobs(evals, workers)
@@ -63,33 +65,31 @@ def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val,
         if row["status"] != "ok":
             continue
         name = row["run"]
-        headline = json.loads((out_dir / "evals" / name / "metrics.json").read_text())["headline"]
+        report = load_evaluation(out_dir / "evals" / name).report
         train_metrics = json.loads((runs / name / "metrics.json").read_text())
-        bundle_info = json.loads((runs / name / "bundle" / "bundle.json").read_text())
-        model = create_model(bundle_info["model"]["name"], num_classes=len(bundle_info["classes"]),
-                             head=bundle_info["model"]["head"], input_size=bundle_info["model"]["input_size"],
-                             channels=bundle_info["model"]["channels"])
+        model = load_bundle(runs / name / "bundle").model
         for metric, key in (("roc_auc", "roc_auc_macro"), ("f1", "macro_f1"), ("accuracy", "accuracy")):
-            row[metric] = headline[key]["value"]
-            row[f"{metric}_ci95"] = headline[key]["ci95"]
+            row[metric] = report.value(key)
+            row[f"{metric}_ci95"] = report.interval(key)
         row["train_seconds"] = train_metrics["train_seconds"]
         row["parameters"] = sum(p.numel() for p in model.parameters())
     return pd.DataFrame(rows)
 
 
 def _write(table: pd.DataFrame, out_dir: Path, title: str, columns: list[str]) -> None:
-    table.to_csv(out_dir / "results.csv", index=False)
+    atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
 
     def fmt(value, ci=None) -> str:
         if value is None or (isinstance(value, float) and value != value):
             return "n/a"
-        text = f"{value:.3f}" if isinstance(value, float) else str(value)
-        return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, (list, tuple)) else "")
+        if not isinstance(value, float):
+            return str(value)
+        return format_metric(value, ci if isinstance(ci, (list, tuple)) else None)
 
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
         lines.append("| " + " | ".join(fmt(row.get(c), row.get(f"{c}_ci95")) for c in columns) + " |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
 
 
 def compare_models(manifest, out_dir, models: list[str], base=None, test: float = 0.2, val: float = 0.1,

@@ -4,24 +4,23 @@ the leaf classes trained on the same split."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..data import load_manifest, save_manifest, split  # noqa: E402
-from ..evaluation.levels import level_metrics  # noqa: E402
-from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle  # noqa: E402
-from ..training import TrainConfig  # noqa: E402
-from .runner import Job, run_jobs  # noqa: E402
-from .transfer_matrix import _eval_job, _train_job  # noqa: E402
+from ..data import load_manifest, save_manifest, split
+from ..errors import DataError
+from ..evaluation import MetricsReport, format_metric, load_evaluation
+from ..evaluation.levels import level_metrics
+from ..figures import save_figure, subplots
+from ..files import atomic_write, atomic_write_json, atomic_write_text
+from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle
+from ..training import TrainConfig
+from .runner import Job, run_jobs
+from .transfer_matrix import _eval_job, _train_job
 
 __all__ = ["hierarchy_study", "LEAF_COLUMN"]
 
@@ -60,7 +59,7 @@ def _check_split(frame: pd.DataFrame) -> None:
         patients = frame.groupby(LEAF_COLUMN)["group"].nunique() if "group" in frame.columns else None
         detail = ", ".join(leaf if patients is None else f"{leaf} ({int(patients[leaf])} patient(s))"
                            for leaf in missing)
-        raise ValueError(f"leaf class(es) without training images after the split by patient: {detail}. "
+        raise DataError(f"leaf class(es) without training images after the split by patient: {detail}. "
                          "Each needs patients in the training split: add data, or merge or drop these classes")
 
 
@@ -70,7 +69,7 @@ def _node_run(tree: HierarchyTree, prefix: tuple[str, ...]) -> str:
 
 
 def _plot(table: pd.DataFrame, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(1.8 * len(table) + 2.5, 3.6))
+    fig, ax = subplots(figsize=(1.8 * len(table) + 2.5, 3.6))
     x = np.arange(len(table))
     for offset, (model, colour) in zip((-0.2, 0.2), (("hierarchical", "tab:blue"), ("flat", "tab:orange"))):
         values = table[f"{model}_accuracy"].astype(float).to_numpy()
@@ -83,16 +82,15 @@ def _plot(table: pd.DataFrame, out: Path) -> Path:
     ax.set_ylabel("test accuracy (95% CI)")
     ax.set_title("hierarchical vs flat, level by level")
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
 def _fmt(value, ci) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    """A table cell: ``value [lo, hi]``; ``undefined`` for a missing value (NaN from a CSV round trip)."""
+    if value is None or (isinstance(value, float) and value != value):
         return "undefined"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, (list, tuple)) else "")
+    return format_metric(value, ci if isinstance(ci, (list, tuple)) else None)
 
 
 def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[str] = ("binary", "subtype"),
@@ -118,7 +116,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
         plan[run] = (data, resolved[len(prefix)].column)
     run_jobs([Job(f"train {run}", _train_job, {"config": {**base, "data": str(data), "label_col": label_col,
                                                          "runs_dir": str(runs), "name": run, "seed": seed}},
-                  done=runs / run / "bundle" / "bundle.json") for run, (data, label_col) in plan.items()], workers)
+                  done=runs / run / ".done") for run, (data, label_col) in plan.items()], workers)
     bundle_path = out_dir / "hierarchical_bundle"
     if not (bundle_path / "bundle.json").exists():
         save_hierarchical_bundle(tree, {p: runs / _node_run(tree, p) / "bundle" for p in tree.nodes},
@@ -130,23 +128,23 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     targets["hierarchical"] = (bundle_path, plan["flat"][0])
     run_jobs([Job(f"evaluate {name}", _eval_job, {"bundle": str(bundle), "data": str(data),
                                                   "out_dir": str(evals / name), "n_boot": n_boot},
-                  done=evals / name / "metrics.json") for name, (bundle, data) in targets.items()], workers)
+                  done=evals / name / ".done") for name, (bundle, data) in targets.items()], workers)
     data = plan["flat"][0]
 
     level_names_ = [lv.name for lv in resolved]
-    hier_levels = json.loads((evals / "hierarchical" / "metrics.json").read_text())["levels"]
+    hier_levels = load_evaluation(evals / "hierarchical").levels
     flat_levels = _flat_levels(evals / "flat", data, tree, level_names_, n_boot, seed)
     rows = []
     for depth, name in enumerate(level_names_):
         row = {"level": name + (" (end to end)" if depth == len(level_names_) - 1 else ""),
-               "classes": len(hier_levels[name]["classes"])}
+               "classes": len(hier_levels[name].classes)}
         for model, source in (("hierarchical", hier_levels[name]), ("flat", flat_levels[name])):
             for metric, _ in METRICS:
-                row[f"{model}_{metric}"] = source["headline"][metric]["value"]
-                row[f"{model}_{metric}_ci95"] = source["headline"][metric]["ci95"]
+                row[f"{model}_{metric}"] = source.value(metric)
+                row[f"{model}_{metric}_ci95"] = source.interval(metric)
         rows.append(row)
     table = pd.DataFrame(rows)
-    table.to_csv(out_dir / "results.csv", index=False)
+    atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     nodes = []
     for prefix, classes in tree.nodes.items():
         run = _node_run(tree, prefix)
@@ -155,18 +153,19 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
         if run in untested:
             notes.append(f"classifier {row['node']} has no test image: not scored on its own")
         else:
-            headline = json.loads((evals / run / "metrics.json").read_text())["headline"]
-            row.update({m: headline[m]["value"] for m, _ in METRICS})
-            row.update({f"{m}_ci95": headline[m]["ci95"] for m, _ in METRICS})
+            report = load_evaluation(evals / run).report
+            row.update({m: report.value(m) for m, _ in METRICS})
+            row.update({f"{m}_ci95": report.interval(m) for m, _ in METRICS})
         nodes.append(row)
     node_table = pd.DataFrame(nodes)
-    node_table.to_csv(out_dir / "nodes.csv", index=False)
+    atomic_write(out_dir / "nodes.csv", lambda tmp: node_table.to_csv(tmp, index=False))
     _plot(table, out_dir / "levels.png")
     _write_markdown(table, node_table, out_dir, resolved, tree, notes)
     return table
 
 
-def _flat_levels(eval_dir: Path, data: Path, tree: HierarchyTree, levels: list[str], n_boot: int, seed: int) -> dict:
+def _flat_levels(eval_dir: Path, data: Path, tree: HierarchyTree, levels: list[str], n_boot: int,
+                 seed: int) -> dict[str, MetricsReport]:
     """The flat model's metrics at every level, from its test predictions (a leaf decides its whole path)."""
     predictions = pd.read_csv(eval_dir / "predictions.csv", keep_default_na=False)
     classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
@@ -177,9 +176,8 @@ def _flat_levels(eval_dir: Path, data: Path, tree: HierarchyTree, levels: list[s
     reports = level_metrics([classes.index(t) for t in predictions["true"].astype(str)], proba,
                             [classes.index(p) for p in predictions["predicted"].astype(str)], classes, leaf_paths,
                             levels, groups=groups, n_boot=n_boot, seed=seed)
-    out = {name: report.to_dict() for name, report in reports.items()}
-    (eval_dir / "levels.json").write_text(json.dumps(out, indent=2, default=float))
-    return out
+    atomic_write_json(eval_dir / "levels.json", {name: report.to_dict() for name, report in reports.items()})
+    return reports
 
 
 def _write_markdown(table: pd.DataFrame, node_table: pd.DataFrame, out_dir: Path, resolved, tree: HierarchyTree,
@@ -205,4 +203,4 @@ def _write_markdown(table: pd.DataFrame, node_table: pd.DataFrame, out_dir: Path
     lines += ["", "Combined predictor: `hierarchical_bundle/` (accepted by `oncolens predict`, `explain`, `evaluate`, "
               "`serve` and `app`). Reports: `evals/*/report.html`."]
     lines += [f"- note: {n}" for n in notes]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")

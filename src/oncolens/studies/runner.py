@@ -1,21 +1,25 @@
 """Run a study's independent jobs, in parallel worker processes if asked; finished jobs are skipped,
-so an interrupted study resumes where it stopped."""
+so an interrupted study resumes where it stopped. A job is finished when its ``done`` marker exists:
+the runner writes it (atomically) only after the job returned, so a job killed half-way reruns."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..files import atomic_write_json
 
 __all__ = ["Job", "run_jobs"]
 
 
 @dataclass
 class Job:
-    """``fn(**kwargs)``, skipped when ``done`` (a file it writes last) already exists."""
+    """``fn(**kwargs)``, skipped when its ``done`` marker (written by the runner after success) exists."""
 
     name: str
     fn: Callable
@@ -27,10 +31,16 @@ class Job:
         return self.done is not None and Path(self.done).exists()
 
 
-def _run(job: Job, threads: int):
+def _finish(job: Job, result):
+    if job.done is not None:
+        atomic_write_json(job.done, {"job": job.name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return result
+
+
+def _run_in_worker(job: Job, threads: int):
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads))  # a worker process of its own: its setting dies with it
     return job.fn(**job.kwargs)
 
 
@@ -44,12 +54,12 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, log: Callable[[str], None] =
     if workers <= 1:
         for job in pending:
             log(f"run {job.name}")
-            results[job.name] = _run(job, os.cpu_count() or 1)
+            results[job.name] = _finish(job, job.fn(**job.kwargs))
         return results
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {job.name: pool.submit(_run, job, threads) for job in pending}
-        for name, future in futures.items():
-            results[name] = future.result()
+        futures = {job.name: (job, pool.submit(_run_in_worker, job, threads)) for job in pending}
+        for name, (job, future) in futures.items():
+            results[name] = _finish(job, future.result())
             log(f"done {name}")
     return results

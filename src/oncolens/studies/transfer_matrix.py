@@ -3,20 +3,18 @@ every domain's test split through a shared label map; the source x target matrix
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..data import load_manifest, save_manifest, split  # noqa: E402
-from ..evaluation import evaluate, load_label_map  # noqa: E402
-from ..training import TrainConfig, train  # noqa: E402
-from .runner import Job, run_jobs  # noqa: E402
+from ..data import load_manifest, save_manifest, split
+from ..errors import DataError
+from ..evaluation import evaluate, load_evaluation, load_label_map
+from ..figures import save_figure, subplots
+from ..files import atomic_write, atomic_write_text
+from ..training import TrainConfig, train
+from .runner import Job, run_jobs
 
 __all__ = ["transfer_matrix"]
 
@@ -27,13 +25,12 @@ def _train_job(config: dict) -> str:
     return str(train(TrainConfig(**config), console=Console(quiet=True)).bundle_path)
 
 
-def _eval_job(bundle: str, data: str, out_dir: str, n_boot: int) -> dict:
-    result = evaluate(bundle, data, split="test", out_dir=out_dir, n_boot=n_boot)
-    return json.loads(result.metrics_json.read_text())["headline"]
+def _eval_job(bundle: str, data: str, out_dir: str, n_boot: int) -> None:
+    evaluate(bundle, data, split="test", out_dir=out_dir, n_boot=n_boot)
 
 
 def _plot(matrix: pd.DataFrame, title: str, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(1.3 * len(matrix.columns) + 3, 1.1 * len(matrix) + 2))
+    fig, ax = subplots(figsize=(1.3 * len(matrix.columns) + 3, 1.1 * len(matrix) + 2))
     image = ax.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(matrix.index)), matrix.index)
@@ -46,9 +43,7 @@ def _plot(matrix: pd.DataFrame, title: str, out: Path) -> Path:
                     color="white" if not pd.isna(value) and value < 0.6 else "black")
     fig.colorbar(image, ax=ax)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -61,15 +56,15 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = load_manifest(manifest)
     if domain_col not in frame.columns:
-        raise ValueError(f"column {domain_col!r} not in the manifest ({list(frame.columns)})")
+        raise DataError(f"column {domain_col!r} not in the manifest ({list(frame.columns)})")
     mapping = load_label_map(label_map)
     frame = frame.assign(original_label=frame["label"], label=[mapping.target_of(v) or "" for v in frame["label"]])
     unmapped = sorted(set(frame.loc[frame["label"] == "", "original_label"]))
     if unmapped:
-        raise ValueError(f"labels {unmapped} are not in the label map {mapping.targets}")
+        raise DataError(f"labels {unmapped} are not in the label map {mapping.targets}")
     domains = sorted(frame[domain_col].astype(str).unique())
     if len(domains) < 2:
-        raise ValueError(f"need at least two values of {domain_col!r} for a transfer matrix, found {domains}")
+        raise DataError(f"need at least two values of {domain_col!r} for a transfer matrix, found {domains}")
     base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3))
     splits = {}
     for domain in domains:
@@ -81,22 +76,22 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
     runs = out_dir / "runs"
     train_jobs = [Job(f"train {d}", _train_job, {"config": {**base, "data": str(splits[d]), "runs_dir": str(runs),
                                                            "name": d, "seed": seed}},
-                      done=runs / d / "bundle" / "bundle.json") for d in domains]
+                      done=runs / d / ".done") for d in domains]
     run_jobs(train_jobs, workers)
     eval_jobs = [Job(f"evaluate {s} -> {t}", _eval_job, {"bundle": str(runs / s / "bundle"), "data": str(splits[t]),
                                                         "out_dir": str(out_dir / "evals" / f"{s}__{t}"),
                                                         "n_boot": n_boot},
-                     done=out_dir / "evals" / f"{s}__{t}" / "metrics.json") for s in domains for t in domains]
+                     done=out_dir / "evals" / f"{s}__{t}" / ".done") for s in domains for t in domains]
     run_jobs(eval_jobs, workers)
     rows = []
     for s in domains:
         for t in domains:
-            metrics = json.loads((out_dir / "evals" / f"{s}__{t}" / "metrics.json").read_text())["headline"]
-            acc, auc = metrics["accuracy"], metrics["roc_auc_macro"]
-            rows.append({"source": s, "target": t, "accuracy": acc["value"],
-                         "accuracy_ci95": acc["ci95"], "roc_auc": auc["value"], "roc_auc_ci95": auc["ci95"]})
+            report = load_evaluation(out_dir / "evals" / f"{s}__{t}").report
+            rows.append({"source": s, "target": t, "accuracy": report.value("accuracy"),
+                         "accuracy_ci95": report.interval("accuracy"), "roc_auc": report.value("roc_auc_macro"),
+                         "roc_auc_ci95": report.interval("roc_auc_macro")})
     table = pd.DataFrame(rows)
-    table.to_csv(out_dir / "results.csv", index=False)
+    atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     lines = [f"# Transfer matrix ({domain_col}; labels mapped to {', '.join(mapping.classes)})", ""]
     for metric in ("accuracy", "roc_auc"):
         matrix = table.pivot(index="source", columns="target", values=metric)
@@ -107,5 +102,5 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
         for source, row in matrix.iterrows():
             lines.append(f"| {source} | " + " | ".join("n/a" if pd.isna(v) else f"{v:.3f}" for v in row) + " |")
         lines.append("")
-    (out_dir / "results.md").write_text("\n".join(lines))
+    atomic_write_text(out_dir / "results.md", "\n".join(lines))
     return table

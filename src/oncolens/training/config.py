@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ConfigError
+
 __all__ = ["TrainConfig", "load_config"]
 
 
@@ -69,13 +71,13 @@ def load_config(yaml_path: str | Path | None = None, **overrides) -> TrainConfig
     if yaml_path:
         loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of option: value")
+            raise ConfigError(f"{yaml_path}: expected a mapping of option: value")
         unknown = set(loaded) - known
         if unknown:
-            raise ValueError(f"{yaml_path}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"{yaml_path}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         values.update(loaded)
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}")
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)

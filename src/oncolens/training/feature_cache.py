@@ -21,9 +21,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..data.dataset import IndexedDataset, ManifestDataset, collate_skip_none
+from ..data.dataset import IndexedDataset, ManifestDataset
+from ..errors import ConfigError, DataError
+from ..files import atomic_write
+from ..models.scoring import forward_batches, to_device
 
 __all__ = ["FeatureCache", "compute_features", "image_key", "namespace_key"]
 
@@ -43,13 +45,13 @@ def namespace_key(descriptor: dict) -> str:
     return hashlib.sha256(json.dumps(descriptor, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-@torch.inference_mode()
 def compute_features(
     backbone: nn.Module, dataset: ManifestDataset, indices: Sequence[int] | None = None, batch_size: int = 32,
     device: str | torch.device = "cpu", num_workers: int = 0, channels_last: bool = False,
     seed_of: Callable[[int], int] | None = None, progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """``(features, readable_indices)`` of the items ``indices`` (default: all) of ``dataset``.
+    """``(features, readable_indices)`` of the items ``indices`` (default: all) of ``dataset``, through
+    the scoring loop (:func:`oncolens.models.scoring.forward_batches`).
 
     ``seed_of(index)`` seeds each item's random transforms (see :class:`IndexedDataset`).
     """
@@ -57,20 +59,22 @@ def compute_features(
     backbone.eval()
     source = IndexedDataset(dataset, seed_of=seed_of)
     subset = source if indices is None else torch.utils.data.Subset(source, list(indices))
+    device = torch.device(device)
     feats, kept = [], []
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none)
-    for x, index in loader:
-        if len(index) == 0:
-            continue
-        x = x.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        feats.append(backbone(x).float().cpu())
-        kept.extend(int(i) for i in index)
-        if progress:
-            progress(len(index))
-    backbone.train(was_training)
+    try:
+        batches = forward_batches(subset, lambda xs: backbone(to_device(xs[0], device, channels_last)).float().cpu(),
+                                  batch_size=batch_size, num_workers=num_workers)
+        for out, index, failed in batches:
+            for item in failed:
+                dataset.bad_files[dataset.paths[item.index]] = item.reason
+            if out is None:
+                continue
+            feats.append(out)
+            kept.extend(index)
+            if progress:
+                progress(len(index))
+    finally:
+        backbone.train(was_training)
     if not feats:
         return torch.zeros(0), kept
     return torch.cat(feats), kept
@@ -81,9 +85,9 @@ class FeatureCache:
 
     def __init__(self, directory: str | Path | None = None, mode: str = "disk"):
         if mode not in ("disk", "memory"):
-            raise ValueError(f"cache mode must be 'disk' or 'memory', got {mode!r}")
+            raise ConfigError(f"cache mode must be 'disk' or 'memory', got {mode!r}")
         if mode == "disk" and directory is None:
-            raise ValueError("a disk cache needs a directory")
+            raise ConfigError("a disk cache needs a directory")
         self.mode = mode
         self.directory = Path(directory) if directory else None
         self._memory: dict[str, list[tuple[list[str], list[str], torch.Tensor]]] = {}
@@ -110,10 +114,9 @@ class FeatureCache:
         folder = self.directory / namespace
         folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(json.dumps([keys, unreadable]).encode()).hexdigest()[:16]
-        tmp = folder / f"{name}.tmp"
-        save_file({"features": features.contiguous()}, str(tmp),
-                  metadata={"keys": json.dumps(keys), "unreadable": json.dumps(unreadable)})
-        os.replace(tmp, folder / f"{name}.safetensors")
+        atomic_write(folder / f"{name}.safetensors",
+                     lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
+                                           metadata={"keys": json.dumps(keys), "unreadable": json.dumps(unreadable)}))
 
     def features(self, namespace: str, keys: Sequence[str],
                  compute: Callable[[list[int]], tuple[torch.Tensor, list[int]]]) -> tuple[torch.Tensor, list[int]]:
@@ -141,5 +144,5 @@ class FeatureCache:
             known_bad.update(bad)
         kept = [i for i, key in enumerate(keys) if key in rows]
         if not kept:
-            raise RuntimeError("no readable images to compute features from")
+            raise DataError("no readable images to compute features from")
         return torch.stack([rows[keys[i]] for i in kept]), kept

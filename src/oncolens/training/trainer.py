@@ -9,11 +9,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
-import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,21 +20,41 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from ..data import Augmentation, ManifestDataset, build_transforms, collate_skip_none, load_manifest, save_manifest
+from ..data import (
+    Augmentation,
+    ManifestDataset,
+    build_transforms,
+    collate_skip_none,
+    load_manifest,
+    save_manifest,
+)
 from ..data import split as split_manifest
 from ..data.split import default_group_column_safe
+from ..errors import ConfigError, DataError, InputNotFound, OutputExists
+from ..files import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
-from ..models.bundle import atomic_write_bytes
 from ..models.registry import prefers_channels_last
 from .config import TrainConfig, load_config
 from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
 
-__all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything"]
+__all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
+           "run_state"]
 
 
 @dataclass
@@ -60,9 +79,35 @@ class RunResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (inside :func:`run_state` only)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def run_state(config: TrainConfig) -> Iterator[None]:
+    """The process-wide settings a run needs (thread count, deterministic algorithms, cuDNN flags, seeded
+    global generators), set for the run and restored afterwards."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, random.getstate(), np.random.get_state())
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if config.threads:
+                torch.set_num_threads(config.threads)
+            if config.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.backends.cudnn.benchmark = False
+                torch.backends.cudnn.deterministic = True
+            yield
+        finally:
+            threads, det, warn_only, benchmark, cudnn_det, py_state, np_state = saved
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(det, warn_only=warn_only)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_det
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -119,7 +164,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=config.lr)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"optimizer must be adam, adamw or sgd, got {config.optimizer!r}")
+    raise ConfigError(f"optimizer must be adam, adamw or sgd, got {config.optimizer!r}")
 
 
 class _Trainer:
@@ -135,21 +180,16 @@ class _Trainer:
     # --- set-up -------------------------------------------------------------------------------
     def setup(self, frame: pd.DataFrame) -> None:
         cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)
         if cfg.label_col not in frame.columns:
-            raise ValueError(f"label column {cfg.label_col!r} not in the manifest ({list(frame.columns)})")
+            raise DataError(f"label column {cfg.label_col!r} not in the manifest ({list(frame.columns)})")
         frame = frame.copy()
         frame["label"] = frame[cfg.label_col].astype(str)
         self.frame = frame
         self.classes = sorted(frame["label"].unique())
         missing = set(self.classes) - set(frame.loc[frame["split"] == "train", "label"])
         if missing:
-            raise ValueError(f"classes {sorted(missing)} have no training images")
+            raise DataError(f"classes {sorted(missing)} have no training images")
         self.model: OncoClassifier = create_model(cfg.model, num_classes=len(self.classes), weights=cfg.weights,
                                                   freeze=cfg.freeze, head=cfg.head, input_size=cfg.image_size,
                                                   channels=cfg.channels).to(self.device)
@@ -301,7 +341,7 @@ class _Trainer:
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         if seen == 0:
-            raise RuntimeError("no readable validation images")
+            raise DataError("no readable validation images")
         return total / seen, correct / seen
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -320,9 +360,7 @@ class _Trainer:
 
     def _save_best(self) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = self.run_dir / "best.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, self.run_dir / "best.safetensors")
+        atomic_write(self.run_dir / "best.safetensors", lambda tmp: save_file(state, str(tmp)))
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
@@ -362,7 +400,8 @@ class _Trainer:
                 self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
                                      "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": elapsed,
                                      "images_per_s": seen / max(elapsed, 1e-9)})
-                pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
+                history = pd.DataFrame(self.history)
+                atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
                 self._save_checkpoint(epoch)
                 self.console.print(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
@@ -388,7 +427,7 @@ class _Trainer:
                    "n_val": len(self.val_set), "feature_cache": self.cached,
                    "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
                    "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}}
-        atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
         plot_training_curves(history, self.run_dir / "curves.png")
         self.console.print(f"best epoch {self.best_epoch + 1}: val_accuracy {val_acc:.4f}  val_loss {val_loss:.4f}")
         self.console.print(f"bundle: {bundle}")
@@ -409,12 +448,9 @@ def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
     """Loss and accuracy per epoch, train against validation."""
     if history.empty:
         return None
-    import matplotlib
+    from ..figures import save_figure, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(history["epoch"], history[f"train_{metric}"], marker="o", label="train")
         ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label="validation")
@@ -423,9 +459,7 @@ def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -434,18 +468,19 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]]
     """Train ``config.model`` on ``config.data`` into ``runs_dir/name``; return where everything went."""
     config = resolve_config(config)
     if not config.data:
-        raise ValueError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
+        raise ConfigError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
     run_dir = config.run_dir
     if (run_dir / "checkpoint.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
+        raise OutputExists(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
     run_dir.mkdir(parents=True, exist_ok=True)
     frame = prepare_splits(load_manifest(config.data), config)
     save_manifest(frame, run_dir / "splits.csv")
-    atomic_write_bytes(run_dir / "config.yaml", config.to_yaml().encode())
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     trainer = _Trainer(config, callbacks, console)
-    trainer.setup(frame)
-    (run_dir / "classes.json").write_text(json.dumps(trainer.classes))
-    return trainer.fit()
+    with run_state(config):
+        trainer.setup(frame)
+        atomic_write_json(run_dir / "classes.json", trainer.classes)
+        return trainer.fit()
 
 
 def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]] = (),
@@ -453,12 +488,13 @@ def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]
     """Continue a run from its last checkpoint, with the configuration and splits it started with."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+        raise InputNotFound(f"{run_dir} is not a run folder (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
     config.runs_dir, config.name = str(run_dir.parent), run_dir.name
     trainer = _Trainer(config, callbacks, console)
-    trainer.setup(load_manifest(run_dir / "splits.csv"))
-    if (run_dir / "checkpoint.pt").exists():
-        trainer.load_checkpoint()
-        (console or trainer.console).print(f"resuming {run_dir} after epoch {trainer.start_epoch}")
-    return trainer.fit()
+    with run_state(config):
+        trainer.setup(load_manifest(run_dir / "splits.csv"))
+        if (run_dir / "checkpoint.pt").exists():
+            trainer.load_checkpoint()
+            (console or trainer.console).print(f"resuming {run_dir} after epoch {trainer.start_epoch}")
+        return trainer.fit()

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...errors import ConfigError
 from ..imageio import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -84,7 +85,7 @@ def get_layout(name: str) -> Layout:
     try:
         return _LAYOUTS[name]
     except KeyError:
-        raise ValueError(f"unknown layout {name!r}; choose one of: auto, {', '.join(sorted(_LAYOUTS))}") from None
+        raise ConfigError(f"unknown layout {name!r}; choose one of: auto, {', '.join(sorted(_LAYOUTS))}") from None
 
 
 def list_layouts() -> list[str]:

@@ -6,6 +6,7 @@ import csv as _csv
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...errors import DataError
 from .base import Candidate, Layout, LayoutOptions, register_layout
 
 
@@ -23,11 +24,11 @@ class CsvLayout(Layout):
 
     def _check(self, root: Path, options: LayoutOptions) -> list[str]:
         if not root.is_file():
-            raise ValueError(f"the csv layout needs a CSV file, got {root}")
+            raise DataError(f"the csv layout needs a CSV file, got {root}")
         header = _header(root)
         missing = [c for c in (options.path_col, options.label_col, options.group_col) if c and c not in header]
         if missing:
-            raise ValueError(f"{root}: column(s) {missing} not found; the CSV has {header}")
+            raise DataError(f"{root}: column(s) {missing} not found; the CSV has {header}")
         return header
 
     def columns(self, root: Path, options: LayoutOptions) -> list[str]:

@@ -6,7 +6,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Candidate, Layout, LayoutOptions, _excluded, group_from_regex, iter_image_files, register_layout
+from ...errors import ConfigError
+from .base import (
+    Candidate,
+    Layout,
+    LayoutOptions,
+    _excluded,
+    group_from_regex,
+    iter_image_files,
+    register_layout,
+)
 
 #: Folder names that say which split a file came from, not what it shows.
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev"})
@@ -27,7 +36,7 @@ def level_names_for(depth: int, names: tuple[str, ...] | None = None) -> list[st
     """Column names for ``depth`` nested label levels (``cancer_type``/``subclass`` for two)."""
     if names:
         if len(names) < depth:
-            raise ValueError(f"{depth} folder levels but only {len(names)} level names given: {names}")
+            raise ConfigError(f"{depth} folder levels but only {len(names)} level names given: {names}")
         return list(names[:depth])
     if depth <= 1:
         return []

@@ -1,0 +1,294 @@
+"""The one scoring loop: images, image files or manifest rows in; per-node probabilities, the routed
+decision, leaf probabilities and (on request) penultimate features out.
+
+Every caller (predict, evaluate, explain-eval, panels, studies, the Predictor, the API, the app, the
+feature cache) goes through :func:`forward_batches`: a DataLoader decodes and resizes off the main
+thread when workers are used, batches run channels-last where the registry says so, and results are
+yielded batch by batch, so memory stays bounded whatever the number of inputs. Unreadable inputs are
+reported with their reason, never fatal.
+
+Back-ends run a group of nodes sharing one backbone (see ``ModelBundle.shared_backbones``): PyTorch,
+or ONNX Runtime on graphs exported by :mod:`oncolens.models.onnx` (from a folder the caller names, or
+exported in memory: loading never writes files).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.dataset import Unreadable
+from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
+from ..data.transforms import build_transforms
+from ..errors import ConfigError
+from .bundle import HierarchyNode, ModelBundle
+from .registry import prefers_channels_last
+
+__all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
+           "iter_scores", "forward_batches", "Unreadable", "default_workers"]
+
+
+def default_workers(n_batches: int) -> int:
+    """DataLoader workers for ``n_batches`` of file inputs: none for a single batch (a worker costs more
+    than it saves), else one per spare core (at least one, at most four)."""
+    if n_batches <= 1:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def collate_items(batch: list) -> tuple[tuple[torch.Tensor, ...] | None, list[int], list[Unreadable]]:
+    """Stack ``((tensor, ...), index)`` items; set :class:`Unreadable` items aside."""
+    failed = [item for item in batch if isinstance(item, Unreadable)]
+    ok = [item for item in batch if not isinstance(item, Unreadable)]
+    if not ok:
+        return None, [], failed
+    width = len(ok[0][0])
+    return tuple(torch.stack([item[0][k] for item in ok]) for k in range(width)), [int(i[1]) for i in ok], failed
+
+
+def forward_batches(dataset: Dataset, forward: Callable[[tuple[torch.Tensor, ...]], Any], *, batch_size: int = 32,
+                    num_workers: int = 0) -> Iterator[tuple[Any, list[int], list[Unreadable]]]:
+    """``(forward(tensors), indices, unreadable)`` per batch of ``dataset``, whose items are
+    ``((tensor, ...), index)`` or :class:`Unreadable`; ``forward`` runs under inference mode and is
+    not called for a batch with nothing readable (``None`` is yielded instead)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_items, prefetch_factor=4 if num_workers else None)
+    for tensors, indices, failed in loader:
+        with torch.inference_mode():
+            out = forward(tensors) if indices else None
+        yield out, indices, failed
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """``x`` on ``device``, in channels-last memory format when asked."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# --- back-ends ---------------------------------------------------------------------------------
+class Backend(Protocol):
+    """Runs one backbone group: ``(features, [logits per node])`` for a preprocessed batch."""
+
+    name: str
+
+    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
+class TorchBackend:
+    """The bundle's own PyTorch modules (on the device they were loaded on)."""
+
+    name = "torch"
+
+    def __init__(self, bundle: ModelBundle):
+        self.groups = bundle.shared_backbones()
+        self.devices = [next(g[0].model.parameters()).device for g in self.groups]
+        self.channels_last = [prefers_channels_last(g[0].model.name, d) for g, d in zip(self.groups, self.devices)]
+
+    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        nodes = self.groups[group]
+        features = nodes[0].model.backbone(to_device(x, self.devices[group], self.channels_last[group]))
+        return features.float().cpu(), [node.model.head(features).float().cpu() for node in nodes]
+
+
+class OnnxBackend:
+    """ONNX Runtime sessions, one per backbone group (graphs from :func:`oncolens.models.onnx.export_onnx`).
+
+    ``folder``: graphs exported there before are used when they belong to this bundle, otherwise
+    they are exported there; without a folder, graphs are exported in memory and nothing is written.
+    """
+
+    name = "onnx"
+
+    def __init__(self, bundle: ModelBundle, folder: str | Path | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        from .onnx import onnx_graphs
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.groups = bundle.shared_backbones()
+        self.sessions = [ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+                         for graph in onnx_graphs(bundle, folder)]
+
+    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        outputs = self.sessions[group].run(None, {"image": x.numpy()})
+        return torch.as_tensor(outputs[0]), [torch.as_tensor(o) for o in outputs[1:]]
+
+
+_BACKENDS: dict[str, Callable[..., Backend]] = {"torch": lambda bundle, **_: TorchBackend(bundle),
+                                                "onnx": lambda bundle, onnx_dir=None, **_: OnnxBackend(bundle, onnx_dir)}
+
+
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+    """Make ``factory(bundle, **options)`` available as ``backend=name``."""
+    if name in _BACKENDS:
+        raise ValueError(f"backend {name!r} is already registered")
+    _BACKENDS[name] = factory
+
+
+def make_backend(bundle: ModelBundle, backend: "str | Backend" = "torch", **options: Any) -> Backend:
+    """A back-end object for ``bundle`` (an object passes through unchanged)."""
+    if not isinstance(backend, str):
+        return backend
+    try:
+        factory = _BACKENDS[backend]
+    except KeyError:
+        raise ConfigError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}") from None
+    return factory(bundle, **options)
+
+
+# --- inputs ------------------------------------------------------------------------------------
+class _Inputs(Dataset):
+    """Images or image files, each decoded once and preprocessed for every distinct preprocessing."""
+
+    def __init__(self, items: Sequence[Any], transforms: Sequence[Callable], max_pixels: int):
+        self.items = items
+        self.transforms = list(transforms)
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        if isinstance(item, Image.Image):
+            image = item
+        else:
+            try:
+                image = read_image(item, max_pixels=self.max_pixels).image
+            except UnreadableImage as exc:
+                return Unreadable(index, exc.reason)
+        try:
+            return tuple(t(image) for t in self.transforms), index
+        except (OSError, ValueError) as exc:  # a decoder that gave up part-way through the pixels
+            return Unreadable(index, f"cannot decode: {exc}")
+
+
+def _items(inputs: Any) -> tuple[list[Any], list[str]]:
+    if isinstance(inputs, pd.DataFrame):
+        paths = inputs["path"].astype(str).tolist()
+        return paths, paths
+    if isinstance(inputs, (Image.Image, str, Path)):
+        inputs = [inputs]
+    items = list(inputs)
+    for item in items:
+        if not isinstance(item, (Image.Image, str, Path)):
+            raise TypeError(f"cannot score an object of type {type(item).__name__}")
+    return items, ["" if isinstance(i, Image.Image) else str(i) for i in items]
+
+
+# --- scores ------------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    """What a bundle says about a set of inputs (rows in input order, unreadable inputs left out)."""
+
+    classes: list[str]
+    probabilities: np.ndarray  # (n, leaf classes): path products for a tree
+    decided: np.ndarray  # (n,) routed leaf index (the decision; argmax of probabilities for one node)
+    node_probabilities: dict[str, np.ndarray]  # node key -> (n, node classes)
+    node_logits: dict[str, np.ndarray]
+    positions: np.ndarray  # index of each row among the inputs
+    sources: list[str]
+    unreadable: dict[str, str] = field(default_factory=dict)  # source -> reason
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # node key -> (n, d) penultimate features
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def labels(self) -> list[str]:
+        """The decided leaf class of each row."""
+        return [self.classes[i] for i in self.decided]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The probability of each row's decided class."""
+        return self.probabilities[np.arange(len(self)), self.decided] if len(self) else np.zeros(0)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Scores"], classes: Sequence[str]) -> "Scores":
+        parts = list(parts)
+        keys = list(parts[0].node_probabilities) if parts else []
+        feature_keys = list(parts[0].features) if parts else []
+        width = len(classes)
+
+        def cat(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+            arrays = [a for a in arrays if len(a)]
+            return np.concatenate(arrays) if arrays else np.zeros(shape)
+
+        return cls(
+            classes=list(classes),
+            probabilities=cat([p.probabilities for p in parts], (0, width)),
+            decided=cat([p.decided for p in parts], (0,)).astype(int),
+            node_probabilities={k: cat([p.node_probabilities[k] for p in parts], (0, 0)) for k in keys},
+            node_logits={k: cat([p.node_logits[k] for p in parts], (0, 0)) for k in keys},
+            positions=cat([p.positions for p in parts], (0,)).astype(int),
+            sources=[s for p in parts for s in p.sources],
+            unreadable={k: v for p in parts for k, v in p.unreadable.items()},
+            features={k: cat([p.features[k] for p in parts], (0, 0)) for k in feature_keys},
+        )
+
+
+def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "torch", *, batch_size: int = 32,
+                num_workers: int | None = None, features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                onnx_dir: str | Path | None = None) -> Iterator[Scores]:
+    """:class:`Scores` of ``inputs`` one batch at a time (PIL images, file paths, or a manifest
+    DataFrame's ``path`` column). ``num_workers=None`` picks workers for file inputs from the core count."""
+    runner = make_backend(bundle, backend, onnx_dir=onnx_dir)
+    items, sources = _items(inputs)
+    groups: list[list[HierarchyNode]] = bundle.shared_backbones()
+    distinct: list = []
+    for group in groups:
+        pre = group[0].bundle.preprocessing
+        if pre not in distinct:
+            distinct.append(pre)
+    input_of = [distinct.index(g[0].bundle.preprocessing) for g in groups]
+    dataset = _Inputs(items, [build_transforms(pre, train=False) for pre in distinct], max_pixels)
+    if num_workers is None:
+        decoded = all(isinstance(item, Image.Image) for item in items)
+        num_workers = 0 if decoded else default_workers(-(-len(items) // batch_size))
+
+    def forward(tensors: tuple[torch.Tensor, ...]):
+        logits, feats = {}, {}
+        for g, group in enumerate(groups):
+            group_features, group_logits = runner.run(g, tensors[input_of[g]])
+            for node, out in zip(group, group_logits):
+                logits[node.key] = out.numpy()
+                if features:
+                    feats[node.key] = group_features.numpy()
+        return logits, feats
+
+    for out, indices, failed in forward_batches(dataset, forward, batch_size=batch_size, num_workers=num_workers):
+        unreadable = {sources[f.index] or f"input {f.index}": f.reason for f in failed}
+        if out is None:
+            empty = Scores.concat([], bundle.classes)
+            empty.unreadable = unreadable
+            yield empty
+            continue
+        logits, feats = out
+        node_proba = {k: _softmax(v) for k, v in logits.items()}
+        leaf, routed = bundle.combine(node_proba)
+        yield Scores(classes=list(bundle.classes), probabilities=leaf, decided=routed, node_probabilities=node_proba,
+                     node_logits=logits, positions=np.asarray(indices, dtype=int),
+                     sources=[sources[i] for i in indices], unreadable=unreadable, features=feats)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def score(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "torch", **options: Any) -> Scores:
+    """All :class:`Scores` of ``inputs`` at once (see :func:`iter_scores` for the options)."""
+    return Scores.concat(list(iter_scores(bundle, inputs, backend=backend, **options)), bundle.classes)
