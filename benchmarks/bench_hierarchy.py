@@ -14,8 +14,6 @@ from pathlib import Path
 
 from oncolens.data import generate_phantoms, load_manifest, save_manifest, scan
 from oncolens.models import load_any_bundle
-from oncolens.models.hierarchy import predict_manifest_hierarchical
-from oncolens.models.inference import predict_manifest
 from oncolens.runtime import tune_cpu_runtime
 from oncolens.studies import hierarchy_study
 from oncolens.training import TrainConfig
@@ -37,11 +35,11 @@ def main(argv: list[str] | None = None) -> None:
         bundle = load_any_bundle(tmp / "study" / "hierarchical_bundle")
         frame = load_manifest(manifest)
         started = time.perf_counter()
-        predict_manifest_hierarchical(bundle, frame)
+        bundle.score(frame)
         shared = time.perf_counter() - started
         started = time.perf_counter()
         for node in bundle.nodes():
-            predict_manifest(node.bundle.model, frame)
+            node.bundle.score(frame)
         separate = time.perf_counter() - started
     nodes = sum(len(group) for group in bundle.shared_backbones())
     print(f"{len(frame)} images, {nodes} classifiers in {len(bundle.shared_backbones())} backbone group(s)")

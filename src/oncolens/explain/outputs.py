@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -42,10 +43,8 @@ class Localisation:
 def localise(heatmap: np.ndarray, threshold: str = "otsu", percentile: float = 90.0,
              smooth: float | None = None) -> Localisation:
     """Threshold (Otsu or percentile) a lightly smoothed heatmap and extract contours and boxes."""
-    from scipy import ndimage
-
     sigma = smooth if smooth is not None else max(1.0, heatmap.shape[0] / 64)
-    smoothed = ndimage.gaussian_filter(np.asarray(heatmap, np.float32), sigma)
+    smoothed = cv2.GaussianBlur(np.asarray(heatmap, np.float32), (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
     mask = threshold_map(smoothed, threshold, percentile)
     label = threshold if threshold == "otsu" else f"percentile {percentile:g}"
     return Localisation(extract_regions(mask, smoothed), label, float(mask.mean()))

@@ -19,7 +19,8 @@ from torch import nn
 from ..data import Preprocessing, build_transforms, read_image
 from ..errors import ConfigError, DataError
 from ..models.bundle import HierarchyNode, ModelBundle, load_any_bundle
-from ..models.registry import OncoClassifier
+from ..models.registry import OncoClassifier, prefers_channels_last
+from ..models.scoring import to_device
 from .layers import find_target_layer, get_layer
 
 __all__ = ["ExplainOptions", "Explanation", "Method", "register_method", "get_method", "list_methods", "explain",
@@ -163,6 +164,7 @@ def explain(
     chosen = get_method(method)
     model.eval()
     device = next(model.parameters()).device
+    channels_last = prefers_channels_last(model.name, device)
     x_all, sources = _as_batch(images, model.preprocessing)
     layer_name, layer = None, None
     if chosen.needs_layer:
@@ -172,7 +174,7 @@ def explain(
             layer_name, layer = find_target_layer(model, model.preprocessing.size, model.preprocessing.channels)
     results: list[Explanation] = []
     for start in range(0, len(x_all), batch_size):
-        x = x_all[start:start + batch_size].to(device)
+        x = to_device(x_all[start:start + batch_size], device, channels_last)
         started = time.perf_counter()
         if target == "predicted" and chosen.handles_predicted:
             # the method's own forward pass gives the prediction: no extra pass

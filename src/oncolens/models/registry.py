@@ -116,6 +116,8 @@ class OncoClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> "OncoClassifier":
         """Like ``nn.Module.train``, but fully frozen blocks stay in eval mode (fixed BN statistics)."""
+        if not mode and not (self.training or self.backbone.training or self.head.training):
+            return self  # already in eval mode: skip the (slow) attribute writes on every module
         super().train(mode)
         if mode:
             for block in backbone_blocks(self.backbone):

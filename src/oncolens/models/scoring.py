@@ -151,10 +151,11 @@ def make_backend(bundle: ModelBundle, backend: "str | Backend" = "torch", **opti
 class _Inputs(Dataset):
     """Images or image files, each decoded once and preprocessed for every distinct preprocessing."""
 
-    def __init__(self, items: Sequence[Any], transforms: Sequence[Callable], max_pixels: int):
+    def __init__(self, items: Sequence[Any], transforms: Sequence[Callable], max_pixels: int, min_size: int):
         self.items = items
         self.transforms = list(transforms)
         self.max_pixels = max_pixels
+        self.min_size = min_size  # the largest model input side: JPEGs may be decoded at a reduced scale
 
     def __len__(self) -> int:
         return len(self.items)
@@ -165,7 +166,7 @@ class _Inputs(Dataset):
             image = item
         else:
             try:
-                image = read_image(item, max_pixels=self.max_pixels).image
+                image = read_image(item, max_pixels=self.max_pixels, min_size=self.min_size).image
             except UnreadableImage as exc:
                 return Unreadable(index, exc.reason)
         try:
@@ -253,7 +254,8 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
         if pre not in distinct:
             distinct.append(pre)
     input_of = [distinct.index(g[0].bundle.preprocessing) for g in groups]
-    dataset = _Inputs(items, [build_transforms(pre, train=False) for pre in distinct], max_pixels)
+    dataset = _Inputs(items, [build_transforms(pre, train=False) for pre in distinct], max_pixels,
+                      min_size=max(pre.size for pre in distinct))
     if num_workers is None:
         decoded = all(isinstance(item, Image.Image) for item in items)
         num_workers = 0 if decoded else default_workers(-(-len(items) // batch_size))

@@ -1,0 +1,115 @@
+"""Inference throughput and memory of ``oncolens predict`` (a Lite0 bundle, 224 px input).
+
+1. images/s of ``oncolens predict`` end to end on a folder of 768 px JPEGs (decode, resize, score,
+   CSV) against the bare forward pass on the same images already preprocessed into tensors, as a
+   ratio (issue goal: >= 0.85);
+2. peak memory (RSS of the process and its decoding workers) of ``oncolens predict`` over 2,000
+   files against 200 files: bounded memory means the ratio stays near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from oncolens.data import build_transforms
+from oncolens.models import create_model, load_bundle, save_bundle
+from oncolens.models.scoring import to_device
+from oncolens.runtime import tune_cpu_runtime
+
+_CHILD = """
+import json, resource, sys, time
+from oncolens.apps.cli import app
+started = time.perf_counter()
+try:
+    app(sys.argv[1:], standalone_mode=False)
+finally:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print("BENCH " + json.dumps({"seconds": time.perf_counter() - started, "rss_mb": own / 1024,
+                                 "worker_rss_mb": workers / 1024}))
+"""
+
+
+def make_jpegs(folder: Path, n: int, size: int = 768, seed: int = 0) -> list[Path]:
+    """Smooth synthetic colour images (JPEG-like content, not noise) written as JPEG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    paths = []
+    for i in range(n):
+        a, b, c = rng.uniform(2, 12, 3)
+        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx * yy * c), np.sin(c * yy - a * xx)], -1)
+        array = np.uint8(127 + 120 * base + rng.normal(0, 6, base.shape).clip(-20, 20))
+        path = folder / f"img_{i:05d}.jpg"
+        Image.fromarray(array).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def run_predict(bundle: Path, folder: Path, out: Path, extra: list[str] = ()) -> dict:
+    command = [sys.executable, "-c", _CHILD, "predict", str(bundle), str(folder), "--out", str(out), "--show", "0",
+               *extra]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
+    return json.loads(line[len("BENCH "):])
+
+
+def bare_forward(bundle: Path, paths: list[Path], batch: int = 32) -> float:
+    """images/s of the bundle's model on preprocessed tensors already in memory (channels-last)."""
+    loaded = load_bundle(bundle)
+    transform = build_transforms(loaded.preprocessing)
+    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    model = loaded.model
+    with torch.inference_mode():
+        model(to_device(x[:batch], torch.device("cpu"), True))
+        started = time.perf_counter()
+        for start in range(0, len(x), batch):
+            model(to_device(x[start:start + batch], torch.device("cpu"), True))
+    return len(x) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=384, help="JPEGs for the throughput ratio")
+    parser.add_argument("--memory", type=int, nargs=2, default=(200, 2000), help="file counts for the memory ratio")
+    args = parser.parse_args(argv)
+    tune_cpu_runtime()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = save_bundle(create_model("tf_efficientnet_lite0", num_classes=4, weights="imagenet"),
+                             ["a", "b", "c", "d"], tmp / "bundle")
+        paths = make_jpegs(tmp / "jpegs", args.images)
+        bare = bare_forward(bundle, paths)
+        run = run_predict(bundle, tmp / "jpegs", tmp / "p.csv")
+        start_up = run_predict(bundle, paths[0], tmp / "one.csv")["seconds"]  # loading, one image, writing
+        end_to_end = args.images / run["seconds"]
+        steady = (args.images - 1) / max(run["seconds"] - start_up, 1e-9)
+        print(f"bare forward (preloaded tensors, bs32): {bare:7.1f} img/s")
+        print(f"oncolens predict (768 px JPEG files):   {steady:7.1f} img/s   ratio {steady / bare:.2f} (goal >= 0.85;"
+              f" start-up of {start_up:.1f} s excluded; with it {end_to_end:.1f} img/s for {args.images} files)")
+        small, large = args.memory
+        make_jpegs(tmp / "many", large, size=256, seed=1)
+        few = tmp / "few"
+        few.mkdir()
+        for path in sorted((tmp / "many").glob("*.jpg"))[:small]:
+            (few / path.name).symlink_to(path)
+        few_run = run_predict(bundle, few, tmp / "few.csv")
+        many_run = run_predict(bundle, tmp / "many", tmp / "many.csv")
+        print(f"peak RSS of the process: {small} files {few_run['rss_mb']:.0f} MB, {large} files "
+              f"{many_run['rss_mb']:.0f} MB, ratio {many_run['rss_mb'] / few_run['rss_mb']:.2f} (flat: ~1); "
+              f"largest decoding worker {few_run['worker_rss_mb']:.0f} / {many_run['worker_rss_mb']:.0f} MB "
+              "(mostly pages shared with the parent)")
+
+
+if __name__ == "__main__":
+    main()
