@@ -104,7 +104,7 @@ def test_train_with_yaml_and_flags_then_predict(tmp_path, phantom_dir):
 
 
 def test_train_unavailable_weights_is_clear(tmp_path, phantom_dir, monkeypatch):
-    from oncolens.models import registry
+    from oncolens.models import pretrained as registry
 
     monkeypatch.setattr(registry, "hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr(registry, "_hub_cache_file", lambda *a, **k: None)

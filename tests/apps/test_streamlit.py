@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 APP = Path(__file__).resolve().parents[2] / "src" / "oncolens" / "apps" / "streamlit_app.py"
 CHROMIUM = "/usr/bin/chromium"
 

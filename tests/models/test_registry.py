@@ -1,11 +1,16 @@
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from oncolens.models import WeightsUnavailable, create_model, list_heads, list_models, model_table
-from oncolens.models import registry as registry_module
-from oncolens.models.registry import backbone_blocks
+from oncolens.models import (
+    WeightsUnavailable,
+    create_model,
+    list_heads,
+    list_models,
+    model_table,
+)
+from oncolens.models import pretrained as registry_module
+from oncolens.models.factory import backbone_blocks
 
 REQUIRED = {"seed_cnn", "seed_bn_cnn", "mobilenetv3_large_100", "densenet121", "resnet50", "vgg16", "alexnet",
             "tf_efficientnet_lite0"}
@@ -65,17 +70,19 @@ def test_every_model_forward_and_training_step(name):
 
 
 def test_offline_imagenet_weights_really_load():
+    from PIL import Image
     from skimage.data import chelsea
-    from torchvision.transforms import v2
 
     from oncolens.data import build_transforms
-    from PIL import Image
 
     model = create_model("tf_efficientnet_lite0", num_classes=2, weights="imagenet")
     import timm
 
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    from oncolens.models.weights import efficientnet_lite0_package_file, load_state_dict_file
+    from oncolens.models.pretrained import (
+        efficientnet_lite0_package_file,
+        load_state_dict_file,
+    )
 
     full.load_state_dict(dict(zip(full.state_dict(), load_state_dict_file(efficientnet_lite0_package_file()).values())))
     for key, value in model.backbone.state_dict().items():

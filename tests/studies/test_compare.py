@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from oncolens.data import save_manifest
-from oncolens.models import registry
+from oncolens.models import pretrained as registry
 from oncolens.studies import compare_models, compare_pretraining
 from oncolens.training import TrainConfig
 

@@ -19,7 +19,8 @@ from torch import nn
 from ..data import Preprocessing, build_transforms, read_image
 from ..errors import ConfigError, DataError
 from ..models.bundle import HierarchyNode, ModelBundle, load_any_bundle
-from ..models.registry import OncoClassifier, prefers_channels_last
+from ..models.factory import OncoClassifier
+from ..models.registry import prefers_channels_last
 from ..models.scoring import to_device
 from .layers import find_target_layer, get_layer
 

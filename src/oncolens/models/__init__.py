@@ -1,5 +1,6 @@
 """Networks and their weights: registry, heads, seed CNNs, pretrained weights, bundles, the scoring loop."""
 
+from . import zoo  # noqa: F401  (registers the built-in models)
 from .bundle import (
                      Bundle,
                      HierarchyNode,
@@ -12,6 +13,7 @@ from .bundle import (
                      register_bundle_kind,
                      save_bundle,
 )
+from .factory import OncoClassifier, apply_freeze, create_model, model_table
 from .heads import create_head, list_heads, register_head
 from .hierarchy import (
                      HierarchicalBundle,
@@ -20,18 +22,9 @@ from .hierarchy import (
                      resolve_levels,
                      save_hierarchical_bundle,
 )
-from .registry import (
-                     ModelSpec,
-                     OncoClassifier,
-                     apply_freeze,
-                     create_model,
-                     get_spec,
-                     list_models,
-                     model_table,
-                     register_model,
-)
+from .pretrained import WeightsUnavailable
+from .registry import ModelSpec, get_spec, list_models, register_model
 from .scoring import Scores, iter_scores, make_backend, score
-from .weights import WeightsUnavailable
 
 __all__ = [
     "Bundle",

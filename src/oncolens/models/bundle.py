@@ -29,7 +29,8 @@ from .. import __version__
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, InputNotFound
 from ..files import atomic_write, atomic_write_json
-from .registry import OncoClassifier, create_model, prefers_channels_last
+from .factory import OncoClassifier, create_model
+from .registry import prefers_channels_last
 
 if TYPE_CHECKING:
     from .scoring import Backend, Scores

@@ -1,4 +1,5 @@
-"""Where pretrained weights come from: an offline package, timm's hub (or its local cache), or a file.
+"""Where pretrained weights come from: an offline package, timm's / torchvision's hub (or its local
+cache), or a file; and the loaders that put ImageNet weights into the registered backbones.
 
 Asking for weights that cannot be had raises :class:`WeightsUnavailable` naming the alternatives;
 there is never a silent random init. Files are loaded without unpickling arbitrary objects.
@@ -22,6 +23,8 @@ __all__ = [
     "OFFLINE_PROVIDERS",
     "hub_reachable",
     "load_local_weights",
+    "timm_imagenet",
+    "alexnet_imagenet",
 ]
 
 
@@ -107,3 +110,77 @@ def load_local_weights(backbone: nn.Module, path: str | Path) -> list[str]:
         )
     backbone.load_state_dict(matched, strict=False)
     return sorted(set(state) - set(matched))
+
+
+def timm_imagenet(timm_name: str):
+    def load(backbone: nn.Module, in_chans: int) -> None:
+        import timm
+        from timm.models import adapt_input_conv
+
+        if timm_name in OFFLINE_PROVIDERS:
+            state = load_state_dict_file(OFFLINE_PROVIDERS[timm_name]())
+            full = timm.create_model(timm_name, pretrained=False)
+            own = full.state_dict()
+            if [v.shape for v in own.values()] != [v.shape for v in state.values()]:
+                raise WeightsUnavailable(f"the offline weights file does not match timm's {timm_name}")
+            mapped = dict(zip(own, state.values()))  # same tensor order, different names
+            first_conv = full.pretrained_cfg.get("first_conv", "conv_stem") + ".weight"
+            if in_chans != 3:
+                mapped[first_conv] = adapt_input_conv(in_chans, mapped[first_conv])
+            classifier = full.pretrained_cfg.get("classifier", "classifier")
+            backbone.load_state_dict({k: v for k, v in mapped.items() if not k.startswith(classifier + ".")})
+            return
+        full_cfg = timm.create_model(timm_name, pretrained=False).pretrained_cfg
+        cached = _hub_cache_file(full_cfg.get("hf_hub_id"))
+        if cached is None and not hub_reachable():
+            raise WeightsUnavailable(
+                f"ImageNet weights for {timm_name} are not in the local cache and the weights hub cannot be "
+                "reached. Use weights='random', a local checkpoint path (weights=/path/model.safetensors), or a "
+                f"model with offline weights ({', '.join(OFFLINE_PROVIDERS)})."
+            )
+        overlay = {"file": str(cached)} if cached else None
+        try:
+            pretrained = timm.create_model(timm_name, pretrained=True, num_classes=0, in_chans=in_chans,
+                                           pretrained_cfg_overlay=overlay)
+        except Exception as exc:
+            raise WeightsUnavailable(f"could not load ImageNet weights for {timm_name}: {exc}") from exc
+        backbone.load_state_dict(pretrained.state_dict())
+
+    return load
+
+
+def _hub_cache_file(hf_hub_id: str | None) -> Path | None:
+    if not hf_hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hf_hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def alexnet_imagenet(backbone: nn.Module, in_chans: int) -> None:
+    from torchvision.models import AlexNet_Weights
+
+    weights = AlexNet_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists() and not hub_reachable("download.pytorch.org"):
+        raise WeightsUnavailable(
+            f"ImageNet weights for alexnet are not in {cached.parent} and download.pytorch.org cannot be reached. "
+            "Use weights='random', a local checkpoint path, or a model with offline weights "
+            f"({', '.join(OFFLINE_PROVIDERS)})."
+        )
+    try:
+        state = weights.get_state_dict(progress=False)
+    except Exception as exc:
+        raise WeightsUnavailable(f"could not load ImageNet weights for alexnet: {exc}") from exc
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
+    if in_chans != 3:
+        from timm.models import adapt_input_conv
+
+        state["features.0.weight"] = adapt_input_conv(in_chans, state["features.0.weight"])
+    backbone.load_state_dict(state)

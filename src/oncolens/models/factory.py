@@ -1,0 +1,163 @@
+"""The model factory: ``create_model(name, num_classes, weights, freeze, head)`` over the registry.
+
+A model is an :class:`OncoClassifier`: a ``backbone`` mapping images to a feature vector and a
+``head`` mapping features to class logits, so frozen backbones can be cached and heads swapped.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.transforms import Preprocessing
+from ..errors import ConfigError
+from .heads import create_head
+from .pretrained import WeightsUnavailable, load_local_weights
+from .registry import get_spec, list_models
+
+__all__ = ["OncoClassifier", "create_model", "apply_freeze", "backbone_blocks", "feature_dim", "model_table"]
+
+
+class OncoClassifier(nn.Module):
+    """``head(backbone(x))`` plus what is needed to rebuild and preprocess for it."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, preprocessing: Preprocessing, config: dict):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.preprocessing = preprocessing
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> "OncoClassifier":
+        """Like ``nn.Module.train``, but fully frozen blocks stay in eval mode (fixed BN statistics)."""
+        if not mode and not (self.training or self.backbone.training or self.head.training):
+            return self  # already in eval mode: skip the (slow) attribute writes on every module
+        super().train(mode)
+        if mode:
+            for block in backbone_blocks(self.backbone):
+                if not any(p.requires_grad for p in block.parameters()):
+                    block.eval()
+        return self
+
+
+def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks in forward order (stages of ``blocks``/``features``/``layers`` expanded)."""
+    blocks: list[nn.Module] = []
+    for name, child in backbone.named_children():
+        if name in ("blocks", "features", "layers", "stages") and isinstance(child, (nn.Sequential, nn.ModuleList)):
+            blocks.extend(child.children())
+        else:
+            blocks.append(child)
+    return [b for b in blocks if any(True for _ in b.parameters())]
+
+
+def apply_freeze(model: OncoClassifier, freeze: str) -> None:
+    """``full`` trains everything, ``frozen`` only the head, ``last-N`` the head and the last N blocks."""
+    for p in model.parameters():
+        p.requires_grad = True
+    if freeze == "full":
+        return
+    blocks = backbone_blocks(model.backbone)
+    if freeze == "frozen":
+        keep = 0
+    elif freeze.startswith("last-") and freeze[5:].isdigit():
+        keep = int(freeze[5:])
+    else:
+        raise ConfigError(f"freeze must be 'full', 'frozen' or 'last-N' (e.g. last-2), got {freeze!r}")
+    for p in model.backbone.parameters():
+        p.requires_grad = False
+    for block in blocks[len(blocks) - keep:] if keep else []:
+        for p in block.parameters():
+            p.requires_grad = True
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """Length of the feature vector a backbone outputs (timm: after its pre-logits layer, if any)."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    weights: str = "random",
+    freeze: str = "full",
+    head: str | None = None,
+    input_size: int | None = None,
+    channels: int | None = None,
+) -> OncoClassifier:
+    """Build a registered model with a ``num_classes`` head.
+
+    ``weights`` is ``random``, ``imagenet`` or the path of a checkpoint file / oncolens bundle.
+    >>> model = create_model("seed_cnn", num_classes=8)
+    >>> sum(p.numel() for p in model.parameters())
+    3305096
+    """
+    spec = get_spec(name)
+    size = int(input_size or spec.input_size)
+    chans = int(channels or spec.channels)
+    backbone = spec.build_backbone(chans, size)
+    if weights == "imagenet":
+        if spec.load_imagenet is None:
+            raise WeightsUnavailable(
+                f"{name} has no ImageNet weights; use weights='random' or a checkpoint path. "
+                f"Models with offline ImageNet weights: {', '.join(n for n in list_models() if get_spec(n).imagenet_offline)}"
+            )
+        spec.load_imagenet(backbone, chans)
+    elif weights not in ("random", None, ""):
+        load_local_weights(backbone, weights)
+    in_features = feature_dim(backbone)
+    head_name = head or spec.default_head
+    if head_name == "own":
+        if spec.own_head is None:
+            raise ConfigError(f"{name} has no head of its own; choose linear, seed000 or seed004")
+        head_module = spec.own_head(in_features, num_classes)
+        head_module.head_name = "own"
+    else:
+        head_module = create_head(head_name, in_features, num_classes)
+    spec_mean, spec_std = spec.normalisation()
+    mean = spec_mean if chans == len(spec_mean) else (float(sum(spec_mean) / len(spec_mean)),) * chans
+    std = spec_std if chans == len(spec_std) else (float(sum(spec_std) / len(spec_std)),) * chans
+    preprocessing = Preprocessing(size=size, channels=chans, mean=tuple(mean), std=tuple(std))
+    config = {"name": name, "num_classes": num_classes, "head": head_name, "input_size": size,
+              "channels": chans, "weights": str(weights), "freeze": freeze}
+    model = OncoClassifier(backbone, head_module, preprocessing, config)
+    apply_freeze(model, freeze)
+    return model
+
+
+def model_table() -> list[dict[str, object]]:
+    """One row per registered model: input size, channels, parameters, offline weights. Models are
+    built on PyTorch's meta device: shapes only, no memory and no weights (VGG-16 costs nothing)."""
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        with torch.device("meta"):
+            model = create_model(name, num_classes=2)
+        rows.append({
+            "name": name,
+            "source": spec.source,
+            "input_size": spec.input_size,
+            "channels": spec.channels,
+            "params": sum(p.numel() for p in model.parameters()),
+            "default_head": spec.default_head,
+            "imagenet_weights": "offline" if spec.imagenet_offline else ("hub" if spec.load_imagenet else "none"),
+            "description": spec.description,
+        })
+    return rows
+
+
