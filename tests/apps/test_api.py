@@ -93,3 +93,38 @@ def test_hierarchical_bundle_is_served_level_by_level(hierarchical_bundle, phant
     explained = client.post("/explain?level=0", files=image_upload(phantom_manifest)).json()
     assert explained["explained_by"]["level"] == "organ" and explained["levels"]
     assert client.post("/explain?level=-1", files=image_upload(phantom_manifest)).status_code == 422
+
+
+def test_concurrent_predict_and_explain_do_not_interleave_on_the_model(bundle, phantom_manifest):
+    """Explanations attach hooks to the shared model: concurrent predictions must neither fail nor see
+    them, and every answer must equal the one given without concurrency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = TestClient(create_app(Predictor.from_bundle(bundle)))
+    uploads = [image_upload(phantom_manifest, i) for i in range(6)]
+    expected = [client.post("/predict?top_k=4", files=u).json()["top"] for u in uploads]
+
+    def call(i: int):
+        if i % 2:
+            return "explain", i % 6, client.post("/explain?method=gradcam", files=uploads[i % 6])
+        return "predict", i % 6, client.post("/predict?top_k=4", files=uploads[i % 6])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(48)))
+    assert all(r.status_code == 200 for _, _, r in results), [r.text for _, _, r in results if r.status_code != 200]
+    for kind, i, response in results:
+        got = {t["label"]: t["probability"] for t in response.json()["top"]}
+        want = {t["label"]: t["probability"] for t in expected[i]}
+        assert got.keys() == want.keys(), kind
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-4)
+
+
+def test_a_bug_is_a_500_with_a_request_id_in_the_log(bundle, phantom_manifest, caplog, monkeypatch):
+    predictor = Predictor.from_bundle(bundle)
+    client = TestClient(create_app(predictor), raise_server_exceptions=False)
+    monkeypatch.setattr(predictor, "predict", lambda *a, **k: 1 / 0)
+    with caplog.at_level("ERROR", logger="oncolens.api"):
+        response = client.post("/predict", files=image_upload(phantom_manifest))
+    assert response.status_code == 500 and "ZeroDivision" not in response.text
+    request_id = response.json()["request_id"]
+    assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)

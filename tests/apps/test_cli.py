@@ -151,3 +151,32 @@ def test_hierarchical_bundle_through_predict_explain_evaluate_export(hierarchica
                                  "--n-images", "4"])
     assert result.exit_code == 0, result.output
     assert "gradcam" in result.output and "random" in result.output
+
+
+def test_user_errors_are_one_line_and_exit_2_but_bugs_keep_their_traceback(tmp_path, tiny_bundle, monkeypatch):
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(tmp_path / "m.csv")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [f"error: bundle not found: {tmp_path / 'nope'}"]
+    from oncolens import predictor
+
+    monkeypatch.setattr(predictor.Predictor, "iter_predict_files", lambda *a, **k: 1 / 0)
+    result = runner.invoke(app, ["predict", str(tiny_bundle), str(tmp_path)])
+    assert isinstance(result.exception, ZeroDivisionError)  # not swallowed into a friendly message
+
+
+def test_piped_tables_keep_whole_names():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "mobilenetv3_large_100" in result.output and "tf_efficientnet_lite0" in result.output
+    assert "134,268,738" in result.output  # VGG-16's parameters, counted without building it
+
+
+def test_train_flags_are_the_configuration_fields():
+    import dataclasses
+
+    from oncolens.training import TrainConfig
+
+    help_text = runner.invoke(app, ["train", "--help"], terminal_width=400).output
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "data":
+            assert f"--{f.name.replace('_', '-')}" in help_text, f.name

@@ -219,8 +219,9 @@ class Scores:
     @classmethod
     def concat(cls, parts: Sequence["Scores"], classes: Sequence[str]) -> "Scores":
         parts = list(parts)
-        keys = list(parts[0].node_probabilities) if parts else []
-        feature_keys = list(parts[0].features) if parts else []
+        filled = [p for p in parts if len(p)]  # a batch of unreadable files only has no node keys
+        keys = list(filled[0].node_probabilities) if filled else []
+        feature_keys = list(filled[0].features) if filled else []
         width = len(classes)
 
         def cat(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -231,12 +232,12 @@ class Scores:
             classes=list(classes),
             probabilities=cat([p.probabilities for p in parts], (0, width)),
             decided=cat([p.decided for p in parts], (0,)).astype(int),
-            node_probabilities={k: cat([p.node_probabilities[k] for p in parts], (0, 0)) for k in keys},
-            node_logits={k: cat([p.node_logits[k] for p in parts], (0, 0)) for k in keys},
+            node_probabilities={k: cat([p.node_probabilities[k] for p in filled], (0, 0)) for k in keys},
+            node_logits={k: cat([p.node_logits[k] for p in filled], (0, 0)) for k in keys},
             positions=cat([p.positions for p in parts], (0,)).astype(int),
             sources=[s for p in parts for s in p.sources],
             unreadable={k: v for p in parts for k, v in p.unreadable.items()},
-            features={k: cat([p.features[k] for p in parts], (0, 0)) for k in feature_keys},
+            features={k: cat([p.features[k] for p in filled], (0, 0)) for k in feature_keys},
         )
 
 

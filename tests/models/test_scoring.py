@@ -1,0 +1,105 @@
+"""One bundle interface, one scoring loop: every test runs on a flat and on a hierarchical bundle."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from oncolens.models import ModelBundle, Scores, load_any_bundle
+
+
+@pytest.fixture(params=["flat", "hierarchical"])
+def bundle(request, tiny_bundle, hierarchical_bundle) -> ModelBundle:
+    return load_any_bundle(tiny_bundle if request.param == "flat" else hierarchical_bundle)
+
+
+@pytest.fixture()
+def files(phantom_manifest, tmp_path):
+    """Eight phantom files, one corrupt file and one missing file, in that order."""
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    return [*phantom_manifest["path"][:8], str(bad), str(tmp_path / "missing.png")]
+
+
+def test_scores_carry_nodes_routing_leaves_features_and_unreadable(bundle, files):
+    scores = bundle.score(files, features=True, batch_size=3)
+    n = len(scores)
+    assert n == 8 and list(scores.positions) == list(range(8)) and scores.sources == files[:8]
+    assert set(scores.unreadable) == set(files[8:]) and all(scores.unreadable.values())
+    np.testing.assert_allclose(scores.probabilities.sum(1), 1.0, atol=1e-5)
+    assert scores.probabilities.shape == (n, len(bundle.classes)) and scores.decided.shape == (n,)
+    assert set(scores.node_probabilities) == {node.key for node in bundle.nodes()} == set(scores.features)
+    for node in bundle.nodes():
+        assert scores.node_probabilities[node.key].shape == (n, len(node.children))
+        assert scores.features[node.key].shape[0] == n
+    for i in range(n):  # the decision is the leaf reached by routing
+        node, c = bundle.decider(scores.node_probabilities, i)
+        assert list(node.children.values())[c] == scores.labels[i]
+
+
+def test_streaming_batches_equal_one_call_and_dataframes_equal_paths(bundle, files):
+    whole = bundle.score(files)
+    parts = list(bundle.iter_scores(files, batch_size=3))
+    assert len(parts) == 4  # 10 inputs in batches of 3
+    joined = Scores.concat(parts, bundle.classes)
+    np.testing.assert_allclose(joined.probabilities, whole.probabilities, atol=1e-6)
+    assert joined.unreadable == whole.unreadable
+    frame = pd.DataFrame({"path": files})
+    np.testing.assert_allclose(bundle.score(frame).probabilities, whole.probabilities, atol=1e-6)
+
+
+def test_worker_processes_give_the_same_scores_and_reasons(bundle, files):
+    serial = bundle.score(files, num_workers=0, batch_size=4)
+    parallel = bundle.score(files, num_workers=2, batch_size=4)
+    np.testing.assert_allclose(parallel.probabilities, serial.probabilities, atol=1e-6)
+    assert parallel.unreadable == serial.unreadable and len(parallel.unreadable) == 2
+
+
+def test_decoded_images_and_files_score_alike(bundle, files):
+    images = [Image.open(p) for p in files[:4]]
+    np.testing.assert_allclose(bundle.score(images).probabilities, bundle.score(files[:4]).probabilities, atol=1e-5)
+
+
+def test_onnx_backend_scores_like_torch_and_loading_writes_nothing(bundle, files, tmp_path):
+    before = sorted(p.name for p in bundle.path.rglob("*"))
+    torch_scores = bundle.score(files[:8], features=True)
+    onnx_scores = bundle.score(files[:8], backend="onnx", features=True)
+    assert sorted(p.name for p in bundle.path.rglob("*")) == before  # exported in memory, not next to the bundle
+    np.testing.assert_allclose(onnx_scores.probabilities, torch_scores.probabilities, atol=1e-4)
+    assert (onnx_scores.decided == torch_scores.decided).all()
+    for key, value in torch_scores.features.items():
+        np.testing.assert_allclose(onnx_scores.features[key], value, atol=1e-3)
+    # an explicit folder is a cache: filled once, then reused while the weights are the same
+    bundle.score(files[:2], backend="onnx", onnx_dir=tmp_path / "graphs")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "graphs").glob("*.onnx")}
+    bundle.score(files[:2], backend="onnx", onnx_dir=tmp_path / "graphs")
+    assert stamps and {p.name: p.stat().st_mtime_ns for p in (tmp_path / "graphs").glob("*.onnx")} == stamps
+
+
+def test_every_bundle_labels_rows_and_describes_itself(bundle, phantom_manifest):
+    labels = bundle.labels_of(phantom_manifest)
+    assert set(labels) <= set(bundle.classes) and len(labels) == len(phantom_manifest)
+    info = bundle.info()
+    assert info["classes"] == bundle.classes and info["kind"] == bundle.kind
+    assert bool(info.get("levels")) == bundle.is_tree
+
+
+def test_evaluate_explain_and_panels_take_either_bundle(bundle, phantom_manifest, tmp_path):
+    from oncolens.data import save_manifest, split
+    from oncolens.evaluation import evaluate, load_evaluation
+    from oncolens.explain import evaluate_explanations, explain_panels
+    from oncolens.predictor import Predictor
+
+    data = save_manifest(split(phantom_manifest, test=0.5, seed=1), tmp_path / "s.csv")
+    result = evaluate(bundle, data, out_dir=tmp_path / "eval", n_boot=20)
+    again = load_evaluation(tmp_path / "eval")
+    assert again.report.value("accuracy") == result.report.value("accuracy")
+    assert set(again.levels) == set(result.levels) == (set(bundle.level_names) if bundle.is_tree else set())
+    onnx = evaluate(bundle, data, out_dir=tmp_path / "eval-onnx", n_boot=20, backend="onnx")
+    assert onnx.report.value("accuracy") == pytest.approx(result.report.value("accuracy"))
+    notes = []
+    assert explain_panels(bundle, data, tmp_path / "panels", per_class=1, notes=notes)
+    table = evaluate_explanations(bundle, data, ["gradcam"], n_images=2)
+    assert list(table["method"]) == ["gradcam", "random"]
+    explained = Predictor(bundle).explain(Image.open(phantom_manifest["path"][0]))
+    assert explained.heatmap.ndim == 2 and explained.prediction.label in bundle.classes

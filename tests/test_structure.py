@@ -1,0 +1,104 @@
+"""Structural rules of the package: one bundle interface, an acyclic layered import graph, no
+process-global side effects at import."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "oncolens"
+
+#: the data's path through the package; a module may import its own layer or an earlier one
+LAYERS = {"errors": 0, "files": 0, "figures": 0, "runtime": 0, "__init__": 0, "__main__": 7,
+          "data": 1, "staging": 1, "models": 2, "training": 3, "evaluation": 4, "explain": 5, "studies": 6,
+          "predictor": 7, "apps": 7}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        yield path, parts
+
+
+def _imported(path: Path, parts: tuple[str, ...]) -> set[str]:
+    """Top-level oncolens sub-packages/modules that ``path`` imports (absolute or relative)."""
+    tree = ast.parse(path.read_text())
+    package = parts[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                target = base + (node.module.split(".") if node.module else [])
+                if not target:  # ``from .. import x``: x is the sub-package
+                    target = [alias.name for alias in node.names][:1]
+            elif node.module and node.module.startswith("oncolens."):
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            if target:
+                found.add(target[0])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("oncolens."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def test_import_graph_follows_the_data_path():
+    wrong = []
+    for path, parts in _modules():
+        own = LAYERS[parts[0]]
+        for target in _imported(path, parts):
+            if target not in LAYERS:
+                continue
+            if LAYERS[target] > own:
+                wrong.append(f"{'/'.join(parts)} imports {target}")
+    assert not wrong, wrong
+
+
+def test_no_consumer_outside_models_tells_bundle_kinds_apart():
+    offenders = []
+    for path, parts in _modules():
+        if parts[0] == "models":
+            continue
+        text = path.read_text()
+        if "HierarchicalBundle" in text or re.search(r"\.kind\s*[!=]=|isinstance\([^)]*\bBundle\b", text):
+            offenders.append("/".join(parts))
+    assert not offenders, offenders
+
+
+def test_no_global_side_effects_in_library_code():
+    found = []
+    for path, parts in _modules():
+        text = path.read_text()
+        for pattern in (r"matplotlib\.use\(", r"\.attrs\[", r"\btorch\.manual_seed\(",
+                        r"np\.random\.seed\(", r"use_deterministic_algorithms\(True"):
+            for match in re.finditer(pattern, text):
+                line = text[: match.start()].count("\n") + 1
+                found.append(f"{'/'.join(parts)}:{line}: {match.group(0)}")
+    allowed = {  # inside a context manager that restores the global state (see the code at that line)
+        "training/trainer", "data/dataset", "explain/attributions",
+    }
+    assert [f for f in found if f.split(":")[0] not in allowed] == []
+
+
+def test_importing_the_package_leaves_matplotlib_alone():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import matplotlib, oncolens.evaluation, oncolens.studies, oncolens.explain, oncolens.apps.cli; "
+            "print(matplotlib.rcParams._get_backend_or_none())")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "None"  # nobody chose a backend
+
+
+def test_register_model_refuses_silent_overwrites():
+    from oncolens.models import get_spec, register_model
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(get_spec("seed_cnn"))
+    assert register_model(get_spec("seed_cnn"), replace=True) is get_spec("seed_cnn")
