@@ -45,11 +45,7 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
 def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int = 0) -> Path:
     """A 16-bit MONOCHROME2 DICOM with a patient id and a window."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

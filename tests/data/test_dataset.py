@@ -1,14 +1,7 @@
 import torch
 from torch.utils.data import DataLoader
 
-from oncolens.data import (
-    Augmentation,
-    ManifestDataset,
-    Preprocessing,
-    build_transforms,
-    collate_skip_none,
-    split,
-)
+from oncolens.data import Augmentation, ManifestDataset, Preprocessing, build_transforms, collate_skip_none, split
 
 
 def test_dataset_rgb_and_greyscale(phantom_manifest):

@@ -1,12 +1,7 @@
 import pytest
 
 from oncolens.data import LayoutOptions, scan
-from oncolens.data.layouts import (
-    detect_layout,
-    get_layout,
-    list_layouts,
-    parse_breakhis_name,
-)
+from oncolens.data.layouts import detect_layout, get_layout, list_layouts, parse_breakhis_name
 from tests.helpers import dicom_file, noise_image, save
 
 

@@ -2,19 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from oncolens.explain import (
-    draw_regions,
-    extract_regions,
-    localise,
-    overlay_heatmap,
-    threshold_map,
-)
-from oncolens.explain.trust import (
-    deletion_insertion,
-    mask_iou,
-    pointing_game,
-    random_map,
-)
+from oncolens.explain import draw_regions, extract_regions, localise, overlay_heatmap, threshold_map
+from oncolens.explain.trust import deletion_insertion, mask_iou, pointing_game, random_map
 
 
 def two_blobs(size=64):

@@ -2,13 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from oncolens.models import (
-    WeightsUnavailable,
-    create_model,
-    list_heads,
-    list_models,
-    model_table,
-)
+from oncolens.models import WeightsUnavailable, create_model, list_heads, list_models, model_table
 from oncolens.models import pretrained as registry_module
 from oncolens.models.factory import backbone_blocks
 
@@ -79,10 +73,7 @@ def test_offline_imagenet_weights_really_load():
     import timm
 
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    from oncolens.models.pretrained import (
-        efficientnet_lite0_package_file,
-        load_state_dict_file,
-    )
+    from oncolens.models.pretrained import efficientnet_lite0_package_file, load_state_dict_file
 
     full.load_state_dict(dict(zip(full.state_dict(), load_state_dict_file(efficientnet_lite0_package_file()).values())))
     for key, value in model.backbone.state_dict().items():

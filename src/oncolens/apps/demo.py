@@ -22,13 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args(argv)
     from oncolens.apps.cli import print_scan_summary
-    from oncolens.data import (
-        generate_phantoms,
-        leakage_report,
-        load_manifest,
-        save_manifest,
-        split,
-    )
+    from oncolens.data import generate_phantoms, leakage_report, load_manifest, save_manifest, split
     from oncolens.data.scan import scan_to_csv
     from oncolens.runtime import tune_cpu_runtime
 

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"},
 )
 #: Largest image (width x height) decoded; larger ones are refused as possible decompression bombs.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -175,7 +175,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
             if width * height > max_pixels:
                 raise UnreadableImage(
                     f"image too large ({width}x{height} = {width * height:,} pixels > limit {max_pixels:,};"
-                    " possible decompression bomb)"
+                    " possible decompression bomb)",
                 )
             if width == 0 or height == 0:
                 raise UnreadableImage("image has zero width or height")

@@ -28,7 +28,7 @@ def default_group_column(manifest: pd.DataFrame) -> str | None:
                 missing = int((values == "").sum())
                 raise SplitError(
                     f"column {col!r} names a patient for some images but {missing} have none; "
-                    "fill it for every image, or pass group_col=None to split by image"
+                    "fill it for every image, or pass group_col=None to split by image",
                 )
     return None
 
@@ -39,18 +39,18 @@ def _check_labels(labels: pd.Series, needed: int) -> None:
         only = counts.index[0] if len(counts) else "(none)"
         raise SplitError(
             f"the dataset has only one class ({only!r}, {int(counts.sum()) if len(counts) else 0} images); "
-            "a classifier needs at least two classes. Check the layout and --exclude options."
+            "a classifier needs at least two classes. Check the layout and --exclude options.",
         )
     rare = counts[counts < needed]
     if len(rare):
         raise SplitError(
             f"classes with too few images to stratify into every split (need >= {needed}): "
-            + ", ".join(f"{k}={v}" for k, v in rare.items())
+            + ", ".join(f"{k}={v}" for k, v in rare.items()),
         )
 
 
 def _group_holdout(
-    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices so that about ``fraction`` of images (whole groups) are held out, label-stratified."""
     n_groups = len(np.unique(groups))
@@ -104,7 +104,7 @@ def split(
             split_col[test_idx] = "test"
             if val > 0:
                 _, val_idx = train_test_split(
-                    rest, test_size=val / (1 - test), stratify=labels.iloc[rest], random_state=seed + 1
+                    rest, test_size=val / (1 - test), stratify=labels.iloc[rest], random_state=seed + 1,
                 )
                 split_col[val_idx] = "val"
         except ValueError as exc:

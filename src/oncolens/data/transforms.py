@@ -75,7 +75,7 @@ def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentat
                 v2.RandomAffine(
                     degrees=augment.rotation,
                     scale=(1 - augment.zoom, 1 + augment.zoom) if augment.zoom else None,
-                )
+                ),
             )
         if augment.contrast:
             steps.append(v2.ColorJitter(contrast=augment.contrast))

@@ -19,13 +19,7 @@ from ..training.trainer import plot_training_curves
 from .label_map import LabelMap, load_label_map
 from .levels import level_metrics
 from .metrics import HEADLINE_METRICS, MetricsReport, compute_metrics, format_metric
-from .plots import (
-    plot_confusion,
-    plot_gallery,
-    plot_group_breakdown,
-    plot_reliability,
-    plot_roc,
-)
+from .plots import plot_confusion, plot_gallery, plot_group_breakdown, plot_reliability, plot_roc
 from .report import render_report
 from .select import select_rows
 

@@ -15,13 +15,7 @@ from PIL import Image
 from ..data import UnreadableImage, read_image
 from ..files import atomic_write, atomic_write_json
 from ..models.bundle import as_bundle
-from .contours import (
-    Region,
-    draw_regions,
-    extract_regions,
-    overlay_heatmap,
-    threshold_map,
-)
+from .contours import Region, draw_regions, extract_regions, overlay_heatmap, threshold_map
 from .registry import ExplainOptions, Explanation, explain
 
 __all__ = ["Localisation", "Composition", "compose", "localise", "explain_to_files", "output_stems"]

@@ -115,7 +115,7 @@ def create_model(
         if spec.load_imagenet is None:
             raise WeightsUnavailable(
                 f"{name} has no ImageNet weights; use weights='random' or a checkpoint path. "
-                f"Models with offline ImageNet weights: {', '.join(n for n in list_models() if get_spec(n).imagenet_offline)}"
+                f"Models with offline ImageNet weights: {', '.join(n for n in list_models() if get_spec(n).imagenet_offline)}",
             )
         spec.load_imagenet(backbone, chans)
     elif weights not in ("random", None, ""):

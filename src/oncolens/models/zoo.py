@@ -10,12 +10,7 @@ from torch import nn
 
 from .pretrained import OFFLINE_PROVIDERS, alexnet_imagenet, timm_imagenet
 from .registry import ModelSpec, register_model
-from .seed_cnns import (
-    SeedBnCnnBackbone,
-    SeedCnnBackbone,
-    seed_bn_cnn_head,
-    seed_cnn_head,
-)
+from .seed_cnns import SeedBnCnnBackbone, SeedCnnBackbone, seed_bn_cnn_head, seed_cnn_head
 
 __all__ = ["TorchvisionAlexNetBackbone"]
 

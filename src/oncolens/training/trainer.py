@@ -20,34 +20,16 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from ..data import (
-    Augmentation,
-    ManifestDataset,
-    build_transforms,
-    collate_skip_none,
-    load_manifest,
-    save_manifest,
-)
+from ..data import Augmentation, ManifestDataset, build_transforms, collate_skip_none, load_manifest, save_manifest
 from ..data import split as split_manifest
 from ..data.split import default_group_column_safe
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
-from ..files import (
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-)
+from ..files import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
 from ..models.registry import prefers_channels_last
 from .config import TrainConfig, load_config

@@ -6,17 +6,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import (
-    Candidate,
-    Layout,
-    LayoutOptions,
-    iter_image_files,
-    register_layout,
-    sample_files,
-)
+from .base import Candidate, Layout, LayoutOptions, iter_image_files, register_layout, sample_files
 
 BREAKHIS_NAME = re.compile(
-    r"^SOB_(?P<tumor>[BM])_(?P<subtype>[A-Z]+)-(?P<year>\d+)-(?P<slide>(?P<patient>\d+)[A-Z]*)-(?P<mag>\d+)-(?P<seq>\d+)\.\w+$"
+    r"^SOB_(?P<tumor>[BM])_(?P<subtype>[A-Z]+)-(?P<year>\d+)-(?P<slide>(?P<patient>\d+)[A-Z]*)-(?P<mag>\d+)-(?P<seq>\d+)\.\w+$",
 )
 TUMOR_CLASSES = {"B": "benign", "M": "malignant"}
 SUBTYPES = {

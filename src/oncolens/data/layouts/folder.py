@@ -7,15 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...errors import ConfigError
-from .base import (
-    Candidate,
-    Layout,
-    LayoutOptions,
-    _excluded,
-    group_from_regex,
-    iter_image_files,
-    register_layout,
-)
+from .base import Candidate, Layout, LayoutOptions, _excluded, group_from_regex, iter_image_files, register_layout
 
 #: Folder names that say which split a file came from, not what it shows.
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev"})

@@ -6,14 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import (
-    Candidate,
-    Layout,
-    LayoutOptions,
-    iter_image_files,
-    register_layout,
-    sample_files,
-)
+from .base import Candidate, Layout, LayoutOptions, iter_image_files, register_layout, sample_files
 
 IDC_NAME = re.compile(r"_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])\.\w+$")
 IDC_LABELS = {"0": "idc_negative", "1": "idc_positive"}
