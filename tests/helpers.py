@@ -42,8 +42,11 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int = 0) -> Path:
-    """A 16-bit MONOCHROME2 DICOM with a patient id and a window."""
+def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int = 0, frames: int = 1,
+               claimed: tuple[int, int, int] | None = None) -> Path:
+    """A 16-bit MONOCHROME2 DICOM with a patient id and a window; ``frames`` > 1 makes a multi-frame
+    file whose frame k is filled with the value 100 * k; ``claimed`` (frames, rows, columns) writes a
+    header claiming that size over the small pixel data (a decompression-bomb header)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -65,7 +68,13 @@ def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int 
     ds.HighBit = 11
     ds.PixelRepresentation = 0
     rng = np.random.default_rng(seed)
-    ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.PixelData = np.stack([np.full((size, size), 100 * k, dtype=np.uint16) for k in range(frames)]).tobytes()
+    else:
+        ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+    if claimed:
+        ds.NumberOfFrames, ds.Rows, ds.Columns = claimed
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -67,3 +67,30 @@ def test_missing_file_and_directory(tmp_path):
         read_image(tmp_path / "nope.png")
     with pytest.raises(UnreadableImage, match="directory"):
         read_image(tmp_path)
+
+
+def test_dicom_bomb_is_refused_from_its_header_before_decoding(tmp_path):
+    import time
+
+    from oncolens.data import UnreadableImage, read_image
+    from tests.helpers import dicom_file
+
+    bomb = dicom_file(tmp_path / "bomb.dcm", claimed=(20, 6000, 6000))  # 720 M values claimed, a few KB on disk
+    assert bomb.stat().st_size < 10_000
+    started = time.perf_counter()
+    with pytest.raises(UnreadableImage, match=r"too large \(20 frame\(s\) of 6000x6000x1"):
+        read_image(bomb)
+    assert time.perf_counter() - started < 1.0
+    # below the per-frame limit but above it in total: still refused
+    with pytest.raises(UnreadableImage, match="too large"):
+        read_image(dicom_file(tmp_path / "many.dcm", size=64, frames=40), max_pixels=64 * 64 * 20)
+
+
+def test_multi_frame_dicom_decodes_its_middle_frame_only(tmp_path):
+    import numpy as np
+
+    from oncolens.data import read_image
+    from tests.helpers import dicom_file
+
+    loaded = read_image(dicom_file(tmp_path / "series.dcm", size=16, frames=5))
+    assert loaded.image.size == (16, 16) and np.asarray(loaded.image).std() == 0  # one constant frame

@@ -111,20 +111,29 @@ def _decode_dicom(data: bytes, max_pixels: int) -> LoadedImage:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
         rows, cols = int(ds.Rows), int(ds.Columns)
-    except (InvalidDicomError, AttributeError, KeyError, ValueError, EOFError, OSError) as exc:
+        n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError, OSError) as exc:
         raise UnreadableImage(f"invalid DICOM file ({type(exc).__name__}: {exc})") from exc
-    if rows * cols > max_pixels:
-        raise UnreadableImage(f"image too large ({cols}x{rows} pixels > limit {max_pixels})")
+    if min(rows, cols, n_frames, samples) < 1:
+        raise UnreadableImage(f"invalid DICOM image size ({n_frames} frame(s) of {cols}x{rows}x{samples})")
+    # the header's size is checked before any pixel is decompressed: a small compressed file can
+    # claim gigabytes of pixels (a decompression bomb), and pydicom would decode every frame
+    total = n_frames * rows * cols * samples
+    if total > max_pixels:
+        raise UnreadableImage(f"image too large ({n_frames} frame(s) of {cols}x{rows}x{samples} = {total:,} values "
+                              f"> limit {max_pixels:,}; possible decompression bomb)")
     try:
+        if n_frames > 1:
+            ds.pixel_array_options(index=n_frames // 2)  # decode the middle slice of a multi-frame series only
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing codecs and bad data
         raise UnreadableImage(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if n_frames > 1:
-        pixels = pixels[n_frames // 2]  # the middle slice of a multi-frame series
+    if pixels.ndim == (3 if samples == 1 else 4):  # a decoder that ignored the frame index
+        pixels = pixels[n_frames // 2]
     if photometric.startswith("MONOCHROME"):
         values = apply_modality_lut(pixels, ds)
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
