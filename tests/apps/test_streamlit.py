@@ -122,3 +122,31 @@ def test_browser_upload_shows_prediction_and_overlays(kind, bundle, hierarchical
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_sigterm_to_oncolens_app_stops_the_server(bundle):
+    """`oncolens app` becomes the Streamlit server: SIGTERM leaves nothing serving the port."""
+    import signal
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "oncolens.apps.cli", "app", str(bundle), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start")
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        time.sleep(0.5)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -70,3 +70,39 @@ def test_one_class_dataset_is_clear_error_at_split(tmp_path):
 def test_missing_root_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         scan(tmp_path / "nope")
+
+
+def test_linked_class_folder_is_followed_once(tmp_path):
+    data = tmp_path / "data"
+    elsewhere = tmp_path / "elsewhere" / "tumor"
+    for i in range(3):
+        save(noise_image(16, seed=i), data / "normal" / f"n{i}.png")
+        save(noise_image(16, seed=10 + i), elsewhere / f"t{i}.png")
+    (data / "tumor").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(data, target_is_directory=True)  # a link back up must not loop
+    result = scan(data, layout="folder")
+    assert result.summary.class_counts == {"normal": 3, "tumor": 3}
+
+
+def test_unreadable_folder_and_undecodable_names_are_reported_not_fatal(tmp_path, monkeypatch):
+    import os
+
+    for i in range(2):
+        save(noise_image(16, seed=i), tmp_path / "normal" / f"n{i}.png")
+        save(noise_image(16, seed=5 + i), tmp_path / "locked" / f"x{i}.png")
+    bad_name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    save(noise_image(16, seed=9), tmp_path / "normal" / bad_name)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "m.csv"
+    summary = scan_to_csv(tmp_path, out, layout="folder")
+    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in summary.to_dict()["skipped"]}
+    assert "Permission denied" in reasons["locked"] and "not valid UTF-8" in reasons["caf\ufffd.png"]
+    assert summary.class_counts == {"normal": 2}
+    assert out.exists() and not list(tmp_path.glob(".m.csv*"))

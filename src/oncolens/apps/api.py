@@ -1,36 +1,199 @@
-"""REST API over one Predictor: /health, /model, /predict, /explain (FastAPI; docs at /docs)."""
+"""REST API over one Predictor: /health, /model, /predict, /explain (FastAPI; docs at /docs).
 
-from __future__ import annotations
+What it protects against is in SECURITY.md: uploads are limited while they arrive (with or without
+Content-Length), decoded by content with pixel limits checked before decoding; heavy work goes
+through a bounded queue (503 + Retry-After when full) and explanations have a time limit; an
+optional bearer token, an allowed-hosts list (against DNS rebinding) and an opt-in CORS policy.
+Errors are JSON: ``{"detail": "..."}`` for the API's own 4xx/5xx, FastAPI's documented validation
+format for 422, and a request id (logged with the traceback) for a 500.
+"""
 
+import asyncio
 import base64
+import enum
 import logging
+import secrets
+import threading
 import uuid
+from dataclasses import dataclass, replace
+from typing import Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from oncolens.data import UnreadableImage
 from oncolens.errors import OncolensError
 from oncolens.explain import list_methods
 from oncolens.predictor import Predictor, png_bytes
 
-__all__ = ["create_app", "DEFAULT_MAX_UPLOAD"]
+__all__ = ["create_app", "ApiSettings", "DEFAULT_MAX_UPLOAD", "LOOPBACK_HOSTS"]
 
 DEFAULT_MAX_UPLOAD = 20 * 2**20
+#: Host headers accepted by default: the loopback names (``testserver`` is the test client's).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")
 
 log = logging.getLogger("oncolens.api")
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               max_pixels: int = 40_000_000) -> FastAPI:
-    """A FastAPI app serving ``predictor``; every error is a JSON ``{"detail": ...}`` with a 4xx code."""
-    app = FastAPI(title="oncolens", version=predictor.info["version"],
+@dataclass(frozen=True)
+class ApiSettings:
+    """Limits and protections of one API app."""
+
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    max_pixels: int = 40_000_000
+    token: str | None = None  # bearer token required on /model, /predict and /explain when set
+    max_running: int = 2  # predictions/explanations computed at once
+    max_waiting: int = 16  # more wait in line; beyond that: 503 with Retry-After
+    retry_after: int = 5  # seconds, in a 503's Retry-After header
+    explain_timeout: float = 120.0  # seconds before an explanation answers 504
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    cors_origins: tuple[str, ...] = ()
+
+
+class ErrorMessage(BaseModel):
+    """The body of every error the API itself answers (not request validation)."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {400: "empty or malformed upload", 401: "missing or wrong bearer token",
+            413: "upload or image too large", 415: "not a usable image", 422: "invalid parameters",
+            503: "server busy: retry after the Retry-After header's seconds", 504: "explanation took too long"}
+    return {code: {"model": ErrorMessage, "description": text[code]} for code in codes if code != 422}
+
+
+class _UploadTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: stop reading a request body as soon as it exceeds ``limit`` bytes and answer
+    413, whether or not the client sent Content-Length (a chunked upload is counted as it arrives, so
+    nothing beyond the limit is buffered or spooled to a temporary file).
+
+    Starlette's ``RequestBodyLimitMiddleware`` (FastAPI's ``max_body_size``) does the counting too, but
+    answers some of its 413s as plain text from outside the app's exception handlers; this API
+    documents a JSON ``{"detail": ...}`` for every error, so the few lines are kept here.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send)
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def counted_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.limit:
+                    state["over"] = True
+                    raise _UploadTooLarge()
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # whatever the app makes of the aborted body, the answer is 413
+                return
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _UploadTooLarge:
+            pass
+        if state["over"] and not state["started"]:
+            await self._reject(send)
+
+    async def _reject(self, send) -> None:
+        response = JSONResponse(status_code=413, content={"detail": f"upload larger than the limit of {self.limit} bytes"})
+        await response({"type": "http"}, None, send)
+
+
+class WorkQueue:
+    """At most ``running`` jobs at once and ``waiting`` more in line; beyond that a 503 with Retry-After.
+
+    Thread-based (the jobs run on worker threads), so it holds across event loops."""
+
+    def __init__(self, running: int, waiting: int, retry_after: int):
+        self.capacity = running + waiting
+        self.retry_after = retry_after
+        self.admitted = 0
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(running)
+
+    def _work(self, fn, args, kwargs):
+        try:
+            with self._slots:
+                return fn(*args, **kwargs)
+        finally:  # the place is given back when the work really ends, even after a timeout answered 504
+            with self._lock:
+                self.admitted -= 1
+
+    async def run(self, fn, *args, timeout: float | None = None, **kwargs):
+        with self._lock:
+            full = self.admitted >= self.capacity
+            if not full:
+                self.admitted += 1
+        if full:
+            raise HTTPException(503, detail="server busy: too many predictions and explanations in progress",
+                                headers={"Retry-After": str(self.retry_after)})
+        task = asyncio.ensure_future(run_in_threadpool(self._work, fn, args, kwargs))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, detail=f"the explanation took longer than {timeout:g} s; try a faster method "
+                                            "(e.g. gradcam) or retry later") from None
+
+
+def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max_upload_bytes: int | None = None,
+               max_pixels: int | None = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` with ``settings`` (keyword arguments override its limits)."""
+    settings = settings or ApiSettings()
+    limits = {k: v for k, v in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)) if v is not None}
+    if limits:
+        settings = replace(settings, **limits)
+    info = predictor.info
+    n_levels = len(info.get("levels") or [None])
+    Method = enum.Enum("Method", {name: name for name in list_methods()}, type=str)  # an enum in the schema
+    app = FastAPI(title="oncolens", version=info["version"],
                   description="Cancer image classification with explanations. Research use only.")
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 64 * 1024)  # + room for the form's framing
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"])
+    queue = WorkQueue(settings.max_running, settings.max_waiting, settings.retry_after)
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.token is None:
+            return
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
+            raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's documented format, without echoing the (possibly huge) input values back
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200], "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(OncolensError)
     async def user_error(request: Request, exc: OncolensError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+        return JSONResponse(status_code=422, content={"detail": str(exc)[:500]})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged, never shown
@@ -40,46 +203,47 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
                                                       "request_id": request_id})
 
     async def read_image_upload(file: UploadFile):
-        data = await file.read(max_upload_bytes + 1)
+        data = await file.read(settings.max_upload_bytes + 1)
         if len(data) == 0:
             raise HTTPException(status_code=400, detail="empty upload: send an image file in the 'file' field")
-        if len(data) > max_upload_bytes:
-            raise HTTPException(status_code=413, detail=f"upload larger than the limit of {max_upload_bytes} bytes")
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(status_code=413,
+                                detail=f"upload larger than the limit of {settings.max_upload_bytes} bytes")
         try:
-            return predictor.load_bytes(data, name=file.filename or "upload", max_pixels=max_pixels)
+            return predictor.load_bytes(data, name=file.filename or "upload", max_pixels=settings.max_pixels)
         except UnreadableImage as exc:
             status = 413 if "too large" in exc.reason else 415
             raise HTTPException(status_code=status, detail=f"not a usable image: {exc.reason}") from None
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop: answers even when every worker thread is busy
         return {"status": "ok"}
 
-    @app.get("/model")
-    def model_info() -> dict:
-        return {**predictor.info, "explanation_methods": list_methods()}
+    @app.get("/model", dependencies=[Depends(authorised)], responses=_errors(401))
+    async def model_info() -> dict:
+        return {**info, "explanation_methods": list_methods()}
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=[Depends(authorised)], responses=_errors(400, 401, 413, 415, 503))
     async def predict(file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM image"),
                       top_k: int = Query(3, ge=1, le=100)) -> dict:
         image = await read_image_upload(file)
-        prediction = (await run_in_threadpool(predictor.predict, [image], [file.filename or ""]))[0]
+        prediction = (await queue.run(predictor.predict, [image], [file.filename or ""]))[0]
         return prediction.to_dict(top_k)
 
-    @app.post("/explain")
+    @app.post("/explain", dependencies=[Depends(authorised)], responses={
+        **_errors(400, 401, 413, 415, 503, 504),
+        200: {"content": {"image/png": {}}, "description": "JSON, or the overlay PNG with Accept: image/png"}})
     async def explain(request: Request, file: UploadFile = File(...),
-                      method: str = Query("gradcam", description="explanation method"),
+                      method: Method = Query("gradcam", description="explanation method"),
                       alpha: float = Query(0.45, ge=0.0, le=1.0),
                       overlay: str = Query("contours", pattern="^(contours|heatmap)$",
                                            description="which overlay an image/png response returns"),
-                      level: int | None = Query(None, ge=0, description="hierarchical bundles: level whose "
-                                                "classifier is explained (0 = top; default: the deepest)")):
-        if method not in list_methods():
-            raise HTTPException(status_code=422, detail=f"unknown method {method!r}; one of {list_methods()}")
+                      level: int | None = Query(None, ge=0, le=n_levels - 1,
+                                                description="tree of classifiers: level whose classifier is "
+                                                            "explained (0 = top; default: the deepest)")):
         image = await read_image_upload(file)
-
-        result = await run_in_threadpool(predictor.explain, image, method=method, alpha=alpha,
-                                         source=file.filename or "", level=level)
+        result = await queue.run(predictor.explain, image, method=getattr(method, "value", method), alpha=alpha,
+                                 source=file.filename or "", level=level, timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay
             return Response(content=png_bytes(array), media_type="image/png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import typing
 from contextlib import ExitStack
@@ -561,15 +562,46 @@ def serve(
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: the folder `oncolens export` "
                                                  "wrote (default: exported in memory at start-up)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="upload size limit in MiB")] = 20.0,
+    token: Annotated[Optional[str], typer.Option(envvar="ONCOLENS_API_TOKEN", show_envvar=True,
+                                                 help="bearer token required by /model, /predict, /explain")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="allow a non-loopback address without a token")] = False,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="Host header to accept (repeatable; default: "
+                                                              "loopback names, plus --host)")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(help="origin allowed by CORS (repeatable; default: "
+                                                             "none)")] = None,
+    max_running: Annotated[int, typer.Option(help="predictions/explanations computed at once")] = 2,
+    max_waiting: Annotated[int, typer.Option(help="requests waiting in line before 503")] = 16,
+    explain_timeout: Annotated[float, typer.Option(help="seconds before an explanation answers 504")] = 120.0,
 ) -> None:
-    """Serve the REST API (FastAPI): /health, /model, /predict, /explain; OpenAPI docs at /docs."""
+    """Serve the REST API (FastAPI): /health, /model, /predict, /explain; OpenAPI docs at /docs.
+
+    See SECURITY.md: bind to 127.0.0.1 (the default) or put it behind a reverse proxy with TLS.
+    """
+    import ipaddress
+
     import uvicorn
 
-    from oncolens.apps.api import create_app
+    from oncolens.apps.api import LOOPBACK_HOSTS, ApiSettings, create_app
     from oncolens.predictor import Predictor
 
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not token:
+        if not insecure:
+            fail(f"refusing to serve on {host} without a token: anyone who can reach it could use the model. "
+                 "Set --token (or ONCOLENS_API_TOKEN), or pass --insecure if the network is trusted.")
+        console.print(Text.assemble(("warning:", "bold yellow"), f" serving on {host} without a token (--insecure)"))
+    hosts = tuple(allowed_host or (*LOOPBACK_HOSTS, *(() if loopback else (host,))))
+    if host in ("0.0.0.0", "::") and not allowed_host:
+        console.print(Text.assemble(("note:", "yellow"), " listening on every interface: pass --allowed-host with "
+                                    "the name clients use, or requests with other Host headers get 400"))
+    settings = ApiSettings(max_upload_bytes=int(max_upload_mb * 2**20), token=token, max_running=max_running,
+                           max_waiting=max_waiting, explain_timeout=explain_timeout, allowed_hosts=hosts,
+                           cors_origins=tuple(cors_origin or ()))
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx)
-    uvicorn.run(create_app(predictor, max_upload_bytes=int(max_upload_mb * 2**20)), host=host, port=port)
+    uvicorn.run(create_app(predictor, settings), host=host, port=port)
 
 
 @app.command("app")
@@ -579,15 +611,16 @@ def app_command(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
 ) -> None:
     """Start the Streamlit app: upload images, see prediction, probabilities, heatmap and contours."""
-    import subprocess
-
     if not (bundle / "bundle.json").exists():
         fail(f"{bundle} is not a bundle folder (no bundle.json)")
     script = Path(__file__).with_name("streamlit_app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port",
                str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--",
                "--bundle", str(bundle.resolve())]
-    raise typer.Exit(subprocess.call(command))
+    # the CLI process becomes the Streamlit server: a signal sent to `oncolens app` (SIGTERM from a
+    # service manager, Ctrl-C) reaches the server itself, and no child is left serving the port
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True, cls=_UserErrors)

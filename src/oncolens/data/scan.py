@@ -6,6 +6,7 @@ The scan streams: rows are written as they are found, and only per-class counter
 from __future__ import annotations
 
 import csv
+import os
 import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,9 @@ class ScanRecord:
 class SkippedFile:
     path: str
     reason: str
+
+    def __post_init__(self) -> None:  # a name that is not valid UTF-8 is shown with a replacement character
+        self.path = os.fsencode(self.path).decode("utf-8", "replace")
 
 
 @dataclass

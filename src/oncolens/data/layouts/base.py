@@ -20,6 +20,7 @@ __all__ = [
     "list_layouts",
     "detect_layout",
     "iter_image_files",
+    "walk",
     "MASK_SUFFIX",
 ]
 
@@ -104,16 +105,49 @@ def _excluded(rel_parts: Sequence[str], exclude: Sequence[str]) -> bool:
     return any(part.lower() in lowered for part in rel_parts)
 
 
-def iter_image_files(root: Path, exclude: Sequence[str] = ()) -> Iterator[Path]:
-    """Image files under ``root`` in a stable order, skipping hidden files, masks and excluded folders."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def walk(root: Path, exclude: Sequence[str] = (), problems: list[Candidate] | None = None
+         ) -> Iterator[tuple[Path, tuple[str, ...], list[str]]]:
+    """``(folder, its parts below root, file names)`` for every folder under ``root``, sorted, hidden and
+    excluded folders skipped. Linked folders are followed (each real folder once, so a link loop ends);
+    a folder that cannot be read and a file name that is not valid UTF-8 are appended to ``problems``
+    (when given) as candidates with the reason, never dropped in silence."""
+    seen: set[str] = set()
+
+    def on_error(exc: OSError) -> None:
+        if problems is not None:
+            problems.append(Candidate(Path(exc.filename or root), problem=f"cannot read folder ({exc.strerror or exc})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already walked
+            dirnames[:] = []
+            continue
+        seen.add(real)
         rel = Path(dirpath).relative_to(root).parts
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded((*rel, d), exclude))
+        names = []
         for name in sorted(filenames):
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                if problems is not None and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    problems.append(Candidate(Path(dirpath) / name,
+                                              problem=f"file name is not valid UTF-8 ({shown!r}); rename the file"))
+                continue
+            names.append(name)
+        yield Path(dirpath), rel, names
+
+
+def iter_image_files(root: Path, exclude: Sequence[str] = (), problems: list[Candidate] | None = None) -> Iterator[Path]:
+    """Image files under ``root`` in a stable order, skipping hidden files, masks and excluded folders
+    (see :func:`walk` for links, unreadable folders and file names)."""
+    for folder, _, names in walk(root, exclude, problems):
+        for name in names:
             if name.startswith(".") or name.lower().endswith(MASK_SUFFIX):
                 continue
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(dirpath) / name
+                yield folder / name
 
 
 def sample_files(root: Path, limit: int = 200) -> list[Path]:

@@ -62,9 +62,12 @@ class BreakhisLayout(Layout):
         return ["label", "tumor_class", "subtype", "patient", "slide", "group", "magnification"]
 
     def candidates(self, root: Path, options: LayoutOptions) -> Iterator[Candidate]:
-        for path in iter_image_files(root, options.exclude):
+        problems: list[Candidate] = []
+        for path in iter_image_files(root, options.exclude, problems):
             fields = parse_breakhis_name(path.name)
             if fields is None:
                 yield Candidate(path, problem="filename does not follow the BreaKHis pattern SOB_<B|M>_<type>-<yy>-<patient>-<mag>-<seq>")
             else:
                 yield Candidate(path, fields)
+        yield from problems
+

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ...errors import ConfigError
-from .base import Candidate, Layout, LayoutOptions, _excluded, group_from_regex, iter_image_files, register_layout
+from .base import Candidate, Layout, LayoutOptions, group_from_regex, iter_image_files, register_layout, walk
 
 #: Folder names that say which split a file came from, not what it shows.
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev"})
@@ -16,9 +15,7 @@ SPLIT_FOLDER_NAMES = frozenset({"train", "training", "test", "testing", "val", "
 def _label_dirs(root: Path, exclude) -> list[tuple[str, ...]]:
     """Relative folder paths (without split folders) that directly hold files, found without reading images."""
     found = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root).parts
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _excluded((*rel, d), exclude)]
+    for _, rel, filenames in walk(root, exclude):
         if filenames and rel:
             found.add(tuple(p for p in rel if p.lower() not in SPLIT_FOLDER_NAMES))
     return sorted(found)
@@ -55,7 +52,8 @@ class FolderLayout(Layout):
 
     def candidates(self, root: Path, options: LayoutOptions) -> Iterator[Candidate]:
         levels = level_names_for(self._depth(root, options), options.level_names)
-        for path in iter_image_files(root, options.exclude):
+        problems: list[Candidate] = []
+        for path in iter_image_files(root, options.exclude, problems):
             parts = path.relative_to(root).parts[:-1]
             splits = [p for p in parts if p.lower() in SPLIT_FOLDER_NAMES]
             label_parts = [p for p in parts if p.lower() not in SPLIT_FOLDER_NAMES]
@@ -68,3 +66,4 @@ class FolderLayout(Layout):
             if options.group_regex:
                 fields["group"] = group_from_regex(options.group_regex, path.name) or ""
             yield Candidate(path, fields)
+        yield from problems

@@ -29,7 +29,8 @@ class IdcLayout(Layout):
         return ["label", "patient", "group", "x", "y"]
 
     def candidates(self, root: Path, options: LayoutOptions) -> Iterator[Candidate]:
-        for path in iter_image_files(root, options.exclude):
+        problems: list[Candidate] = []
+        for path in iter_image_files(root, options.exclude, problems):
             match = IDC_NAME.search(path.name)
             folder_class = path.parent.name
             if not match or folder_class not in IDC_LABELS:
@@ -44,3 +45,5 @@ class IdcLayout(Layout):
                 {"label": IDC_LABELS[folder_class], "patient": patient, "group": patient,
                  "x": int(match["x"]), "y": int(match["y"])},
             )
+        yield from problems
+
