@@ -23,7 +23,7 @@ def test_features_are_computed_once_per_image_and_unreadable_ones_remembered(tmp
     features, kept = cache.features("ns", ["d", "c", "e", "a"], fake_compute(calls))
     assert calls == [[0, 1, 2, 3], [2]]
     assert kept == [0, 2, 3] and features[:, 0].tolist() == [3.0, 2.0, 0.0]
-    assert (cache.hits, cache.misses) == (3, 5)
+    assert (cache.hits, cache.misses) == (2, 5)  # the remembered unreadable image is not a hit
     # another namespace (another model or augmentation view) shares nothing
     cache.features("other", ["a"], fake_compute(calls))
     assert calls[-1] == [0]

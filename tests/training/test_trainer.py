@@ -163,3 +163,73 @@ def test_resume_after_kill_matches_uninterrupted_run(split_csv, tmp_path):
     pd.testing.assert_frame_equal(resumed.history[cols], reference.history[cols])
     assert resumed.val_accuracy == reference.val_accuracy and resumed.val_loss == reference.val_loss
     assert resumed.best_epoch == reference.best_epoch
+
+
+def test_resume_refuses_damaged_or_missing_checkpoints_with_the_reason(split_csv, tmp_path):
+    from oncolens.errors import DataError
+
+    run = train(tiny(split_csv, tmp_path, epochs=1)).run_dir
+    checkpoint = run / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    for content, words in ((b"", "0 bytes"), (data[: len(data) // 2], "damaged")):
+        checkpoint.write_bytes(content)
+        with pytest.raises(DataError, match=words):
+            resume(run)
+    checkpoint.unlink()
+    with pytest.raises(DataError, match="checkpoint.pt is missing"):
+        resume(run)
+
+
+def test_resume_can_extend_epochs_but_refuses_other_flags(split_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    run = train(tiny(split_csv, tmp_path, epochs=1)).run_dir
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--lr", "5"])
+    assert result.exit_code == 2 and "only --epochs can change" in result.output and "--lr" in result.output
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2]
+
+
+def test_diverging_loss_stops_with_a_clear_message(split_csv, tmp_path):
+    from oncolens.errors import DataError
+
+    with pytest.raises(DataError, match="training diverged"):
+        train(tiny(split_csv, tmp_path, lr=1e30, optimizer="sgd"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: ten\n", "'epochs' must be a whole number"),
+    ("epochs: [1\n", "not valid YAML"),
+    ("lr: -1\n", "'lr' must be positive"),
+    ("augment: 3\n", "true or false"),
+])
+def test_bad_configuration_is_one_clear_line(split_csv, tmp_path, text, message):
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["train", str(split_csv), "--config", str(config)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["train", str(split_csv), "--epochs", "0"])
+    assert result.exit_code == 2 and "'epochs' must be at least 1" in result.output
+
+
+def test_feature_cache_keeps_reporting_unreadable_images_on_later_runs(phantom_manifest, tmp_path):
+    frame = split(phantom_manifest, test=0.2, val=0.2, seed=0)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    row = frame[frame["split"] == "train"].iloc[[0]].assign(path=str(bad))
+    data = save_manifest(pd.concat([frame, row], ignore_index=True), tmp_path / "s.csv")
+    cfg = tiny(data, tmp_path, model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen", epochs=1,
+               feature_cache="disk", cache_dir=str(tmp_path / "cache"), name="first")
+    first = train(cfg)
+    cfg.name = "second"
+    second = train(cfg)  # every feature comes from the cache now
+    for run in (first, second):
+        unreadable = json.loads((run.run_dir / "metrics.json").read_text())["unreadable_files"]
+        assert list(unreadable) == [str(bad)], run.run_dir

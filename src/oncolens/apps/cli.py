@@ -248,7 +248,11 @@ def train(
     from oncolens.training import train as train_run
 
     if resume_run:
-        result = resume(resume_run, console=console)
+        ignored = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None and k != "epochs")
+        if ignored or data or config:
+            fail(f"a resumed run keeps the configuration it started with; only --epochs can change "
+                 f"(remove {', '.join(ignored + (['DATA'] if data else []) + (['--config'] if config else []))})")
+        result = resume(resume_run, console=console, epochs=options.get("epochs"))
     else:
         result = train_run(load_config(config, data=str(data) if data else None, **options), console=console)
     console.print(f"run: {result.run_dir}  val_accuracy {result.val_accuracy:.4f}")

@@ -132,7 +132,7 @@ class FeatureCache:
             for i, key in enumerate(shard_keys):
                 rows.setdefault(key, tensor[i])
         missing = [i for i, key in enumerate(keys) if key not in rows and key not in known_bad]
-        self.hits += len(keys) - len(missing)
+        self.hits += sum(1 for key in keys if key in rows)  # remembered unreadable images are not hits
         self.misses += len(missing)
         if missing:
             computed, readable = compute(missing)

@@ -231,6 +231,9 @@ class _Trainer:
                                         seed_of=seed_of if augmented else None)
 
             features, kept = cache.features(namespace, keys, compute)
+            for index in sorted(set(range(len(keys))) - set(kept)):  # unreadable now or when first cached
+                dataset.bad_files.setdefault(dataset.paths[index], "unreadable when its features were first computed "
+                                                                   "(run `oncolens scan` on it to see why)")
             # labels come from this run's dataset, never from the cache (runs share images, not labels)
             return features, torch.as_tensor([dataset.targets[i] for i in kept], dtype=torch.long)
 
@@ -239,6 +242,8 @@ class _Trainer:
         self.console.print(f"feature cache ({cfg.feature_cache}): {views} train view(s) + val, "
                            f"{cache.hits} image(s) cached, {cache.misses} computed, "
                            f"{time.perf_counter() - started:.1f}s")
+        for path, reason in {**self.train_set.bad_files, **self.val_set.bad_files}.items():
+            self.console.print(f"skipped {path}: {reason}", markup=False, highlight=False)
 
     # --- loaders ------------------------------------------------------------------------------
     def _train_loader(self, epoch: int) -> DataLoader:
@@ -302,6 +307,11 @@ class _Trainer:
             else:
                 loss.backward()
                 self.optimizer.step()
+            if not torch.isfinite(loss.detach()):
+                raise DataError(f"the training loss became {float(loss):g} in epoch {epoch + 1}: training diverged. "
+                                f"Lower the learning rate (now {self.optimizer.param_groups[0]['lr']:g}) or check the "
+                                f"inputs; the run folder keeps the checkpoint of the last finished epoch "
+                                f"({self.start_epoch if not self.history else self.history[-1]['epoch']}).")
             total_loss += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -345,8 +355,15 @@ class _Trainer:
         atomic_write(self.run_dir / "best.safetensors", lambda tmp: save_file(state, str(tmp)))
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+        path = self.run_dir / "checkpoint.pt"
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+        except Exception as exc:  # empty, truncated or foreign files raise many types inside torch.load
+            size = path.stat().st_size if path.exists() else 0
+            raise DataError(f"{path} ({size} bytes) is damaged and cannot be resumed from "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
+                            f"Start the run again under another --name, or delete {self.run_dir}.") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
@@ -397,6 +414,9 @@ class _Trainer:
         return self._finish(stopped)
 
     def _finish(self, stopped: bool) -> RunResult:
+        if not (self.run_dir / "best.safetensors").exists():
+            raise DataError(f"no epoch of {self.run_dir} reached a finite validation loss, so there is no model to "
+                            "save; lower the learning rate or check the validation images")
         self.model.load_state_dict(load_file(str(self.run_dir / "best.safetensors")))
         val_loss, val_acc = self.evaluate_val()
         self.model.to(memory_format=torch.contiguous_format)
@@ -466,17 +486,30 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]]
 
 
 def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]] = (),
-           console: Console | None = None) -> RunResult:
-    """Continue a run from its last checkpoint, with the configuration and splits it started with."""
+           console: Console | None = None, epochs: int | None = None) -> RunResult:
+    """Continue a run from its last checkpoint, with the configuration and splits it started with.
+
+    ``epochs`` extends (or shortens) the run; nothing else of the configuration can change.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise InputNotFound(f"{run_dir} is not a run folder (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
     config.runs_dir, config.name = str(run_dir.parent), run_dir.name
+    if epochs is not None and epochs != config.epochs:
+        config = load_config(None, **{**config.to_dict(), "epochs": epochs})
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists() and (run_dir / "history.csv").exists():
+        raise DataError(f"{checkpoint} is missing although {run_dir} has finished epochs: it cannot resume where it "
+                        "stopped. Start the run again under another --name, or delete the folder.")
     trainer = _Trainer(config, callbacks, console)
+    out = console or trainer.console
     with run_state(config):
         trainer.setup(load_manifest(run_dir / "splits.csv"))
-        if (run_dir / "checkpoint.pt").exists():
+        if checkpoint.exists():
             trainer.load_checkpoint()
-            (console or trainer.console).print(f"resuming {run_dir} after epoch {trainer.start_epoch}")
+            out.print(f"resuming {run_dir} after epoch {trainer.start_epoch}")
+        else:
+            out.print(f"{run_dir} stopped before its first epoch ended: starting it from epoch 1")
         return trainer.fit()
