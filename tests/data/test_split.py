@@ -90,3 +90,22 @@ def test_phantoms_split_grouped_by_patient(phantom_manifest):
     frame = split(phantom_manifest, test=0.25, seed=0)
     assert resolve_group_column(frame) == "group"
     assert (frame.groupby("group")["split"].nunique() == 1).all()
+
+
+def test_a_class_missing_from_a_split_is_warned_about(tmp_path):
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+    from oncolens.data import save_manifest
+    from oncolens.data.split import split_warnings
+
+    frame = toy_manifest(n_patients=40)
+    rare = frame.iloc[:4].assign(label="rare", group="only-patient")  # one patient: can be in one split only
+    frame = pd.concat([frame, rare], ignore_index=True)
+    result = split(frame, test=0.25, val=0.2, seed=0)
+    warnings = split_warnings(result)
+    assert len(warnings) == 2 and all("rare" in w for w in warnings)
+    assert split_warnings(split(toy_manifest(n_patients=40), test=0.25, seed=0)) == []
+    out = CliRunner().invoke(app, ["split", str(save_manifest(frame, tmp_path / "m.csv")), "--out",
+                                   str(tmp_path / "s.csv"), "--val", "0.2", "--seed", "0"])
+    assert out.exit_code == 0 and "has no image of class(es) rare" in out.output

@@ -132,7 +132,7 @@ def split(
 
     from oncolens.data import leakage_report, load_manifest, save_manifest
     from oncolens.data import split as split_manifest
-    from oncolens.data.split import resolve_group_column
+    from oncolens.data.split import resolve_group_column, split_warnings
 
     frame = load_manifest(manifest)
     result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col,
@@ -148,6 +148,8 @@ def split(
         table.add_row(str(name), *(str(v) for v in row))
     table.add_row("[bold]total", *(f"[bold]{v}" for v in counts.sum()))
     console.print(table)
+    for warning in split_warnings(result, label_col):
+        console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
     leak = leakage_report(result, near_threshold=near_threshold, label_col=label_col, group_col=grouped)
     console.print(leak.to_text(), markup=False, highlight=False)
     if report:

@@ -10,7 +10,8 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from ..errors import DataError
 
-__all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column"]
+__all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column",
+           "split_warnings"]
 
 
 class SplitError(DataError):
@@ -111,6 +112,20 @@ def split(
             raise SplitError(f"cannot stratify this dataset: {exc}") from exc
     frame["split"] = split_col
     return frame
+
+
+def split_warnings(frame: pd.DataFrame, label_col: str = "label") -> list[str]:
+    """Classes missing from a split (grouping by patient can leave a rare class out of test or val):
+    metrics for them would be undefined, so the user must know before training."""
+    warnings = []
+    labels = sorted(frame[label_col].astype(str).unique())
+    for part in sorted(set(frame["split"]) - {""}):
+        present = set(frame.loc[frame["split"] == part, label_col].astype(str))
+        missing = [label for label in labels if label not in present]
+        if missing:
+            warnings.append(f"split {part!r} has no image of class(es) {', '.join(missing)}: its metrics for them "
+                            "will be undefined (more patients of those classes, or another seed, would help)")
+    return warnings
 
 
 @dataclass
