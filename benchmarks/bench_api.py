@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,10 +70,24 @@ def main(argv: list[str] | None = None) -> None:
                                       timeout=60)
                 return kind, response.status_code, time.perf_counter() - started
 
+            health: list[float] = []
+            done = threading.Event()
+
+            def poll():  # /health latency while the API is under load (it runs on the event loop)
+                while not done.is_set():
+                    t0 = time.perf_counter()
+                    httpx.get(f"{base}/health", timeout=30)
+                    health.append(time.perf_counter() - t0)
+                    time.sleep(0.1)
+
+            poller = threading.Thread(target=poll)
+            poller.start()
             started = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 results = list(pool.map(call, jobs))
             wall = time.perf_counter() - started
+            done.set()
+            poller.join()
             after = rss_mib(server.pid)
         finally:
             server.terminate()
@@ -83,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     for kind in ("predict", "explain"):
         latency = np.array([t for k, _, t in results if k == kind]) * 1000
         print(f"{kind:8s} n={len(latency)} p50 {np.percentile(latency, 50):.0f} ms  p95 {np.percentile(latency, 95):.0f} ms")
+    latency = np.array(health) * 1000
+    print(f"/health  n={len(latency)} p50 {np.percentile(latency, 50):.0f} ms  p95 {np.percentile(latency, 95):.0f} ms "
+          "(during the load)")
     print(f"server memory (RSS): {before:.0f} MiB before, {after:.0f} MiB after ({after / before:.2f}x)")
 
 

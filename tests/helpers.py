@@ -129,3 +129,34 @@ def make_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
     dicom_file(folder / "scan.dcm")
     expected["scan.dcm"] = ("ok", "L")
     return expected
+
+
+class LoopbackServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a thread (``with LoopbackServer(app) as base_url``)."""
+
+    def __init__(self, app):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = app
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

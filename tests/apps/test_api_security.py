@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from oncolens.apps.api import ApiSettings, create_app
 from oncolens.predictor import Predictor
+from tests.helpers import LoopbackServer
 
 
 @pytest.fixture(scope="module")
@@ -94,26 +95,10 @@ def test_schema_documents_errors_and_enums_and_validation_does_not_echo(predicto
     assert client.post("/explain?level=50", files=upload(phantom_manifest)).status_code == 422  # one level only
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_chunked_upload_without_length_is_cut_off_at_the_limit(predictor):
     """Over a real socket: the 413 arrives long before the (8 MB) chunked body has been sent."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor, max_upload_bytes=200_000), host="127.0.0.1",
-                                           port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with LoopbackServer(create_app(predictor, max_upload_bytes=200_000)) as base:
+        port = int(base.rsplit(":", 1)[1])
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                      b"Content-Type: multipart/form-data; boundary=XX\r\n\r\n")
@@ -143,9 +128,6 @@ def test_chunked_upload_without_length_is_cut_off_at_the_limit(predictor):
         assert answer.startswith(b"HTTP/1.1 413") and b"limit" in answer
         assert sent < 3 * 2**20  # stopped reading near the limit, not after the whole body
         sock.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_serve_refuses_other_interfaces_without_a_token(tiny_bundle):

@@ -158,6 +158,16 @@ class WorkQueue:
                                             "(e.g. gradcam) or retry later") from None
 
 
+def authorised_by(bearer: HTTPBearer, token: str):
+    """A dependency that accepts only ``Authorization: Bearer <token>`` (compared in constant time)."""
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return authorised
+
+
 def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max_upload_bytes: int | None = None,
                max_pixels: int | None = None) -> FastAPI:
     """A FastAPI app serving ``predictor`` with ``settings`` (keyword arguments override its limits)."""
@@ -177,12 +187,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                            allow_headers=["Authorization", "Content-Type", "Accept"])
     queue = WorkQueue(settings.max_running, settings.max_waiting, settings.retry_after)
     bearer = HTTPBearer(auto_error=False)
-
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if settings.token is None:
-            return
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
-            raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    guarded = [Depends(authorised_by(bearer, settings.token))] if settings.token else []  # no scheme without a token
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -219,18 +224,18 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
     async def health() -> dict:  # on the event loop: answers even when every worker thread is busy
         return {"status": "ok"}
 
-    @app.get("/model", dependencies=[Depends(authorised)], responses=_errors(401))
+    @app.get("/model", dependencies=guarded, responses=_errors(401))
     async def model_info() -> dict:
         return {**info, "explanation_methods": list_methods()}
 
-    @app.post("/predict", dependencies=[Depends(authorised)], responses=_errors(400, 401, 413, 415, 503))
+    @app.post("/predict", dependencies=guarded, responses=_errors(400, 401, 413, 415, 503))
     async def predict(file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM image"),
                       top_k: int = Query(3, ge=1, le=100)) -> dict:
         image = await read_image_upload(file)
         prediction = (await queue.run(predictor.predict, [image], [file.filename or ""]))[0]
         return prediction.to_dict(top_k)
 
-    @app.post("/explain", dependencies=[Depends(authorised)], responses={
+    @app.post("/explain", dependencies=guarded, responses={
         **_errors(400, 401, 413, 415, 503, 504),
         200: {"content": {"image/png": {}}, "description": "JSON, or the overlay PNG with Accept: image/png"}})
     async def explain(request: Request, file: UploadFile = File(...),
