@@ -102,3 +102,11 @@ def test_register_model_refuses_silent_overwrites():
     with pytest.raises(ValueError, match="already registered"):
         register_model(get_spec("seed_cnn"))
     assert register_model(get_spec("seed_cnn"), replace=True) is get_spec("seed_cnn")
+
+
+def test_license_is_an_spdx_string():
+    """setuptools drops support for a TOML-table license on 2027-02-18: every install would fail."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
+    assert isinstance(project["license"], str) and project["license"] == "Apache-2.0"

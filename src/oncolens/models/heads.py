@@ -45,6 +45,12 @@ def linear_head(in_features: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, num_classes))
 
 
+@register_head("logreg")
+def logreg_head(in_features: int, num_classes: int) -> nn.Module:
+    """The linear probe: one linear layer fitted as an L2 logistic regression (C by grouped CV), not by SGD."""
+    return nn.Sequential(nn.Linear(in_features, num_classes))
+
+
 @register_head("seed000")
 def seed000_head(in_features: int, num_classes: int) -> nn.Module:
     """Seed 000: GAP -> 1024 -> 512 -> 128 -> classes, ReLU between."""

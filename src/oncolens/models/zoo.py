@@ -44,10 +44,14 @@ _TIMM_MODELS = {
     "resnet50": "ResNet-50",
     "vgg16": "VGG-16 (seed 003)",
     "tf_efficientnet_lite0": "EfficientNet-Lite0 (ImageNet weights offline)",
+    "tf_efficientnet_lite1": "EfficientNet-Lite1, 240 px (ImageNet weights offline)",
+    "tf_efficientnet_lite2": "EfficientNet-Lite2, 260 px (ImageNet weights offline)",
 }
+_INPUT_SIZES = {"tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}  # their ImageNet training size
 for _name, _desc in _TIMM_MODELS.items():
     register_model(ModelSpec(
         name=_name, source="timm", build_backbone=_timm_backbone(_name), description=_desc,
+        input_size=_INPUT_SIZES.get(_name, 224),
         timm_name=_name,  # mean and std from timm's pretrained configuration of the model
         load_imagenet=timm_imagenet(_name), imagenet_offline=_name in OFFLINE_PROVIDERS,
     ))

@@ -27,7 +27,8 @@ class TrainConfig:
     label_col: str = _option("label", "manifest column to predict")
     model: str = _option("tf_efficientnet_lite0", "model name (see `oncolens models`)")
     weights: str = _option("auto", "auto, random, imagenet, or a checkpoint/bundle path")
-    head: str | None = _option(None, "linear, seed000, seed004, own (default: the model's)")
+    head: str | None = _option(None, "linear, logreg (the linear probe: L2 logistic regression, C by grouped CV), "
+                                     "seed000, seed004, own (default: the model's)")
     freeze: str = _option("auto", "auto, full, frozen, last-N")
     image_size: int | None = _option(None, "input side in pixels (default: the model's)")
     channels: int | None = _option(None, "1 (greyscale) or 3 (RGB) (default: the model's)")

@@ -34,6 +34,7 @@ from ..models import OncoClassifier, create_model, get_spec, save_bundle
 from ..models.registry import prefers_channels_last
 from .config import TrainConfig, load_config
 from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
+from .linear_probe import fit_linear_probe, load_probe_into
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
            "run_state"]
@@ -183,8 +184,12 @@ class _Trainer:
                                          contrast=cfg.contrast, enabled=cfg.augment)
         self.train_set = ManifestDataset(frame, "train", build_transforms(pre, True, self.augmentation), classes=self.classes)
         self.val_set = ManifestDataset(frame, "val", build_transforms(pre, False), classes=self.classes)
+        self.probe = self.model.head.head_name == "logreg"  # the linear probe: fitted, not trained by SGD
+        if self.probe and not self.model.backbone_frozen:
+            raise ConfigError("--head logreg fits a logistic regression on frozen features: use --freeze frozen")
         self.cached = (self.model.backbone_frozen and cfg.feature_cache in ("disk", "memory")
-                       and (not cfg.augment or cfg.cache_views > 0))
+                       and (not cfg.augment or cfg.cache_views > 0)) or self.probe
+        self.extra_metrics: dict = {}
         weight = None
         if cfg.class_weights:
             from sklearn.utils.class_weight import compute_class_weight
@@ -208,14 +213,16 @@ class _Trainer:
 
     def _build_feature_cache(self) -> None:
         cfg = self.config
-        cache = FeatureCache(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache", mode=cfg.feature_cache)
+        mode = cfg.feature_cache if cfg.feature_cache in ("disk", "memory") else "memory"
+        cache = FeatureCache(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache", mode=mode)
         model_id = {"model": cfg.model, "weights": cfg.weights, "channels_last": self.channels_last,
                     "weights_file": _file_stamp(cfg.weights),
                     "preprocessing": self.model.preprocessing.to_dict()}
-        views = cfg.cache_views if cfg.augment else 1
+        augment = cfg.augment and not self.probe  # the probe is fitted on the images as they are
+        views = cfg.cache_views if augment else 1
         started = time.perf_counter()
 
-        def features_for(dataset: ManifestDataset, view: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        def features_for(dataset: ManifestDataset, view: int | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
             """Features of ``dataset``'s readable images (``view`` None: no augmentation) and their labels."""
             augmented = view is not None
             namespace = namespace_key({**model_id, "augment": self.augmentation.__dict__ if augmented else None,
@@ -235,10 +242,12 @@ class _Trainer:
                 dataset.bad_files.setdefault(dataset.paths[index], "unreadable when its features were first computed "
                                                                    "(run `oncolens scan` on it to see why)")
             # labels come from this run's dataset, never from the cache (runs share images, not labels)
-            return features, torch.as_tensor([dataset.targets[i] for i in kept], dtype=torch.long)
+            return features, torch.as_tensor([dataset.targets[i] for i in kept], dtype=torch.long), kept
 
-        self.train_views = [features_for(self.train_set, v if cfg.augment else None) for v in range(views)]
-        self.val_features = features_for(self.val_set, None)
+        train_views = [features_for(self.train_set, v if augment else None) for v in range(views)]
+        self.train_views = [(x, y) for x, y, _ in train_views]
+        self.train_kept = train_views[0][2]
+        self.val_features = features_for(self.val_set, None)[:2]
         self.console.print(f"feature cache ({cfg.feature_cache}): {views} train view(s) + val, "
                            f"{cache.hits} image(s) cached, {cache.misses} computed, "
                            f"{time.perf_counter() - started:.1f}s")
@@ -374,8 +383,41 @@ class _Trainer:
         self.history = pd.read_csv(history_file).to_dict("records")[: self.start_epoch] if history_file.exists() else []
 
     # --- the loop -----------------------------------------------------------------------------
+    def _fit_probe(self) -> RunResult:
+        """The linear probe: one closed-form fit instead of epochs (see :mod:`.linear_probe`)."""
+        cfg = self.config
+        started = time.perf_counter()
+        x, y = self.train_views[0]
+        frame = self.train_set.frame.iloc[self.train_kept]
+        groups = frame["group"].astype(str).tolist() if "group" in frame.columns else None
+        fit = fit_linear_probe(x.numpy(), y.numpy(), len(self.classes), groups, seed=cfg.seed,
+                               class_weight="balanced" if cfg.class_weights else None)
+        load_probe_into(self.model.head, fit)
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model.head(x.to(self.device)).float()
+            train_loss = float(nn.functional.cross_entropy(logits, y.to(self.device)))
+            train_acc = float((logits.argmax(1).cpu() == y).float().mean())
+        val_loss, val_acc = self.evaluate_val()
+        elapsed = time.perf_counter() - started
+        self.best_val, self.best_epoch, self.bad_epochs = val_loss, 0, 0
+        self._save_best()
+        self.history = [{"epoch": 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                         "val_accuracy": val_acc, "lr": 0.0, "seconds": elapsed, "images_per_s": len(y) / elapsed}]
+        history = pd.DataFrame(self.history)
+        atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+        self._save_checkpoint(0)
+        self.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds, "grouped_by_patient": fit.grouped,
+                                              "cv_log_loss_by_C": fit.cv_log_loss}
+        self.console.print(f"linear probe: C={fit.C:.3g} chosen by {fit.folds}-fold "
+                           f"{'patient-grouped ' if fit.grouped else ''}cross-validation on {len(y)} training images; "
+                           f"train acc {train_acc:.3f}  val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  {elapsed:.1f}s")
+        return self._finish(stopped=False)
+
     def fit(self) -> RunResult:
         cfg = self.config
+        if self.probe:
+            return self._fit_probe()
         stopped = self.bad_epochs >= cfg.patience
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
@@ -428,7 +470,7 @@ class _Trainer:
                    "val_loss": val_loss, "val_accuracy": val_acc, "n_train": len(self.train_set),
                    "n_val": len(self.val_set), "feature_cache": self.cached,
                    "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
-                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}}
+                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}, **self.extra_metrics}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         plot_training_curves(history, self.run_dir / "curves.png")
         self.console.print(f"best epoch {self.best_epoch + 1}: val_accuracy {val_acc:.4f}  val_loss {val_loss:.4f}")
