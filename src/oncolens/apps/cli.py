@@ -261,6 +261,31 @@ def train(
 
 
 @app.command()
+@_with_options(_config_options(_train_config_class(), skip=("data", "runs_dir", "name", "val_fraction",
+                                                            "test_fraction", "seed")))
+def cv(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV (any split column is ignored)")],
+    folds: Annotated[int, typer.Option(help="number of folds")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun to resume)")] = Path("cv"),
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of training options")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the folds and of every run")] = 42,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the pooled out-of-fold CIs")] = 1000,
+    workers: Annotated[int, typer.Option(help="parallel worker processes (one fold each)")] = 1,
+    ensemble: Annotated[bool, typer.Option("--ensemble/--no-ensemble", help="write the fold-ensemble bundle")] = True,
+    **options,
+) -> None:
+    """Patient-grouped k-fold cross-validation: a run per fold, out-of-fold predictions, mean +- sd and
+    pooled metrics with CIs, and a fold-ensemble bundle."""
+    from oncolens.studies import cross_validate
+    from oncolens.training import load_config
+
+    train_config = load_config(config, **options)
+    cross_validate(manifest, out, folds=folds, train_config=train_config, seed=seed, n_boot=n_boot, workers=workers,
+                   ensemble=ensemble)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+
+
+@app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="bundle folder (runs/<name>/bundle)")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from ..errors import DataError
 
 __all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column",
-           "split_warnings"]
+           "split_warnings", "assign_folds"]
 
 
 class SplitError(DataError):
@@ -55,15 +55,19 @@ def _group_holdout(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices so that about ``fraction`` of images (whole groups) are held out, label-stratified."""
     n_groups = len(np.unique(groups))
-    n_splits = int(min(max(2, round(1.0 / fraction)), n_groups))
-    if n_splits < 2:
+    smallest_class = int(pd.Series(labels).value_counts().min())
+    # scikit-learn needs at least n_splits members per class; a small fraction asks for many folds
+    n_splits = int(min(max(2, round(1.0 / fraction)), n_groups, max(2, smallest_class)))
+    if n_splits < 2 or n_groups < 2:
         raise SplitError(f"only {n_groups} patient group(s): cannot hold any out without sharing a patient")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    # the fold whose size is closest to the asked fraction
-    best = min(
-        folds.split(np.zeros(len(labels)), labels, groups),
-        key=lambda tr_te: abs(len(tr_te[1]) / len(labels) - fraction),
-    )
+    try:  # the fold whose size is closest to the asked fraction
+        best = min(
+            folds.split(np.zeros(len(labels)), labels, groups),
+            key=lambda tr_te: abs(len(tr_te[1]) / len(labels) - fraction),
+        )
+    except ValueError as exc:
+        raise SplitError(f"cannot hold out {fraction:.0%} of these patients with every class stratified: {exc}") from None
     return best
 
 
@@ -111,6 +115,34 @@ def split(
         except ValueError as exc:
             raise SplitError(f"cannot stratify this dataset: {exc}") from exc
     frame["split"] = split_col
+    return frame
+
+
+def assign_folds(manifest: pd.DataFrame, folds: int = 5, seed: int = 42, group_col: str | None = "auto",
+                 label_col: str = "label") -> pd.DataFrame:
+    """A copy of ``manifest`` with a ``fold`` column (1..folds): stratified by label and, with a patient
+    column, grouped so that no patient is in two folds. Every image is in exactly one fold."""
+    if folds < 2:
+        raise SplitError(f"cross-validation needs at least 2 folds, got {folds}")
+    if label_col not in manifest.columns:
+        raise SplitError(f"label column {label_col!r} not in manifest columns {list(manifest.columns)}")
+    frame = manifest.reset_index(drop=True).copy()
+    labels = frame[label_col].astype(str)
+    _check_labels(labels, needed=folds)
+    group_col = resolve_group_column(frame, group_col)
+    fold = np.zeros(len(frame), dtype=int)
+    if group_col:
+        groups = frame[group_col].astype(str).to_numpy()
+        if len(np.unique(groups)) < folds:
+            raise SplitError(f"only {len(np.unique(groups))} patients: cannot make {folds} folds without sharing one")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(frame)), labels, groups)
+    else:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(frame)), labels)
+    for k, (_, test_index) in enumerate(parts, start=1):
+        fold[test_index] = k
+    frame["fold"] = fold
     return frame
 
 

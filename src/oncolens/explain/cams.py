@@ -25,16 +25,18 @@ class CamMethod(Method):
     cam_class: type = GradCAM
 
     def attribute(self, model, x, targets, *, layer, preprocessing, options):
-        handle = layer.register_forward_hook(_gradients_start_here)  # runs before the CAM's own hooks
+        layers = layer if isinstance(layer, list) else [layer]
+        handles = [target.register_forward_hook(_gradients_start_here) for target in layers]  # before the CAM's hooks
         try:
-            with self.cam_class(model=model, target_layers=[layer]) as cam:
+            with self.cam_class(model=model, target_layers=layers) as cam:
                 if self.cam_class is ScoreCAM:
                     cam.batch_size = options.internal_batch_size
                 wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
                 maps = cam(input_tensor=x, targets=wanted)
                 logits = cam.outputs.detach()
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return np.asarray(maps, dtype=np.float32), logits
 
 

@@ -171,8 +171,11 @@ def explain(
     if chosen.needs_layer:
         if target_layer:
             layer_name, layer = target_layer, get_layer(model, target_layer)
-        else:
-            layer_name, layer = find_target_layer(model, model.preprocessing.size, model.preprocessing.channels)
+        else:  # an ensemble: every member's layer (the CAM library averages the maps over target layers)
+            found = [find_target_layer(part, model.preprocessing.size, model.preprocessing.channels)
+                     for part in getattr(model, "cam_parts", lambda: [model])()]
+            layer_name = ",".join(name for name, _ in found)
+            layer = [module for _, module in found] if len(found) > 1 else found[0][1]
     results: list[Explanation] = []
     for start in range(0, len(x_all), batch_size):
         x = to_device(x_all[start:start + batch_size], device, channels_last)

@@ -13,6 +13,7 @@ from .bundle import (
                      register_bundle_kind,
                      save_bundle,
 )
+from .ensemble import EnsembleBundle, load_ensemble_bundle, save_ensemble_bundle
 from .factory import OncoClassifier, apply_freeze, create_model, model_table
 from .heads import create_head, list_heads, register_head
 from .hierarchy import (
@@ -27,6 +28,9 @@ from .registry import ModelSpec, get_spec, list_models, register_model
 from .scoring import Scores, iter_scores, make_backend, score
 
 __all__ = [
+    "EnsembleBundle",
+    "load_ensemble_bundle",
+    "save_ensemble_bundle",
     "Bundle",
     "HierarchicalBundle",
     "HierarchyNode",
