@@ -11,6 +11,8 @@ EXPECTED_LAYERS = {
     "resnet50": "backbone.layer4",
     "densenet121": "backbone.features",
     "tf_efficientnet_lite0": "backbone.bn2",
+    "tf_efficientnet_lite1": "backbone.bn2",
+    "tf_efficientnet_lite2": "backbone.bn2",
     "mobilenetv3_large_100": "backbone.blocks",
     "vgg16": "backbone.features",
     "alexnet": "backbone.features",
