@@ -1,3 +1,4 @@
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,14 +78,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
-@pytest.mark.parametrize("kind", ["flat", "hierarchical"])
-def test_browser_upload_shows_prediction_and_overlays(kind, bundle, hierarchical_bundle, phantom_manifest, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    chosen = bundle if kind == "flat" else hierarchical_bundle
-    bundle = os.environ.get("ONCOLENS_APP_BUNDLE", str(chosen))  # e.g. the demo's bundle for the README screenshot
+@contextlib.contextmanager
+def streamlit_server(bundle):
+    """``oncolens app BUNDLE`` on a free loopback port; yields ``(process, port)`` once it answers."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "oncolens.apps.cli", "app", str(bundle), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,6 +94,22 @@ def test_browser_upload_shows_prediction_and_overlays(kind, bundle, hierarchical
                 time.sleep(0.5)
         else:
             pytest.fail("streamlit did not start")
+        yield server, port
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=20)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
+@pytest.mark.parametrize("kind", ["flat", "hierarchical"])
+def test_browser_upload_shows_prediction_and_overlays(kind, bundle, hierarchical_bundle, phantom_manifest, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chosen = bundle if kind == "flat" else hierarchical_bundle
+    bundle = os.environ.get("ONCOLENS_APP_BUNDLE", str(chosen))  # e.g. the demo's bundle for the README screenshot
+    with streamlit_server(bundle) as (_, port):
         image = os.environ.get("ONCOLENS_APP_IMAGE", phantom_manifest["path"][0])
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not an image at all")
@@ -119,9 +131,6 @@ def test_browser_upload_shows_prediction_and_overlays(kind, bundle, hierarchical
             page.screenshot(path=str(screenshot), full_page=True)
             browser.close()
         assert screenshot.stat().st_size > 10_000
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 @pytest.mark.slow
@@ -129,24 +138,9 @@ def test_sigterm_to_oncolens_app_stops_the_server(bundle):
     """`oncolens app` becomes the Streamlit server: SIGTERM leaves nothing serving the port."""
     import signal
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "oncolens.apps.cli", "app", str(bundle), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start")
+    with streamlit_server(bundle) as (server, port):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         time.sleep(0.5)
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-    finally:
-        if server.poll() is None:
-            server.kill()

@@ -10,9 +10,7 @@ unchanged. On disk: ``bundle.json`` (``"kind": "ensemble"``) and ``members/<name
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import BundleError
-from ..files import atomic_write_json
+from ..files import atomic_folder, atomic_write_json
 from .bundle import BUNDLE_FORMAT, Bundle, load_bundle, read_bundle_info, register_bundle_kind
 from .factory import OncoClassifier
 
@@ -101,9 +99,7 @@ def save_ensemble_bundle(members: Sequence[str | Path], path: str | Path, meta: 
     path = Path(path)
     loaded = [load_bundle(m) for m in members]
     _check_members(loaded, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
-    try:
+    with atomic_folder(path) as staging:
         names = []
         for i, member in enumerate(members, start=1):
             name = f"members/{i:02d}_{Path(member).parent.name or Path(member).name}"
@@ -112,17 +108,6 @@ def save_ensemble_bundle(members: Sequence[str | Path], path: str | Path, meta: 
         atomic_write_json(staging / "bundle.json", {
             "format": BUNDLE_FORMAT, "kind": "ensemble", "oncolens_version": __version__,
             "classes": loaded[0].classes, "members": names, "meta": meta or {}})
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

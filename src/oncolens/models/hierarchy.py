@@ -12,10 +12,8 @@ to one); they carry the ranking used by ROC-AUC, while the routed leaf is the de
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import BundleError, DataError
-from ..files import atomic_write_json
+from ..files import atomic_folder, atomic_write_json
 from .bundle import (
     BUNDLE_FORMAT,
     HierarchyNode,
@@ -173,9 +171,7 @@ def save_hierarchical_bundle(tree: HierarchyTree, node_bundles: Mapping[tuple[st
     missing = [p for p in tree.nodes if p not in node_bundles]
     if missing:
         raise BundleError(f"no bundle for tree node(s) {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
-    try:
+    with atomic_folder(path) as staging:
         for prefix, classes in tree.nodes.items():
             source = Path(node_bundles[prefix])
             found = read_bundle_info(source)["classes"]
@@ -188,17 +184,6 @@ def save_hierarchical_bundle(tree: HierarchyTree, node_bundles: Mapping[tuple[st
                 "leaf_paths": {name: list(p) for p, name in sorted(tree.leaves.items())},
                 "tree": _node_spec(tree, tree.root), "meta": meta or {}}
         atomic_write_json(staging / "bundle.json", info)
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 
