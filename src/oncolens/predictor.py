@@ -21,7 +21,7 @@ from PIL import Image
 from .data import decode_image
 from .explain import ExplainOptions, compose, explain
 from .models.bundle import ModelBundle, load_any_bundle
-from .models.scoring import Backend, Scores, make_backend
+from .models.scoring import Backend, Scores, make_backend, tta_views
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
@@ -125,7 +125,7 @@ class Predictor:
     """
 
     def __init__(self, bundle: ModelBundle, backend: str = "torch", onnx_path: str | Path | None = None,
-                 batch_size: int = 32, num_workers: int | None = None):
+                 batch_size: int = 32, num_workers: int | None = None, tta: str | None = None):
         self.bundle = bundle
         self.classes = list(bundle.classes)
         self.preprocessing = bundle.preprocessing
@@ -134,6 +134,8 @@ class Predictor:
         self.backend = backend
         self.model = bundle.root.model
         self.runner: Backend = make_backend(bundle, backend, onnx_dir=onnx_path)
+        self.tta, views = tta_views(bundle, tta)
+        self.passes = len(views)  # forward passes per image (test-time augmentation)
         self._lock = _SharedExclusiveLock()
 
     @classmethod
@@ -148,13 +150,13 @@ class Predictor:
 
     @property
     def info(self) -> dict:
-        return {**self.bundle.info(), "backend": self.backend}
+        return {**self.bundle.info(), "backend": self.backend, "tta": self.tta, "forward_passes_per_image": self.passes}
 
     def score(self, inputs: Any) -> Scores:
         """The bundle's :class:`Scores` of images or image files (see ``ModelBundle.score``)."""
         with self._lock.shared():
             return self.bundle.score(inputs, backend=self.runner, batch_size=self.batch_size,
-                                     num_workers=self.num_workers)
+                                     num_workers=self.num_workers, tta=self.tta)
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``(n_images, n_classes)`` probabilities (leaf path products for a tree of classifiers)."""
@@ -174,7 +176,7 @@ class Predictor:
     def iter_predict_files(self, paths: Sequence[str | Path]) -> Iterator[tuple[list[Prediction], dict[str, str]]]:
         """``(predictions, unreadable)`` batch by batch, in input order (bounded memory)."""
         with self._lock.shared():
-            for scores in self.bundle.iter_scores([str(p) for p in paths], backend=self.runner,
+            for scores in self.bundle.iter_scores([str(p) for p in paths], backend=self.runner, tta=self.tta,
                                                   batch_size=self.batch_size, num_workers=self.num_workers):
                 yield self.predictions(scores), scores.unreadable
 
@@ -202,8 +204,8 @@ class Predictor:
         """
         scores = None
         with self._lock.exclusive():
-            if not self.bundle.single_classifier:
-                scores = self.bundle.score([image], backend=self.runner)
+            if not self.bundle.single_classifier or self.passes > 1:  # to route, or to average the views
+                scores = self.bundle.score([image], backend=self.runner, tta=self.tta)
             e = explain(self.bundle, [image], method=method, target=target, options=options, level=level,
                         routing=None if scores is None else scores.node_probabilities)[0]
         if scores is None:

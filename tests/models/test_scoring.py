@@ -103,3 +103,38 @@ def test_evaluate_explain_and_panels_take_either_bundle(bundle, phantom_manifest
     assert list(table["method"]) == ["gradcam", "random"]
     explained = Predictor(bundle).explain(Image.open(phantom_manifest["path"][0]))
     assert explained.heatmap.ndim == 2 and explained.prediction.label in bundle.classes
+
+
+def test_test_time_augmentation_averages_views_and_dihedral_ignores_orientation(bundle, files, tmp_path):
+    from oncolens.errors import ConfigError
+
+    image = Image.open(files[0]).convert("RGB")
+    mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    plain = bundle.score([image, mirrored])
+    flip = bundle.score([image], tta="flip")
+    for key, proba in plain.node_probabilities.items():
+        np.testing.assert_allclose(flip.node_probabilities[key][0], proba.mean(0), atol=1e-5)
+    rotated = image.transpose(Image.Transpose.ROTATE_90)
+    dihedral = bundle.score([image, rotated, mirrored], tta="dihedral")
+    np.testing.assert_allclose(dihedral.probabilities[1], dihedral.probabilities[0], atol=1e-5)
+    np.testing.assert_allclose(dihedral.probabilities[2], dihedral.probabilities[0], atol=1e-5)
+    assert not np.allclose(plain.probabilities[0], bundle.score([rotated]).probabilities[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="test-time augmentation"):
+        bundle.score([image], tta="spin")
+
+
+def test_tta_is_a_bundle_setting_used_by_the_predictor(tiny_bundle, files, tmp_path):
+    import json
+    import shutil
+
+    from oncolens.predictor import Predictor
+
+    folder = shutil.copytree(tiny_bundle, tmp_path / "b")
+    info = json.loads((folder / "bundle.json").read_text())
+    info["meta"]["tta"] = "dihedral"
+    (folder / "bundle.json").write_text(json.dumps(info))
+    predictor = Predictor.from_bundle(folder)
+    assert predictor.passes == 8 and predictor.info["tta"] == "dihedral"
+    expected = load_any_bundle(folder).score(files[:2], tta="dihedral").probabilities
+    np.testing.assert_allclose(predictor.predict_proba([Image.open(f) for f in files[:2]]), expected, atol=1e-5)
+    assert Predictor.from_bundle(folder, tta="none").passes == 1

@@ -298,6 +298,8 @@ def predict(
     workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
                                                    "core count)")] = None,
     show: Annotated[int, typer.Option(help="rows to print in the table (all go to --out)")] = 50,
+    tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
+                                               "bundle's)")] = None,
 ) -> None:
     """Predict classes of images with a bundle; print top-k probabilities, optionally write CSV/JSON.
 
@@ -310,7 +312,9 @@ def predict(
     from oncolens.predictor import Predictor
 
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, batch_size=batch_size,
-                                      num_workers=workers)
+                                      num_workers=workers, tta=tta)
+    if predictor.passes > 1:
+        console.print(f"test-time augmentation {predictor.tta!r}: {predictor.passes} forward passes per image")
     paths: list[Path] = []
     for item in images:
         paths.extend(iter_image_files(item) if item.is_dir() else [item])
@@ -400,6 +404,8 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
     workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
                                                    "core count)")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
+                                               "bundle's)")] = None,
 ) -> None:
     """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html."""
     from oncolens.evaluation import evaluate as run_evaluation
@@ -416,7 +422,7 @@ def evaluate(
         explanations = [(f"{explain_method}: {p.stem.removeprefix('panel_')}", p) for p in panels]
     result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
                             out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
-                            explanations=explanations, backend=backend, num_workers=workers)
+                            explanations=explanations, backend=backend, num_workers=workers, tta=tta)
     print_metrics(result.report)
     if result.levels:
         table = Table(title="hierarchy, level by level (right when the path down to the level is right)")
@@ -603,6 +609,8 @@ def serve(
     max_running: Annotated[int, typer.Option(help="predictions/explanations computed at once")] = 2,
     max_waiting: Annotated[int, typer.Option(help="requests waiting in line before 503")] = 16,
     explain_timeout: Annotated[float, typer.Option(help="seconds before an explanation answers 504")] = 120.0,
+    tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
+                                               "bundle's)")] = None,
 ) -> None:
     """Serve the REST API (FastAPI): /health, /model, /predict, /explain; OpenAPI docs at /docs.
 
@@ -631,7 +639,7 @@ def serve(
     settings = ApiSettings(max_upload_bytes=int(max_upload_mb * 2**20), token=token, max_running=max_running,
                            max_waiting=max_waiting, explain_timeout=explain_timeout, allowed_hosts=hosts,
                            cors_origins=tuple(cors_origin or ()))
-    predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx)
+    predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, tta=tta)
     uvicorn.run(create_app(predictor, settings), host=host, port=port)
 
 

@@ -158,6 +158,7 @@ def evaluate(
     explanations: list[tuple[str, Path]] | None = None,
     backend: str = "torch",
     num_workers: int | None = None,
+    tta: str | None = None,
 ) -> EvaluationResult:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
@@ -175,7 +176,7 @@ def evaluate(
     if lm is None and len(selection.outside):
         raise DataError(f"labels {selection.outside_labels} are not classes of this model {loaded.classes}; pass a "
                         "label map (e.g. --label-map normal-vs-tumor) to evaluate across datasets")
-    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers)
+    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers, tta=tta)
     notes = list(selection.notes)
     if scores.unreadable:
         notes.append(f"{len(scores.unreadable)} unreadable image(s) skipped: " + "; ".join(

@@ -34,7 +34,7 @@ from .bundle import HierarchyNode, ModelBundle
 from .registry import prefers_channels_last
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
-           "iter_scores", "forward_batches", "Unreadable", "default_workers"]
+           "iter_scores", "forward_batches", "Unreadable", "default_workers", "TTA_VIEWS", "tta_views"]
 
 
 def default_workers(n_batches: int) -> int:
@@ -241,12 +241,33 @@ class Scores:
         )
 
 
+#: test-time augmentation: the views of each image whose class probabilities are averaged
+TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    "none": (lambda x: x,),
+    "flip": (lambda x: x, lambda x: torch.flip(x, dims=(3,))),
+    # the dihedral group: 4 rotations, with and without a flip (orientation carries no meaning in histology)
+    "dihedral": tuple((lambda x, k=k, f=f: torch.rot90(torch.flip(x, dims=(3,)) if f else x, k, dims=(2, 3)))
+                      for f in (False, True) for k in range(4)),
+}
+
+
+def tta_views(bundle: ModelBundle, tta: str | None = None) -> tuple[str, tuple]:
+    """The test-time augmentation to use (``tta``, else the bundle's setting, else none) and its views."""
+    name = tta or bundle.meta.get("tta") or "none"
+    if name not in TTA_VIEWS:
+        raise ConfigError(f"test-time augmentation must be one of {', '.join(TTA_VIEWS)}, got {name!r}")
+    return name, TTA_VIEWS[name]
+
+
 def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "torch", *, batch_size: int = 32,
                 num_workers: int | None = None, features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                onnx_dir: str | Path | None = None) -> Iterator[Scores]:
+                onnx_dir: str | Path | None = None, tta: str | None = None) -> Iterator[Scores]:
     """:class:`Scores` of ``inputs`` one batch at a time (PIL images, file paths, or a manifest
-    DataFrame's ``path`` column). ``num_workers=None`` picks workers for file inputs from the core count."""
+    DataFrame's ``path`` column). ``num_workers=None`` picks workers for file inputs from the core count.
+    ``tta`` (default: the bundle's setting) averages each classifier's probabilities (and features)
+    over flipped/rotated views: one forward pass per view."""
     runner = make_backend(bundle, backend, onnx_dir=onnx_dir)
+    _, views = tta_views(bundle, tta)
     items, sources = _items(inputs)
     groups: list[list[HierarchyNode]] = bundle.shared_backbones()
     distinct: list = []
@@ -264,11 +285,15 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
     def forward(tensors: tuple[torch.Tensor, ...]):
         logits, feats = {}, {}
         for g, group in enumerate(groups):
-            group_features, group_logits = runner.run(g, tensors[input_of[g]])
-            for node, out in zip(group, group_logits):
-                logits[node.key] = out.numpy()
+            runs = [runner.run(g, view(tensors[input_of[g]]).contiguous()) for view in views]
+            for i, node in enumerate(group):
+                if len(runs) == 1:
+                    logits[node.key] = runs[0][1][i].numpy()
+                else:  # log of the mean probability: its softmax is the average over the views
+                    mean = np.mean([_softmax(run[1][i].numpy()) for run in runs], axis=0)
+                    logits[node.key] = np.log(np.clip(mean, 1e-12, None)).astype(np.float32)
                 if features:
-                    feats[node.key] = group_features.numpy()
+                    feats[node.key] = np.mean([run[0].numpy() for run in runs], axis=0)
         return logits, feats
 
     for out, indices, failed in forward_batches(dataset, forward, batch_size=batch_size, num_workers=num_workers):

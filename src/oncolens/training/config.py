@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, InputNotFound
+from ..models.scoring import TTA_VIEWS
 
 __all__ = ["TrainConfig", "load_config"]
 
@@ -59,6 +60,8 @@ class TrainConfig:
     runs_dir: str = _option("runs", "parent folder of run folders")
     name: str | None = _option(None, "run name (folder <runs-dir>/<name>)")
     num_workers: int = _option(0, "image-decoding worker processes")
+    tta: str = _option("none", "test-time augmentation stored in the bundle: none, flip, or dihedral (flips and "
+                               "90-degree rotations, for histology)")
     threads: int | None = _option(None, "CPU threads")
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +110,8 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option {name!r} must be at least 1, got {value!r}")
     if (name in _NON_NEGATIVE or name == "lr") and value < 0 or name == "lr" and value == 0:
         raise ConfigError(f"{where}option {name!r} must be {'positive' if name == 'lr' else 'at least 0'}, got {value!r}")
+    if name == "tta" and value not in TTA_VIEWS:
+        raise ConfigError(f"{where}option 'tta' must be one of {', '.join(TTA_VIEWS)}, got {value!r}")
     if name in ("val_fraction", "test_fraction") and not 0 <= value < 1:
         raise ConfigError(f"{where}option {name!r} must be in [0, 1), got {value!r}")
     return value

@@ -464,6 +464,7 @@ class _Trainer:
         self.model.to(memory_format=torch.contiguous_format)
         history = pd.DataFrame(self.history)
         meta = {"label_col": self.config.label_col, "run": str(self.run_dir), "best_epoch": self.best_epoch + 1,
+                "tta": self.config.tta,
                 "val_accuracy": val_acc, "val_loss": val_loss, "trained_on": self.config.data}
         bundle = save_bundle(self.model.cpu(), self.classes, self.run_dir / "bundle", meta=meta)
         metrics = {"best_epoch": self.best_epoch + 1, "epochs_run": len(history), "stopped_early": stopped,
