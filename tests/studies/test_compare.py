@@ -36,3 +36,18 @@ def test_random_vs_pretrained_reports_unavailable(phantom_manifest, tmp_path, mo
     assert pd.notna(gains.loc["tf_efficientnet_lite0", "accuracy_gain"])
     assert gains.loc["resnet50", "status"] == "pretrained weights unavailable offline"
     assert "Gain from pretraining" in (tmp_path / "pre" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_architecture_comparison_by_cross_validation(phantom_manifest, tmp_path):
+    import pandas as pd
+
+    manifest = save_manifest(phantom_manifest, tmp_path / "m.csv")
+    table = compare_models(manifest, tmp_path / "s", ["seed_cnn", "seed_bn_cnn"], folds=3, n_boot=20,
+                           base=TrainConfig(epochs=1, batch_size=8, image_size=32, augment=False))
+    assert list(table["status"]) == ["ok", "ok"]
+    assert table["accuracy_ci95"].map(lambda ci: ci is not None and ci[0] <= ci[1]).all()
+    assert {"accuracy_fold_sd", "train_seconds", "parameters"} <= set(table.columns)
+    folds = [pd.read_csv(tmp_path / "s" / "cv" / m / "folds.csv") for m in ("seed_cnn", "seed_bn_cnn")]
+    pd.testing.assert_frame_equal(folds[0][["path", "fold"]], folds[1][["path", "fold"]])  # the same folds
+    assert "3-fold CV" in (tmp_path / "s" / "results.md").read_text()

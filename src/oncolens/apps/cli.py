@@ -735,12 +735,14 @@ def _comparison_study(name: str, run_name: str, default_models: str, default_lr:
         seed: Seed = 42,
         n_boot: Annotated[int, typer.Option()] = 200,
         workers: Workers = 1,
+        folds: Annotated[Optional[int], typer.Option(help="cross-validate every variant on the same patient-grouped "
+                                                          "folds instead of one split")] = None,
     ) -> None:
         from oncolens import studies
 
         config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze=freeze)
         _run_study(lambda: getattr(studies, run_name)(manifest, out, _names(models), config, seed=seed,
-                                                      n_boot=n_boot, workers=workers), out)
+                                                      n_boot=n_boot, workers=workers, folds=folds), out)
 
     command.__doc__ = doc
     command.__name__ = f"study_{name}"

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import load_manifest, save_manifest, split
-from ..evaluation import format_metric, load_evaluation
+from ..evaluation import MetricsReport, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_text
 from ..models import WeightsUnavailable, create_model, load_bundle
+from .cv import cross_validate
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
 
@@ -41,9 +42,42 @@ def _weights_available(model: str, weights: str, config) -> str | None:
     return None
 
 
-def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val, seed, n_boot, workers) -> pd.DataFrame:
+def _cv_variants(variants: dict[str, dict], manifest, out_dir: Path, base, folds: int, seed: int, n_boot: int,
+                 workers: int) -> pd.DataFrame:
+    """Each variant cross-validated on the same folds: pooled out-of-fold metrics with CIs (and mean +- sd)."""
+    from ..training import TrainConfig
+
+    rows = []
+    for name, overrides in variants.items():
+        cfg = TrainConfig(**{**asdict(base), **overrides})
+        problem = _weights_available(cfg.model, cfg.weights, asdict(cfg)) if cfg.weights == "imagenet" else None
+        if problem:
+            rows.append({"run": name, **overrides, "status": f"unavailable: {problem}"})
+            continue
+        folder = out_dir / "cv" / name
+        cross_validate(manifest, folder, folds=folds, train_config=cfg, seed=seed, n_boot=n_boot, workers=workers,
+                       ensemble=False)
+        summary = json.loads((folder / "summary.json").read_text())
+        pooled = MetricsReport.from_dict(summary["pooled_out_of_fold"])
+        row = {"run": name, **overrides, "status": "ok"}
+        for metric, key in (("roc_auc", "roc_auc_macro"), ("f1", "macro_f1"), ("accuracy", "accuracy")):
+            row[metric] = pooled.value(key)
+            row[f"{metric}_ci95"] = pooled.interval(key)
+            row[f"{metric}_fold_sd"] = summary["sd"][key]
+        seconds = [json.loads((folder / "runs" / f"fold_{k}" / "metrics.json").read_text())["train_seconds"]
+                   for k in range(1, folds + 1)]
+        row["train_seconds"] = float(sum(seconds))
+        row["parameters"] = sum(p.numel() for p in load_bundle(folder / "runs" / "fold_1" / "bundle").model.parameters())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val, seed, n_boot, workers,
+                  folds: int | None = None) -> pd.DataFrame:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if folds:
+        return _cv_variants(variants, manifest, out_dir, base, folds, seed, n_boot, workers)
     data = _prepare(manifest, out_dir, test, val, seed)
     runs = out_dir / "runs"
     config = asdict(base)
@@ -93,27 +127,31 @@ def _write(table: pd.DataFrame, out_dir: Path, title: str, columns: list[str]) -
 
 
 def compare_models(manifest, out_dir, models: list[str], base=None, test: float = 0.2, val: float = 0.1,
-                   seed: int = 42, n_boot: int = 200, workers: int = 1) -> pd.DataFrame:
-    """Train and evaluate each model on one split; rows sorted by ROC-AUC, then F1."""
+                   seed: int = 42, n_boot: int = 200, workers: int = 1, folds: int | None = None) -> pd.DataFrame:
+    """Train and evaluate each model on one split (or, with ``folds``, cross-validate each on the same
+    patient-grouped folds: pooled out-of-fold metrics); rows sorted by ROC-AUC, then F1."""
     from ..training import TrainConfig
 
     base = base or TrainConfig(epochs=10, lr=1e-3, augment=False)
-    table = _run_variants({m: {"model": m} for m in models}, manifest, out_dir, base, test, val, seed, n_boot, workers)
+    table = _run_variants({m: {"model": m} for m in models}, manifest, out_dir, base, test, val, seed, n_boot, workers,
+                          folds)
     if "roc_auc" in table.columns:
         table = table.sort_values(["roc_auc", "f1"], ascending=False, na_position="last").reset_index(drop=True)
-    _write(table, Path(out_dir), "Architecture comparison (test split)",
+    _write(table, Path(out_dir), "Architecture comparison " + (f"({folds}-fold CV, pooled out of fold)" if folds
+                                                               else "(test split)"),
            ["run", "status", "roc_auc", "f1", "accuracy", "train_seconds", "parameters"])
     return table
 
 
 def compare_pretraining(manifest, out_dir, models: list[str] = ("alexnet", "vgg16"), base=None, test: float = 0.2,
-                        val: float = 0.1, seed: int = 42, n_boot: int = 200, workers: int = 1) -> pd.DataFrame:
+                        val: float = 0.1, seed: int = 42, n_boot: int = 200, workers: int = 1,
+                        folds: int | None = None) -> pd.DataFrame:
     """Each model from random and from ImageNet weights (fine-tuned fully); the gain pretraining gives."""
     from ..training import TrainConfig
 
     base = base or TrainConfig(epochs=10, lr=1e-4, augment=False)
     variants = {f"{m}-{w}": {"model": m, "weights": w, "freeze": "full"} for m in models for w in ("random", "imagenet")}
-    table = _run_variants(variants, manifest, out_dir, base, test, val, seed, n_boot, workers)
+    table = _run_variants(variants, manifest, out_dir, base, test, val, seed, n_boot, workers, folds)
     gains = []
     for m in models:
         rows = table[table["model"] == m].set_index("weights")
@@ -123,7 +161,8 @@ def compare_pretraining(manifest, out_dir, models: list[str] = ("alexnet", "vgg1
                       "roc_auc_gain": (rows.loc["imagenet", "roc_auc"] - rows.loc["random", "roc_auc"]) if ok else None})
     gain_table = pd.DataFrame(gains)
     out_dir = Path(out_dir)
-    _write(table, out_dir, "Random vs pretrained initialisation (test split)",
+    _write(table, out_dir, "Random vs pretrained initialisation " + (f"({folds}-fold CV, pooled out of fold)" if folds
+                                                                     else "(test split)"),
            ["run", "status", "roc_auc", "f1", "accuracy", "train_seconds", "parameters"])
     gain_table.to_csv(out_dir / "gains.csv", index=False)
     with open(out_dir / "results.md", "a") as handle:
