@@ -41,6 +41,7 @@ class EvaluationResult:
     metrics_json: Path
     notes: list[str]
     levels: dict[str, MetricsReport] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason, left out of the metrics
 
 
 def most_confused_pairs(confusion: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
@@ -248,7 +249,7 @@ def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, 
         explanations=explanations)
     metrics_json = atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     return EvaluationResult(out_dir=out_dir, report=report, predictions=predictions, report_html=html_path,
-                            metrics_json=metrics_json, notes=notes, levels=levels)
+                            metrics_json=metrics_json, notes=notes, levels=levels, unreadable=dict(unreadable))
 
 
 def load_evaluation(out_dir: str | Path) -> EvaluationResult:
@@ -259,4 +260,5 @@ def load_evaluation(out_dir: str | Path) -> EvaluationResult:
                             predictions=pd.read_csv(out_dir / "predictions.csv", dtype={"true": str, "predicted": str}),
                             report_html=out_dir / "report.html", metrics_json=out_dir / "metrics.json",
                             notes=list(metrics.get("notes", [])),
-                            levels={k: MetricsReport.from_dict(v) for k, v in (metrics.get("levels") or {}).items()})
+                            levels={k: MetricsReport.from_dict(v) for k, v in (metrics.get("levels") or {}).items()},
+                            unreadable=dict(metrics.get("unreadable") or {}))

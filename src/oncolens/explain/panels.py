@@ -54,7 +54,8 @@ def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataF
         notes += selection.notes + [f"unreadable, left out: {p}: {r}" for p, r in scores.unreadable.items()]
     frame = frame.iloc[scores.positions].reset_index(drop=True)
     proba, routed = scores.probabilities, scores.decided
-    cases = select_cases(frame, proba, list(loaded.classes), per_class, predicted=routed)
+    cases = select_cases(frame.assign(scored_row=np.arange(len(frame))), proba, list(loaded.classes), per_class,
+                         predicted=routed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
@@ -63,7 +64,9 @@ def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataF
         if rows.empty:
             continue
         images = [read_image(p).image for p in rows["path"]]
-        explanations = explain(loaded, images, method=method, options=options)
+        scored = rows["scored_row"].to_numpy()  # the nodes' scores are known: the tree is not scored again
+        routing = {key: value[scored] for key, value in scores.node_probabilities.items()}
+        explanations = explain(loaded, images, method=method, options=options, routing=routing)
         tiles, titles = [], []
         for image, row, e in zip(images, rows.itertuples(), explanations):
             composed = compose(image, e.heatmap, alpha)

@@ -118,7 +118,7 @@ class ModelBundle:
             groups: dict[tuple[str, str], list[HierarchyNode]] = {}
             for node in self.nodes():
                 key = (json.dumps(node.bundle.preprocessing.to_dict(), sort_keys=True),
-                       _fingerprint(node.bundle.model.backbone))
+                       weights_fingerprint(node.bundle.model.backbone))
                 groups.setdefault(key, []).append(node)
             cached = list(groups.values())
             self._groups = cached
@@ -237,12 +237,13 @@ class ModelBundle:
         return iter_scores(self, inputs, backend=backend, **options)
 
 
-def _fingerprint(module: torch.nn.Module) -> str:
-    """A hash of a module's weights and buffers (equal for copies of one frozen backbone)."""
+def weights_fingerprint(*modules: torch.nn.Module) -> str:
+    """A hash of the modules' weights and buffers (equal for copies of one frozen backbone)."""
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -9,7 +9,6 @@ weights, so a folder of graphs is only reused for the bundle it was exported fro
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_write_bytes, atomic_write_json
-from .bundle import HierarchyNode, ModelBundle, as_bundle
+from .bundle import HierarchyNode, ModelBundle, as_bundle, weights_fingerprint
 
 __all__ = ["export_onnx", "onnx_parity", "onnx_graphs", "group_name"]
 
@@ -44,12 +43,7 @@ def group_name(group: Sequence[HierarchyNode]) -> str:
 
 
 def _group_fingerprint(group: Sequence[HierarchyNode]) -> str:
-    digest = hashlib.sha256()
-    for module in [group[0].model.backbone, *(n.model.head for n in group)]:
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
+    return weights_fingerprint(group[0].model.backbone, *(n.model.head for n in group))[:32]
 
 
 def _sidecar(bundle: ModelBundle, group: Sequence[HierarchyNode]) -> dict:

@@ -75,14 +75,15 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
                                                                "n_boot": 0}, done=evals / f"fold_{k}" / ".done"))
     run_jobs(train_jobs, workers)
     run_jobs(eval_jobs, workers)
-    rows, oof = [], []
+    rows, oof, unreadable = [], [], 0
     for k in range(1, folds + 1):
         result = load_evaluation(evals / f"fold_{k}")
         rows.append({"fold": k, "images": result.report.n, **{m: result.report.value(m) for m in CV_METRICS}})
         oof.append(result.predictions.assign(fold=k))
+        unreadable += len(result.unreadable)
     table = pd.DataFrame(rows)
     predictions = pd.concat(oof, ignore_index=True)
-    if predictions["path"].duplicated().any() or len(predictions) != len(frame) - _unreadable(evals, folds):
+    if predictions["path"].duplicated().any() or len(predictions) != len(frame) - unreadable:
         raise DataError("out-of-fold predictions do not cover every readable image exactly once")
     atomic_write(out_dir / "oof_predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
@@ -106,13 +107,6 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
     atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     _write_markdown(out_dir, table, pooled, summary)
     return table
-
-
-def _unreadable(evals: Path, folds: int) -> int:
-    import json
-
-    return sum(len(json.loads((evals / f"fold_{k}" / "metrics.json").read_text()).get("unreadable") or {})
-               for k in range(1, folds + 1))
 
 
 def _mean_sd(values: pd.Series) -> tuple[float | None, float | None]:
