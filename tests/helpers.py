@@ -43,7 +43,7 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
 
 
 def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int = 0, frames: int = 1,
-               claimed: tuple[int, int, int] | None = None) -> Path:
+               claimed: tuple[int, int, int] | None = None, modality: str = "MR") -> Path:
     """A 16-bit MONOCHROME2 DICOM with a patient id and a window; ``frames`` > 1 makes a multi-frame
     file whose frame k is filled with the value 100 * k; ``claimed`` (frames, rows, columns) writes a
     header claiming that size over the small pixel data (a decompression-bomb header)."""
@@ -59,7 +59,7 @@ def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int 
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.PatientID = patient_id
-    ds.Modality = "MR"
+    ds.Modality = modality
     ds.Rows = ds.Columns = size
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -109,3 +109,37 @@ def test_a_class_missing_from_a_split_is_warned_about(tmp_path):
     out = CliRunner().invoke(app, ["split", str(save_manifest(frame, tmp_path / "m.csv")), "--out",
                                    str(tmp_path / "s.csv"), "--val", "0.2", "--seed", "0"])
     assert out.exit_code == 0 and "has no image of class(es) rare" in out.output
+
+
+def _no_patients_with_duplicates(n: int = 60) -> pd.DataFrame:
+    """Rows without patient ids; rows 0-9 are exact copies in pairs, rows 10-19 near copies in pairs."""
+    rng = np.random.default_rng(0)
+    hashes = [f"{int(v):016x}" for v in rng.integers(0, 2**63, n)]
+    sha = [f"{i:064x}" for i in range(n)]
+    for i in range(0, 10, 2):
+        sha[i + 1], hashes[i + 1] = sha[i], hashes[i]
+    for i in range(10, 20, 2):
+        hashes[i + 1] = f"{int(hashes[i], 16) ^ 0b101:016x}"  # 2 bits apart
+    return pd.DataFrame({"path": [f"img{i}.png" for i in range(n)], "label": ["a", "b"] * (n // 2),
+                         "sha256": sha, "phash": hashes, "group": [""] * n})
+
+
+def test_without_patients_duplicates_stay_together_in_splits_and_folds():
+    from oncolens.data.split import assign_folds, duplicate_clusters
+
+    frame = _no_patients_with_duplicates()
+    clusters = duplicate_clusters(frame)
+    assert len(set(clusters)) == 60 - 10 and all(clusters[i] == clusters[i + 1] for i in range(0, 20, 2))
+    for seed in range(5):
+        parts = split(frame, test=0.3, val=0.2, seed=seed)
+        assert "dup_cluster" in parts.columns
+        assert all(parts["split"][i] == parts["split"][i + 1] for i in range(0, 20, 2))
+        assert leakage_report(parts).clean
+        folds = assign_folds(frame, folds=5, seed=seed)
+        assert all(folds["fold"][i] == folds["fold"][i + 1] for i in range(0, 20, 2))
+
+
+def test_without_duplicates_the_split_is_by_image_as_before():
+    frame = _no_patients_with_duplicates().iloc[20:].reset_index(drop=True)
+    parts = split(frame, test=0.3, seed=0)
+    assert "dup_cluster" not in parts.columns

@@ -32,7 +32,8 @@ def cv_dir(phantom_manifest, tmp_path_factory):
     manifest = save_manifest(phantom_manifest, tmp / "m.csv")
     result = CliRunner().invoke(app, ["cv", str(manifest), "--folds", "3", "--out", str(tmp / "cv"), "--model",
                                       "seed_cnn", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-                                      "--no-augment", "--n-boot", "50"])
+                                      "--no-augment", "--n-boot", "50", "--perturb", "jpeg75,resize0.5",
+                                      "--holdout", "0.25"])
     assert result.exit_code == 0, result.output
     assert "pooled out of fold" in result.output
     return tmp / "cv"
@@ -51,6 +52,16 @@ def test_out_of_fold_predictions_match_each_fold_model(cv_dir, phantom_manifest)
     summary = json.loads((cv_dir / "summary.json").read_text())
     assert summary["grouped_by_patient"] and len(summary["per_fold"]) == 3
     assert summary["pooled_out_of_fold"]["headline"]["accuracy"]["ci95"] is not None
+    # robustness: every image rescored by its own fold's model after each perturbation
+    clean = (oof["predicted"] == oof["true"]).mean()
+    for row, name in zip(summary["robustness"], ("jpeg75", "resize0.5")):
+        rescored = pd.read_csv(cv_dir / "robustness" / f"{name}.csv", keep_default_na=False)
+        assert row["perturbation"] == name and sorted(rescored["path"]) == sorted(oof["path"])
+        truth = oof.set_index("path").loc[rescored["path"], "true"].to_numpy()
+        assert row["accuracy"] == pytest.approx((rescored["predicted"].to_numpy() == truth).mean())
+        assert row["drop"] == pytest.approx(clean - row["accuracy"])
+        assert row["drop_ci95"][0] <= row["drop"] <= row["drop_ci95"][1]
+    assert "| jpeg75 |" in (cv_dir / "results.md").read_text()
 
 
 @pytest.mark.slow
@@ -58,7 +69,9 @@ def test_fold_ensemble_bundle_round_trips_through_predict_evaluate_and_the_api(c
     bundle = load_any_bundle(cv_dir / "ensemble_bundle")
     assert bundle.kind == "ensemble" and len(bundle.members) == 3
     files = phantom_manifest["path"][:6].tolist()
-    mean = np.mean([m.score(files).probabilities for m in bundle.members], axis=0)
+    tta = bundle.meta["tta"]  # one setting for all members (here fold recipes may differ: mixed phantoms)
+    assert tta == max((m.meta["tta"] for m in bundle.members), key=lambda t: t != "none")
+    mean = np.mean([m.score(files, tta=tta).probabilities for m in bundle.members], axis=0)
     np.testing.assert_allclose(bundle.score(files).probabilities, mean, atol=1e-5)
     np.testing.assert_allclose(bundle.score(files, backend="onnx").probabilities, mean, atol=1e-4)
     data = save_manifest(phantom_manifest.assign(split="test"), tmp_path / "all.csv")
@@ -75,3 +88,18 @@ def test_fold_ensemble_bundle_round_trips_through_predict_evaluate_and_the_api(c
     assert client.get("/model").json()["kind"] == "ensemble"
     assert client.post("/predict", files=payload).status_code == 200
     assert client.post("/explain", files=payload).status_code == 200
+
+
+@pytest.mark.slow
+def test_holdout_is_set_aside_before_the_folds_and_tests_the_ensemble(cv_dir, phantom_manifest):
+    held = pd.read_csv(cv_dir / "holdout.csv", keep_default_na=False)
+    folds = pd.read_csv(cv_dir / "folds.csv", keep_default_na=False)
+    test = held[held["split"] == "test"]
+    assert len(test) + len(folds) == len(phantom_manifest)
+    assert not set(test["path"]) & set(folds["path"]) and not set(test["group"]) & set(folds["group"])
+    summary = json.loads((cv_dir / "summary.json").read_text())["holdout"]
+    assert summary["images"] == len(test) and len(summary["fold_model_accuracy"]) == 3
+    ensemble = load_any_bundle(cv_dir / "ensemble_bundle").score(test["path"].tolist())
+    accuracy = np.mean(np.array(ensemble.labels) == test.set_index("path").loc[ensemble.sources, "label"].to_numpy())
+    assert summary["ensemble"]["headline"]["accuracy"]["value"] == pytest.approx(accuracy)
+    assert "Held out before the folds" in (cv_dir / "results.md").read_text()

@@ -123,7 +123,8 @@ def split(
     val: Annotated[float, typer.Option(help="fraction held out for validation")] = 0.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     label_col: Annotated[str, typer.Option(help="column to stratify on")] = "label",
-    group_col: Annotated[str, typer.Option(help="patient column; 'auto' uses group/patient when present; 'none' splits by image")] = "auto",
+    group_col: Annotated[str, typer.Option(help="patient column; 'auto' uses group/patient when present, else near-duplicate clusters; 'none' "
+                                              "splits by image")] = "auto",
     near_threshold: Annotated[int, typer.Option(help="max perceptual-hash distance of a near duplicate")] = 4,
     report: Annotated[Optional[Path], typer.Option(help="write the leakage report (CSV of duplicate pairs)")] = None,
 ) -> None:
@@ -138,7 +139,7 @@ def split(
     result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col,
                             group_col=None if group_col == "none" else group_col)
     save_manifest(result, out)
-    grouped = resolve_group_column(frame, None if group_col == "none" else group_col)
+    grouped = resolve_group_column(result, None if group_col == "none" else group_col)
     table = Table(title=f"split of {len(result)} images (grouped by: {grouped or 'image'})")
     counts = pd.crosstab(result[label_col], result["split"])
     table.add_column(label_col)
@@ -207,7 +208,7 @@ def _config_options(config_class, skip: tuple[str, ...] = ()) -> list[inspect.Pa
             continue
         base = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
         dashed = f.name.replace("_", "-")
-        shown = "model's" if f.default is None else f.default
+        shown = f.metadata.get("shown", "model's") if f.default is None else f.default
         text = f"{f.metadata.get('help', '')} [default: {shown}]"
         option = (typer.Option(f"--{dashed}/--no-{dashed}", help=text, show_default=False) if base is bool
                   else typer.Option(f"--{dashed}", help=text, show_default=False))
@@ -226,6 +227,12 @@ def _with_options(extra: list[inspect.Parameter]):
         return fn
 
     return decorate
+
+
+def _perturbations() -> list[str]:
+    from oncolens.data.perturb import PERTURBATIONS
+
+    return list(PERTURBATIONS)
 
 
 def _train_config_class():
@@ -272,16 +279,22 @@ def cv(
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the pooled out-of-fold CIs")] = 1000,
     workers: Annotated[int, typer.Option(help="parallel worker processes (one fold each)")] = 1,
     ensemble: Annotated[bool, typer.Option("--ensemble/--no-ensemble", help="write the fold-ensemble bundle")] = True,
+    perturb: Annotated[Optional[str], typer.Option(help="comma-separated perturbations to score every image through "
+                                                   f"afterwards ({', '.join(_perturbations())})")] = None,
+    holdout: Annotated[float, typer.Option(help="fraction set aside before the folds (grouped) to test the fold "
+                                                "ensemble on images no run has seen")] = 0.0,
     **options,
 ) -> None:
     """Patient-grouped k-fold cross-validation: a run per fold, out-of-fold predictions, mean +- sd and
-    pooled metrics with CIs, and a fold-ensemble bundle."""
+    pooled metrics with CIs, and a fold-ensemble bundle. Without recipe flags every fold's run configures
+    itself from its own training images (see `oncolens train`)."""
     from oncolens.studies import cross_validate
     from oncolens.training import load_config
 
     train_config = load_config(config, **options)
     cross_validate(manifest, out, folds=folds, train_config=train_config, seed=seed, n_boot=n_boot, workers=workers,
-                   ensemble=ensemble)
+                   ensemble=ensemble, perturb=[p.strip() for p in perturb.split(",") if p.strip()] if perturb else (),
+                   holdout=holdout)
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
 
 
@@ -406,6 +419,8 @@ def evaluate(
                                                    "core count)")] = None,
     tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
                                                "bundle's)")] = None,
+    perturb: Annotated[Optional[str], typer.Option(help="robustness check: perturb every image before scoring "
+                                                   f"({', '.join(_perturbations())})")] = None,
 ) -> None:
     """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html."""
     from oncolens.evaluation import evaluate as run_evaluation
@@ -422,7 +437,8 @@ def evaluate(
         explanations = [(f"{explain_method}: {p.stem.removeprefix('panel_')}", p) for p in panels]
     result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
                             out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
-                            explanations=explanations, backend=backend, num_workers=workers, tta=tta)
+                            explanations=explanations, backend=backend, num_workers=workers, tta=tta,
+                            perturb=perturb)
     print_metrics(result.report)
     if result.levels:
         table = Table(title="hierarchy, level by level (right when the path down to the level is right)")
@@ -681,7 +697,7 @@ def _study_config(**values):
     """The training configuration of a study's runs: the given options, no augmentation."""
     from oncolens.training import TrainConfig
 
-    return TrainConfig(augment=False, **values)
+    return TrainConfig(augment=False, recipe="off", **values)
 
 
 def _run_study(run, out: Path) -> None:

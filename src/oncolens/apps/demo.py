@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(run_dir)
-        runs[name] = train(TrainConfig(data=str(out / "splits.csv"), runs_dir=str(out / "runs"), name=name,
+        runs[name] = train(TrainConfig(recipe="off", data=str(out / "splits.csv"), runs_dir=str(out / "runs"), name=name,
                                        cache_dir=str(out / "feature_cache"), seed=0, **overrides), console=console)
     for name, result in runs.items():
         console.print(f"[bold]{name}[/]: validation accuracy {result.val_accuracy:.3f} "
@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     from oncolens.studies import transfer_matrix
 
     transfer_matrix(out / "manifest.csv", out / "study-transfer", domain_col="organ",
-                    train_config=TrainConfig(model="seed_cnn", epochs=8, lr=1e-3, batch_size=32, augment=False),
+                    train_config=TrainConfig(recipe="off", model="seed_cnn", epochs=8, lr=1e-3, batch_size=32, augment=False),
                     n_boot=200)
     console.print((out / "study-transfer" / "results.md").read_text(), markup=False, highlight=False)
     stage("8. a hierarchy: organ, then tumour or not (one classifier per organ), against one flat 4-class model")
     from oncolens.studies import hierarchy_study
 
     hierarchy_study(out / "manifest.csv", out / "study-hierarchy", levels=["organ", "tumor"], n_boot=200,
-                    train_config=TrainConfig(model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen",
+                    train_config=TrainConfig(recipe="off", model="tf_efficientnet_lite0", weights="imagenet", freeze="frozen",
                                              head="seed004", epochs=30, lr=1e-3, batch_size=32, augment=False,
                                              patience=5, cache_dir=str(out / "feature_cache")))
     console.print((out / "study-hierarchy" / "results.md").read_text(), markup=False, highlight=False)

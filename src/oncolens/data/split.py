@@ -11,16 +11,21 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 from ..errors import DataError
 
 __all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column",
-           "split_warnings", "assign_folds"]
+           "split_warnings", "assign_folds", "duplicate_clusters", "GROUP_COLUMNS"]
 
 
 class SplitError(DataError):
     """The manifest cannot be split as asked; the message says why and what to do."""
 
 
+#: group columns a split uses by default, best first: patient ids, then near-duplicate clusters (a proxy)
+GROUP_COLUMNS = ("group", "patient", "dup_cluster")
+
+
 def default_group_column(manifest: pd.DataFrame) -> str | None:
-    """``group`` (or ``patient``) when the manifest carries patient ids for every row."""
-    for col in ("group", "patient"):
+    """``group`` (or ``patient``) when the manifest carries patient ids for every row, else ``dup_cluster``
+    (near-duplicate clusters, :func:`duplicate_clusters`) when a caller added it."""
+    for col in GROUP_COLUMNS:
         if col in manifest.columns:
             values = manifest[col].astype(str).str.strip()
             if (values != "").all() and values.nunique() > 1:
@@ -32,6 +37,23 @@ def default_group_column(manifest: pd.DataFrame) -> str | None:
                     "fill it for every image, or pass group_col=None to split by image",
                 )
     return None
+
+
+#: near-duplicate clustering (quadratic in the number of images) is skipped above this many images
+PROXY_MAX_IMAGES = 20_000
+
+
+def _auto_group(frame: pd.DataFrame, group_col: str | None) -> tuple[pd.DataFrame, str | None]:
+    """The group column for ``group_col`` (``auto``: the manifest's patients; without them, near-duplicate
+    clusters when the images have any duplicates, added as a ``dup_cluster`` column)."""
+    if group_col != "auto":
+        return frame, group_col
+    found = default_group_column(frame)
+    if found is None and {"sha256", "phash"} & set(frame.columns) and len(frame) <= PROXY_MAX_IMAGES:
+        clusters = duplicate_clusters(frame)
+        if len(set(clusters)) < len(frame):
+            return frame.assign(dup_cluster=clusters), "dup_cluster"
+    return frame, found
 
 
 def _check_labels(labels: pd.Series, needed: int) -> None:
@@ -82,7 +104,8 @@ def split(
     """Return a copy of ``manifest`` with a ``split`` column (train / val / test).
 
     With a group column (patient ids), no group appears in two splits; splits are stratified by
-    label as well as groups allow. The same seed gives the same split.
+    label as well as groups allow. Without patient ids (``auto``), exact and near duplicates are kept in
+    one split (a ``dup_cluster`` column says which images were grouped). The same seed gives the same split.
     """
     if not 0 < test < 1 or not 0 <= val < 1 or test + val >= 1:
         raise SplitError(f"fractions must satisfy 0 < test < 1, 0 <= val and test + val < 1 (got test={test}, val={val})")
@@ -92,8 +115,7 @@ def split(
     labels = frame[label_col].astype(str)
     n_parts = 2 + (val > 0)
     _check_labels(labels, needed=n_parts)
-    if group_col == "auto":
-        group_col = default_group_column(frame)
+    frame, group_col = _auto_group(frame, group_col)
     split_col = np.array(["train"] * len(frame), dtype=object)
     index = np.arange(len(frame))
     if group_col:
@@ -121,7 +143,8 @@ def split(
 def assign_folds(manifest: pd.DataFrame, folds: int = 5, seed: int = 42, group_col: str | None = "auto",
                  label_col: str = "label") -> pd.DataFrame:
     """A copy of ``manifest`` with a ``fold`` column (1..folds): stratified by label and, with a patient
-    column, grouped so that no patient is in two folds. Every image is in exactly one fold."""
+    column, grouped so that no patient is in two folds (without one: no near-duplicate cluster, as in
+    :func:`split`). Every image is in exactly one fold."""
     if folds < 2:
         raise SplitError(f"cross-validation needs at least 2 folds, got {folds}")
     if label_col not in manifest.columns:
@@ -129,7 +152,7 @@ def assign_folds(manifest: pd.DataFrame, folds: int = 5, seed: int = 42, group_c
     frame = manifest.reset_index(drop=True).copy()
     labels = frame[label_col].astype(str)
     _check_labels(labels, needed=folds)
-    group_col = resolve_group_column(frame, group_col)
+    frame, group_col = _auto_group(frame, group_col)
     fold = np.zeros(len(frame), dtype=int)
     if group_col:
         groups = frame[group_col].astype(str).to_numpy()
@@ -188,7 +211,42 @@ class LeakageReport:
 
 
 def _phash_bits(hex_hashes: pd.Series) -> np.ndarray:
-    return np.array([int(h, 16) if h else 0 for h in hex_hashes], dtype=np.uint64)
+    return np.array([int(h, 16) if h and h != "nan" else 0 for h in hex_hashes], dtype=np.uint64)
+
+
+def duplicate_clusters(manifest: pd.DataFrame, near_threshold: int = 4) -> np.ndarray:
+    """A cluster id per row: images joined by exact (sha256) or near (phash Hamming distance <=
+    ``near_threshold``) duplication, transitively. The best grouping a dataset without patient ids offers:
+    adjacent slices and re-saved copies of one image end up in one cluster, so no fold splits them."""
+    frame = manifest.reset_index(drop=True)
+    parent = np.arange(len(frame))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        a, b = root(i), root(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    if "sha256" in frame.columns:
+        for members in frame.groupby("sha256").indices.values():
+            for j in members[1:]:
+                if frame["sha256"].iloc[members[0]]:
+                    join(int(members[0]), int(j))
+    if "phash" in frame.columns and len(frame):
+        has = (frame["phash"].astype(str) != "").to_numpy()
+        bits = _phash_bits(frame["phash"].astype(str))
+        for i in range(len(frame) - 1):
+            if not has[i]:
+                continue
+            close = np.nonzero((np.bitwise_count(bits[i + 1:] ^ bits[i]) <= near_threshold) & has[i + 1:])[0]
+            for k in close:
+                join(i, i + 1 + int(k))
+    return np.array([f"dup-{root(i)}" for i in range(len(frame))], dtype=object)
 
 
 def leakage_report(split_manifest: pd.DataFrame, near_threshold: int = 4, label_col: str = "label",

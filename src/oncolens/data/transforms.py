@@ -45,7 +45,8 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training-time augmentation, as the seeds used it (flip, rotation, zoom, contrast)."""
+    """Training-time augmentation: the seeds' (flip, rotation, zoom, contrast), plus 90-degree rotations
+    and colour (stain) jitter for orientation-free colour images such as histology."""
 
     hflip: bool = True
     vflip: bool = False
@@ -53,10 +54,22 @@ class Augmentation:
     zoom: float = 0.1
     contrast: float = 0.2
     enabled: bool = True
+    rot90: bool = False
+    colour: float = 0.0
 
     @classmethod
     def none(cls) -> "Augmentation":
         return cls(enabled=False)
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by 0, 90, 180 or 270 degrees, equally likely (square inputs keep their shape exactly)."""
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"k": int(torch.randint(0, 4, ()))}
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.rotate(inpt, 90.0 * params["k"]) if params["k"] else inpt
 
 
 def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentation | None = None) -> v2.Compose:
@@ -77,7 +90,12 @@ def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentat
                     scale=(1 - augment.zoom, 1 + augment.zoom) if augment.zoom else None,
                 ),
             )
-        if augment.contrast:
-            steps.append(v2.ColorJitter(contrast=augment.contrast))
+        if augment.rot90:
+            steps.append(RandomRot90())
+        if augment.contrast or augment.colour:
+            # colour: brightness, saturation and a hue shift a quarter as large (H&E stain variation)
+            steps.append(v2.ColorJitter(contrast=augment.contrast or None, brightness=augment.colour or None,
+                                        saturation=augment.colour or None,
+                                        hue=min(augment.colour / 4, 0.5) or None if pre.channels == 3 else None))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
     return v2.Compose(steps)

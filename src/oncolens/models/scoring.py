@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import Unreadable
 from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
+from ..data.perturb import get_perturbation
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
 from .bundle import HierarchyNode, ModelBundle
@@ -151,11 +152,13 @@ def make_backend(bundle: ModelBundle, backend: "str | Backend" = "torch", **opti
 class _Inputs(Dataset):
     """Images or image files, each decoded once and preprocessed for every distinct preprocessing."""
 
-    def __init__(self, items: Sequence[Any], transforms: Sequence[Callable], max_pixels: int, min_size: int):
+    def __init__(self, items: Sequence[Any], transforms: Sequence[Callable], max_pixels: int, min_size: int,
+                 perturb: Callable[[Image.Image], Image.Image] | None = None):
         self.items = items
         self.transforms = list(transforms)
         self.max_pixels = max_pixels
         self.min_size = min_size  # the largest model input side: JPEGs may be decoded at a reduced scale
+        self.perturb = perturb
 
     def __len__(self) -> int:
         return len(self.items)
@@ -170,6 +173,8 @@ class _Inputs(Dataset):
             except UnreadableImage as exc:
                 return Unreadable(index, exc.reason)
         try:
+            if self.perturb is not None:
+                image = self.perturb(image)
             return tuple(t(image) for t in self.transforms), index
         except (OSError, ValueError) as exc:  # a decoder that gave up part-way through the pixels
             return Unreadable(index, f"cannot decode: {exc}")
@@ -261,12 +266,15 @@ def tta_views(bundle: ModelBundle, tta: str | None = None) -> tuple[str, tuple]:
 
 def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "torch", *, batch_size: int = 32,
                 num_workers: int | None = None, features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                onnx_dir: str | Path | None = None, tta: str | None = None) -> Iterator[Scores]:
+                onnx_dir: str | Path | None = None, tta: str | None = None,
+                perturb: str | None = None) -> Iterator[Scores]:
     """:class:`Scores` of ``inputs`` one batch at a time (PIL images, file paths, or a manifest
     DataFrame's ``path`` column). ``num_workers=None`` picks workers for file inputs from the core count.
     ``tta`` (default: the bundle's setting) averages each classifier's probabilities (and features)
-    over flipped/rotated views: one forward pass per view."""
+    over flipped/rotated views: one forward pass per view. ``perturb`` names a robustness perturbation
+    (:mod:`oncolens.data.perturb`) applied to every decoded image first."""
     runner = make_backend(bundle, backend, onnx_dir=onnx_dir)
+    perturbation = get_perturbation(perturb)
     _, views = tta_views(bundle, tta)
     items, sources = _items(inputs)
     groups: list[list[HierarchyNode]] = bundle.shared_backbones()
@@ -277,7 +285,7 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
             distinct.append(pre)
     input_of = [distinct.index(g[0].bundle.preprocessing) for g in groups]
     dataset = _Inputs(items, [build_transforms(pre, train=False) for pre in distinct], max_pixels,
-                      min_size=max(pre.size for pre in distinct))
+                      min_size=max(pre.size for pre in distinct), perturb=perturbation)
     if num_workers is None:
         decoded = all(isinstance(item, Image.Image) for item in items)
         num_workers = 0 if decoded else default_workers(-(-len(items) // batch_size))

@@ -132,7 +132,7 @@ def compare_models(manifest, out_dir, models: list[str], base=None, test: float 
     patient-grouped folds: pooled out-of-fold metrics); rows sorted by ROC-AUC, then F1."""
     from ..training import TrainConfig
 
-    base = base or TrainConfig(epochs=10, lr=1e-3, augment=False)
+    base = base or TrainConfig(epochs=10, lr=1e-3, augment=False, recipe="off")
     table = _run_variants({m: {"model": m} for m in models}, manifest, out_dir, base, test, val, seed, n_boot, workers,
                           folds)
     if "roc_auc" in table.columns:
@@ -149,7 +149,7 @@ def compare_pretraining(manifest, out_dir, models: list[str] = ("alexnet", "vgg1
     """Each model from random and from ImageNet weights (fine-tuned fully); the gain pretraining gives."""
     from ..training import TrainConfig
 
-    base = base or TrainConfig(epochs=10, lr=1e-4, augment=False)
+    base = base or TrainConfig(epochs=10, lr=1e-4, augment=False, recipe="off")
     variants = {f"{m}-{w}": {"model": m, "weights": w, "freeze": "full"} for m in models for w in ("random", "imagenet")}
     table = _run_variants(variants, manifest, out_dir, base, test, val, seed, n_boot, workers, folds)
     gains = []

@@ -10,6 +10,7 @@ feature cache).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from ..data import load_manifest, save_manifest
-from ..data.split import assign_folds, leakage_report
+from ..data.split import assign_folds, leakage_report, resolve_group_column, split
 from ..errors import DataError
-from ..evaluation import compute_metrics, format_metric, load_evaluation
+from ..evaluation import MetricsReport, compute_metrics, evaluate, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.ensemble import save_ensemble_bundle
 from ..training import TrainConfig
@@ -39,12 +40,18 @@ def _fold_manifest(frame: pd.DataFrame, fold: int) -> pd.DataFrame:
 
 def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, folds: int = 5,
                    train_config: TrainConfig | None = None, seed: int = 42, n_boot: int = 1000,
-                   workers: int = 1, ensemble: bool = True) -> pd.DataFrame:
+                   workers: int = 1, ensemble: bool = True, perturb: Sequence[str] = (),
+                   holdout: float = 0.0) -> pd.DataFrame:
     """Run a ``folds``-fold cross-validation into ``out_dir``; return the per-fold table.
 
     Writes ``folds.csv`` (every image's fold), ``oof_predictions.csv``, ``results.csv`` / ``results.md``
     (per fold, mean +- sd, pooled out of fold with CIs), ``summary.json``, runs and evaluations per fold,
-    and ``ensemble_bundle/`` (the fold models averaged) when ``ensemble``.
+    and ``ensemble_bundle/`` (the fold models averaged) when ``ensemble``. Each of ``perturb`` (names from
+    :mod:`oncolens.data.perturb`, e.g. ``jpeg75``) scores every image again through its own fold's model
+    after that perturbation: the pooled out-of-fold accuracy it costs, with a paired bootstrap CI.
+    ``holdout`` > 0 first sets that fraction aside (grouped like the folds, in ``holdout.csv``); the folds
+    split the rest, and the fold ensemble and each fold model are then evaluated on the held-out images,
+    which no run has seen (``holdout/``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,8 +62,12 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
         frame["fold"] = frame["fold"].astype(int)
     else:
         source = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
-        frame = assign_folds(source.drop(columns=[c for c in ("split", "fold") if c in source.columns]), folds,
-                             seed=seed, label_col=config.label_col)
+        source = source.drop(columns=[c for c in ("split", "fold") if c in source.columns])
+        if holdout > 0:
+            parts = split(source, test=holdout, seed=seed, label_col=config.label_col)
+            save_manifest(parts, out_dir / "holdout.csv")
+            source = parts[parts["split"] == "train"].drop(columns=["split"])
+        frame = assign_folds(source, folds, seed=seed, label_col=config.label_col)  # no patient ids: dup clusters
         save_manifest(frame, fold_file)
     notes = []
     runs, evals = out_dir / "runs", out_dir / "evals"
@@ -66,7 +77,7 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
         leak = leakage_report(load_manifest(data), label_col=config.label_col)
         if not leak.clean:
             notes.append(f"fold {k}: {len(leak.exact)} exact and {len(leak.near)} near duplicate pair(s) cross "
-                         f"train/test, {len(leak.shared_groups)} shared patient(s)")
+                         f"train/test, {len(leak.shared_groups)} shared group(s)")
         cfg = {**asdict(config), "data": str(data), "runs_dir": str(runs), "name": f"fold_{k}", "seed": seed,
                "test_fraction": 0.2}
         train_jobs.append(Job(f"train fold {k}", _train_job, {"config": cfg}, done=runs / f"fold_{k}" / ".done"))
@@ -89,24 +100,88 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
     classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
     y = np.array([classes.index(t) for t in predictions["true"].astype(str)])
     decided = np.array([classes.index(p) for p in predictions["predicted"].astype(str)])
-    groups = (frame.set_index("path").loc[predictions["path"], "group"].astype(str).tolist()
-              if "group" in frame.columns and (frame["group"] != "").all() else None)
+    group_col = resolve_group_column(frame)
+    groups = frame.set_index("path").loc[predictions["path"], group_col].astype(str).tolist() if group_col else None
     pooled = compute_metrics(y, predictions[[f"prob_{c}" for c in classes]].to_numpy(float), classes, groups=groups,
                              n_boot=n_boot, seed=seed, predicted=decided)
-    summary = {"folds": folds, "images": int(len(predictions)), "grouped_by_patient": groups is not None,
+    grouped_by = {"dup_cluster": "near-duplicate cluster", None: "image"}.get(group_col, "patient")
+    if group_col == "dup_cluster":
+        sizes = frame["dup_cluster"].value_counts()
+        notes.insert(0, f"no patient ids: folds grouped by near-duplicate clusters (exact or perceptual-hash "
+                        f"duplicates, transitively): {int((sizes > 1).sum())} cluster(s) of 2+ images, largest "
+                        f"{int(sizes.max())}; images of one patient that do not look alike can still cross folds")
+    summary = {"folds": folds, "images": int(len(predictions)), "grouped_by_patient": grouped_by == "patient",
+               "grouped_by": grouped_by,
                "per_fold": rows,
                "mean": {m: _mean_sd(table[m])[0] for m in CV_METRICS},
                "sd": {m: _mean_sd(table[m])[1] for m in CV_METRICS},
                "pooled_out_of_fold": pooled.to_dict(), "notes": notes}
+    if perturb:
+        summary["robustness"] = _robustness(out_dir, frame, predictions, list(perturb), groups, n_boot, seed)
     if ensemble:
         bundle = save_ensemble_bundle([runs / f"fold_{k}" / "bundle" for k in range(1, folds + 1)],
                                       out_dir / "ensemble_bundle", meta={"cv": str(out_dir), "folds": folds,
                                                                          "label_col": config.label_col})
         summary["ensemble_bundle"] = str(bundle)
+        if (out_dir / "holdout.csv").exists():
+            summary["holdout"] = _evaluate_holdout(out_dir, bundle, folds, n_boot, seed)
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     _write_markdown(out_dir, table, pooled, summary)
     return table
+
+
+def _evaluate_holdout(out_dir: Path, ensemble: Path, folds: int, n_boot: int, seed: int) -> dict:
+    """The fold ensemble and every fold model on the held-out images (CIs for the ensemble)."""
+    data = out_dir / "holdout.csv"
+    result = evaluate(ensemble, data, split="test", out_dir=out_dir / "holdout" / "ensemble", n_boot=n_boot, seed=seed)
+    singles = [evaluate(out_dir / "runs" / f"fold_{k}" / "bundle", data, split="test", n_boot=0,
+                        out_dir=out_dir / "holdout" / f"fold_{k}").report.value("accuracy") for k in range(1, folds + 1)]
+    return {"images": result.report.n, "ensemble": result.report.to_dict(), "fold_model_accuracy": singles,
+            "fold_model_accuracy_mean": float(np.mean(singles))}
+
+
+def _robustness(out_dir: Path, frame: pd.DataFrame, clean: pd.DataFrame, perturbations: list[str],
+                groups: list[str] | None, n_boot: int, seed: int) -> list[dict]:
+    """Pooled out-of-fold accuracy of every image scored through each perturbation by its own fold's model,
+    and the accuracy lost against the unperturbed images (paired bootstrap by patient/cluster or image)."""
+    from ..data.perturb import get_perturbation
+    from ..models import load_any_bundle
+
+    for name in perturbations:
+        get_perturbation(name)  # unknown names fail before any work
+    clean = clean.set_index("path")
+    units = np.asarray(groups if groups is not None else clean.index.tolist())
+    codes = pd.factorize(units)[0]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, codes.max() + 1, codes.max() + 1) for _ in range(n_boot)]
+    rows = []
+    for name in perturbations:
+        file = out_dir / "robustness" / f"{name}.csv"
+        if file.exists():
+            scored = pd.read_csv(file, keep_default_na=False)
+        else:
+            parts = []
+            for k in sorted(frame["fold"].unique()):
+                paths = [p for p in frame.loc[frame["fold"] == k, "path"] if p in clean.index]
+                bundle = load_any_bundle(out_dir / "runs" / f"fold_{k}" / "bundle")
+                scores = bundle.score(paths, perturb=name)
+                parts.append(pd.DataFrame({"path": scores.sources, "predicted": scores.labels, "fold": k}))
+            scored = pd.concat(parts, ignore_index=True)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(file, lambda tmp, table=scored: table.to_csv(tmp, index=False))
+        predicted = scored.set_index("path")["predicted"].astype(str).reindex(clean.index)
+        right_clean = (clean["predicted"].astype(str) == clean["true"].astype(str)).to_numpy(float)
+        right = (predicted == clean["true"].astype(str)).to_numpy(float)  # unreadable now: counted wrong
+        drop = right_clean - right
+        per_unit_drop = np.bincount(codes, weights=drop)
+        per_unit_n = np.bincount(codes)
+        boot = [per_unit_drop[d].sum() / per_unit_n[d].sum() for d in draws]
+        low, high = (np.percentile(boot, [2.5, 97.5]) if boot else (np.nan, np.nan))
+        rows.append({"perturbation": name, "accuracy": float(right.mean()), "clean_accuracy": float(right_clean.mean()),
+                     "drop": float(drop.mean()), "drop_ci95": [float(low), float(high)],
+                     "changed_decisions": int((predicted != clean["predicted"].astype(str)).sum())})
+    return rows
 
 
 def _mean_sd(values: pd.Series) -> tuple[float | None, float | None]:
@@ -118,7 +193,7 @@ def _mean_sd(values: pd.Series) -> tuple[float | None, float | None]:
 
 def _write_markdown(out_dir: Path, table: pd.DataFrame, pooled, summary: dict) -> None:
     lines = [f"# {summary['folds']}-fold cross-validation ({summary['images']} images, "
-             f"{'grouped by patient' if summary['grouped_by_patient'] else 'by image: no patient ids'})", "",
+             f"grouped by {summary['grouped_by']})", "",
              "| fold | images | " + " | ".join(CV_METRICS) + " |", "|---|---|" + "---|" * len(CV_METRICS)]
     for row in table.to_dict("records"):
         lines.append(f"| {row['fold']} | {row['images']} | " + " | ".join(format_metric(row[m]) for m in CV_METRICS)
@@ -127,9 +202,25 @@ def _write_markdown(out_dir: Path, table: pd.DataFrame, pooled, summary: dict) -
     lines.append("| mean +- sd | | " + " | ".join(mean_sd) + " |")
     lines.append("| pooled out of fold (95% CI) | | " + " | ".join(pooled.format_value(m) for m in CV_METRICS) + " |")
     lines += ["", f"Bootstrap of the pooled values: {pooled.n_boot} resamples by {pooled.bootstrap_unit}."]
+    if "holdout" in summary:
+        held = summary["holdout"]
+        report = MetricsReport.from_dict(held["ensemble"])
+        lines.append(f"Held out before the folds ({held['images']} images, seen by no run): fold ensemble accuracy "
+                     f"{report.format_value('accuracy')}, ROC-AUC {report.format_value('roc_auc_macro')}; the single "
+                     f"fold models {held['fold_model_accuracy_mean']:.3f} on average "
+                     f"({', '.join(f'{a:.3f}' for a in held['fold_model_accuracy'])}).")
     if "ensemble_bundle" in summary:
         lines.append(f"Fold ensemble: `{Path(summary['ensemble_bundle']).name}/` (the {summary['folds']} fold models "
                      "averaged; accepted by predict, evaluate, explain, serve and app).")
+    if summary.get("robustness"):
+        lines += ["", "Robustness: every image scored again by its own fold's model after a perturbation (pooled out "
+                      "of fold; drop = accuracy lost, paired bootstrap 95% CI).", "",
+                  "| perturbation | accuracy | drop [95% CI] | decisions changed |", "|---|---|---|---|"]
+        for row in summary["robustness"]:
+            low, high = row["drop_ci95"]
+            lines.append(f"| {row['perturbation']} | {row['accuracy']:.3f} | {row['drop']:+.3f} [{low:+.3f}, "
+                         f"{high:+.3f}] | {row['changed_decisions']} |")
+        lines.append("")
     lines += [f"- note: {n}" for n in summary["notes"]]
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
 

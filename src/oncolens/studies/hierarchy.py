@@ -103,7 +103,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed)
-    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3))
+    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3, recipe="off"))
     runs, evals = out_dir / "runs", out_dir / "evals"
     # every run: (its data, its label column); node runs train on their branch's rows only
     plan = {"flat": (out_dir / "data" / "all.csv", LEAF_COLUMN)}

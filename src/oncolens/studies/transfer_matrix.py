@@ -65,7 +65,7 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
     domains = sorted(frame[domain_col].astype(str).unique())
     if len(domains) < 2:
         raise DataError(f"need at least two values of {domain_col!r} for a transfer matrix, found {domains}")
-    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3))
+    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3, recipe="off"))
     splits = {}
     for domain in domains:
         path = out_dir / "data" / f"{domain}.csv"

@@ -9,15 +9,27 @@ from pathlib import Path
 
 import yaml
 
+from ..data.fingerprint import MODALITIES
 from ..errors import ConfigError, InputNotFound
 from ..models.scoring import TTA_VIEWS
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["TrainConfig", "load_config", "PLAIN_DEFAULTS"]
 
 
 def _option(default, help: str):
     """A configuration field with the help text the CLI shows for its flag."""
     return field(default=default, metadata={"help": help})
+
+
+def _chosen(help: str):
+    """A field the self-configuring recipe chooses when it is left unset (None)."""
+    return field(default=None, metadata={"help": help, "shown": "recipe"})
+
+
+#: what every recipe-chosen field means with ``recipe: off`` (the pre-recipe defaults)
+PLAIN_DEFAULTS: dict = {"model": "tf_efficientnet_lite0", "epochs": 10, "lr": 1e-4, "class_weights": False,
+                        "patience": 3, "hflip": True, "vflip": False, "rotation": 15.0, "zoom": 0.1, "contrast": 0.2,
+                        "rot90": False, "colour": 0.0, "tta": "none", "finetune": "off", "modality": "unknown"}
 
 
 @dataclass
@@ -26,32 +38,41 @@ class TrainConfig:
 
     data: str = _option("", "manifest CSV (with or without a split column)")
     label_col: str = _option("label", "manifest column to predict")
-    model: str = _option("tf_efficientnet_lite0", "model name (see `oncolens models`)")
+    recipe: str = _option("auto", "auto: choose every option left unset from the data's fingerprint (reasons printed "
+                                  "and kept in config.yaml); off: the plain defaults")
+    modality: str | None = _chosen("histology, mri, ct, ultrasound, xray or unknown (default: from DICOM tags and "
+                                   "path words); decides the augmentations")
+    model: str | None = _chosen("model name (see `oncolens models`)")
     weights: str = _option("auto", "auto, random, imagenet, or a checkpoint/bundle path")
-    head: str | None = _option(None, "linear, logreg (the linear probe: L2 logistic regression, C by grouped CV), "
-                                     "seed000, seed004, own (default: the model's)")
+    head: str | None = _chosen("linear, logreg (the linear probe: L2 logistic regression, C by grouped CV), "
+                               "seed000, seed004, own (the model's)")
     freeze: str = _option("auto", "auto, full, frozen, last-N")
+    finetune: str | None = _chosen("second stage after the linear probe: off, or last-N (unfreeze the last N "
+                                   "blocks and train them at --lr for --epochs)")
     image_size: int | None = _option(None, "input side in pixels (default: the model's)")
     channels: int | None = _option(None, "1 (greyscale) or 3 (RGB) (default: the model's)")
-    epochs: int = _option(10, "training epochs")
+    epochs: int | None = _chosen("training epochs (of the fine-tuning stage after a linear probe)")
     batch_size: int = _option(16, "images per batch")
-    lr: float = _option(1e-4, "learning rate")
+    lr: float | None = _chosen("learning rate")
     optimizer: str = _option("adam", "adam, adamw, sgd")
     weight_decay: float = _option(0.0, "L2 weight decay")
-    class_weights: bool = _option(False, "weight the loss by inverse class frequency")
+    class_weights: bool | None = _chosen("weight the loss by inverse class frequency")
     balanced_sampling: bool = _option(False, "sample classes equally often")
-    patience: int = _option(3, "early-stopping patience (epochs without a better validation loss)")
+    patience: int | None = _chosen("early-stopping patience (epochs without a better validation loss)")
     lr_patience: int = _option(2, "epochs without improvement before the learning rate drops")
     lr_factor: float = _option(0.5, "learning-rate drop factor on a plateau")
     seed: int = _option(42, "random seed")
     deterministic: bool = _option(True, "deterministic algorithms (reproducible, may be slower)")
     device: str = _option("auto", "auto, cpu, cuda")
-    augment: bool = _option(True, "augment training images (flip, rotation, zoom, contrast)")
-    hflip: bool = _option(True, "augmentation: horizontal flips")
-    vflip: bool = _option(False, "augmentation: vertical flips")
-    rotation: float = _option(15.0, "augmentation: largest rotation in degrees")
-    zoom: float = _option(0.1, "augmentation: largest zoom fraction")
-    contrast: float = _option(0.2, "augmentation: contrast jitter")
+    augment: bool = _option(True, "augment training images (the flags below)")
+    hflip: bool | None = _chosen("augmentation: horizontal flips")
+    vflip: bool | None = _chosen("augmentation: vertical flips")
+    rot90: bool | None = _chosen("augmentation: 90-degree rotations")
+    rotation: float | None = _chosen("augmentation: largest rotation in degrees")
+    zoom: float | None = _chosen("augmentation: largest zoom fraction")
+    contrast: float | None = _chosen("augmentation: contrast jitter")
+    colour: float | None = _chosen("augmentation: brightness/saturation jitter (hue a quarter of it): H&E stain "
+                                   "variation")
     feature_cache: str = _option("auto", "auto, disk, memory, off (frozen backbones)")
     cache_views: int = _option(1, "augmented views to cache per image; 0 recomputes")
     cache_dir: str | None = _option(None, "feature-cache folder (default: <runs-dir>/.feature_cache)")
@@ -60,14 +81,25 @@ class TrainConfig:
     runs_dir: str = _option("runs", "parent folder of run folders")
     name: str | None = _option(None, "run name (folder <runs-dir>/<name>)")
     num_workers: int = _option(0, "image-decoding worker processes")
-    tta: str = _option("none", "test-time augmentation stored in the bundle: none, flip, or dihedral (flips and "
-                               "90-degree rotations, for histology)")
+    tta: str | None = _chosen("test-time augmentation stored in the bundle: none, flip, or dihedral (flips and "
+                              "90-degree rotations, for histology)")
     threads: int | None = _option(None, "CPU threads")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, comments: dict[str, str] | None = None) -> str:
+        """The configuration as YAML; ``comments`` (option -> text) go on a comment line above each option."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, width=10_000)
+        if not comments:
+            return text
+        lines = []
+        for line in text.splitlines():
+            key = line.split(":", 1)[0]
+            if key in comments:
+                lines.append(f"# {key}: {' '.join(comments[key].split())}")
+            lines.append(line)
+        return "\n".join(lines) + "\n"
 
     @property
     def run_dir(self) -> Path:
@@ -76,7 +108,7 @@ class TrainConfig:
 
 #: fields that must be at least 1 / at least 0
 _POSITIVE = ("epochs", "batch_size", "patience", "lr_patience")
-_NON_NEGATIVE = ("weight_decay", "cache_views", "num_workers", "rotation", "zoom", "contrast")
+_NON_NEGATIVE = ("weight_decay", "cache_views", "num_workers", "rotation", "zoom", "contrast", "colour")
 
 
 def _field_types() -> dict[str, tuple[type, bool]]:
@@ -112,6 +144,12 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option {name!r} must be {'positive' if name == 'lr' else 'at least 0'}, got {value!r}")
     if name == "tta" and value not in TTA_VIEWS:
         raise ConfigError(f"{where}option 'tta' must be one of {', '.join(TTA_VIEWS)}, got {value!r}")
+    if name == "recipe" and value not in ("auto", "off"):
+        raise ConfigError(f"{where}option 'recipe' must be auto or off, got {value!r}")
+    if name == "modality" and value not in MODALITIES:
+        raise ConfigError(f"{where}option 'modality' must be one of {', '.join(MODALITIES)}, got {value!r}")
+    if name == "finetune" and value != "off" and not (value.startswith("last-") and value[5:].isdigit()):
+        raise ConfigError(f"{where}option 'finetune' must be off or last-N (e.g. last-3), got {value!r}")
     if name in ("val_fraction", "test_fraction") and not 0 <= value < 1:
         raise ConfigError(f"{where}option {name!r} must be in [0, 1), got {value!r}")
     return value

@@ -31,8 +31,9 @@ from ..data.split import default_group_column_safe
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
+from ..models.factory import apply_freeze
 from ..models.registry import prefers_channels_last
-from .config import TrainConfig, load_config
+from .config import PLAIN_DEFAULTS, TrainConfig, load_config
 from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
 from .linear_probe import fit_linear_probe, load_probe_into
 
@@ -94,8 +95,12 @@ def run_state(config: TrainConfig) -> Iterator[None]:
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Replace every ``auto`` with what it means for this model and machine (recorded in the run)."""
+    """Replace every ``auto`` with what it means for this model and machine, and every option still unset
+    (not chosen by a recipe) with its plain default (recorded in the run)."""
     config = copy.deepcopy(config)
+    for name, value in PLAIN_DEFAULTS.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
     spec = get_spec(config.model)
     if config.weights == "auto":
         config.weights = "imagenet" if spec.imagenet_offline else "random"
@@ -181,12 +186,19 @@ class _Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         pre = self.model.preprocessing
         self.augmentation = Augmentation(hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, zoom=cfg.zoom,
-                                         contrast=cfg.contrast, enabled=cfg.augment)
+                                         contrast=cfg.contrast, enabled=cfg.augment, rot90=cfg.rot90,
+                                         colour=cfg.colour)
         self.train_set = ManifestDataset(frame, "train", build_transforms(pre, True, self.augmentation), classes=self.classes)
         self.val_set = ManifestDataset(frame, "val", build_transforms(pre, False), classes=self.classes)
         self.probe = self.model.head.head_name == "logreg"  # the linear probe: fitted, not trained by SGD
         if self.probe and not self.model.backbone_frozen:
             raise ConfigError("--head logreg fits a logistic regression on frozen features: use --freeze frozen")
+        self.finetune = cfg.finetune not in (None, "off")
+        if self.finetune and not self.probe:
+            raise ConfigError(f"--finetune {cfg.finetune} is the second stage after a linear probe (--head logreg); "
+                              f"for one-stage training of the last blocks use --freeze {cfg.finetune}")
+        self.stage = "probe" if self.probe else "train"
+        self.probe_done = False
         self.cached = (self.model.backbone_frozen and cfg.feature_cache in ("disk", "memory")
                        and (not cfg.augment or cfg.cache_views > 0)) or self.probe
         self.extra_metrics: dict = {}
@@ -356,6 +368,7 @@ class _Trainer:
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "stage": self.stage,
         }
         atomic_write_bytes(self.run_dir / "checkpoint.pt", _checkpoint_bytes(state))
 
@@ -367,6 +380,8 @@ class _Trainer:
         path = self.run_dir / "checkpoint.pt"
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
+            if state.get("stage") == "finetune":
+                self._start_finetune()  # the optimizer state below is the fine-tuning stage's
             self.model.load_state_dict(state["model"])
         except Exception as exc:  # empty, truncated or foreign files raise many types inside torch.load
             size = path.stat().st_size if path.exists() else 0
@@ -379,12 +394,15 @@ class _Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.best_val, self.best_epoch, self.bad_epochs = state["best_val"], state["best_epoch"], state["bad_epochs"]
         self.start_epoch = int(state["epoch"]) + 1
+        self.probe_done = self.probe
         history_file = self.run_dir / "history.csv"
-        self.history = pd.read_csv(history_file).to_dict("records")[: self.start_epoch] if history_file.exists() else []
+        finished = self.start_epoch + (1 if self.finetune else 0)  # a two-stage run's probe is epoch 0
+        self.history = pd.read_csv(history_file).to_dict("records")[:finished] if history_file.exists() else []
 
     # --- the loop -----------------------------------------------------------------------------
-    def _fit_probe(self) -> RunResult:
-        """The linear probe: one closed-form fit instead of epochs (see :mod:`.linear_probe`)."""
+    def _fit_probe(self) -> None:
+        """The linear probe: one closed-form fit instead of epochs (see :mod:`.linear_probe`); in a two-stage
+        run it is epoch 0, the starting point of fine-tuning."""
         cfg = self.config
         started = time.perf_counter()
         x, y = self.train_views[0]
@@ -400,24 +418,47 @@ class _Trainer:
             train_acc = float((logits.argmax(1).cpu() == y).float().mean())
         val_loss, val_acc = self.evaluate_val()
         elapsed = time.perf_counter() - started
-        self.best_val, self.best_epoch, self.bad_epochs = val_loss, 0, 0
+        epoch = -1 if self.finetune else 0
+        self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
         self._save_best()
-        self.history = [{"epoch": 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                         "val_accuracy": val_acc, "lr": 0.0, "seconds": elapsed, "images_per_s": len(y) / elapsed}]
-        history = pd.DataFrame(self.history)
-        atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
-        self._save_checkpoint(0)
+        self.history = [{"epoch": epoch + 1, "stage": "probe", "train_loss": train_loss, "train_accuracy": train_acc,
+                         "val_loss": val_loss, "val_accuracy": val_acc, "lr": 0.0, "seconds": elapsed,
+                         "images_per_s": len(y) / elapsed}]
+        self._write_history()
+        self._save_checkpoint(epoch)
+        self.probe_done = True
         self.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds, "grouped_by_patient": fit.grouped,
                                               "cv_log_loss_by_C": fit.cv_log_loss}
         self.console.print(f"linear probe: C={fit.C:.3g} chosen by {fit.folds}-fold "
                            f"{'patient-grouped ' if fit.grouped else ''}cross-validation on {len(y)} training images; "
                            f"train acc {train_acc:.3f}  val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  {elapsed:.1f}s")
-        return self._finish(stopped=False)
+
+    def _start_finetune(self) -> None:
+        """Stage 2: unfreeze the last blocks, train them and the probe's head from images (no feature cache)."""
+        cfg = self.config
+        apply_freeze(self.model, cfg.finetune)
+        self.cached = False
+        self.train_views = []  # the cached features are not needed any more
+        self.optimizer = _optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
+                                                                    patience=cfg.lr_patience)
+        self.stage = "finetune"
+
+    def _write_history(self) -> None:
+        history = pd.DataFrame(self.history)
+        atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
 
     def fit(self) -> RunResult:
         cfg = self.config
-        if self.probe:
-            return self._fit_probe()
+        if self.probe and (not self.probe_done or not self.finetune):
+            self._fit_probe()  # cheap and deterministic: a resumed probe-only run fits it again
+            if not self.finetune:
+                return self._finish(stopped=False)
+        if self.finetune and self.stage != "finetune":
+            self._start_finetune()
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.console.print(f"fine-tuning {cfg.finetune} ({trainable:,} parameters) at lr {cfg.lr:g}; an epoch "
+                               f"is kept only if its validation loss beats the probe's ({self.best_val:.4f})")
         stopped = self.bad_epochs >= cfg.patience
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
@@ -438,11 +479,10 @@ class _Trainer:
                     self._save_best()
                 else:
                     self.bad_epochs += 1
-                self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": elapsed,
-                                     "images_per_s": seen / max(elapsed, 1e-9)})
-                history = pd.DataFrame(self.history)
-                atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+                self.history.append({"epoch": epoch + 1, "stage": self.stage, "train_loss": train_loss,
+                                     "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
+                                     "lr": lr, "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)})
+                self._write_history()
                 self._save_checkpoint(epoch)
                 self.console.print(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
@@ -463,18 +503,21 @@ class _Trainer:
         val_loss, val_acc = self.evaluate_val()
         self.model.to(memory_format=torch.contiguous_format)
         history = pd.DataFrame(self.history)
+        best_stage = "probe" if self.probe and self.best_epoch < (0 if self.finetune else 1) else self.stage
         meta = {"label_col": self.config.label_col, "run": str(self.run_dir), "best_epoch": self.best_epoch + 1,
-                "tta": self.config.tta,
+                "best_stage": best_stage, "tta": self.config.tta,
                 "val_accuracy": val_acc, "val_loss": val_loss, "trained_on": self.config.data}
         bundle = save_bundle(self.model.cpu(), self.classes, self.run_dir / "bundle", meta=meta)
-        metrics = {"best_epoch": self.best_epoch + 1, "epochs_run": len(history), "stopped_early": stopped,
+        metrics = {"best_epoch": self.best_epoch + 1, "best_stage": best_stage, "epochs_run": len(history),
+                   "stopped_early": stopped,
                    "val_loss": val_loss, "val_accuracy": val_acc, "n_train": len(self.train_set),
                    "n_val": len(self.val_set), "feature_cache": self.cached,
                    "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
                    "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}, **self.extra_metrics}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         plot_training_curves(history, self.run_dir / "curves.png")
-        self.console.print(f"best epoch {self.best_epoch + 1}: val_accuracy {val_acc:.4f}  val_loss {val_loss:.4f}")
+        self.console.print(f"best epoch {self.best_epoch + 1} ({best_stage}): val_accuracy {val_acc:.4f}  "
+                           f"val_loss {val_loss:.4f}")
         self.console.print(f"bundle: {bundle}")
         return RunResult(run_dir=self.run_dir, bundle_path=bundle, history=history, best_epoch=self.best_epoch + 1,
                          val_loss=val_loss, val_accuracy=val_acc, classes=self.classes, config=self.config)
@@ -510,18 +553,38 @@ def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
 
 def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
           console: Console | None = None) -> RunResult:
-    """Train ``config.model`` on ``config.data`` into ``runs_dir/name``; return where everything went."""
-    config = resolve_config(config)
+    """Train on ``config.data`` into ``runs_dir/name``; return where everything went.
+
+    With ``recipe: auto`` every option left unset is chosen from the training images' fingerprint
+    (:func:`~oncolens.training.recipe.configure`); the choices and reasons are printed, written as comments
+    in ``config.yaml`` and in ``recipe.json``.
+    """
+    from .recipe import configure
+
     if not config.data:
         raise ConfigError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
+    frame = prepare_splits(load_manifest(config.data), config)
+    recipe = configure(config, frame)
+    config = resolve_config(recipe.config)
     run_dir = config.run_dir
     if (run_dir / "checkpoint.pt").exists():
         raise OutputExists(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
     run_dir.mkdir(parents=True, exist_ok=True)
-    frame = prepare_splits(load_manifest(config.data), config)
     save_manifest(frame, run_dir / "splits.csv")
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     trainer = _Trainer(config, callbacks, console)
+    if recipe.fingerprint is not None:
+        out = trainer.console
+        out.print(f"data: {recipe.fingerprint.summary()}", markup=False, highlight=False)
+        seconds = recipe.estimated_seconds
+        estimate = f" (estimated {seconds / 60:.1f} min on 2 CPU cores)" if seconds and seconds >= 60 else (
+            f" (estimated {seconds:.0f} s on 2 CPU cores)" if seconds else "")
+        out.print(f"recipe: {len(recipe.reasons)} option(s) chosen from the data{estimate}; any flag overrides",
+                  markup=False)
+        for line in recipe.lines():
+            out.print(f"  {line}", markup=False, highlight=False)
+        atomic_write_json(run_dir / "recipe.json", recipe.to_dict())
+    comments = {name: f"recipe: {why}" for name, why in recipe.reasons.items()}
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml(comments=comments))
     with run_state(config):
         trainer.setup(frame)
         atomic_write_json(run_dir / "classes.json", trainer.classes)
