@@ -110,14 +110,14 @@ def test_test_time_augmentation_averages_views_and_dihedral_ignores_orientation(
 
     image = Image.open(files[0]).convert("RGB")
     mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    plain = bundle.score([image, mirrored])
+    plain = bundle.score([image, mirrored])  # kernels chosen per batch size differ in the 5th decimal: atol 5e-5 below
     flip = bundle.score([image], tta="flip")
     for key, proba in plain.node_probabilities.items():
-        np.testing.assert_allclose(flip.node_probabilities[key][0], proba.mean(0), atol=1e-5)
+        np.testing.assert_allclose(flip.node_probabilities[key][0], proba.mean(0), atol=5e-5)
     rotated = image.transpose(Image.Transpose.ROTATE_90)
     dihedral = bundle.score([image, rotated, mirrored], tta="dihedral")
-    np.testing.assert_allclose(dihedral.probabilities[1], dihedral.probabilities[0], atol=1e-5)
-    np.testing.assert_allclose(dihedral.probabilities[2], dihedral.probabilities[0], atol=1e-5)
+    np.testing.assert_allclose(dihedral.probabilities[1], dihedral.probabilities[0], atol=5e-5)
+    np.testing.assert_allclose(dihedral.probabilities[2], dihedral.probabilities[0], atol=5e-5)
     assert not np.allclose(plain.probabilities[0], bundle.score([rotated]).probabilities[0], atol=1e-5)
     with pytest.raises(ConfigError, match="test-time augmentation"):
         bundle.score([image], tta="spin")
