@@ -27,6 +27,7 @@ from sklearn.metrics import (
 )
 
 from ..errors import DataError
+from ..models.trust import expected_calibration_error
 
 __all__ = ["MetricsReport", "compute_metrics", "bootstrap_ci", "HEADLINE_METRICS", "expected_calibration_error",
            "format_metric"]
@@ -54,15 +55,6 @@ def _safe(fn, *args, **kwargs) -> float | None:
         except ValueError:
             return None
     return None if math.isnan(value) else value
-
-
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE (torchmetrics' multiclass calibration error, L1 norm)."""
-    import torch
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
-    return float(multiclass_calibration_error(torch.as_tensor(proba, dtype=torch.float32), torch.as_tensor(y),
-                                              num_classes=proba.shape[1], n_bins=n_bins, norm="l1"))
 
 
 def _headline(y: np.ndarray, proba: np.ndarray, positive: int | None,

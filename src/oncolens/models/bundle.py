@@ -31,6 +31,7 @@ from ..errors import BundleError, InputNotFound
 from ..files import atomic_write, atomic_write_json
 from .factory import OncoClassifier, create_model
 from .registry import prefers_channels_last
+from .trust import Trust, load_trust
 
 if TYPE_CHECKING:
     from .scoring import Backend, Scores
@@ -79,6 +80,8 @@ class ModelBundle:
     leaf_paths: dict[str, tuple[str, ...]]
     meta: dict
     path: Path | None
+    #: calibration, prediction sets and OOD detectors (:mod:`.trust`); None: never calibrated
+    trust: Trust | None = None
 
     kind: str = "abstract"
 
@@ -357,8 +360,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     for p in model.parameters():
         p.requires_grad_(False)
     meta = info.get("meta", {})
-    return Bundle(model=model, classes=classes, preprocessing=preprocessing,
-                  meta={**meta, "oncolens_version": info.get("oncolens_version")}, path=path)
+    bundle = Bundle(model=model, classes=classes, preprocessing=preprocessing,
+                    meta={**meta, "oncolens_version": info.get("oncolens_version")}, path=path)
+    bundle.trust = load_trust(path)
+    return bundle
 
 
 #: kind -> loader(path, device, info)
@@ -378,7 +383,9 @@ register_bundle_kind("flat", lambda path, device, info: load_bundle(path, device
 def load_any_bundle(path: str | Path, device: str = "cpu") -> ModelBundle:
     """The bundle at ``path``, whatever its kind."""
     info = read_bundle_info(path)
-    return _KINDS[info.get("kind", "flat")](Path(path), device, info)
+    bundle = _KINDS[info.get("kind", "flat")](Path(path), device, info)
+    bundle.trust = load_trust(path)
+    return bundle
 
 
 def as_bundle(bundle: "str | Path | ModelBundle", device: str = "cpu") -> ModelBundle:

@@ -275,6 +275,8 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
     (:mod:`oncolens.data.perturb`) applied to every decoded image first."""
     runner = make_backend(bundle, backend, onnx_dir=onnx_dir)
     perturbation = get_perturbation(perturb)
+    # calibrated probabilities (temperature scaling, when the bundle has it); node_logits stay raw
+    temperatures = bundle.trust.temperatures if getattr(bundle, "trust", None) is not None else {}
     _, views = tta_views(bundle, tta)
     items, sources = _items(inputs)
     groups: list[list[HierarchyNode]] = bundle.shared_backbones()
@@ -312,7 +314,7 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
             yield empty
             continue
         logits, feats = out
-        node_proba = {k: _softmax(v) for k, v in logits.items()}
+        node_proba = {k: _softmax(v / temperatures.get(k, 1.0)) for k, v in logits.items()}
         leaf, routed = bundle.combine(node_proba)
         yield Scores(classes=list(bundle.classes), probabilities=leaf, decided=routed, node_probabilities=node_proba,
                      node_logits=logits, positions=np.asarray(indices, dtype=int),

@@ -84,6 +84,9 @@ class TrainConfig:
     tta: str | None = _chosen("test-time augmentation stored in the bundle: none, flip, or dihedral (flips and "
                               "90-degree rotations, for histology)")
     threads: int | None = _option(None, "CPU threads")
+    calibrate: bool = _option(True, "after training: temperature scaling and conformal prediction sets on the "
+                                    "validation images, out-of-distribution detectors from the training images")
+    alpha: float = _option(0.1, "default error rate of the conformal prediction sets (coverage 1 - alpha)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +153,8 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option 'modality' must be one of {', '.join(MODALITIES)}, got {value!r}")
     if name == "finetune" and value != "off" and not (value.startswith("last-") and value[5:].isdigit()):
         raise ConfigError(f"{where}option 'finetune' must be off or last-N (e.g. last-3), got {value!r}")
+    if name == "alpha" and not 0 < value < 1:
+        raise ConfigError(f"{where}option 'alpha' must be between 0 and 1, got {value!r}")
     if name in ("val_fraction", "test_fraction") and not 0 <= value < 1:
         raise ConfigError(f"{where}option {name!r} must be in [0, 1), got {value!r}")
     return value

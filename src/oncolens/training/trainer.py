@@ -309,6 +309,12 @@ class _Trainer:
         self.model.train()
         if self.cached:
             self.model.backbone.eval()
+        elif self.stage == "finetune":
+            # batch-norm statistics stay those the probe was fitted on: batch statistics of small augmented
+            # batches would shift the features under the probe's head (its affine weights still train)
+            for module in self.model.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         loader = self._train_loader(epoch)
         task = progress.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=len(loader))
         total_loss, correct, seen = 0.0, 0, 0
@@ -495,6 +501,38 @@ class _Trainer:
                     stopped = True
         return self._finish(stopped)
 
+    def _calibrate(self, bundle: Path) -> dict:
+        """Temperature, conformal calibration and OOD detectors stored in the bundle (see
+        :mod:`.calibrate`); a dataset too small to calibrate is reported, never a failed run."""
+        from ..models.trust import save_trust
+        from .calibrate import CalibrationConfig, calibrate
+
+        cfg = self.config
+        fit_features = None
+        if self.cached and self.train_views:  # the frozen backbone's training features are at hand
+            x, y = self.train_views[0]
+            with torch.no_grad():
+                logits = self.model.head(x).float().numpy()
+            fit_features = (x.numpy(), logits, y.numpy())
+        frame = self.frame
+        options = {"batch_size": max(cfg.batch_size, 32), "num_workers": cfg.num_workers}
+        try:
+            trust = calibrate(bundle, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
+                              config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
+                              strict=False)
+        except DataError as exc:
+            self.console.print(f"not calibrated: {exc}", markup=False, highlight=False)
+            return {"skipped": str(exc)}
+        save_trust(trust, bundle)
+        report = trust.report
+        ece = (f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} (T={report['temperature']:.2f}); "
+               if "ece_after" in report else "")
+        sets = report.get("conformal") or f"prediction sets at alpha {trust.default_alpha:g}"
+        self.console.print(f"calibrated on {report['calibration_images']} validation images: {ece}{sets}; OOD "
+                           f"detectors {', '.join(trust.detectors)} (thresholds at {trust.id_recall:.0%} "
+                           f"in-distribution recall), {report['seconds']:.1f}s", markup=False, highlight=False)
+        return report
+
     def _finish(self, stopped: bool) -> RunResult:
         if not (self.run_dir / "best.safetensors").exists():
             raise DataError(f"no epoch of {self.run_dir} reached a finite validation loss, so there is no model to "
@@ -508,12 +546,14 @@ class _Trainer:
                 "best_stage": best_stage, "tta": self.config.tta,
                 "val_accuracy": val_acc, "val_loss": val_loss, "trained_on": self.config.data}
         bundle = save_bundle(self.model.cpu(), self.classes, self.run_dir / "bundle", meta=meta)
+        calibration = self._calibrate(bundle) if self.config.calibrate else {"skipped": "calibrate: false"}
         metrics = {"best_epoch": self.best_epoch + 1, "best_stage": best_stage, "epochs_run": len(history),
                    "stopped_early": stopped,
                    "val_loss": val_loss, "val_accuracy": val_acc, "n_train": len(self.train_set),
                    "n_val": len(self.val_set), "feature_cache": self.cached,
                    "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
-                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}, **self.extra_metrics}
+                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files},
+                   "calibration": calibration, **self.extra_metrics}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         plot_training_curves(history, self.run_dir / "curves.png")
         self.console.print(f"best epoch {self.best_epoch + 1} ({best_stage}): val_accuracy {val_acc:.4f}  "

@@ -1,0 +1,446 @@
+"""When not to trust a prediction: calibrated probabilities, conformal prediction sets and
+out-of-distribution (OOD) detectors, stored with a bundle and applied to its scores.
+
+* **Temperature scaling** (Guo et al. 2017): one temperature per classifier node, fitted on validation logits.
+* **Conformal prediction sets** (split conformal): a score function says how unusual a label is for an image;
+  the calibration images' scores of their true labels give a threshold, the ``ceil((n+1)(1-alpha))``-th
+  smallest, and the set is every label scoring at or below it. Marginal: one threshold; Mondrian
+  (class-conditional): one threshold per class from that class's images. Score functions are registered:
+  LAC (1 - p), APS (probability mass of the labels ranked at or above the label) and RAPS (APS plus a
+  penalty ``lam`` per rank beyond ``k_reg``). APS and RAPS here are the deterministic variants (no random
+  tie-breaking), so the same image always gets the same set. The calibration scores themselves are stored,
+  so any alpha can be asked for later.
+* **OOD detectors**, registered, each fitted from training features/logits and given the threshold that
+  keeps 95% of validation (in-distribution) images: MSP, energy (from logits), Mahalanobis (class means and
+  a shared covariance of the penultimate features) and KNN (cosine distance to the k-th nearest training
+  image). Higher score = more unusual.
+
+Everything is kept as ``trust.safetensors`` (arrays) + ``trust.json`` (settings) in the bundle folder: no
+pickle. The formulas are checked in tests against crepes (conformal) and pytorch-ood (detectors).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BundleError, DataError
+from ..files import atomic_write, atomic_write_json
+
+__all__ = ["CONFORMAL_SCORES", "OOD_DETECTORS", "ConformalCalibration", "OODDetector", "Trust", "Assessment",
+           "conformal_quantile", "fit_temperature", "expected_calibration_error", "register_conformal_score",
+           "register_detector", "load_trust", "save_trust", "TRUST_FILES", "softmax"]
+
+TRUST_FILES = ("trust.json", "trust.safetensors")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE (torchmetrics' multiclass calibration error, L1 norm)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    return float(multiclass_calibration_error(torch.as_tensor(proba, dtype=torch.float32), torch.as_tensor(y),
+                                              num_classes=proba.shape[1], n_bins=n_bins, norm="l1"))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of ``softmax(logits / T)`` (L-BFGS on log T)."""
+    x = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(min(max(log_t.exp().item(), 0.05), 20.0))
+
+
+# --- conformal prediction ------------------------------------------------------------------------
+#: name -> function(probabilities (n, k), params) -> nonconformity of every label (n, k)
+CONFORMAL_SCORES: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {}
+
+
+def register_conformal_score(name: str, fn: Callable[[np.ndarray, dict], np.ndarray], replace: bool = False) -> None:
+    """Make a conformal score function available by name (``fn(probabilities, params) -> (n, k) scores``)."""
+    if name in CONFORMAL_SCORES and not replace:
+        raise BundleError(f"conformal score {name!r} is already registered")
+    CONFORMAL_SCORES[name] = fn
+
+
+def _lac(proba: np.ndarray, params: dict) -> np.ndarray:
+    return 1.0 - proba
+
+
+def _ranked_mass(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every label: the probability mass of the labels ranked at or above it, and its 1-based rank."""
+    order = np.argsort(-proba, axis=1, kind="stable")
+    sorted_cumsum = np.cumsum(np.take_along_axis(proba, order, axis=1), axis=1)
+    mass = np.empty_like(proba)
+    rank = np.empty(proba.shape, dtype=np.int64)
+    np.put_along_axis(mass, order, sorted_cumsum, axis=1)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(1, proba.shape[1] + 1), proba.shape).copy(), axis=1)
+    return mass, rank
+
+
+def _aps(proba: np.ndarray, params: dict) -> np.ndarray:
+    return _ranked_mass(proba)[0]
+
+
+def _raps(proba: np.ndarray, params: dict) -> np.ndarray:
+    mass, rank = _ranked_mass(proba)
+    return mass + float(params.get("lam", 0.1)) * np.maximum(rank - int(params.get("k_reg", 1)), 0)
+
+
+for _name, _fn in (("lac", _lac), ("aps", _aps), ("raps", _raps)):
+    register_conformal_score(_name, _fn)
+
+
+def conformal_quantile(scores: np.ndarray, alpha: float, what: str = "calibration images") -> float:
+    """The ``ceil((n+1)(1-alpha))``-th smallest of ``scores``: a set of labels scoring at most this covers
+    a new exchangeable image's true label with probability >= 1 - alpha. Too few scores for ``alpha`` is
+    an error (the threshold would be infinite), never a silent all-label set."""
+    n = len(scores)
+    rank = math.ceil((n + 1) * (1 - alpha))
+    if rank > n:
+        need = math.ceil(1 / alpha - 1)
+        raise DataError(f"{n} {what} are too few for alpha={alpha:g}: a finite threshold needs at least {need} "
+                        f"(n >= 1/alpha - 1); use a larger alpha or calibrate on more images")
+    return float(np.sort(scores)[rank - 1])
+
+
+@dataclass
+class ConformalCalibration:
+    """Calibration scores of the true labels, per score function, and each calibration image's label."""
+
+    labels: np.ndarray  # (n,) true class index of each calibration image
+    scores: dict[str, np.ndarray]  # score name -> (n,) nonconformity of the true label
+    params: dict = field(default_factory=dict)  # e.g. {"raps": {"k_reg": 1, "lam": 0.1}}
+    n_classes: int = 0
+
+    @classmethod
+    def fit(cls, proba: np.ndarray, labels: np.ndarray, names: tuple[str, ...] = ("lac", "aps", "raps"),
+            alpha: float = 0.1, lam: float = 0.1) -> "ConformalCalibration":
+        """Calibrate on held-out probabilities; RAPS's ``k_reg`` is the smallest k whose top-k accuracy reaches
+        1 - alpha on these images (the RAPS paper's rule)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        params: dict = {}
+        if "raps" in names:
+            _, rank = _ranked_mass(proba)
+            true_rank = rank[np.arange(len(labels)), labels]
+            k_reg = next((k for k in range(1, proba.shape[1] + 1) if (true_rank <= k).mean() >= 1 - alpha),
+                         proba.shape[1])
+            params["raps"] = {"k_reg": int(k_reg), "lam": float(lam)}
+        scores = {name: CONFORMAL_SCORES[name](proba, params.get(name, {}))[np.arange(len(labels)), labels]
+                  for name in names}
+        return cls(labels=labels, scores=scores, params=params, n_classes=proba.shape[1])
+
+    def thresholds(self, name: str, alpha: float, mondrian: bool = False) -> np.ndarray:
+        """One threshold per class (all equal unless ``mondrian``)."""
+        if name not in self.scores:
+            raise DataError(f"no conformal calibration for score {name!r}; calibrated: {', '.join(self.scores)}")
+        if not 0 < alpha < 1:
+            raise DataError(f"alpha must be between 0 and 1, got {alpha}")
+        scores = self.scores[name]
+        if not mondrian:
+            return np.full(self.n_classes, conformal_quantile(scores, alpha))
+        return np.array([conformal_quantile(scores[self.labels == c], alpha, f"calibration images of class {c}")
+                         for c in range(self.n_classes)])
+
+    def sets(self, proba: np.ndarray, name: str = "aps", alpha: float = 0.1, mondrian: bool = False) -> np.ndarray:
+        """Boolean (n, k): label j is in image i's prediction set."""
+        return CONFORMAL_SCORES[name](proba, self.params.get(name, {})) <= self.thresholds(name, alpha, mondrian)[None]
+
+
+# --- out-of-distribution detectors ------------------------------------------------------------
+class OODDetector:
+    """Base class: ``fit`` on training features/logits/labels, ``score`` (higher = more unusual)."""
+
+    name = "base"
+    uses = "logits"  # or "features"
+    description = ""
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "OODDetector":
+        return self
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def settings(self) -> dict:
+        return {}
+
+    def load(self, state: dict[str, np.ndarray], settings: dict) -> "OODDetector":
+        return self
+
+
+#: name -> detector class
+OOD_DETECTORS: dict[str, type[OODDetector]] = {}
+
+
+def register_detector(cls: type[OODDetector], replace: bool = False) -> type[OODDetector]:
+    """Make an :class:`OODDetector` subclass available by its ``name`` (usable as a class decorator)."""
+    if cls.name in OOD_DETECTORS and not replace:
+        raise BundleError(f"OOD detector {cls.name!r} is already registered")
+    OOD_DETECTORS[cls.name] = cls
+    return cls
+
+
+@register_detector
+class MaxSoftmax(OODDetector):
+    name, uses, description = "msp", "logits", "1 - the largest softmax probability (Hendrycks & Gimpel 2017)"
+
+    def score(self, features, logits):
+        return 1.0 - softmax(logits).max(1)
+
+
+@register_detector
+class Energy(OODDetector):
+    name, uses, description = "energy", "logits", "free energy -logsumexp(logits) (Liu et al. 2020)"
+
+    def score(self, features, logits):
+        z = logits.max(1, keepdims=True)
+        return -(z[:, 0] + np.log(np.exp(logits - z).sum(1)))
+
+
+@register_detector
+class Mahalanobis(OODDetector):
+    name, uses = "mahalanobis", "features"
+    description = ("squared Mahalanobis distance to the nearest class mean, shared covariance (Lee et al. 2018), "
+                   "Ledoit-Wolf shrinkage")
+
+    def __init__(self, shrinkage: bool = True):
+        self.shrinkage = shrinkage
+
+    def fit(self, features, logits, labels):
+        x = features.astype(np.float64)
+        classes = np.unique(labels)
+        self.means = np.stack([x[labels == c].mean(0) for c in classes])
+        centred = x - self.means[np.searchsorted(classes, labels)]
+        if self.shrinkage:  # Ledoit-Wolf: well conditioned even with fewer images than feature dimensions
+            from sklearn.covariance import LedoitWolf
+
+            covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
+        else:  # the maximum-likelihood estimate with a tiny ridge (as pytorch-ood does)
+            covariance = centred.T @ centred / len(x) + np.eye(x.shape[1]) * 1e-6 / len(x)
+        self.precision = np.linalg.inv(covariance)
+        return self
+
+    def score(self, features, logits):
+        x = features.astype(np.float64)
+        distances = [np.einsum("nd,de,ne->n", x - m, self.precision, x - m) for m in self.means]
+        return np.min(np.stack(distances, 1), axis=1)
+
+    def state(self):
+        return {"means": self.means, "precision": self.precision}
+
+    def load(self, state, settings):
+        self.means, self.precision = state["means"].astype(np.float64), state["precision"].astype(np.float64)
+        return self
+
+
+@register_detector
+class KNN(OODDetector):
+    name, uses = "knn", "features"
+    description = "cosine distance to the k-th nearest training image (Sun et al. 2022)"
+
+    def __init__(self, k: int = 10, max_bank: int = 20_000, seed: int = 0):
+        self.k, self.max_bank, self.seed = k, max_bank, seed
+
+    @staticmethod
+    def _normalise(x: np.ndarray) -> np.ndarray:
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def fit(self, features, logits, labels):
+        bank = self._normalise(features)
+        if len(bank) > self.max_bank:  # a random subset keeps memory and time bounded
+            bank = bank[np.random.default_rng(self.seed).choice(len(bank), self.max_bank, replace=False)]
+        self.bank = bank
+        self.k = int(min(self.k, len(bank)))
+        return self
+
+    def score(self, features, logits):
+        similarity = self._normalise(features) @ self.bank.T
+        kth = -np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
+        return 1.0 - kth
+
+    def state(self):
+        return {"bank": self.bank}
+
+    def settings(self):
+        return {"k": self.k}
+
+    def load(self, state, settings):
+        self.bank, self.k = state["bank"].astype(np.float32), int(settings["k"])
+        return self
+
+
+# --- everything together ----------------------------------------------------------------------
+@dataclass
+class Assessment:
+    """What the trust layer says about one image."""
+
+    prediction_set: list[str] | None  # None: the bundle has no conformal calibration
+    alpha: float | None
+    ood: bool | None  # None: no detector
+    ood_detector: str | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    ood_recall: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"prediction_set": self.prediction_set, "alpha": self.alpha, "out_of_distribution": self.ood,
+                "ood_detector": self.ood_detector, "ood_score": self.ood_score, "ood_threshold": self.ood_threshold,
+                "ood_id_recall": self.ood_recall}
+
+    @property
+    def warning(self) -> str | None:
+        """The sentence a person sees when the input is unlike the training images, else None."""
+        if not self.ood:
+            return None
+        return (f"unlike the training images: {self.ood_detector} {self.ood_score:.4g} > {self.ood_threshold:.4g} "
+                f"(threshold keeps {self.ood_recall:.0%} of in-distribution validation images)")
+
+
+@dataclass
+class Trust:
+    """A bundle's calibration: temperatures, conformal calibration and fitted OOD detectors."""
+
+    temperatures: dict[str, float] = field(default_factory=dict)  # node key -> T
+    conformal: ConformalCalibration | None = None
+    detectors: dict[str, OODDetector] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)  # detector -> score above which = OOD
+    ood_node: str | None = None  # the node whose features/logits the detectors read
+    default_alpha: float = 0.1
+    default_score: str = "aps"
+    mondrian: bool = False
+    default_detector: str = "knn"
+    id_recall: float = 0.95
+    report: dict = field(default_factory=dict)  # what calibration measured (ECE before/after, counts)
+
+    @property
+    def needs_features(self) -> bool:
+        return any(d.uses == "features" for d in self.detectors.values())
+
+    def ood_scores(self, features: np.ndarray | None, logits: np.ndarray | None) -> dict[str, np.ndarray]:
+        out = {}
+        for name, detector in self.detectors.items():
+            if detector.uses == "features" and features is None:
+                continue
+            out[name] = detector.score(features, logits)
+        return out
+
+    def assess(self, scores, alpha: float | None = None, detector: str | None = None,
+               score_name: str | None = None) -> list[Assessment]:
+        """One :class:`Assessment` per row of ``scores`` (:class:`~oncolens.models.scoring.Scores`; pass
+        ``features=True`` when scoring so that feature detectors can run)."""
+        alpha = self.default_alpha if alpha is None else alpha
+        sets = None
+        if self.conformal is not None and len(scores):
+            chosen = self.conformal.sets(scores.probabilities, score_name or self.default_score, alpha, self.mondrian)
+            sets = [[c for c, keep in zip(scores.classes, row) if keep] for row in chosen]
+        detector = detector or self.default_detector
+        if detector not in self.detectors and self.detectors:
+            raise DataError(f"no OOD detector {detector!r} in this bundle; fitted: {', '.join(self.detectors)}")
+        value = None
+        if detector in self.detectors and len(scores):
+            node = self.ood_node or next(iter(scores.node_logits))
+            features = scores.features.get(node)
+            if self.detectors[detector].uses == "features" and features is None:
+                raise DataError(f"the {detector} detector needs features: score with features=True")
+            value = self.detectors[detector].score(features, scores.node_logits[node])
+        out = []
+        for i in range(len(scores)):
+            a = Assessment(prediction_set=sets[i] if sets is not None else None,
+                           alpha=alpha if sets is not None else None, ood=None)
+            if value is not None:
+                threshold = self.thresholds[detector]
+                a.ood, a.ood_detector, a.ood_score = bool(value[i] > threshold), detector, float(value[i])
+                a.ood_threshold, a.ood_recall = float(threshold), self.id_recall
+            out.append(a)
+        return out
+
+    def describe(self) -> dict:
+        return {"temperatures": self.temperatures, "conformal_scores": list(self.conformal.scores) if self.conformal
+                else [], "calibration_images": int(len(self.conformal.labels)) if self.conformal else 0,
+                "default_alpha": self.default_alpha, "default_score": self.default_score, "mondrian": self.mondrian,
+                "detectors": {n: {"threshold": self.thresholds.get(n), "what": d.description}
+                              for n, d in self.detectors.items()},
+                "default_detector": self.default_detector, "id_recall": self.id_recall, "report": self.report}
+
+
+def save_trust(trust: Trust, folder: str | Path) -> None:
+    """Write ``trust.safetensors`` and ``trust.json`` into a bundle folder (atomically, arrays first)."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    arrays: dict[str, np.ndarray] = {}
+    settings: dict = {"format": 1, "temperatures": trust.temperatures, "thresholds": trust.thresholds,
+                      "ood_node": trust.ood_node, "default_alpha": trust.default_alpha,
+                      "default_score": trust.default_score, "mondrian": trust.mondrian,
+                      "default_detector": trust.default_detector, "id_recall": trust.id_recall,
+                      "report": trust.report, "detectors": {}}
+    if trust.conformal is not None:
+        arrays["conformal.labels"] = trust.conformal.labels.astype(np.int64)
+        for name, values in trust.conformal.scores.items():
+            arrays[f"conformal.score.{name}"] = values.astype(np.float64)
+        settings["conformal"] = {"params": trust.conformal.params, "n_classes": trust.conformal.n_classes,
+                                 "scores": list(trust.conformal.scores)}
+    for name, detector in trust.detectors.items():
+        for key, value in detector.state().items():
+            arrays[f"ood.{name}.{key}"] = np.ascontiguousarray(value)
+        settings["detectors"][name] = detector.settings()
+    atomic_write(folder / "trust.safetensors", lambda tmp: save_file(arrays, str(tmp)))
+    atomic_write_json(folder / "trust.json", settings)
+
+
+def load_trust(folder: str | Path) -> Trust | None:
+    """The calibration saved in a bundle folder, or None for a bundle calibrated before (or never)."""
+    folder = Path(folder)
+    if not (folder / "trust.json").exists():
+        return None
+    import json
+
+    from safetensors.numpy import load_file
+
+    try:
+        settings = json.loads((folder / "trust.json").read_text())
+        arrays = load_file(str(folder / "trust.safetensors"))
+        conformal = None
+        if "conformal" in settings:
+            c = settings["conformal"]
+            conformal = ConformalCalibration(labels=arrays["conformal.labels"],
+                                             scores={n: arrays[f"conformal.score.{n}"] for n in c["scores"]},
+                                             params=c.get("params", {}), n_classes=int(c["n_classes"]))
+        detectors = {}
+        for name, detector_settings in settings.get("detectors", {}).items():
+            if name not in OOD_DETECTORS:
+                raise BundleError(f"unknown OOD detector {name!r}")
+            prefix = f"ood.{name}."
+            state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            detectors[name] = OOD_DETECTORS[name]().load(state, detector_settings)
+        return Trust(temperatures={k: float(v) for k, v in settings.get("temperatures", {}).items()},
+                     conformal=conformal, detectors=detectors,
+                     thresholds={k: float(v) for k, v in settings.get("thresholds", {}).items()},
+                     ood_node=settings.get("ood_node"), default_alpha=float(settings.get("default_alpha", 0.1)),
+                     default_score=settings.get("default_score", "aps"), mondrian=bool(settings.get("mondrian")),
+                     default_detector=settings.get("default_detector", "knn"),
+                     id_recall=float(settings.get("id_recall", 0.95)), report=settings.get("report", {}))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{folder}: damaged calibration files (trust.json / trust.safetensors): {exc}") from None

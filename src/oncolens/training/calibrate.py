@@ -1,0 +1,139 @@
+"""Calibrate a bundle after training: temperature scaling and conformal calibration on the validation
+images, OOD detectors fitted on the training images with thresholds from the validation images.
+
+Used at the end of every training run and by ``oncolens calibrate`` for an existing bundle (of any kind:
+flat, tree, ensemble). The arrays are stored in the bundle folder (:func:`oncolens.models.trust.save_trust`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..models import ModelBundle, as_bundle
+from ..models.trust import (CONFORMAL_SCORES, OOD_DETECTORS, ConformalCalibration, Trust,
+                            expected_calibration_error, fit_temperature, save_trust, softmax)
+
+__all__ = ["CalibrationConfig", "calibrate", "calibrate_bundle"]
+
+
+@dataclass
+class CalibrationConfig:
+    """How a bundle is calibrated (defaults: alpha 0.1, APS sets, all four detectors, KNN shown)."""
+
+    alpha: float = 0.1
+    score: str = "aps"
+    scores: tuple[str, ...] = ("lac", "aps", "raps")
+    mondrian: bool = False
+    raps_lambda: float = 0.1
+    detectors: tuple[str, ...] = ("msp", "energy", "mahalanobis", "knn")
+    default_detector: str = "knn"
+    knn_k: int = 10
+    id_recall: float = 0.95
+    temperature: bool = True
+    options: dict = field(default_factory=dict)  # scoring options (batch_size, num_workers, backend)
+
+    def check(self) -> None:
+        unknown = [s for s in (*self.scores, self.score) if s not in CONFORMAL_SCORES]
+        unknown += [d for d in (*self.detectors, self.default_detector) if d not in OOD_DETECTORS]
+        if unknown:
+            raise DataError(f"unknown conformal score or detector(s) {sorted(set(unknown))}; scores: "
+                            f"{', '.join(CONFORMAL_SCORES)}; detectors: {', '.join(OOD_DETECTORS)}")
+        if self.score not in self.scores:
+            raise DataError(f"the default conformal score {self.score!r} must be one of the calibrated {self.scores}")
+        if self.default_detector not in self.detectors:
+            raise DataError(f"the default detector {self.default_detector!r} must be one of {self.detectors}")
+        if not 0 < self.alpha < 1 or not 0 < self.id_recall < 1:
+            raise DataError("alpha and the in-distribution recall must be between 0 and 1")
+
+
+def _labelled(bundle: ModelBundle, frame: pd.DataFrame, label_col: str | None) -> tuple[pd.DataFrame, np.ndarray]:
+    labels = bundle.labels_of(frame, label_col)
+    keep = labels.isin(bundle.classes)
+    return frame[keep.to_numpy()], np.array([bundle.classes.index(v) for v in labels[keep]], dtype=np.int64)
+
+
+def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibration_frame: pd.DataFrame,
+              label_col: str | None = None, config: CalibrationConfig | None = None,
+              fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, strict: bool = True) -> Trust:
+    """A :class:`Trust` for ``bundle``: temperature, conformal calibration and detector thresholds from
+    ``calibration_frame`` (validation images), detectors fitted on ``fit_frame`` (training images).
+
+    ``fit_features`` = (features, logits, labels) of the training images when the caller has them already
+    (a frozen backbone's feature cache): then the training images are not scored again. ``strict=False``
+    keeps going without prediction sets when there are too few calibration images for ``alpha`` (the
+    report says so); otherwise that is an error.
+    """
+    config = config or CalibrationConfig()
+    config.check()
+    started = time.perf_counter()
+    loaded = copy.copy(as_bundle(bundle))
+    loaded.trust = None  # score raw: temperatures are fitted here
+    options = {"features": True, **config.options}
+    cal_frame, y_cal = _labelled(loaded, calibration_frame, label_col)
+    if len(cal_frame) == 0:
+        raise DataError("no calibration images with one of the bundle's classes")
+    cal = loaded.score(cal_frame, **options)
+    y_cal = y_cal[cal.positions]
+    node = next(iter(cal.node_logits))
+    temperatures: dict[str, float] = {}
+    proba = cal.probabilities
+    report: dict = {"calibration_images": int(len(cal)), "unreadable": len(cal.unreadable)}
+    if config.temperature and loaded.single_classifier:
+        temperatures[node] = fit_temperature(cal.node_logits[node], y_cal)
+        calibrated = softmax(cal.node_logits[node] / temperatures[node])
+        report.update(temperature=temperatures[node], ece_before=expected_calibration_error(y_cal, proba),
+                      ece_after=expected_calibration_error(y_cal, calibrated))
+        proba = calibrated
+    elif config.temperature:
+        report["temperature"] = "not fitted: a tree of classifiers (per-node temperatures are not implemented)"
+    conformal = ConformalCalibration.fit(proba, y_cal, names=tuple(config.scores), alpha=config.alpha,
+                                         lam=config.raps_lambda)
+    try:
+        conformal.thresholds(config.score, config.alpha, config.mondrian)  # too few images: said now, not later
+    except DataError as exc:
+        if strict:
+            raise
+        conformal, report["conformal"] = None, f"no prediction sets: {exc}"
+    if fit_features is None:
+        fit_rows, y_fit = _labelled(loaded, fit_frame, label_col)
+        fitted = loaded.score(fit_rows, **options)
+        fit_features = (fitted.features[node], fitted.node_logits[node], y_fit[fitted.positions])
+    features, logits, labels = fit_features
+    detectors, thresholds = {}, {}
+    for name in config.detectors:
+        detector = OOD_DETECTORS[name](k=config.knn_k) if name == "knn" else OOD_DETECTORS[name]()
+        detectors[name] = detector.fit(features, logits, labels)
+        in_distribution = detector.score(cal.features[node], cal.node_logits[node])
+        thresholds[name] = float(np.quantile(in_distribution, config.id_recall, method="higher"))
+    report.update(ood_fit_images=int(len(labels)), seconds=round(time.perf_counter() - started, 3),
+                  alpha=config.alpha, mondrian=config.mondrian)
+    return Trust(temperatures=temperatures, conformal=conformal, detectors=detectors, thresholds=thresholds,
+                 ood_node=node, default_alpha=config.alpha, default_score=config.score, mondrian=config.mondrian,
+                 default_detector=config.default_detector, id_recall=config.id_recall, report=report)
+
+
+def calibrate_bundle(bundle_path: str | Path, data: str | Path | pd.DataFrame, split: str = "val",
+                     fit_split: str = "train", label_col: str | None = None,
+                     config: CalibrationConfig | None = None) -> Trust:
+    """Calibrate the bundle folder ``bundle_path`` on ``data``'s ``split`` rows (detectors fitted on its
+    ``fit_split`` rows) and store the result in the folder."""
+    from ..data import load_manifest
+
+    frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
+    if "split" not in frame.columns:
+        raise DataError("the manifest has no split column: calibrate needs validation rows (--split) and training "
+                        "rows (--fit-split); make them with `oncolens split --val 0.1`")
+    parts = {name: frame[frame["split"] == name] for name in (split, fit_split)}
+    for name, part in parts.items():
+        if part.empty:
+            raise DataError(f"no rows in split {name!r} (splits present: {sorted(frame['split'].unique())})")
+    trust = calibrate(bundle_path, parts[fit_split], parts[split], label_col=label_col, config=config)
+    save_trust(trust, bundle_path)
+    return trust
