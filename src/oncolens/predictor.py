@@ -22,6 +22,7 @@ from .data import decode_image
 from .explain import ExplainOptions, compose, explain
 from .models.bundle import ModelBundle, load_any_bundle
 from .models.scoring import Backend, Scores, make_backend, tta_views
+from .models.trust import Assessment
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
@@ -38,6 +39,7 @@ class Prediction:
     source: str = ""
     decided: str | None = None
     levels: list[dict] = field(default_factory=list)
+    trust: Assessment | None = None  # None: the bundle has no calibration (trained before it existed)
 
     @property
     def label(self) -> str:
@@ -56,7 +58,24 @@ class Prediction:
                "top": [{"label": name, "probability": p} for name, p in top]}
         if self.levels:
             out["levels"] = self.levels
+        if self.trust is None:
+            out["calibration"] = "none: this bundle has no calibration (run `oncolens calibrate` on it)"
+        else:
+            out.update(self.trust.to_dict())
+            out["warning"] = self.trust.warning
         return out
+
+    @property
+    def warning(self) -> str | None:
+        """What a person must read before the prediction (an input unlike the training images), or None."""
+        return self.trust.warning if self.trust is not None else None
+
+    @property
+    def set_text(self) -> str:
+        """The prediction set as text ('-' without calibration, 'empty' for an empty set)."""
+        if self.trust is None or self.trust.prediction_set is None:
+            return "-"
+        return "{" + ", ".join(self.trust.prediction_set) + "}" if self.trust.prediction_set else "empty"
 
 
 @dataclass
@@ -125,7 +144,8 @@ class Predictor:
     """
 
     def __init__(self, bundle: ModelBundle, backend: str = "torch", onnx_path: str | Path | None = None,
-                 batch_size: int = 32, num_workers: int | None = None, tta: str | None = None):
+                 batch_size: int = 32, num_workers: int | None = None, tta: str | None = None,
+                 alpha: float | None = None, detector: str | None = None):
         self.bundle = bundle
         self.classes = list(bundle.classes)
         self.preprocessing = bundle.preprocessing
@@ -137,6 +157,13 @@ class Predictor:
         self.tta, views = tta_views(bundle, tta)
         self.passes = len(views)  # forward passes per image (test-time augmentation)
         self._lock = _SharedExclusiveLock()
+        self.trust = getattr(bundle, "trust", None)
+        self.alpha = alpha if alpha is not None else (self.trust.default_alpha if self.trust else None)
+        self.detector = detector
+        if self.trust is not None:
+            self.trust.assess(Scores.concat([], self.classes), alpha=self.alpha, detector=detector)  # names checked
+        # penultimate features come from the same forward pass; only feature detectors need them
+        self.features = self.trust is not None and self.trust.needs_features
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Predictor":
@@ -150,34 +177,43 @@ class Predictor:
 
     @property
     def info(self) -> dict:
-        return {**self.bundle.info(), "backend": self.backend, "tta": self.tta, "forward_passes_per_image": self.passes}
+        calibration = self.trust.describe() if self.trust is not None else None
+        return {**self.bundle.info(), "backend": self.backend, "tta": self.tta, "forward_passes_per_image": self.passes,
+                "calibration": calibration}
 
     def score(self, inputs: Any) -> Scores:
         """The bundle's :class:`Scores` of images or image files (see ``ModelBundle.score``)."""
         with self._lock.shared():
             return self.bundle.score(inputs, backend=self.runner, batch_size=self.batch_size,
-                                     num_workers=self.num_workers, tta=self.tta)
+                                     num_workers=self.num_workers, tta=self.tta, features=self.features)
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``(n_images, n_classes)`` probabilities (leaf path products for a tree of classifiers)."""
         return self.score(list(images)).probabilities
 
-    def predictions(self, scores: Scores, sources: Sequence[str] | None = None) -> list[Prediction]:
-        """One :class:`Prediction` per row of ``scores``."""
+    def predictions(self, scores: Scores, sources: Sequence[str] | None = None,
+                    alpha: float | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per row of ``scores``, with its prediction set (at ``alpha``, default the
+        predictor's) and out-of-distribution verdict when the bundle is calibrated."""
         sources = list(sources) if sources is not None else scores.sources
+        assessed = (self.trust.assess(scores, alpha=alpha or self.alpha, detector=self.detector)
+                    if self.trust is not None and (scores.features or not self.features) else [None] * len(scores))
         return [Prediction(dict(zip(self.classes, map(float, scores.probabilities[i]))), source=sources[i],
-                           decided=self.classes[int(scores.decided[i])], levels=self.bundle.level_records(scores, i))
+                           decided=self.classes[int(scores.decided[i])], levels=self.bundle.level_records(scores, i),
+                           trust=assessed[i])
                 for i in range(len(scores))]
 
-    def predict(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
+    def predict(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None,
+                alpha: float | None = None) -> list[Prediction]:
         images = list(images)
-        return self.predictions(self.score(images), sources or [""] * len(images))
+        return self.predictions(self.score(images), sources or [""] * len(images), alpha=alpha)
 
     def iter_predict_files(self, paths: Sequence[str | Path]) -> Iterator[tuple[list[Prediction], dict[str, str]]]:
         """``(predictions, unreadable)`` batch by batch, in input order (bounded memory)."""
         with self._lock.shared():
             for scores in self.bundle.iter_scores([str(p) for p in paths], backend=self.runner, tta=self.tta,
-                                                  batch_size=self.batch_size, num_workers=self.num_workers):
+                                                  batch_size=self.batch_size, num_workers=self.num_workers,
+                                                  features=self.features):
                 yield self.predictions(scores), scores.unreadable
 
     def predict_files(self, paths: Sequence[str | Path]) -> tuple[list[Prediction], dict[str, str]]:
@@ -195,23 +231,25 @@ class Predictor:
 
     def explain(self, image: Image.Image, method: str = "gradcam", target: str | int = "predicted",
                 alpha: float = 0.45, threshold: str = "otsu", options: ExplainOptions | None = None,
-                source: str = "", level: int | None = None) -> ExplainedPrediction:
+                source: str = "", level: int | None = None, set_alpha: float | None = None) -> ExplainedPrediction:
         """Prediction, explanation heatmap, heatmap overlay and green contour/box overlay of one image.
 
         One classifier: the prediction comes from the explanation's own forward pass. A tree: the nodes
         are scored once (to route), and the map comes from the classifier at ``level`` on the routed
-        path (default: the deepest); ``explained_by`` names it.
+        path (default: the deepest); ``explained_by`` names it. ``alpha`` is the overlay's opacity;
+        ``set_alpha`` the error rate of the prediction set (calibrated bundles).
         """
         scores = None
         with self._lock.exclusive():
-            if not self.bundle.single_classifier or self.passes > 1:  # to route, or to average the views
-                scores = self.bundle.score([image], backend=self.runner, tta=self.tta)
+            # a separate scoring pass: to route a tree, to average TTA views, or for the OOD detectors' features
+            if not self.bundle.single_classifier or self.passes > 1 or self.trust is not None:
+                scores = self.bundle.score([image], backend=self.runner, tta=self.tta, features=self.features)
             e = explain(self.bundle, [image], method=method, target=target, options=options, level=level,
                         routing=None if scores is None else scores.node_probabilities)[0]
         if scores is None:
             prediction = Prediction(dict(zip(self.classes, map(float, e.probabilities))), source=source)
         else:
-            prediction = self.predictions(scores, [source])[0]
+            prediction = self.predictions(scores, [source], alpha=set_alpha)[0]
         composed = compose(image, e.heatmap, alpha, threshold)
         return ExplainedPrediction(prediction=prediction, method=method, heatmap=e.heatmap,
                                    heatmap_overlay=composed.heatmap_overlay, contour_overlay=composed.contour_overlay,

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from oncolens.data import UnreadableImage
-from oncolens.errors import OncolensError
+from oncolens.errors import DataError, OncolensError
 from oncolens.explain import list_methods
 from oncolens.predictor import Predictor, png_bytes
 
@@ -228,11 +228,19 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
     async def model_info() -> dict:
         return {**info, "explanation_methods": list_methods()}
 
-    @app.post("/predict", dependencies=guarded, responses=_errors(400, 401, 413, 415, 503))
+    @app.post("/predict", dependencies=guarded, responses=_errors(400, 401, 413, 415, 422, 503))
     async def predict(file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM image"),
-                      top_k: int = Query(3, ge=1, le=100)) -> dict:
+                      top_k: int = Query(3, ge=1, le=100),
+                      alpha: float | None = Query(None, gt=0.0, lt=1.0,
+                                                  description="error rate of the prediction set (calibrated "
+                                                              "bundles; default: the bundle's)")) -> dict:
+        """The top classes, the prediction set at ``alpha`` and the out-of-distribution verdict (``warning``
+        is set when the image is unlike the training images)."""
         image = await read_image_upload(file)
-        prediction = (await queue.run(predictor.predict, [image], [file.filename or ""]))[0]
+        try:
+            prediction = (await queue.run(predictor.predict, [image], [file.filename or ""], alpha=alpha))[0]
+        except DataError as exc:  # e.g. an alpha too small for the calibration images
+            raise HTTPException(status_code=400, detail=str(exc)[:500]) from None
         return prediction.to_dict(top_k)
 
     @app.post("/explain", dependencies=guarded, responses={

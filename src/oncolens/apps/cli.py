@@ -313,8 +313,13 @@ def predict(
     show: Annotated[int, typer.Option(help="rows to print in the table (all go to --out)")] = 50,
     tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
                                                "bundle's)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="error rate of the prediction sets (default: the bundle's)")
+                     ] = None,
+    detector: Annotated[Optional[str], typer.Option(help="out-of-distribution detector: msp, energy, mahalanobis, "
+                                                    "knn (default: the bundle's)")] = None,
 ) -> None:
-    """Predict classes of images with a bundle; print top-k probabilities, optionally write CSV/JSON.
+    """Predict classes of images with a bundle; print top-k probabilities, the prediction set and whether
+    each image is unlike the training images (calibrated bundles); optionally write CSV/JSON.
 
     Images are decoded and scored batch by batch: memory stays flat whatever the number of files.
     """
@@ -325,7 +330,11 @@ def predict(
     from oncolens.predictor import Predictor
 
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, batch_size=batch_size,
-                                      num_workers=workers, tta=tta)
+                                      num_workers=workers, tta=tta, alpha=alpha, detector=detector)
+    trusted = predictor.trust is not None
+    if not trusted:
+        console.print("note: this bundle has no calibration (no prediction sets, no out-of-distribution check); "
+                      "run `oncolens calibrate` on it")
     if predictor.passes > 1:
         console.print(f"test-time augmentation {predictor.tta!r}: {predictor.passes} forward passes per image")
     paths: list[Path] = []
@@ -341,8 +350,14 @@ def predict(
             table.add_column(name)
     for i in range(k):
         table.add_column(f"top {i + 1}")
+    if trusted:
+        table.add_column(f"set ({1 - predictor.alpha:.0%})")
+        table.add_column("unlike training?")
+    trust_fields = ["prediction_set", "alpha", "out_of_distribution", "ood_detector", "ood_score", "ood_threshold"]
     fields = ["image", "label", "confidence", *(f"{lv}_{x}" for lv in levels for x in ("label", "confidence")),
-              *(f"top{i + 1}_{x}" for i in range(k) for x in ("label", "probability"))]
+              *(f"top{i + 1}_{x}" for i in range(k) for x in ("label", "probability")),
+              *(trust_fields if trusted else [])]
+    warned = 0
     records, failed, count = [], {}, 0
     with ExitStack() as stack:
         writer = None
@@ -362,18 +377,27 @@ def predict(
                                      **{f"{lv['level']}_confidence": lv["confidence"] for lv in p.levels},
                                      **{f"top{i + 1}_label": t["label"] for i, t in enumerate(record["top"])},
                                      **{f"top{i + 1}_probability": t["probability"]
-                                        for i, t in enumerate(record["top"])}})
+                                        for i, t in enumerate(record["top"])},
+                                     **({f: ("|".join(record[f]) if f == "prediction_set" and record[f] is not None
+                                             else record[f]) for f in trust_fields} if trusted else {})})
                 elif out:
                     records.append(record)
                 if count <= show:
                     by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
                     routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
-                    table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)))
+                    verdict = ([p.set_text, "[bold red]YES[/]" if p.warning else "no"] if trusted else [])
+                    table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)),
+                                  *verdict)
+                warned += bool(p.warning)
         if out and out.suffix == ".json":
             atomic_write_json(out, {"predictions": records, "skipped": failed})
     shown = f" (first {show} shown)" if count > show else ""
     table.title = f"{count} prediction(s){shown}" + (f"; routed {' > '.join(levels)}" if levels else "")
     console.print(table)
+    if warned:
+        console.print(f"[bold red]warning:[/] {warned} image(s) are unlike the training images "
+                      f"({predictor.detector or predictor.trust.default_detector} score above the threshold that keeps {predictor.trust.id_recall:.0%} of validation images): "
+                      "do not trust their predictions")
     for path, reason in failed.items():
         console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     if out:
@@ -448,6 +472,17 @@ def evaluate(
             table.add_row(name, str(len(level.classes)), *(level.format_value(m) for m in
                                                          ("accuracy", "macro_f1", "roc_auc_macro")))
         console.print(table)
+    if result.trust:
+        for name, stats in result.trust["scores"].items():
+            spread = (f"; over {stats['resplits']} calibration/test re-splits {stats['resplit_coverage_mean']:.3f} "
+                      f"± {stats['resplit_coverage_sd']:.3f}" if stats["resplit_coverage_sd"] is not None else "")
+            console.print(f"prediction sets {name} (alpha {result.trust['alpha']:g}): coverage {stats['coverage']:.3f}"
+                          f", mean size {stats['mean_set_size']:.2f}, worst class {stats['worst_class_coverage']:.3f}"
+                          + spread)
+        if "ood" in result.trust:
+            ood = result.trust["ood"]
+            console.print(f"flagged out of distribution ({ood['detector']}): {ood['flagged_fraction']:.1%} of these "
+                          f"images (expected about {ood['expected_fraction']:.0%})")
     print_notes(result.notes)
     console.print(f"metrics: {result.metrics_json}")
     console.print(f"report: {result.report_html}")
@@ -579,6 +614,69 @@ def stage(
     for value, reason in problems.items():
         console.print(f"[yellow]no stage[/] for {value!r}: {reason}", highlight=False)
     console.print(f"{len(staged)} of {len(frame)} rows staged: {out}")
+
+
+@app.command("evaluate-ood")
+def evaluate_ood(
+    bundle: Annotated[Path, typer.Argument(help="calibrated bundle folder")],
+    in_data: Annotated[Path, typer.Option("--in", help="in-distribution manifest (its --split rows) or folder")],
+    ood: Annotated[list[str], typer.Option("--ood", help="an OOD set: NAME=PATH or PATH (manifest or image folder); "
+                                           "repeat for several")],
+    split: Annotated[str, typer.Option(help="rows of the in-distribution manifest ('all' for every row)")] = "test",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("ood-eval"),
+) -> None:
+    """How well the bundle's OOD detectors tell its kind of images from others: AUROC, FPR at 95% TPR and
+    AUPR per detector and OOD set, score histograms and an HTML report."""
+    from oncolens.evaluation.trust import evaluate_ood as run
+
+    sets = {}
+    for item in ood:
+        name, _, path = item.rpartition("=") if "=" in item else (Path(item).stem, "", item)
+        sets[name or Path(path).stem] = Path(path)
+    summary = run(bundle, in_data, sets, out, split=None if split == "all" else split)
+    table = Table(title=f"OOD detection ({summary['default_detector']} is the bundle's default)")
+    for col in ("detector", "OOD set", "AUROC", "FPR@95TPR", "AUPR", "detected at threshold"):
+        table.add_column(col)
+    for detector, per_set in summary["results"].items():
+        for name, m in per_set.items():
+            table.add_row(detector, name, f"{m['auroc']:.3f}", f"{m['fpr_at_95_tpr']:.3f}", f"{m['aupr_out']:.3f}",
+                          f"{m.get('ood_detected', float('nan')):.3f}")
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder (any kind: flat, tree, ensemble)")],
+    data: Annotated[Path, typer.Option("--data", help="manifest CSV with a split column")],
+    split: Annotated[str, typer.Option(help="calibration split: temperature, prediction sets, OOD thresholds")
+                     ] = "val",
+    fit_split: Annotated[str, typer.Option(help="split the OOD detectors are fitted on")] = "train",
+    alpha: Annotated[float, typer.Option(help="default error rate of the prediction sets")] = 0.1,
+    score: Annotated[str, typer.Option(help="default conformal score: lac, aps, raps")] = "aps",
+    mondrian: Annotated[bool, typer.Option("--mondrian/--marginal", help="one threshold per class (class-"
+                                           "conditional coverage) or one for all")] = False,
+    detector: Annotated[str, typer.Option(help="default OOD detector: msp, energy, mahalanobis, knn")] = "knn",
+    knn_k: Annotated[int, typer.Option(help="neighbours of the KNN detector")] = 10,
+    label_col: Annotated[Optional[str], typer.Option(help="manifest column with the true labels")] = None,
+) -> None:
+    """Calibrate a bundle: temperature scaling and conformal prediction sets on the --split images, OOD
+    detectors fitted on the --fit-split images with thresholds at 95% in-distribution recall; stored in
+    the bundle (trust.json + trust.safetensors), used by predict, evaluate, serve and app."""
+    from oncolens.training.calibrate import CalibrationConfig, calibrate_bundle
+
+    config = CalibrationConfig(alpha=alpha, score=score, mondrian=mondrian, default_detector=detector, knn_k=knn_k)
+    trust = calibrate_bundle(bundle, data, split=split, fit_split=fit_split, label_col=label_col, config=config)
+    report = trust.report
+    if "ece_after" in report:
+        console.print(f"temperature {report['temperature']:.3f}: ECE {report['ece_before']:.3f} -> "
+                      f"{report['ece_after']:.3f} on {report['calibration_images']} {split} images")
+    console.print(f"prediction sets: {score}{' (Mondrian)' if mondrian else ''} at alpha {alpha:g} from "
+                  f"{report['calibration_images']} {split} images" if trust.conformal else report.get("conformal", ""))
+    for name, threshold in trust.thresholds.items():
+        console.print(f"OOD {name}: threshold {threshold:.4g} (keeps {trust.id_recall:.0%} of {split} images)"
+                      + ("  [default]" if name == trust.default_detector else ""))
+    console.print(f"calibration stored in {bundle}")
 
 
 @app.command()

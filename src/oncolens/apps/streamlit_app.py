@@ -48,11 +48,18 @@ def example_image():
     return Image.fromarray(image)
 
 
-def show_result(predictor: Predictor, name: str, image, method: str, alpha: float, level: int | None = None) -> None:
-    result = predictor.explain(image, method=method, alpha=alpha, source=name, level=level)
+def show_result(predictor: Predictor, name: str, image, method: str, alpha: float, level: int | None = None,
+                set_alpha: float | None = None) -> None:
+    result = predictor.explain(image, method=method, alpha=alpha, source=name, level=level, set_alpha=set_alpha)
     p = result.prediction
     st.subheader(f"{name}")
+    if p.warning:  # before anything else: the prediction below is not to be trusted
+        st.error(f"**Out of distribution: this image is {p.warning}.** The model was not trained on images like "
+                 "this one; do not use the prediction below.", icon="⚠️")
     st.markdown(f"**Prediction: {p.label}** ({p.confidence:.1%})")
+    if p.trust is not None and p.trust.prediction_set is not None:
+        st.markdown(f"Prediction set at {1 - p.trust.alpha:.0%} coverage: **{p.set_text}** "
+                    "(the classes that cannot be ruled out at this error rate)")
     if p.levels:  # a hierarchical bundle: the decision at every level of the routed path
         st.markdown("Routed: " + " → ".join(f"{lv['level']} **{lv['label']}** ({lv['confidence']:.0%})"
                                            for lv in p.levels))
@@ -100,6 +107,12 @@ def main() -> None:
             st.write(f"hierarchical: {' > '.join(names)} ({len(info['nodes'])} classifiers)")
             choice = st.selectbox("Explain the classifier of level", ["deepest on the route", *names])
             level = None if choice == "deepest on the route" else names.index(choice)
+        set_alpha = None
+        if predictor.trust is None:
+            st.warning("This bundle has no calibration: no prediction sets and no out-of-distribution check "
+                       "(`oncolens calibrate` adds them).")
+        else:
+            set_alpha = st.slider("Prediction-set error rate (alpha)", 0.01, 0.5, float(predictor.alpha), 0.01)
         method = st.selectbox("Explanation method", list_methods(), index=list_methods().index("gradcam"))
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
         use_example = st.button("Try an example image")
@@ -117,7 +130,10 @@ def main() -> None:
     if use_example:
         items.append(("example-mri-phantom.png", example_image()))
     for name, image in items:
-        show_result(predictor, name, image, method, alpha, level)
+        try:
+            show_result(predictor, name, image, method, alpha, level, set_alpha)
+        except OncolensError as exc:  # e.g. an alpha too small for the calibration images
+            st.error(f"{name}: {exc}")
     if not items:
         st.info("Upload one or several images, or try the example.")
 

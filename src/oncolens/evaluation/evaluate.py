@@ -42,6 +42,7 @@ class EvaluationResult:
     notes: list[str]
     levels: dict[str, MetricsReport] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason, left out of the metrics
+    trust: dict | None = None  # prediction-set coverage and OOD flags (calibrated bundles)
 
 
 def most_confused_pairs(confusion: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
@@ -180,7 +181,9 @@ def evaluate(
     if lm is None and len(selection.outside):
         raise DataError(f"labels {selection.outside_labels} are not classes of this model {loaded.classes}; pass a "
                         "label map (e.g. --label-map normal-vs-tumor) to evaluate across datasets")
-    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers, tta=tta, perturb=perturb)
+    trust = loaded.trust if lm is None else None  # prediction sets are in the bundle's own classes
+    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers, tta=tta, perturb=perturb,
+                          features=trust is not None and trust.needs_features)
     notes = list(selection.notes)
     if perturb:
         notes.insert(0, f"every image perturbed before scoring: {perturb}")
@@ -191,15 +194,23 @@ def evaluate(
         raise DataError("no image could be read")
     measured = measure(loaded, selection.frame, scores, lm, n_boot=n_boot, seed=seed)
     notes += measured.notes
+    trust_stats = None
+    if trust is not None:
+        from .trust import coverage_report
+
+        trust_stats = coverage_report(trust, scores, measured.y, seed=seed)
     out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
     return write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
-                            data=data, label_map=label_map, top_k=top_k, explanations=explanations)
+                            data=data, label_map=label_map, top_k=top_k, explanations=explanations,
+                            trust_stats=trust_stats)
 
 
 def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, *, notes: list[str],
                      unreadable: dict[str, str], split: str | None, data, label_map, top_k: int = 12,
-                     explanations: list[tuple[str, Path]] | None = None) -> EvaluationResult:
-    """Write predictions, plots, ``metrics.json`` (last, atomically) and ``report.html`` to ``out_dir``."""
+                     explanations: list[tuple[str, Path]] | None = None,
+                     trust_stats: dict | None = None) -> EvaluationResult:
+    """Write predictions, plots, ``metrics.json`` (last, atomically) and ``report.html`` to ``out_dir``;
+    ``trust_stats`` (:func:`~oncolens.evaluation.trust.coverage_report`) adds prediction-set coverage."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, classes, y, proba, pred = measured.frame, measured.classes, measured.y, measured.proba, measured.decided
     report, levels = measured.report, measured.levels
@@ -230,7 +241,8 @@ def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, 
     metrics.update({"bundle": str(loaded.path), "data": str(data) if not isinstance(data, pd.DataFrame) else "DataFrame",
                     "split": split, "label_map": None if label_map is None else str(label_map),
                     "unreadable": unreadable, "notes": notes, "most_confused": confused, "groups": groups_tables,
-                    "dataset": summary, "levels": {name: level.to_dict() for name, level in levels.items()}})
+                    "dataset": summary, "levels": {name: level.to_dict() for name, level in levels.items()},
+                    "trust": trust_stats if trust_stats is not None else "none: the bundle has no calibration"})
     def ci_text(name: str) -> str:
         if name not in HEADLINE_METRICS:
             return "not bootstrapped"
@@ -242,6 +254,19 @@ def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, 
     metric_rows += [{"metric": name, "value": value, "95% CI": "not bootstrapped"} for name, value in
                     (("pr_auc_macro", report.pr_auc_macro), ("log_loss", report.log_loss),
                      ("expected_calibration_error", report.ece))]
+    for name, stats in (trust_stats or {}).get("scores", {}).items():
+        what = f"prediction sets ({name}, alpha {trust_stats['alpha']:g}"
+        what += ", Mondrian)" if trust_stats["mondrian"] else ")"
+        spread = (f"re-splits {stats['resplit_coverage_mean']:.3f} ± {stats['resplit_coverage_sd']:.3f}"
+                  if stats["resplit_coverage_sd"] is not None else "")
+        metric_rows += [{"metric": f"{what}: coverage", "value": stats["coverage"], "95% CI": spread},
+                        {"metric": f"{what}: mean set size", "value": stats["mean_set_size"], "95% CI": ""},
+                        {"metric": f"{what}: worst-class coverage", "value": stats["worst_class_coverage"],
+                         "95% CI": ""}]
+    if trust_stats and "ood" in trust_stats:
+        ood = trust_stats["ood"]
+        metric_rows.append({"metric": f"flagged out of distribution ({ood['detector']})",
+                            "value": ood["flagged_fraction"], "95% CI": f"expected {ood['expected_fraction']:.2f}"})
     for name, level in levels.items():  # the hierarchy, level by level (the last one is the leaf level)
         for metric in ("accuracy", "macro_f1", "roc_auc_macro"):
             metric_rows.append({"metric": f"level {name}: {metric}", "value": level.value(metric),
@@ -254,7 +279,8 @@ def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, 
         explanations=explanations)
     metrics_json = atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     return EvaluationResult(out_dir=out_dir, report=report, predictions=predictions, report_html=html_path,
-                            metrics_json=metrics_json, notes=notes, levels=levels, unreadable=dict(unreadable))
+                            metrics_json=metrics_json, notes=notes, levels=levels, unreadable=dict(unreadable),
+                            trust=trust_stats)
 
 
 def load_evaluation(out_dir: str | Path) -> EvaluationResult:
