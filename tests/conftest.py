@@ -51,3 +51,34 @@ def hierarchy_study_dir(phantom_manifest, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hierarchical_bundle(hierarchy_study_dir) -> Path:
     return hierarchy_study_dir / "hierarchical_bundle"
+
+
+@pytest.fixture(scope="session")
+def histology_bundle(tmp_path_factory) -> Path:
+    """A calibrated histology-only bundle (the self-configured default: Lite0 probe, OOD detectors) on
+    48 px histology phantoms, with enough validation images for prediction sets at alpha 0.1."""
+    from oncolens.data import generate_phantoms, save_manifest, scan, split
+    from oncolens.training import TrainConfig, train
+
+    tmp = tmp_path_factory.mktemp("histology_bundle")
+    root = generate_phantoms(tmp / "ph", n=200, size=48, seed=11, per_patient=2)
+    manifest = scan(root / "histo").manifest
+    csv = save_manifest(split(manifest, test=0.2, val=0.3, seed=0), tmp / "s.csv")
+    return train(TrainConfig(data=str(csv), runs_dir=str(tmp / "runs"), name="histo",
+                             cache_dir=str(tmp / "cache"))).bundle_path
+
+
+@pytest.fixture(scope="session")
+def ood_images(tmp_path_factory, phantom_manifest) -> dict[str, list[str]]:
+    """Images a histology model has never seen: MRI phantoms and natural photographs (skimage.data)."""
+    from PIL import Image
+    from skimage import data
+
+    tmp = tmp_path_factory.mktemp("ood")
+    natural = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins"):
+        path = tmp / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(path)
+        natural.append(str(path))
+    mri = phantom_manifest[phantom_manifest["label"].str.startswith("mri")]["path"].tolist()[:8]
+    return {"natural": natural, "mri": mri}

@@ -107,14 +107,14 @@ def main() -> None:
             st.write(f"hierarchical: {' > '.join(names)} ({len(info['nodes'])} classifiers)")
             choice = st.selectbox("Explain the classifier of level", ["deepest on the route", *names])
             level = None if choice == "deepest on the route" else names.index(choice)
+        method = st.selectbox("Explanation method", list_methods(), index=list_methods().index("gradcam"))
+        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
         set_alpha = None
         if predictor.trust is None:
             st.warning("This bundle has no calibration: no prediction sets and no out-of-distribution check "
                        "(`oncolens calibrate` adds them).")
         else:
             set_alpha = st.slider("Prediction-set error rate (alpha)", 0.01, 0.5, float(predictor.alpha), 0.01)
-        method = st.selectbox("Explanation method", list_methods(), index=list_methods().index("gradcam"))
-        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
         use_example = st.button("Try an example image")
     uploads = st.file_uploader("Images (PNG, JPEG, TIFF, DICOM)", type=TYPES, accept_multiple_files=True)
     items = []

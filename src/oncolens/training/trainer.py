@@ -509,7 +509,9 @@ class _Trainer:
 
         cfg = self.config
         fit_features = None
-        if self.cached and self.train_views:  # the frozen backbone's training features are at hand
+        # the frozen backbone's training features are at hand; with TTA, predictions average the views' features,
+        # so the detectors are fitted on features scored the same way instead
+        if self.cached and self.train_views and cfg.tta in (None, "none"):
             x, y = self.train_views[0]
             with torch.no_grad():
                 logits = self.model.head(x).float().numpy()
