@@ -445,8 +445,11 @@ def evaluate(
                                                "bundle's)")] = None,
     perturb: Annotated[Optional[str], typer.Option(help="robustness check: perturb every image before scoring "
                                                    f"({', '.join(_perturbations())})")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="error rate of the prediction sets whose coverage is "
+                                                   "reported (default: the bundle's)")] = None,
 ) -> None:
-    """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html."""
+    """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html; for a
+    calibrated bundle also the prediction sets' coverage and the share flagged out of distribution."""
     from oncolens.evaluation import evaluate as run_evaluation
 
     explanations = None
@@ -462,7 +465,7 @@ def evaluate(
     result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
                             out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
                             explanations=explanations, backend=backend, num_workers=workers, tta=tta,
-                            perturb=perturb)
+                            perturb=perturb, alpha=alpha)
     print_metrics(result.report)
     if result.levels:
         table = Table(title="hierarchy, level by level (right when the path down to the level is right)")

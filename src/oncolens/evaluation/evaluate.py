@@ -162,6 +162,7 @@ def evaluate(
     num_workers: int | None = None,
     tta: str | None = None,
     perturb: str | None = None,
+    alpha: float | None = None,
 ) -> EvaluationResult:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
@@ -170,7 +171,8 @@ def evaluate(
     ``oncolens.explain.explain_panels``) shown in the report's Explanations section. A tree of
     classifiers is scored on its leaf classes with its routed decisions, and at every level. ``perturb``
     scores every image through a robustness perturbation (e.g. ``jpeg75``, ``resize0.5``; see
-    :mod:`oncolens.data.perturb`).
+    :mod:`oncolens.data.perturb`). ``alpha`` sets the error rate of the prediction sets whose coverage is
+    reported (calibrated bundles; default: the bundle's).
     """
     loaded = as_bundle(bundle)
     lm = None if label_map is None else (label_map if isinstance(label_map, LabelMap) else load_label_map(label_map))
@@ -198,7 +200,7 @@ def evaluate(
     if trust is not None:
         from .trust import coverage_report
 
-        trust_stats = coverage_report(trust, scores, measured.y, seed=seed)
+        trust_stats = coverage_report(trust, scores, measured.y, alpha=alpha, seed=seed)
     out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
     return write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
                             data=data, label_map=label_map, top_k=top_k, explanations=explanations,
