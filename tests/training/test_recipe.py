@@ -151,3 +151,22 @@ def test_larger_backbones_need_many_large_images(by_family, monkeypatch):
     large = configure(TrainConfig(), pd.DataFrame({"path": ["x"] * 4000, "label": ["a", "b"] * 2000}))
     assert large.config.model == "tf_efficientnet_lite2" and "<= the images' median shorter side 512" in \
         large.reasons["model"]
+
+
+def test_probe_features_are_unaugmented_even_when_augmentation_is_on(phantom_manifest, tmp_path):
+    """The probe is fitted on the images as they are (the cache key says 'no augmentation'): an augmenting
+    recipe must not put augmented features under that key."""
+    import numpy as np
+
+    from oncolens.models import load_any_bundle
+
+    csv = save_manifest(split(phantom_manifest, test=0.2, val=0.25, seed=0), tmp_path / "s.csv")
+    run = train(TrainConfig(data=str(csv), runs_dir=str(tmp_path / "runs"), name="p", model="tf_efficientnet_lite0",
+                            image_size=64, head="logreg", freeze="frozen", finetune="off", augment=True, hflip=True,
+                            vflip=True, rot90=True, colour=0.2, tta="none", cache_dir=str(tmp_path / "cache")))
+    bundle = load_any_bundle(run.bundle_path)
+    rows = pd.read_csv(run.run_dir / "splits.csv", keep_default_na=False)
+    scored = bundle.score(rows[rows["split"] == "train"], features=True)
+    bank = bundle.trust.detectors["knn"].bank  # the training features the run used
+    x = scored.features["root"] / np.linalg.norm(scored.features["root"], axis=1, keepdims=True)
+    assert np.allclose((x @ bank.T).max(1), 1.0, atol=1e-4)

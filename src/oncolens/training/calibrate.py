@@ -103,7 +103,9 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibra
         conformal, report["conformal"] = None, f"no prediction sets: {exc}"
     if fit_features is None:
         fit_rows, y_fit = _labelled(loaded, fit_frame, label_col)
-        fitted = loaded.score(fit_rows, **options)
+        # one view per training image, as a frozen backbone's feature cache holds them (the thresholds come from
+        # the calibration images scored exactly as predictions are, test-time augmentation included)
+        fitted = loaded.score(fit_rows, **{**options, "tta": "none"})
         fit_features = (fitted.features[node], fitted.node_logits[node], y_fit[fitted.positions])
     features, logits, labels = fit_features
     detectors, thresholds = {}, {}

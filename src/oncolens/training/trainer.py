@@ -256,7 +256,12 @@ class _Trainer:
             # labels come from this run's dataset, never from the cache (runs share images, not labels)
             return features, torch.as_tensor([dataset.targets[i] for i in kept], dtype=torch.long), kept
 
-        train_views = [features_for(self.train_set, v if augment else None) for v in range(views)]
+        # un-augmented features (view None) come from the training images as they are: the cache key says so
+        plain = self.train_set if augment else ManifestDataset(self.frame, "train", build_transforms(
+            self.model.preprocessing, False), classes=self.classes)
+        train_views = [features_for(self.train_set if augment else plain, v if augment else None) for v in range(views)]
+        if not augment:
+            self.train_set.bad_files.update(plain.bad_files)
         self.train_views = [(x, y) for x, y, _ in train_views]
         self.train_kept = train_views[0][2]
         self.val_features = features_for(self.val_set, None)[:2]
@@ -509,9 +514,7 @@ class _Trainer:
 
         cfg = self.config
         fit_features = None
-        # the frozen backbone's training features are at hand; with TTA, predictions average the views' features,
-        # so the detectors are fitted on features scored the same way instead
-        if self.cached and self.train_views and cfg.tta in (None, "none"):
+        if self.cached and self.train_views:  # the frozen backbone's training features are at hand
             x, y = self.train_views[0]
             with torch.no_grad():
                 logits = self.model.head(x).float().numpy()
