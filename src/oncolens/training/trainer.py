@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import io
 import random
 import time
@@ -31,6 +32,7 @@ from ..data.split import default_group_column_safe
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
+from ..models.bundle import Bundle
 from ..models.factory import apply_freeze
 from ..models.registry import prefers_channels_last
 from .config import PLAIN_DEFAULTS, TrainConfig, load_config
@@ -522,7 +524,11 @@ class _Trainer:
         frame = self.frame
         options = {"batch_size": max(cfg.batch_size, 32), "num_workers": cfg.num_workers}
         try:
-            trust = calibrate(bundle, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
+            model = self.model.eval().to(memory_format=torch.channels_last if self.channels_last
+                                         else torch.contiguous_format)  # as a loaded bundle runs
+            loaded = Bundle(model=model, classes=self.classes, preprocessing=self.model.preprocessing,
+                            meta=json.loads((bundle / "bundle.json").read_text()).get("meta", {}), path=bundle)
+            trust = calibrate(loaded, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
                               config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
                               strict=False)
         except DataError as exc:
