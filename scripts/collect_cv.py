@@ -1,5 +1,9 @@
-"""Print a markdown table of every cross-validation under a results folder (one `cv/summary.json` per
-dataset), for docs/results.md. Usage: .venv/bin/python scripts/collect_cv.py results/linear_probe_cv"""
+"""Markdown tables of cross-validations for docs/results.md.
+
+``collect_cv.py ROOT``: one row per ``ROOT/<dataset>/cv/summary.json`` (scripts/results_linear_probe_cv.sh).
+``collect_cv.py --compare ROOT``: per dataset, the linear probe (``probe/``) against the self-configured default
+(``default/``) from scripts/results_default_cv.sh: pooled out-of-fold accuracy, fold ensembles on the held-out
+images, the accuracy lost under re-encoding, which stage the default kept, and wall times."""
 
 from __future__ import annotations
 
@@ -10,23 +14,61 @@ from pathlib import Path
 from oncolens.evaluation import MetricsReport, format_metric
 
 
-def main(root: str) -> None:
-    root_path = Path(root)
+def _summary(folder: Path) -> dict | None:
+    file = folder / "summary.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def single(root: Path) -> None:
     seconds = {}
-    if (root_path / "seconds.txt").exists():
-        seconds = dict(line.split() for line in (root_path / "seconds.txt").read_text().splitlines() if line.strip())
+    if (root / "seconds.txt").exists():
+        seconds = dict(line.split() for line in (root / "seconds.txt").read_text().splitlines() if line.strip())
     print("| dataset | images | folds grouped by | pooled OOF accuracy [95% CI] | mean +- sd over folds | "
           "pooled OOF ROC-AUC [95% CI] | wall time |")
     print("|---|---|---|---|---|---|---|")
-    for summary_file in sorted(root_path.glob("*/cv/summary.json")):
+    for summary_file in sorted(root.glob("*/cv/summary.json")):
         summary = json.loads(summary_file.read_text())
         pooled = MetricsReport.from_dict(summary["pooled_out_of_fold"])
         name = summary_file.parents[1].name
         mean, sd = summary["mean"]["accuracy"], summary["sd"]["accuracy"]
-        print(f"| {name} | {summary['images']} | {'patient' if summary['grouped_by_patient'] else 'image (no ids)'} "
-              f"| {pooled.format_value('accuracy')} | {format_metric(mean)} +- {format_metric(sd)} "
-              f"| {pooled.format_value('roc_auc_macro')} | {seconds.get(name, '?')} s |")
+        grouped = summary.get("grouped_by", "patient" if summary["grouped_by_patient"] else "image")
+        print(f"| {name} | {summary['images']} | {grouped} | {pooled.format_value('accuracy')} | "
+              f"{format_metric(mean)} +- {format_metric(sd)} | {pooled.format_value('roc_auc_macro')} | "
+              f"{seconds.get(name, '?')} s |")
+
+
+def compare(root: Path) -> None:
+    print("| dataset | dev / held-out images | grouped by | (a) probe: pooled OOF accuracy | (b) default: pooled OOF "
+          "accuracy | (b) - (a) | default kept fine-tuning | (c) fold ensembles on held-out: probe / default | "
+          "(b) accuracy lost: JPEG q75 / 0.5x / 2x | wall time: train / cv (a) / cv (b) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        probe, default = _summary(folder / "probe"), _summary(folder / "default")
+        if not probe or not default:
+            continue
+        a = MetricsReport.from_dict(probe["pooled_out_of_fold"])
+        b = MetricsReport.from_dict(default["pooled_out_of_fold"])
+        ens = [MetricsReport.from_dict(s["holdout"]["ensemble"]).format_value("accuracy") for s in (probe, default)]
+        drops = {r["perturbation"]: r["drop"] for r in default.get("robustness", [])}
+        kept = []
+        for run in sorted((folder / "default" / "runs").glob("fold_*/metrics.json")):
+            kept.append(json.loads(run.read_text()).get("best_stage") == "finetune")
+        config = (folder / "default" / "runs" / "fold_1" / "config.yaml").read_text()
+        finetunes = "finetune: last-" in config
+        stage = f"{sum(kept)} of {len(kept)} folds" if finetunes else "no (too few images: probe only)"
+        times = [(folder / name).read_text().strip() if (folder / name).exists() else "?"
+                 for name in ("train_seconds.txt", "probe/seconds.txt", "default/seconds.txt")]
+        held = default["holdout"]["images"]
+        print(f"| {folder.name} | {default['images']} / {held} | {default.get('grouped_by', '?')} | "
+              f"{a.format_value('accuracy')} | {b.format_value('accuracy')} | "
+              f"{b.value('accuracy') - a.value('accuracy'):+.3f} | {stage} | {ens[0]} / {ens[1]} | "
+              f"{drops.get('jpeg75', float('nan')):+.3f} / {drops.get('resize0.5', float('nan')):+.3f} / "
+              f"{drops.get('resize2', float('nan')):+.3f} | {times[0]} s / {times[1]} s / {times[2]} s |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/linear_probe_cv")
+    args = sys.argv[1:]
+    if args and args[0] == "--compare":
+        compare(Path(args[1] if len(args) > 1 else "results/default_cv"))
+    else:
+        single(Path(args[0] if args else "results/linear_probe_cv"))

@@ -110,7 +110,8 @@ def test_two_stage_keeps_the_better_stage_and_resumes_mid_fine_tuning(phantom_ma
     assert list(history["stage"]) == ["probe", "finetune", "finetune", "finetune"]
     assert list(history["epoch"]) == [0, 1, 2, 3]
     probe_loss = history["val_loss"].iloc[0]
-    assert reference.val_loss == pytest.approx(history["val_loss"].min(), rel=1e-4) and reference.val_loss <= probe_loss
+    assert reference.val_loss == pytest.approx(history["val_loss"].min(), rel=1e-4)
+    assert reference.val_loss <= probe_loss + 1e-6  # the probe (through cached features) or a better epoch
     assert reference.best_epoch == int(history["val_loss"].idxmin())
     metrics = json.loads((reference.run_dir / "metrics.json").read_text())
     assert metrics["best_stage"] == ("probe" if reference.best_epoch == 0 else "finetune")

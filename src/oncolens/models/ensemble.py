@@ -36,22 +36,25 @@ class _Backbones(nn.Module):
 
 
 class _MeanProbabilities(nn.Module):
-    def __init__(self, heads: Sequence[nn.Module], widths: Sequence[int]):
+    def __init__(self, heads: Sequence[nn.Module], widths: Sequence[int], temperatures: Sequence[float]):
         super().__init__()
         self.members = nn.ModuleList(heads)
         self.widths = list(widths)
         self.head_name = "ensemble"
+        self.register_buffer("temperatures", torch.tensor(list(temperatures), dtype=torch.float32), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         parts = torch.split(features, self.widths, dim=1)
-        probabilities = torch.stack([torch.softmax(head(part), dim=1) for head, part in zip(self.members, parts)])
+        probabilities = torch.stack([torch.softmax(head(part) / self.temperatures[i], dim=1)
+                                     for i, (head, part) in enumerate(zip(self.members, parts))])
         return torch.log(probabilities.mean(0).clamp_min(1e-12))  # softmax of this = the mean probabilities
 
 
 class EnsembleClassifier(OncoClassifier):
-    """The members' mean probability as one classifier (logits are log mean probabilities)."""
+    """The members' mean probability as one classifier (logits are log mean probabilities); each member's
+    probabilities are its calibrated ones when ``temperatures`` (one per member) are given."""
 
-    def __init__(self, members: Sequence[OncoClassifier]):
+    def __init__(self, members: Sequence[OncoClassifier], temperatures: Sequence[float] | None = None):
         widths = []
         for member in members:
             with torch.no_grad():
@@ -60,8 +63,9 @@ class EnsembleClassifier(OncoClassifier):
                 widths.append(int(member.backbone(probe).shape[1]))
         first = members[0]
         config = {**first.config, "ensemble_of": len(members)}
-        super().__init__(_Backbones([m.backbone for m in members]), _MeanProbabilities([m.head for m in members], widths),
-                         first.preprocessing, config)
+        temperatures = list(temperatures) if temperatures is not None else [1.0] * len(members)
+        super().__init__(_Backbones([m.backbone for m in members]),
+                         _MeanProbabilities([m.head for m in members], widths, temperatures), first.preprocessing, config)
         object.__setattr__(self, "_parts", list(members))  # views on the same modules, not extra submodules
 
     def cam_parts(self) -> list[OncoClassifier]:
@@ -77,7 +81,10 @@ class EnsembleBundle(Bundle):
 
     def __init__(self, members: Sequence[Bundle], meta: dict | None = None, path: Path | None = None):
         self.members = list(members)
-        model = EnsembleClassifier([m.model for m in self.members]).eval()
+        # each member as it predicts on its own: with its calibration temperature, if it has one
+        temperatures = [next(iter(m.trust.temperatures.values()), 1.0) if m.trust is not None else 1.0
+                        for m in self.members]
+        model = EnsembleClassifier([m.model for m in self.members], temperatures).eval()
         super().__init__(model=model, classes=self.members[0].classes, preprocessing=self.members[0].preprocessing,
                          meta=meta, path=path)
 

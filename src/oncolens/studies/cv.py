@@ -201,7 +201,8 @@ def _write_markdown(out_dir: Path, table: pd.DataFrame, pooled, summary: dict) -
     mean_sd = [f"{format_metric(summary['mean'][m])} +- {format_metric(summary['sd'][m])}" for m in CV_METRICS]
     lines.append("| mean +- sd | | " + " | ".join(mean_sd) + " |")
     lines.append("| pooled out of fold (95% CI) | | " + " | ".join(pooled.format_value(m) for m in CV_METRICS) + " |")
-    lines += ["", f"Bootstrap of the pooled values: {pooled.n_boot} resamples by {pooled.bootstrap_unit}."]
+    unit = pooled.bootstrap_unit if summary["grouped_by"] == "patient" else summary["grouped_by"]
+    lines += ["", f"Bootstrap of the pooled values: {pooled.n_boot} resamples by {unit}."]
     if "holdout" in summary:
         held = summary["holdout"]
         report = MetricsReport.from_dict(held["ensemble"])
