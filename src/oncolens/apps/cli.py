@@ -672,7 +672,10 @@ def calibrate(
     trust = calibrate_bundle(bundle, data, split=split, fit_split=fit_split, label_col=label_col, config=config)
     report = trust.report
     if "ece_after" in report:
-        console.print(f"temperature {report['temperature']:.3f}: ECE {report['ece_before']:.3f} -> "
+        temperature = report["temperature"]
+        shown = (f"{temperature:.3f}" if isinstance(temperature, float)
+                 else ", ".join(f"{k} {v:.3f}" for k, v in temperature.items()))
+        console.print(f"temperature {shown}: ECE {report['ece_before']:.3f} -> "
                       f"{report['ece_after']:.3f} on {report['calibration_images']} {split} images")
     console.print(f"prediction sets: {score}{' (Mondrian)' if mondrian else ''} at alpha {alpha:g} from "
                   f"{report['calibration_images']} {split} images" if trust.conformal else report.get("conformal", ""))

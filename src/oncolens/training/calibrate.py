@@ -59,6 +59,14 @@ def _labelled(bundle: ModelBundle, frame: pd.DataFrame, label_col: str | None) -
     return frame[keep.to_numpy()], np.array([bundle.classes.index(v) for v in labels[keep]], dtype=np.int64)
 
 
+def _true_child(node, leaf: str) -> int | None:
+    """The index of the class ``node`` must choose on the way to ``leaf``, or None when ``leaf`` is not below it."""
+    for index, child in enumerate(node.children.values()):
+        if child == leaf or (not isinstance(child, str) and _true_child(child, leaf) is not None):
+            return index
+    return None
+
+
 def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibration_frame: pd.DataFrame,
               label_col: str | None = None, config: CalibrationConfig | None = None,
               fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, strict: bool = True) -> Trust:
@@ -91,8 +99,17 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibra
         report.update(temperature=temperatures[node], ece_before=expected_calibration_error(y_cal, proba),
                       ece_after=expected_calibration_error(y_cal, calibrated))
         proba = calibrated
-    elif config.temperature:
-        report["temperature"] = "not fitted: a tree of classifiers (per-node temperatures are not implemented)"
+    elif config.temperature:  # a tree: each node on the images whose true leaf lies below it
+        leaves = [loaded.classes[i] for i in y_cal]
+        for tree_node in loaded.nodes():
+            truth = [_true_child(tree_node, leaf) for leaf in leaves]
+            rows = np.array([t is not None for t in truth])
+            if rows.sum() >= 2 and len({t for t in truth if t is not None}) >= 2:
+                temperatures[tree_node.key] = fit_temperature(cal.node_logits[tree_node.key][rows],
+                                                              np.array([t for t in truth if t is not None]))
+        proba, _ = loaded.combine({k: softmax(v / temperatures.get(k, 1.0)) for k, v in cal.node_logits.items()})
+        report.update(temperature=temperatures, ece_before=expected_calibration_error(y_cal, cal.probabilities),
+                      ece_after=expected_calibration_error(y_cal, proba))
     conformal = ConformalCalibration.fit(proba, y_cal, names=tuple(config.scores), alpha=config.alpha,
                                          lam=config.raps_lambda)
     try:
