@@ -47,3 +47,18 @@ def test_evaluate_scores_through_a_perturbation(tiny_bundle, phantom_manifest, t
     a = clean.predictions[[c for c in clean.predictions.columns if c.startswith("prob_")]].to_numpy()
     b = shrunk.predictions[[c for c in shrunk.predictions.columns if c.startswith("prob_")]].to_numpy()
     assert a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_perturbations_act_on_the_stored_image_not_a_reduced_jpeg_decode(tiny_bundle, tmp_path):
+    from oncolens.models import load_any_bundle
+
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, (64, 64, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 512 px
+    path = tmp_path / "large.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    bundle = load_any_bundle(tiny_bundle)
+    shrunk = get_perturbation("resize0.5")(Image.open(path).convert("RGB"))
+    expected = bundle.score([shrunk]).node_logits
+    got = bundle.score([str(path)], perturb="resize0.5").node_logits
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)

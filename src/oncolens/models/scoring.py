@@ -286,8 +286,10 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
         if pre not in distinct:
             distinct.append(pre)
     input_of = [distinct.index(g[0].bundle.preprocessing) for g in groups]
+    # a perturbation acts on the image as stored: no reduced-scale JPEG decoding before it
     dataset = _Inputs(items, [build_transforms(pre, train=False) for pre in distinct], max_pixels,
-                      min_size=max(pre.size for pre in distinct), perturb=perturbation)
+                      min_size=max(pre.size for pre in distinct) if perturbation is None else None,
+                      perturb=perturbation)
     if num_workers is None:
         decoded = all(isinstance(item, Image.Image) for item in items)
         num_workers = 0 if decoded else default_workers(-(-len(items) // batch_size))
