@@ -40,7 +40,7 @@ def single(root: Path) -> None:
 def compare(root: Path) -> None:
     print("| dataset | dev / held-out images | grouped by | (a) probe: pooled OOF accuracy | (b) default: pooled OOF "
           "accuracy | (b) - (a) | default kept fine-tuning | (c) fold ensembles on held-out: probe / default | "
-          "(b) accuracy lost: JPEG q75 / 0.5x / 2x | wall time: train / cv (a) / cv (b) |")
+          "accuracy lost, (a) / (b): JPEG q75; 0.5x; 2x | wall time: train / cv (a) / cv (b) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         probe, default = _summary(folder / "probe"), _summary(folder / "default")
@@ -49,7 +49,7 @@ def compare(root: Path) -> None:
         a = MetricsReport.from_dict(probe["pooled_out_of_fold"])
         b = MetricsReport.from_dict(default["pooled_out_of_fold"])
         ens = [MetricsReport.from_dict(s["holdout"]["ensemble"]).format_value("accuracy") for s in (probe, default)]
-        drops = {r["perturbation"]: r["drop"] for r in default.get("robustness", [])}
+        drops = [{r["perturbation"]: r["drop"] for r in s.get("robustness", [])} for s in (probe, default)]
         kept = []
         for run in sorted((folder / "default" / "runs").glob("fold_*/metrics.json")):
             kept.append(json.loads(run.read_text()).get("best_stage") == "finetune")
@@ -62,8 +62,9 @@ def compare(root: Path) -> None:
         print(f"| {folder.name} | {default['images']} / {held} | {default.get('grouped_by', '?')} | "
               f"{a.format_value('accuracy')} | {b.format_value('accuracy')} | "
               f"{b.value('accuracy') - a.value('accuracy'):+.3f} | {stage} | {ens[0]} / {ens[1]} | "
-              f"{drops.get('jpeg75', float('nan')):+.3f} / {drops.get('resize0.5', float('nan')):+.3f} / "
-              f"{drops.get('resize2', float('nan')):+.3f} | {times[0]} s / {times[1]} s / {times[2]} s |")
+              + "; ".join(" / ".join(f"{d.get(name, float('nan')):+.3f}" for d in drops)
+                          for name in ("jpeg75", "resize0.5", "resize2"))
+              + f" | {times[0]} s / {times[1]} s / {times[2]} s |")
 
 
 if __name__ == "__main__":
