@@ -161,7 +161,7 @@ class Predictor:
         self.alpha = alpha if alpha is not None else (self.trust.default_alpha if self.trust else None)
         self.detector = detector
         if self.trust is not None:
-            self.trust.assess(Scores.concat([], self.classes), alpha=self.alpha, detector=detector)  # names checked
+            self.trust.check(detector)
         # penultimate features come from the same forward pass; only feature detectors need them
         self.features = self.trust is not None and self.trust.needs_features
 

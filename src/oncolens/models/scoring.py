@@ -33,6 +33,7 @@ from ..data.transforms import build_transforms
 from ..errors import ConfigError
 from .bundle import HierarchyNode, ModelBundle
 from .registry import prefers_channels_last
+from .trust import softmax
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
            "iter_scores", "forward_batches", "Unreadable", "default_workers", "TTA_VIEWS", "tta_views"]
@@ -302,7 +303,7 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
                 if len(runs) == 1:
                     logits[node.key] = runs[0][1][i].numpy()
                 else:  # log of the mean probability: its softmax is the average over the views
-                    mean = np.mean([_softmax(run[1][i].numpy()) for run in runs], axis=0)
+                    mean = np.mean([softmax(run[1][i].numpy()) for run in runs], axis=0)
                     logits[node.key] = np.log(np.clip(mean, 1e-12, None)).astype(np.float32)
                 if features:
                     feats[node.key] = np.mean([run[0].numpy() for run in runs], axis=0)
@@ -316,17 +317,11 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "to
             yield empty
             continue
         logits, feats = out
-        node_proba = {k: _softmax(v / temperatures.get(k, 1.0)) for k, v in logits.items()}
+        node_proba = {k: softmax(v / temperatures.get(k, 1.0)) for k, v in logits.items()}
         leaf, routed = bundle.combine(node_proba)
         yield Scores(classes=list(bundle.classes), probabilities=leaf, decided=routed, node_probabilities=node_proba,
                      node_logits=logits, positions=np.asarray(indices, dtype=int),
                      sources=[sources[i] for i in indices], unreadable=unreadable, features=feats)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def score(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "torch", **options: Any) -> Scores:

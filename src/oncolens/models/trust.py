@@ -346,6 +346,13 @@ class Trust:
             out[name] = detector.score(features, logits)
         return out
 
+    def check(self, detector: str | None = None) -> str:
+        """The detector to use (``detector``, else the default), or a clear error when it was not fitted."""
+        detector = detector or self.default_detector
+        if detector not in self.detectors and self.detectors:
+            raise DataError(f"no OOD detector {detector!r} in this bundle; fitted: {', '.join(self.detectors)}")
+        return detector
+
     def assess(self, scores, alpha: float | None = None, detector: str | None = None,
                score_name: str | None = None) -> list[Assessment]:
         """One :class:`Assessment` per row of ``scores`` (:class:`~oncolens.models.scoring.Scores`; pass
@@ -355,9 +362,7 @@ class Trust:
         if self.conformal is not None and len(scores):
             chosen = self.conformal.sets(scores.probabilities, score_name or self.default_score, alpha, self.mondrian)
             sets = [[c for c, keep in zip(scores.classes, row) if keep] for row in chosen]
-        detector = detector or self.default_detector
-        if detector not in self.detectors and self.detectors:
-            raise DataError(f"no OOD detector {detector!r} in this bundle; fitted: {', '.join(self.detectors)}")
+        detector = self.check(detector)
         value = None
         if detector in self.detectors and len(scores):
             node = self.ood_node or next(iter(scores.node_logits))

@@ -155,7 +155,7 @@ def _robustness(out_dir: Path, frame: pd.DataFrame, clean: pd.DataFrame, perturb
     codes = pd.factorize(units)[0]
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, codes.max() + 1, codes.max() + 1) for _ in range(n_boot)]
-    rows = []
+    rows, bundles = [], {}
     for name in perturbations:
         file = out_dir / "robustness" / f"{name}.csv"
         if file.exists():
@@ -164,8 +164,9 @@ def _robustness(out_dir: Path, frame: pd.DataFrame, clean: pd.DataFrame, perturb
             parts = []
             for k in sorted(frame["fold"].unique()):
                 paths = [p for p in frame.loc[frame["fold"] == k, "path"] if p in clean.index]
-                bundle = load_any_bundle(out_dir / "runs" / f"fold_{k}" / "bundle")
-                scores = bundle.score(paths, perturb=name)
+                if k not in bundles:  # each fold model loaded once for every perturbation
+                    bundles[k] = load_any_bundle(out_dir / "runs" / f"fold_{k}" / "bundle")
+                scores = bundles[k].score(paths, perturb=name)
                 parts.append(pd.DataFrame({"path": scores.sources, "predicted": scores.labels, "fold": k}))
             scored = pd.concat(parts, ignore_index=True)
             file.parent.mkdir(parents=True, exist_ok=True)

@@ -60,10 +60,10 @@ _AUGMENT: dict[str, tuple] = {
     "unknown-grey": (False, False, False, 10.0, 0.1, 0.2, 0.0, "none",
                      "greyscale images of unknown modality, treated like radiology: no flips in case laterality "
                      "matters"),
-    "unknown-colour": (True, True, True, 0.0, 0.1, 0.1, 0.1, "flip",
-                       "colour images of unknown modality, treated like microscopy (orientation-free): flips, "
-                       "90-degree rotations, colour jitter; set --modality if that is wrong"),
 }
+_AUGMENT["unknown-colour"] = (*_AUGMENT["histology"][:-1],
+                              "colour images of unknown modality, treated like microscopy (orientation-free): flips, "
+                              "90-degree rotations, colour jitter; set --modality if that is wrong")
 _AUG_FIELDS = ("hflip", "vflip", "rot90", "rotation", "zoom", "contrast", "colour", "tta")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import io
 import random
 import time
@@ -508,7 +507,7 @@ class _Trainer:
                     stopped = True
         return self._finish(stopped)
 
-    def _calibrate(self, bundle: Path) -> dict:
+    def _calibrate(self, bundle: Path, meta: dict) -> dict:
         """Temperature, conformal calibration and OOD detectors stored in the bundle (see
         :mod:`.calibrate`); a dataset too small to calibrate is reported, never a failed run."""
         from ..models.trust import save_trust
@@ -527,7 +526,7 @@ class _Trainer:
             model = self.model.eval().to(memory_format=torch.channels_last if self.channels_last
                                          else torch.contiguous_format)  # as a loaded bundle runs
             loaded = Bundle(model=model, classes=self.classes, preprocessing=self.model.preprocessing,
-                            meta=json.loads((bundle / "bundle.json").read_text()).get("meta", {}), path=bundle)
+                            meta=meta, path=bundle)
             trust = calibrate(loaded, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
                               config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
                               strict=False)
@@ -557,7 +556,7 @@ class _Trainer:
                 "best_stage": best_stage, "tta": self.config.tta,
                 "val_accuracy": val_acc, "val_loss": val_loss, "trained_on": self.config.data}
         bundle = save_bundle(self.model.cpu(), self.classes, self.run_dir / "bundle", meta=meta)
-        calibration = self._calibrate(bundle) if self.config.calibrate else {"skipped": "calibrate: false"}
+        calibration = self._calibrate(bundle, meta) if self.config.calibrate else {"skipped": "calibrate: false"}
         metrics = {"best_epoch": self.best_epoch + 1, "best_stage": best_stage, "epochs_run": len(history),
                    "stopped_early": stopped,
                    "val_loss": val_loss, "val_accuracy": val_acc, "n_train": len(self.train_set),
