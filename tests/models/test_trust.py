@@ -196,3 +196,66 @@ def test_trust_round_trips_through_safetensors_and_json(tmp_path):
         assert a == b
     assert again.temperatures == {"root": 1.7} and again.report == {"ece_before": 0.2}
     assert load_trust(tmp_path / "nothing") is None
+
+
+def test_expected_calibration_error_equals_torchmetrics():
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from oncolens.models.trust import expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(500, 4)) * 3
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    proba[0] = [1.0, 0.0, 0.0, 0.0]  # a confidence of exactly 1 falls in torchmetrics' extra last bin
+    y = rng.integers(0, 4, 500)
+    for bins in (5, 15):
+        expected = float(multiclass_calibration_error(torch.as_tensor(proba, dtype=torch.float32), torch.as_tensor(y),
+                                                      num_classes=4, n_bins=bins, norm="l1"))
+        assert expected > 0.05
+        assert expected_calibration_error(y, proba, n_bins=bins) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("n", [40, 300])
+def test_mahalanobis_precision_is_the_inverse_of_scikit_learns_ledoit_wolf(n):
+    from sklearn.covariance import LedoitWolf
+
+    from oncolens.models.trust import _ledoit_wolf_precision
+
+    x = np.random.default_rng(n).normal(size=(n, 120)) * np.linspace(0.2, 3, 120)
+    expected = np.linalg.inv(LedoitWolf(assume_centered=True).fit(x).covariance_)
+    got = _ledoit_wolf_precision(x)
+    assert np.abs(got - expected).max() < 1e-8 * np.abs(expected).max()
+
+
+def saturated_model(rng, n, k=5):
+    """A 99%-accurate model whose float32 probabilities are often exactly 1 for the top class (ties)."""
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), labels] += rng.normal(16, 5, n)
+    return softmax(logits.astype(np.float32)).astype(np.float32).astype(np.float64), labels
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.05])
+def test_randomized_aps_is_exact_where_ties_make_deterministic_aps_conservative(alpha):
+    rng = np.random.default_rng(7)
+    covered: dict[str, list[float]] = {}
+    for _ in range(40):
+        proba, labels = saturated_model(rng, 1000)
+        assert (proba.max(1) == 1.0).mean() > 0.3  # ties at 1: the deterministic scores cannot separate them
+        cal = ConformalCalibration.fit(proba[:500], labels[:500], names=("aps", "aps-randomized", "raps-randomized"),
+                                       alpha=alpha)
+        for name in cal.scores:
+            sets = cal.sets(proba[500:], name, alpha)
+            covered.setdefault(name, []).append(sets[np.arange(500), labels[500:]].mean())
+    mean = {name: float(np.mean(v)) for name, v in covered.items()}
+    assert mean["aps"] > 1 - alpha + 0.03, mean  # every tied image included: conservative
+    for name in ("aps-randomized", "raps-randomized"):  # 40 x 500 test images: standard error ~0.002
+        assert abs(mean[name] - (1 - alpha)) < 0.01, mean
+
+
+def test_randomized_sets_are_the_same_for_the_same_image():
+    proba, labels = saturated_model(np.random.default_rng(8), 400)
+    cal = ConformalCalibration.fit(proba[:200], labels[:200], names=("aps-randomized",), alpha=0.1)
+    first = cal.sets(proba[200:], "aps-randomized", 0.1)
+    again = cal.sets(proba[200:][::-1].copy(), "aps-randomized", 0.1)[::-1]
+    assert (first == again).all()

@@ -1,6 +1,7 @@
 """Calibrating a tree of classifiers: a temperature per node, prediction sets over the leaves."""
 
 import numpy as np
+import pytest
 
 from oncolens.models import load_any_bundle
 from oncolens.training.calibrate import CalibrationConfig, calibrate
@@ -20,3 +21,36 @@ def test_a_tree_gets_a_temperature_per_node_and_leaf_sets(hierarchy_study_dir, p
     assert all(set(s) <= set(bundle.classes) for s in sets)
     assert all(a.ood is not None for a in trust.assess(scores))
     assert np.allclose(scores.probabilities.sum(1), 1, atol=1e-5)
+
+
+def test_a_probe_run_calibrates_from_its_cached_features_as_rescoring_would(tmp_path, monkeypatch):
+    """The trainer hands calibration the frozen backbone's features (no image decoded again); the thresholds
+    and temperature equal those of scoring the images through the saved bundle."""
+    from oncolens.data import generate_phantoms, save_manifest, scan, split
+    from oncolens.models import ModelBundle
+    from oncolens.models.trust import load_trust
+    from oncolens.training import TrainConfig, train
+
+    root = generate_phantoms(tmp_path / "ph", n=120, size=48, seed=3, per_patient=2)
+    frame = split(scan(root / "histo").manifest, test=0.2, val=0.3, seed=0)
+    csv = save_manifest(frame, tmp_path / "s.csv")
+    original = ModelBundle.score
+    calls = []
+
+    def counting(self, *args, **kwargs):
+        calls.append(len(args[0]) if args else 0)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelBundle, "score", counting)
+    run = train(TrainConfig(data=str(csv), runs_dir=str(tmp_path / "runs"), name="r", tta="none", finetune="off",
+                            cache_dir=str(tmp_path / "cache")))
+    assert calls == []  # neither the training nor the validation images were scored again
+    monkeypatch.setattr(ModelBundle, "score", original)
+    stored = load_trust(run.bundle_path)
+    rescored = calibrate(run.bundle_path, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
+                         config=CalibrationConfig())
+    assert list(stored.temperatures.values()) == pytest.approx(list(rescored.temperatures.values()), rel=1e-3)
+    for name, threshold in rescored.thresholds.items():
+        assert stored.thresholds[name] == pytest.approx(threshold, rel=1e-3, abs=1e-4), name
+    for name, values in rescored.conformal.scores.items():
+        assert np.allclose(np.sort(stored.conformal.scores[name]), np.sort(values), atol=1e-4), name

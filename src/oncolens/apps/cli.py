@@ -656,7 +656,8 @@ def calibrate(
                      ] = "val",
     fit_split: Annotated[str, typer.Option(help="split the OOD detectors are fitted on")] = "train",
     alpha: Annotated[float, typer.Option(help="default error rate of the prediction sets")] = 0.1,
-    score: Annotated[str, typer.Option(help="default conformal score: lac, aps, raps")] = "aps",
+    score: Annotated[str, typer.Option(help="default conformal score: lac, aps, raps, aps-randomized, "
+                                                   "raps-randomized (exact coverage; sets may be empty)")] = "aps",
     mondrian: Annotated[bool, typer.Option("--mondrian/--marginal", help="one threshold per class (class-"
                                            "conditional coverage) or one for all")] = False,
     detector: Annotated[str, typer.Option(help="default OOD detector: msp, energy, mahalanobis, knn")] = "knn",

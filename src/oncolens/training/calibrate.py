@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..models import ModelBundle, as_bundle
+from ..models.scoring import Scores
 from ..models.trust import (CONFORMAL_SCORES, OOD_DETECTORS, ConformalCalibration, Trust,
                             expected_calibration_error, fit_temperature, save_trust, softmax)
 
@@ -29,7 +30,7 @@ class CalibrationConfig:
 
     alpha: float = 0.1
     score: str = "aps"
-    scores: tuple[str, ...] = ("lac", "aps", "raps")
+    scores: tuple[str, ...] = ("lac", "aps", "raps", "aps-randomized", "raps-randomized")
     mondrian: bool = False
     raps_lambda: float = 0.1
     detectors: tuple[str, ...] = ("msp", "energy", "mahalanobis", "knn")
@@ -69,12 +70,16 @@ def _true_child(node, leaf: str) -> int | None:
 
 def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibration_frame: pd.DataFrame,
               label_col: str | None = None, config: CalibrationConfig | None = None,
-              fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, strict: bool = True) -> Trust:
+              fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              calibration_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              strict: bool = True) -> Trust:
     """A :class:`Trust` for ``bundle``: temperature, conformal calibration and detector thresholds from
     ``calibration_frame`` (validation images), detectors fitted on ``fit_frame`` (training images).
 
     ``fit_features`` = (features, logits, labels) of the training images when the caller has them already
-    (a frozen backbone's feature cache): then the training images are not scored again. ``strict=False``
+    (a frozen backbone's feature cache): then the training images are not scored again; likewise
+    ``calibration_features`` for the validation images of a single-classifier bundle scored without
+    test-time augmentation. ``strict=False``
     keeps going without prediction sets when there are too few calibration images for ``alpha`` (the
     report says so); otherwise that is an error.
     """
@@ -84,15 +89,23 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibra
     loaded = copy.copy(as_bundle(bundle))
     loaded.trust = None  # score raw: temperatures are fitted here
     options = {"features": True, **config.options}
-    cal_frame, y_cal = _labelled(loaded, calibration_frame, label_col)
-    if len(cal_frame) == 0:
-        raise DataError("no calibration images with one of the bundle's classes")
-    cal = loaded.score(cal_frame, **options)
-    y_cal = y_cal[cal.positions]
+    if calibration_features is not None and loaded.single_classifier:
+        features, logits, y_cal = calibration_features
+        key, raw = next(loaded.nodes()).key, softmax(logits)
+        cal = Scores(classes=list(loaded.classes), probabilities=raw, decided=raw.argmax(1),
+                     node_probabilities={key: raw}, node_logits={key: logits}, positions=np.arange(len(raw)),
+                     sources=[], features={key: features})
+        unreadable = 0
+    else:
+        cal_frame, y_cal = _labelled(loaded, calibration_frame, label_col)
+        if len(cal_frame) == 0:
+            raise DataError("no calibration images with one of the bundle's classes")
+        cal = loaded.score(cal_frame, **options)
+        y_cal, unreadable = y_cal[cal.positions], len(cal.unreadable)
     node = next(iter(cal.node_logits))
     temperatures: dict[str, float] = {}
     proba = cal.probabilities
-    report: dict = {"calibration_images": int(len(cal)), "unreadable": len(cal.unreadable)}
+    report: dict = {"calibration_images": int(len(cal)), "unreadable": unreadable}
     if config.temperature and loaded.single_classifier:
         temperatures[node] = fit_temperature(cal.node_logits[node], y_cal)
         calibrated = softmax(cal.node_logits[node] / temperatures[node])

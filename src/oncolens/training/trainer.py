@@ -200,6 +200,7 @@ class _Trainer:
                               f"for one-stage training of the last blocks use --freeze {cfg.finetune}")
         self.stage = "probe" if self.probe else "train"
         self.probe_done = False
+        self.probe_features: tuple | None = None
         self.cached = (self.model.backbone_frozen and cfg.feature_cache in ("disk", "memory")
                        and (not cfg.augment or cfg.cache_views > 0)) or self.probe
         self.extra_metrics: dict = {}
@@ -450,7 +451,9 @@ class _Trainer:
         cfg = self.config
         apply_freeze(self.model, cfg.finetune)
         self.cached = False
-        self.train_views = []  # the cached features are not needed any more
+        # the probe's features stay valid for calibration when the probe remains the best stage
+        self.probe_features = (self.train_views[0], self.val_features)
+        self.train_views = []
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
                                                                     patience=cfg.lr_patience)
@@ -514,12 +517,15 @@ class _Trainer:
         from .calibrate import CalibrationConfig, calibrate
 
         cfg = self.config
-        fit_features = None
-        if self.cached and self.train_views:  # the frozen backbone's training features are at hand
-            x, y = self.train_views[0]
+        fit_features = calibration_features = None
+        views = ((self.train_views[0], self.val_features) if self.cached and self.train_views
+                 else self.probe_features if meta.get("best_stage") == "probe" else None)
+        if views is not None:  # the frozen backbone's features are at hand: no image is decoded again
             with torch.no_grad():
-                logits = self.model.head(x).float().numpy()
-            fit_features = (x.numpy(), logits, y.numpy())
+                fit_features, calibration_features = (
+                    (x.numpy(), self.model.head(x.to(self.device)).float().cpu().numpy(), y.numpy()) for x, y in views)
+            if cfg.tta not in (None, "none"):  # calibrated as predictions are made: with test-time augmentation
+                calibration_features = None
         frame = self.frame
         options = {"batch_size": max(cfg.batch_size, 32), "num_workers": cfg.num_workers}
         try:
@@ -529,7 +535,7 @@ class _Trainer:
                             meta=meta, path=bundle)
             trust = calibrate(loaded, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
                               config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
-                              strict=False)
+                              calibration_features=calibration_features, strict=False)
         except DataError as exc:
             self.console.print(f"not calibrated: {exc}", markup=False, highlight=False)
             return {"skipped": str(exc)}
