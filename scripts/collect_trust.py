@@ -12,10 +12,13 @@ def main(root: str) -> None:
     out = Path(root)
     run = json.loads((out / "runs" / "lc25000" / "metrics.json").read_text())
     calibration = run["calibration"]
+    seconds = out / "seconds.txt"  # the whole `oncolens train` command, as timed by results_trust.sh
+    total = float(seconds.read_text().split()[1]) if seconds.exists() else None
+    whole = f" ({calibration['seconds'] / total:.0%} of the whole {total:.0f} s run)" if total else ""
     print(f"Calibration at the end of training: {calibration['calibration_images']} validation images, temperature "
           f"{calibration['temperature']:.2f}, ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}; "
           f"detectors fitted on {calibration['ood_fit_images']} training images; {calibration['seconds']:.1f} s "
-          f"of a {run['train_seconds']:.1f} s training loop.\n")
+          f"of a {run['train_seconds']:.1f} s training loop{whole}.\n")
     print("| sets | score | test coverage | over 100 calibration/test re-splits | mean set size | worst-class "
           "coverage |")
     print("|---|---|---|---|---|---|")
