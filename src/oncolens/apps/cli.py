@@ -247,24 +247,72 @@ def train(
     data: Annotated[Optional[Path], typer.Argument(help="manifest CSV (with or without a split column)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags override it")] = None,
     resume_run: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this folder")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="train with N processes on this machine "
+                                                 "(DistributedDataParallel through torchrun; gloo on CPU, nccl on "
+                                                 "CUDA)")] = None,
     **options,
 ) -> None:
     """Train a model on a manifest; write runs/<name>/ with config, history, curves, checkpoint and bundle.
 
     Every option is a field of the training configuration (TrainConfig): defaults, then YAML, then flags.
+    Under ``torchrun --nproc_per_node N -m oncolens train ...`` (or with ``--nproc N``) the ranks train
+    together and rank 0 writes the run.
     """
     from oncolens.training import load_config, resume
     from oncolens.training import train as train_run
 
+    if _relaunched(nproc):
+        return
+    dist = _join_process_group(options.get("device"))
     if resume_run:
         ignored = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None and k != "epochs")
         if ignored or data or config:
             fail(f"a resumed run keeps the configuration it started with; only --epochs can change "
                  f"(remove {', '.join(ignored + (['DATA'] if data else []) + (['--config'] if config else []))})")
-        result = resume(resume_run, console=console, epochs=options.get("epochs"))
+        result = resume(resume_run, console=console, epochs=options.get("epochs"), distributed=dist)
     else:
-        result = train_run(load_config(config, data=str(data) if data else None, **options), console=console)
-    console.print(f"run: {result.run_dir}  val_accuracy {result.val_accuracy:.4f}")
+        result = train_run(load_config(config, data=str(data) if data else None, **options), console=console,
+                           distributed=dist)
+    if result is not None:
+        console.print(f"run: {result.run_dir}  val_accuracy {result.val_accuracy:.4f}")
+
+
+def _relaunched(nproc: int | None) -> bool:
+    """With ``--nproc N`` (N > 1) outside torchrun: run this same command line as N ranks through torchrun
+    and exit with its code (True = done here)."""
+    from oncolens.distributed import launch, under_torchrun
+
+    if not nproc or nproc <= 1 or under_torchrun():
+        return False
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    commands = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    if not argv or argv[0] not in commands:
+        fail("--nproc re-runs the command line through torchrun: use it from the `oncolens` command")
+    code = launch(nproc, argv)
+    if code:
+        raise typer.Exit(code)
+    return True
+
+
+def _join_process_group(device: str | None):
+    """Under torchrun: join the process group, use this rank's share of the cores, quiet the other ranks."""
+    from oncolens.distributed import init_distributed, threads_per_rank
+
+    dist = init_distributed(device or "auto")
+    if dist.enabled:
+        import torch
+
+        torch.set_num_threads(threads_per_rank())
+        if not dist.is_main:
+            console.quiet = True
+    return dist
 
 
 @app.command()

@@ -12,7 +12,7 @@ import io
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +23,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.distributed.algorithms.join import Join
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset, WeightedRandomSampler
 
 from ..data import Augmentation, ManifestDataset, build_transforms, collate_skip_none, load_manifest, save_manifest
 from ..data import split as split_manifest
 from ..data.split import default_group_column_safe
+from ..distributed import Distributed
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
@@ -156,12 +158,30 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"optimizer must be adam, adamw or sgd, got {config.optimizer!r}")
 
 
+class _RankSlice(torch.utils.data.Sampler):
+    """Rank r's share (every N-th index from r) of an index list every rank drew alike, padded by repeating
+    its start so that every rank takes the same number of steps."""
+
+    def __init__(self, indices: list[int], dist: Distributed):
+        per_rank = -(-len(indices) // dist.world_size)
+        padded = indices + indices[: per_rank * dist.world_size - len(indices)]
+        self.indices = padded[dist.rank::dist.world_size]
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class _Trainer:
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
-                 console: Console | None = None):
+                 console: Console | None = None, distributed: Distributed | None = None):
         self.config = config
-        self.callbacks = list(callbacks)
-        self.console = console or Console(width=120)
+        self.dist = distributed or Distributed.current()
+        self.ddp: nn.parallel.DistributedDataParallel | None = None  # the model wrapped while ranks train together
+        self.callbacks = list(callbacks) if self.dist.is_main else []
+        self.console = (console or Console(width=120)) if self.dist.is_main else Console(quiet=True)
         self.run_dir = config.run_dir
         self.device = torch.device(config.device)
         self.use_amp = self.device.type == "cuda"
@@ -228,6 +248,8 @@ class _Trainer:
     def _build_feature_cache(self) -> None:
         cfg = self.config
         mode = cfg.feature_cache if cfg.feature_cache in ("disk", "memory") else "memory"
+        if self.dist.enabled:
+            mode = "disk"  # the ranks share their shards through the files
         cache = FeatureCache(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache", mode=mode)
         model_id = {"model": cfg.model, "weights": cfg.weights, "channels_last": self.channels_last,
                     "weights_file": _file_stamp(cfg.weights),
@@ -251,6 +273,20 @@ class _Trainer:
                                         device=self.device, channels_last=self.channels_last,
                                         seed_of=seed_of if augmented else None)
 
+            if self.dist.enabled:  # each rank computes its shard (written once), then every rank reads all
+                mine = self.dist.shard(len(keys))
+                position = {index: p for p, index in enumerate(mine)}
+
+                def compute_mine(positions: list[int]) -> tuple[torch.Tensor, list[int]]:
+                    computed, readable = compute([mine[p] for p in positions])
+                    return computed, [position[i] for i in readable]
+
+                try:
+                    if mine:
+                        cache.features(namespace, [keys[i] for i in mine], compute_mine)
+                except DataError:  # a shard of unreadable images only: the full read below says so if all are
+                    pass
+                self.dist.barrier()
             features, kept = cache.features(namespace, keys, compute)
             for index in sorted(set(range(len(keys))) - set(kept)):  # unreadable now or when first cached
                 dataset.bad_files.setdefault(dataset.paths[index], "unreadable when its features were first computed "
@@ -291,16 +327,27 @@ class _Trainer:
             counts = np.bincount(targets, minlength=len(self.classes)).astype(float)
             weights = 1.0 / np.maximum(counts[targets], 1)
             sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), generator=generator)
+        batch_size, length = cfg.batch_size, len(targets)
+        if self.ddp is not None:  # the ranks split each epoch; together they take the configured batch size
+            batch_size = max(1, cfg.batch_size // self.dist.world_size)
+            if sampler is not None:  # the same weighted draw on every rank (same generator), one slice each
+                sampler = _RankSlice(list(sampler), self.dist)
+            else:
+                sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                             shuffle=True, seed=cfg.seed)
+                sampler.set_epoch(epoch)
+            length = len(sampler)
         # a last batch of one image breaks batch norm in training mode: drop it (it is reshuffled next epoch)
-        drop_last = len(targets) > cfg.batch_size and len(targets) % cfg.batch_size == 1
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last = length > batch_size and length % batch_size == 1
+        return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                           generator=generator, collate_fn=collate, drop_last=drop_last,
                           num_workers=0 if self.cached else cfg.num_workers)
 
     def _val_loader(self) -> DataLoader:
         if self.cached:
             return DataLoader(TensorDataset(*self.val_features), batch_size=256)
-        return DataLoader(self.val_set, batch_size=self.config.batch_size, collate_fn=collate_skip_none,
+        dataset = self.val_set if self.ddp is None else Subset(self.val_set, self.dist.shard(len(self.val_set)))
+        return DataLoader(dataset, batch_size=self.config.batch_size, collate_fn=collate_skip_none,
                           num_workers=self.config.num_workers)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +356,19 @@ class _Trainer:
             return self.model.head(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.ddp is not None and self.model.training:
+            return self.ddp(x)  # gradients averaged over the ranks in backward
         return self.model(x)
+
+    def _join_ranks(self) -> None:
+        """Wrap the model in DistributedDataParallel (rank 0's weights are broadcast to every rank)."""
+        if self.dist.enabled and not self.cached and self.ddp is None:
+            on_cuda = self.device.type == "cuda"
+            if on_cuda:  # batch statistics over every rank's images (SyncBatchNorm runs on GPUs only)
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # same parameter objects
+            # on CPU each rank normalises by its own images' statistics: like a single process at batch B / N
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index or 0]
+                                                           if on_cuda else None)
 
     # --- one epoch ----------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, float, int]:
@@ -324,6 +383,17 @@ class _Trainer:
                     module.eval()
         loader = self._train_loader(epoch)
         task = progress.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=len(loader))
+        total_loss, correct, seen = 0.0, 0, 0
+        # ranks whose batches lost unreadable images take fewer steps: Join stands in for the missing ones
+        joined = Join([self.ddp]) if self.ddp is not None else nullcontext()
+        with joined:
+            total_loss, correct, seen = self._train_steps(loader, epoch, progress, task)
+        progress.remove_task(task)
+        if self.ddp is not None:
+            total_loss, correct, seen = self.dist.all_sum([total_loss, correct, seen])
+        return total_loss / max(seen, 1), correct / max(seen, 1), int(seen)
+
+    def _train_steps(self, loader: DataLoader, epoch: int, progress: Progress, task) -> tuple[float, int, int]:
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in loader:
             if len(y) == 0:
@@ -351,8 +421,7 @@ class _Trainer:
             seen += len(y)
             progress.update(task, advance=1, description=(
                 f"epoch {epoch + 1}/{self.config.epochs} loss {total_loss / seen:.4f} acc {correct / seen:.3f}"))
-        progress.remove_task(task)
-        return total_loss / max(seen, 1), correct / max(seen, 1), seen
+        return total_loss, correct, seen
 
     @torch.inference_mode()
     def evaluate_val(self) -> tuple[float, float]:
@@ -366,12 +435,16 @@ class _Trainer:
             total += float(self.val_criterion(logits, y))
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+        if self.ddp is not None:  # each rank scored its shard of the validation images
+            total, correct, seen = self.dist.all_sum([total, correct, seen])
         if seen == 0:
             raise DataError("no readable validation images")
         return total / seen, correct / seen
 
     # --- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
         state = {
             "epoch": epoch,
             "model": self.model.state_dict(),
@@ -386,6 +459,8 @@ class _Trainer:
         atomic_write_bytes(self.run_dir / "checkpoint.pt", _checkpoint_bytes(state))
 
     def _save_best(self) -> None:
+        if not self.dist.is_main:
+            return
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         atomic_write(self.run_dir / "best.safetensors", lambda tmp: save_file(state, str(tmp)))
 
@@ -460,20 +535,31 @@ class _Trainer:
         self.stage = "finetune"
 
     def _write_history(self) -> None:
+        if not self.dist.is_main:
+            return
         history = pd.DataFrame(self.history)
         atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
 
-    def fit(self) -> RunResult:
+    def fit(self) -> RunResult | None:
+        """Train; the run's result on rank 0, None on the other ranks of a distributed run."""
         cfg = self.config
+        if self.cached and not self.finetune and not self.dist.is_main:
+            return None  # the head is trained on rank 0 alone, from the features every rank helped compute
         if self.probe and (not self.probe_done or not self.finetune):
-            self._fit_probe()  # cheap and deterministic: a resumed probe-only run fits it again
+            if self.dist.is_main:
+                self._fit_probe()  # cheap and deterministic: a resumed probe-only run fits it again
             if not self.finetune:
                 return self._finish(stopped=False)
+            # the other ranks wait here for rank 0's probe; its head weights reach them when they join ranks
+            self.best_val, self.best_epoch, self.bad_epochs, self.history = self.dist.broadcast(
+                (self.best_val, self.best_epoch, self.bad_epochs, self.history))
+            self.probe_done = True
         if self.finetune and self.stage != "finetune":
             self._start_finetune()
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             self.console.print(f"fine-tuning {cfg.finetune} ({trainable:,} parameters) at lr {cfg.lr:g}; an epoch "
                                f"is kept only if its validation loss beats the probe's ({self.best_val:.4f})")
+        self._join_ranks()
         stopped = self.bad_epochs >= cfg.patience
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
@@ -508,6 +594,10 @@ class _Trainer:
                 if self.bad_epochs >= cfg.patience:
                     self.console.print(f"early stopping: no val_loss improvement for {cfg.patience} epochs")
                     stopped = True
+        if self.ddp is not None:  # rank 0 alone saves, evaluates and calibrates the bundle
+            self.ddp = None
+            if not self.dist.is_main:
+                return None
         return self._finish(stopped)
 
     def _calibrate(self, bundle: Path, meta: dict) -> dict:
@@ -608,12 +698,15 @@ def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
 
 
 def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
-          console: Console | None = None) -> RunResult:
+          console: Console | None = None, distributed: Distributed | None = None) -> RunResult | None:
     """Train on ``config.data`` into ``runs_dir/name``; return where everything went.
 
     With ``recipe: auto`` every option left unset is chosen from the training images' fingerprint
     (:func:`~oncolens.training.recipe.configure`); the choices and reasons are printed, written as comments
     in ``config.yaml`` and in ``recipe.json``.
+
+    Under torchrun (``distributed``, default: the process group this process has joined) every rank runs
+    this; rank 0 alone writes the run folder and returns the result, the others return None.
     """
     from .recipe import configure
 
@@ -622,13 +715,18 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]]
     frame = prepare_splits(load_manifest(config.data), config)
     recipe = configure(config, frame)
     config = resolve_config(recipe.config)
+    dist = distributed or Distributed.current()
+    config.name = dist.broadcast(config.name)  # a name made from the clock: rank 0's
     run_dir = config.run_dir
-    if (run_dir / "checkpoint.pt").exists():
+    exists = (run_dir / "checkpoint.pt").exists()
+    dist.barrier()  # every rank has looked before rank 0 writes
+    if exists:
         raise OutputExists(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_manifest(frame, run_dir / "splits.csv")
-    trainer = _Trainer(config, callbacks, console)
-    if recipe.fingerprint is not None:
+    trainer = _Trainer(config, callbacks, console, dist)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_manifest(frame, run_dir / "splits.csv")
+    if recipe.fingerprint is not None and dist.is_main:
         out = trainer.console
         out.print(f"data: {recipe.fingerprint.summary()}", markup=False, highlight=False)
         seconds = recipe.estimated_seconds
@@ -639,20 +737,25 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]]
         for line in recipe.lines():
             out.print(f"  {line}", markup=False, highlight=False)
         atomic_write_json(run_dir / "recipe.json", recipe.to_dict())
-    comments = {name: f"recipe: {why}" for name, why in recipe.reasons.items()}
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml(comments=comments))
+    if dist.is_main:
+        comments = {name: f"recipe: {why}" for name, why in recipe.reasons.items()}
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml(comments=comments))
     with run_state(config):
         trainer.setup(frame)
-        atomic_write_json(run_dir / "classes.json", trainer.classes)
+        if dist.is_main:
+            atomic_write_json(run_dir / "classes.json", trainer.classes)
         return trainer.fit()
 
 
 def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]] = (),
-           console: Console | None = None, epochs: int | None = None) -> RunResult:
+           console: Console | None = None, epochs: int | None = None,
+           distributed: Distributed | None = None) -> RunResult | None:
     """Continue a run from its last checkpoint, with the configuration and splits it started with.
 
-    ``epochs`` extends (or shortens) the run; nothing else of the configuration can change.
+    ``epochs`` extends (or shortens) the run; nothing else of the configuration can change. A distributed
+    run resumes under torchrun with any number of ranks (every rank reads rank 0's checkpoint).
     """
+    dist = distributed or Distributed.current()
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise InputNotFound(f"{run_dir} is not a run folder (no config.yaml)")
@@ -660,13 +763,15 @@ def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]
     config.runs_dir, config.name = str(run_dir.parent), run_dir.name
     if epochs is not None and epochs != config.epochs:
         config = load_config(None, **{**config.to_dict(), "epochs": epochs})
-        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+        dist.barrier()  # every rank has read the old configuration
+        if dist.is_main:
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     checkpoint = run_dir / "checkpoint.pt"
     if not checkpoint.exists() and (run_dir / "history.csv").exists():
         raise DataError(f"{checkpoint} is missing although {run_dir} has finished epochs: it cannot resume where it "
                         "stopped. Start the run again under another --name, or delete the folder.")
-    trainer = _Trainer(config, callbacks, console)
-    out = console or trainer.console
+    trainer = _Trainer(config, callbacks, console, dist)
+    out = trainer.console
     with run_state(config):
         trainer.setup(load_manifest(run_dir / "splits.csv"))
         if checkpoint.exists():
