@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "atomic_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json"]
+           "atomic_write_json", "RowLog", "read_rows"]
 
 
 @contextmanager
@@ -104,3 +104,90 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return float(value)
+
+
+class RowLog:
+    """A CSV or JSON-lines table written row by row into ``<path>.partial`` and renamed to ``path`` when
+    complete: a killed run leaves the rows it finished, and ``resume=True`` continues after them.
+
+    Rows are flushed per :meth:`write` call (a batch); a torn last line from a kill is dropped on resume.
+    ``key`` names the column that identifies a row (e.g. the image path): :attr:`done` holds the keys
+    already written.
+    """
+
+    def __init__(self, path: str | Path, fields: list[str], key: str, resume: bool = False):
+        self.path, self.fields, self.key = Path(path), list(fields), key
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.jsonl = self.path.suffix == ".jsonl"
+        self.done: set[str] = set()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists() and not self.partial.exists():
+            os.replace(self.path, self.partial)  # finished before: its rows count as done, nothing is redone
+        if resume and self.partial.exists():
+            self._recover()
+        else:
+            self.partial.unlink(missing_ok=True)
+        fresh = not self.partial.exists()
+        self._handle = open(self.partial, "a", newline="", encoding="utf-8")
+        if not self.jsonl:
+            import csv
+
+            self._writer = csv.DictWriter(self._handle, fieldnames=self.fields, extrasaction="ignore")
+            if fresh:
+                self._writer.writeheader()
+                self._handle.flush()
+
+    def _recover(self) -> None:
+        """Keep the complete lines of the partial file (and their keys); drop a torn last line."""
+        data = self.partial.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            with open(self.partial, "r+b") as handle:
+                handle.truncate(len(complete))
+        text = complete.decode("utf-8")
+        if self.jsonl:
+            self.done = {str(json.loads(line)[self.key]) for line in text.splitlines() if line.strip()}
+        else:
+            import csv
+            import io
+
+            reader = csv.DictReader(io.StringIO(text))
+            if reader.fieldnames and list(reader.fieldnames) != self.fields:
+                from .errors import OutputExists
+
+                raise OutputExists(f"{self.partial} has other columns than this run writes: delete it or run "
+                                   "without --resume")
+            self.done = {row[self.key] for row in reader}
+
+    def write(self, rows: list[dict]) -> None:
+        for row in rows:
+            if self.jsonl:
+                self._handle.write(json.dumps(row, default=_jsonable) + "\n")
+            else:
+                self._writer.writerow(row)
+            self.done.add(str(row[self.key]))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self, complete: bool = True) -> None:
+        """Close; when ``complete``, move the rows to ``path`` (atomically)."""
+        self._handle.close()
+        if complete:
+            os.replace(self.partial, self.path)
+            _fsync_dir(self.path.parent)
+
+    def rows(self) -> Iterator[dict]:
+        """The rows written so far, in order (reads the file)."""
+        return read_rows(self.path if self.path.exists() and not self.partial.exists() else self.partial)
+
+
+def read_rows(path: str | Path) -> Iterator[dict]:
+    """The rows of a CSV (strings) or JSON-lines file, one at a time."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        if path.suffix == ".jsonl" or path.name.endswith(".jsonl.partial"):
+            yield from (json.loads(line) for line in handle if line.strip())
+        else:
+            import csv
+
+            yield from csv.DictReader(handle)

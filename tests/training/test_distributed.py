@@ -1,7 +1,5 @@
 """Distributed training on CPU: two gloo ranks on 127.0.0.1 launched by `oncolens train --nproc 2`."""
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,33 +10,9 @@ import pandas as pd
 import pytest
 
 from oncolens.distributed import Distributed
+from tests.helpers import kill_tree
 
 pytestmark = pytest.mark.slow
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc): torchrun's ranks run in their own process groups."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def _kill_tree(pid: int) -> None:
-    for target in [pid, *_descendants(pid)]:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _oncolens(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -105,11 +79,11 @@ def test_a_killed_distributed_run_resumes_to_the_end(ddp_data, tmp_path):
         while not (run / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it could be killed"
-        _kill_tree(process.pid)  # the launcher and both ranks, mid-run, as a crashed machine would
+        kill_tree(process.pid)  # the launcher and both ranks, mid-run, as a crashed machine would
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
-            _kill_tree(process.pid)
+            kill_tree(process.pid)
     time.sleep(1)  # nothing may write any more
     done = len(pd.read_csv(run / "history.csv"))
     assert done < 3 and not (run / "bundle").exists()

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import typing
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -351,7 +350,12 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="bundle folder (runs/<name>/bundle)")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
     top_k: Annotated[int, typer.Option("--top-k", help="classes to report per image")] = 3,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write .csv or .json")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write .csv or .jsonl (row by row) or .json")
+                   ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a killed run's --out (.csv/.jsonl): images "
+                                         "already written are skipped")] = False,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="score with N processes on this machine "
+                                                 "(through torchrun; each rank scores its shard)")] = None,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: folder of graphs from "
                                                  "`oncolens export` (exported there if it lacks them)")] = None,
@@ -369,14 +373,25 @@ def predict(
     """Predict classes of images with a bundle; print top-k probabilities, the prediction set and whether
     each image is unlike the training images (calibrated bundles); optionally write CSV/JSON.
 
-    Images are decoded and scored batch by batch: memory stays flat whatever the number of files.
+    Images are decoded, scored and (CSV/JSON lines) written batch by batch: memory stays flat whatever the
+    number of files, and `--resume` continues a killed run. Under torchrun (or `--nproc N`) each rank scores
+    every N-th image and rank 0 merges the rows in input order.
     """
-    import csv
-
     from oncolens.data.layouts import iter_image_files
-    from oncolens.files import atomic_path
+    from oncolens.files import RowLog
     from oncolens.predictor import Predictor
 
+    if _relaunched(nproc):
+        return
+    streamed = out is not None and out.suffix in (".csv", ".jsonl")
+    if out is not None and out.suffix not in (".csv", ".jsonl", ".json"):
+        fail(f"--out must end in .csv, .jsonl or .json, got {out.name}")
+    if (resume or (nproc or 1) > 1) and not streamed:
+        fail("--resume and several processes write rows as they go: give --out a .csv or .jsonl file")
+    if resume and out.exists() and not out.with_name(out.name + ".partial").exists():
+        console.print(f"{out} is complete: nothing to resume")
+        return
+    dist = _join_process_group(None)
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, batch_size=batch_size,
                                       num_workers=workers, tta=tta, alpha=alpha, detector=detector)
     trusted = predictor.trust is not None
@@ -405,40 +420,42 @@ def predict(
     fields = ["image", "label", "confidence", *(f"{lv}_{x}" for lv in levels for x in ("label", "confidence")),
               *(f"top{i + 1}_{x}" for i in range(k) for x in ("label", "probability")),
               *(trust_fields if trusted else [])]
-    warned = 0
-    records, failed, count = [], {}, 0
-    with ExitStack() as stack:
-        writer = None
-        if out and out.suffix != ".json":
-            handle = stack.enter_context(open(stack.enter_context(atomic_path(out)), "w", newline="", encoding="utf-8"))
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-        for batch, unreadable in predictor.iter_predict_files(paths):
-            failed.update(unreadable)
-            for p in batch:
-                count += 1
-                record = p.to_dict(top_k)
-                if writer is not None:
-                    writer.writerow({"image": record["source"], "label": record["label"],
-                                     "confidence": record["confidence"],
-                                     **{f"{lv['level']}_label": lv["label"] for lv in p.levels},
-                                     **{f"{lv['level']}_confidence": lv["confidence"] for lv in p.levels},
-                                     **{f"top{i + 1}_label": t["label"] for i, t in enumerate(record["top"])},
-                                     **{f"top{i + 1}_probability": t["probability"]
-                                        for i, t in enumerate(record["top"])},
-                                     **({f: ("|".join(record[f]) if f == "prediction_set" and record[f] is not None
-                                             else record[f]) for f in trust_fields} if trusted else {})})
-                elif out:
-                    records.append(record)
-                if count <= show:
-                    by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
-                    routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
-                    verdict = ([p.set_text, "[bold red]YES[/]" if p.warning else "no"] if trusted else [])
-                    table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)),
-                                  *verdict)
-                warned += bool(p.warning)
-        if out and out.suffix == ".json":
-            atomic_write_json(out, {"predictions": records, "skipped": failed})
+    mine = [paths[i] for i in dist.shard(len(paths))]
+    log = None
+    if streamed:  # each rank its own part file; rank 0 merges them at the end
+        target = out if not dist.enabled else _part(out, dist.rank, dist.world_size)
+        log = RowLog(target, fields, key="image", resume=resume)
+        if log.done:
+            console.print(f"resuming {out}: {len(log.done)} image(s) already written")
+        mine = [p for p in mine if str(p) not in log.done]
+    records, failed, count, warned = [], {}, 0, 0
+    for batch, unreadable in predictor.iter_predict_files(mine):
+        failed.update(unreadable)
+        rows = []
+        for p in batch:
+            count += 1
+            record = p.to_dict(top_k)
+            if log is not None:
+                rows.append(_prediction_row(p, record, trust_fields if trusted else []))
+            elif out:
+                records.append(record)
+            if count <= show:
+                by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
+                routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
+                verdict = ([p.set_text, "[bold red]YES[/]" if p.warning else "no"] if trusted else [])
+                table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)),
+                              *verdict)
+            warned += bool(p.warning)
+        if log is not None:
+            log.write(rows)
+    if log is not None:
+        log.close()
+        if dist.enabled:
+            count, warned = (int(v) for v in dist.all_sum([count, warned]))  # also: every part is complete
+            if dist.is_main:
+                _merge_parts(out, [_part(out, r, dist.world_size) for r in range(dist.world_size)], paths)
+    elif out and out.suffix == ".json":
+        atomic_write_json(out, {"predictions": records, "skipped": failed})
     shown = f" (first {show} shown)" if count > show else ""
     table.title = f"{count} prediction(s){shown}" + (f"; routed {' > '.join(levels)}" if levels else "")
     console.print(table)
@@ -450,8 +467,48 @@ def predict(
         console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     if out:
         console.print(f"predictions: {out}")
-    if not count:
+    if not count and not (log is not None and log.done):
         fail("no image could be read", code=1)
+
+
+def _prediction_row(p, record: dict, trust_fields: list[str]) -> dict:
+    """One row of `predict --out` (CSV or JSON lines)."""
+    return {"image": record["source"], "label": record["label"], "confidence": record["confidence"],
+            **{f"{lv['level']}_label": lv["label"] for lv in p.levels},
+            **{f"{lv['level']}_confidence": lv["confidence"] for lv in p.levels},
+            **{f"top{i + 1}_label": t["label"] for i, t in enumerate(record["top"])},
+            **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(record["top"])},
+            **{f: ("|".join(record[f]) if f == "prediction_set" and record[f] is not None else record[f])
+               for f in trust_fields}}
+
+
+def _part(out: Path, rank: int, world_size: int) -> Path:
+    """Rank ``rank``'s rows of ``out`` (preds.csv -> preds.rank0-of-2.csv)."""
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
+
+
+def _merge_parts(out: Path, parts: list[Path], paths: list[Path]) -> None:
+    """Rank 0: the ranks' row files merged into ``out`` in input order (streamed; each part is in order)."""
+    import heapq
+
+    from oncolens.files import RowLog, read_rows
+
+    order = {}
+    for index, path in enumerate(paths):
+        order.setdefault(str(path), index)
+    first = next((row for part in parts for row in read_rows(part)), None)
+    fields = list(first) if first else ["image"]
+    merged = RowLog(out, fields, key="image")
+    batch = []
+    for row in heapq.merge(*(read_rows(part) for part in parts), key=lambda r: order.get(str(r["image"]), -1)):
+        batch.append(row)
+        if len(batch) >= 1000:
+            merged.write(batch)
+            batch = []
+    merged.write(batch)
+    merged.close()
+    for part in parts:
+        part.unlink(missing_ok=True)
 
 
 def print_metrics(report) -> None:
