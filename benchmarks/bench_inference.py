@@ -1,5 +1,8 @@
 """Inference throughput and memory of ``oncolens predict`` (a Lite0 bundle, 224 px input).
 
+0. the project's bare forward pass (batch norm folded, channels-last, tuned malloc, inference mode)
+   against a naive timm eager loop in a fresh process with glibc's default malloc (goal >= 5x);
+
 1. images/s of ``oncolens predict`` end to end on a folder of 768 px JPEGs (decode, resize, score,
    CSV) against the bare forward pass on the same images already preprocessed into tensors, as a
    ratio (issue goal: >= 0.85);
@@ -23,7 +26,7 @@ from PIL import Image
 
 from oncolens.data import build_transforms
 from oncolens.models import create_model, load_bundle, save_bundle
-from oncolens.models.scoring import to_device
+from oncolens.models.scoring import TorchBackend
 from oncolens.runtime import tune_cpu_runtime
 
 _CHILD = """
@@ -65,17 +68,42 @@ def run_predict(bundle: Path, folder: Path, out: Path, extra: list[str] = ()) ->
 
 
 def bare_forward(bundle: Path, paths: list[Path], batch: int = 32) -> float:
-    """images/s of the bundle's model on preprocessed tensors already in memory (channels-last)."""
+    """images/s of the bundle's forward pass as the scoring loop runs it (batch norm folded, channels-last,
+    inference mode) on preprocessed tensors already in memory."""
     loaded = load_bundle(bundle)
     transform = build_transforms(loaded.preprocessing)
     x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
-    model = loaded.model
+    runner = TorchBackend(loaded)
     with torch.inference_mode():
-        model(to_device(x[:batch], torch.device("cpu"), True))
+        runner.run(0, x[:batch])
         started = time.perf_counter()
         for start in range(0, len(x), batch):
-            model(to_device(x[start:start + batch], torch.device("cpu"), True))
+            runner.run(0, x[start:start + batch])
     return len(x) / (time.perf_counter() - started)
+
+
+_NAIVE = """
+import sys, time, timm, torch
+model = timm.create_model("tf_efficientnet_lite0", num_classes=4).eval()
+x = torch.randn(int(sys.argv[1]), 3, 224, 224)
+with torch.no_grad():
+    model(x[:32])
+    started = time.perf_counter()
+    for start in range(0, len(x), 32):
+        model(x[start:start + 32])
+print(len(x) / (time.perf_counter() - started))
+"""
+
+
+def naive_timm_loop(n: int = 192) -> float:
+    """images/s of a plain timm eager loop (contiguous tensors, no_grad, glibc's default malloc) in a fresh
+    process: what a notebook gets."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", _NAIVE, str(n)], capture_output=True, text=True, check=True,
+                          env=env)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         start_up = run_predict(bundle, paths[0], tmp / "one.csv")["seconds"]  # loading, one image, writing
         end_to_end = args.images / run["seconds"]
         steady = (args.images - 1) / max(run["seconds"] - start_up, 1e-9)
-        print(f"bare forward (preloaded tensors, bs32): {bare:7.1f} img/s")
+        naive = naive_timm_loop()
+        print(f"naive timm eager loop (default malloc):  {naive:7.1f} img/s")
+        print(f"bare forward (preloaded tensors, bs32): {bare:7.1f} img/s   {bare / naive:.1f}x the naive loop "
+              "(goal >= 5x)")
         print(f"oncolens predict (768 px JPEG files):   {steady:7.1f} img/s   ratio {steady / bare:.2f} (goal >= 0.85;"
               f" start-up of {start_up:.1f} s excluded; with it {end_to_end:.1f} img/s for {args.images} files)")
         small, large = args.memory

@@ -32,6 +32,7 @@ from ..data.perturb import get_perturbation
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
 from .bundle import HierarchyNode, ModelBundle
+from .fuse import inference_backbone
 from .registry import prefers_channels_last
 from .trust import softmax
 
@@ -97,7 +98,12 @@ class TorchBackend:
 
     def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         nodes = self.groups[group]
-        features = nodes[0].model.backbone(to_device(x, self.devices[group], self.channels_last[group]))
+        model = nodes[0].model
+        # batch norm folded into the convolutions (a cached copy; see .fuse) unless gradients are wanted
+        backbone = model.backbone if torch.is_grad_enabled() else inference_backbone(
+            model.backbone, model.preprocessing.size, model.preprocessing.channels, self.devices[group],
+            self.channels_last[group])
+        features = backbone(to_device(x, self.devices[group], self.channels_last[group]))
         return features.float().cpu(), [node.model.head(features).float().cpu() for node in nodes]
 
 

@@ -513,6 +513,7 @@ class _Trainer:
                          "val_loss": val_loss, "val_accuracy": val_acc, "lr": 0.0, "seconds": elapsed,
                          "images_per_s": len(y) / elapsed}]
         self._write_history()
+        self._track(self.history[-1])
         self._save_checkpoint(epoch)
         self.probe_done = True
         self.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds, "grouped_by_patient": fit.grouped,
@@ -534,6 +535,21 @@ class _Trainer:
                                                                     patience=cfg.lr_patience)
         self.stage = "finetune"
 
+    def _open_tracking(self) -> None:
+        """TensorBoard / MLflow for this run (rank 0; see :mod:`.tracking`)."""
+        from .tracking import open_trackers
+
+        self.trackers = []
+        if self.dist.is_main:
+            cfg = self.config
+            self.trackers = open_trackers(cfg.tracking, self.run_dir, Path(cfg.runs_dir), self.run_dir.name)
+            for tracker in self.trackers:
+                tracker.params(cfg.to_dict())
+
+    def _track(self, row: dict) -> None:
+        for tracker in getattr(self, "trackers", []):
+            tracker.epoch(int(row["epoch"]), {k: v for k, v in row.items() if k not in ("epoch", "stage")})
+
     def _write_history(self) -> None:
         if not self.dist.is_main:
             return
@@ -543,6 +559,7 @@ class _Trainer:
     def fit(self) -> RunResult | None:
         """Train; the run's result on rank 0, None on the other ranks of a distributed run."""
         cfg = self.config
+        self._open_tracking()
         if self.cached and not self.finetune and not self.dist.is_main:
             return None  # the head is trained on rank 0 alone, from the features every rank helped compute
         if self.probe and (not self.probe_done or not self.finetune):
@@ -584,6 +601,7 @@ class _Trainer:
                                      "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
                                      "lr": lr, "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)})
                 self._write_history()
+                self._track(self.history[-1])
                 self._save_checkpoint(epoch)
                 self.console.print(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
@@ -662,6 +680,9 @@ class _Trainer:
                    "calibration": calibration, **self.extra_metrics}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         plot_training_curves(history, self.run_dir / "curves.png")
+        for tracker in getattr(self, "trackers", []):
+            tracker.finish({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))},
+                           [self.run_dir / n for n in ("config.yaml", "history.csv", "metrics.json", "curves.png")])
         self.console.print(f"best epoch {self.best_epoch + 1} ({best_stage}): val_accuracy {val_acc:.4f}  "
                            f"val_loss {val_loss:.4f}")
         self.console.print(f"bundle: {bundle}")
