@@ -53,4 +53,6 @@ def test_a_probe_run_calibrates_from_its_cached_features_as_rescoring_would(tmp_
     for name, threshold in rescored.thresholds.items():
         assert stored.thresholds[name] == pytest.approx(threshold, rel=1e-3, abs=1e-4), name
     for name, values in rescored.conformal.scores.items():
-        assert np.allclose(np.sort(stored.conformal.scores[name]), np.sort(values), atol=1e-4), name
+        if name.endswith("randomized"):  # a uniform draw seeded by the probabilities' exact bits: redrawn here
+            continue
+        assert np.isclose(stored.conformal.scores[name], values, atol=1e-4).all(), name

@@ -552,13 +552,21 @@ def evaluate(
                                                    f"({', '.join(_perturbations())})")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="error rate of the prediction sets whose coverage is "
                                                    "reported (default: the bundle's)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a killed evaluation in --out after the images "
+                                         "already scored (<out>/scores.jsonl)")] = False,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="score with N processes on this machine (through "
+                                                 "torchrun; rank 0 measures and writes)")] = None,
 ) -> None:
     """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html; for a
-    calibrated bundle also the prediction sets' coverage and the share flagged out of distribution."""
+    calibrated bundle also the prediction sets' coverage and the share flagged out of distribution.
+    Images are scored batch by batch into <out>/scores.jsonl (bounded memory, resumable)."""
     from oncolens.evaluation import evaluate as run_evaluation
 
+    if _relaunched(nproc):
+        return
+    dist = _join_process_group(None)
     explanations = None
-    if explain_method:
+    if explain_method and dist.is_main:
         from oncolens.explain import explain_panels
 
         if label_map:
@@ -570,7 +578,9 @@ def evaluate(
     result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
                             out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
                             explanations=explanations, backend=backend, num_workers=workers, tta=tta,
-                            perturb=perturb, alpha=alpha)
+                            perturb=perturb, alpha=alpha, resume=resume, distributed=dist)
+    if result is None:  # another rank: rank 0 reports
+        return
     print_metrics(result.report)
     if result.levels:
         table = Table(title="hierarchy, level by level (right when the path down to the level is right)")

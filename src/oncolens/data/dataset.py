@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 import torch
@@ -12,6 +12,9 @@ from torch.utils.data import Dataset, default_collate
 
 from ..errors import DataError
 from .imageio import UnreadableImage, read_image
+
+if TYPE_CHECKING:
+    from .image_cache import DecodedImageCache
 
 __all__ = ["ManifestDataset", "IndexedDataset", "Unreadable", "collate_skip_none", "class_names_of"]
 
@@ -43,7 +46,12 @@ class ManifestDataset(Dataset):
         transform: Callable | None = None,
         label_col: str = "label",
         classes: Sequence[str] | None = None,
+        min_size: int | None = None,
+        image_cache: DecodedImageCache | None = None,
     ):
+        """``min_size``: images are used at this size, so JPEGs may be decoded at a reduced scale (as the
+        scoring loop does). ``image_cache``: decoded, resized images kept for the next epoch; ``transform``
+        then starts from its uint8 tensors (``build_transforms(..., resized=True)``)."""
         frame = manifest
         if split is not None:
             if "split" not in frame.columns:
@@ -60,7 +68,9 @@ class ManifestDataset(Dataset):
         if unknown:
             raise DataError(f"labels {sorted(unknown)} are not among the model's classes {self.classes}")
         self.transform = transform
+        self.min_size = min_size
         self.paths = self.frame["path"].tolist()
+        self.image_cache = image_cache
         self.targets = [self.class_to_index[str(v)] for v in self.frame[label_col]]
         self.bad_files: dict[str, str] = {}
 
@@ -69,11 +79,12 @@ class ManifestDataset(Dataset):
 
     def load(self, index: int):
         """The PIL image at ``index`` (mode L or RGB)."""
-        return read_image(self.paths[index]).image
+        return read_image(self.paths[index], min_size=self.min_size).image
 
     def __getitem__(self, index: int):
         try:
-            image = self.load(index)
+            image = (self.load(index) if self.image_cache is None
+                     else self.image_cache.get(index, lambda: self.load(index)))
         except UnreadableImage as exc:
             if self.paths[index] not in self.bad_files:
                 log.warning("skipping unreadable image %s: %s", self.paths[index], exc.reason)

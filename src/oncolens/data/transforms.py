@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError
 
-__all__ = ["Preprocessing", "Augmentation", "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Preprocessing", "Augmentation", "build_transforms", "build_resize", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,11 +72,18 @@ class RandomRot90(v2.Transform):
         return v2.functional.rotate(inpt, 90.0 * params["k"]) if params["k"] else inpt
 
 
-def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentation | None = None) -> v2.Compose:
-    """A v2 pipeline from a PIL image (L or RGB) to a normalised float tensor of ``pre``'s shape."""
-    steps: list[v2.Transform] = [v2.ToImage()]
-    steps.append(v2.Grayscale(num_output_channels=1) if pre.channels == 1 else v2.RGB())
-    steps.append(v2.Resize((pre.size, pre.size), antialias=True))
+def build_resize(pre: Preprocessing) -> v2.Compose:
+    """The first, deterministic part of :func:`build_transforms`: a PIL image to a uint8 tensor of
+    ``pre``'s channels and size (what the decoded-image cache stores)."""
+    return v2.Compose([v2.ToImage(), v2.Grayscale(num_output_channels=1) if pre.channels == 1 else v2.RGB(),
+                       v2.Resize((pre.size, pre.size), antialias=True)])
+
+
+def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentation | None = None,
+                     resized: bool = False) -> v2.Compose:
+    """A v2 pipeline from a PIL image (L or RGB) to a normalised float tensor of ``pre``'s shape
+    (``resized``: from the uint8 output of :func:`build_resize` instead)."""
+    steps: list[v2.Transform] = [] if resized else list(build_resize(pre).transforms)
     augment = augment if augment is not None else Augmentation()
     if train and augment.enabled:
         if augment.hflip:

@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 from ..data import load_manifest, read_image
+from ..distributed import Distributed
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_json
 from ..models.bundle import ModelBundle, as_bundle
@@ -163,7 +164,9 @@ def evaluate(
     tta: str | None = None,
     perturb: str | None = None,
     alpha: float | None = None,
-) -> EvaluationResult:
+    resume: bool = False,
+    distributed: Distributed | None = None,
+) -> EvaluationResult | None:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
     Select the rows (:func:`select_rows`), score them (``bundle.score``, PyTorch or ONNX Runtime),
@@ -173,6 +176,11 @@ def evaluate(
     scores every image through a robustness perturbation (e.g. ``jpeg75``, ``resize0.5``; see
     :mod:`oncolens.data.perturb`). ``alpha`` sets the error rate of the prediction sets whose coverage is
     reported (calibrated bundles; default: the bundle's).
+
+    Images are scored batch by batch into ``<out_dir>/scores.jsonl`` (memory stays bounded: features are
+    reduced to the detector's score at once); ``resume`` continues a killed evaluation after the rows already
+    written. Under torchrun each rank scores its shard and rank 0 measures and writes (the others return
+    None).
     """
     loaded = as_bundle(bundle)
     lm = None if label_map is None else (label_map if isinstance(label_map, LabelMap) else load_label_map(label_map))
@@ -184,8 +192,13 @@ def evaluate(
         raise DataError(f"labels {selection.outside_labels} are not classes of this model {loaded.classes}; pass a "
                         "label map (e.g. --label-map normal-vs-tumor) to evaluate across datasets")
     trust = loaded.trust if lm is None else None  # prediction sets are in the bundle's own classes
-    scores = loaded.score(selection.frame, backend=backend, num_workers=num_workers, tta=tta, perturb=perturb,
-                          features=trust is not None and trust.needs_features)
+    out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
+    dist = distributed or Distributed.current()
+    streamed = _stream_scores(loaded, selection.frame, out_dir, trust, resume, dist, backend=backend,
+                              num_workers=num_workers, tta=tta, perturb=perturb)
+    if streamed is None:
+        return None
+    scores, ood_values = streamed
     notes = list(selection.notes)
     if perturb:
         notes.insert(0, f"every image perturbed before scoring: {perturb}")
@@ -200,11 +213,73 @@ def evaluate(
     if trust is not None:
         from .trust import coverage_report
 
-        trust_stats = coverage_report(trust, scores, measured.y, alpha=alpha, seed=seed)
-    out_dir = Path(out_dir or (Path(loaded.path).parent / f"eval-{split or 'all'}" if loaded.path else "evaluation"))
+        trust_stats = coverage_report(trust, scores, measured.y, alpha=alpha, seed=seed, ood_values=ood_values)
     return write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
                             data=data, label_map=label_map, top_k=top_k, explanations=explanations,
                             trust_stats=trust_stats)
+
+
+def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trust, resume: bool,
+                   dist: Distributed, **options) -> tuple[Scores, np.ndarray | None] | None:
+    """Score ``frame``'s rows into ``out_dir/scores.jsonl`` batch by batch (this rank's shard under torchrun;
+    after the rows already there with ``resume``) and read all rows back: the :class:`Scores` of every row
+    (no features) and the default OOD detector's score per row (None without one). None on ranks > 0."""
+    from ..files import RowLog, read_rows
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "scores.jsonl"
+    part = final if not dist.enabled else out_dir / f"scores.rank{dist.rank}-of-{dist.world_size}.jsonl"
+    if not (resume and final.exists() and not final.with_name(final.name + ".partial").exists()):
+        log = RowLog(part, [], key="position", resume=resume)
+        todo = [i for i in dist.shard(len(frame)) if str(i) not in log.done]
+        detector = trust.default_detector if trust is not None and trust.default_detector in trust.detectors else None
+        needs_features = detector is not None and trust.detectors[detector].uses == "features"
+        sources = frame["path"].astype(str).tolist()
+        waiting: dict[str, list[int]] = {}
+        for i in todo:
+            waiting.setdefault(sources[i], []).append(i)
+        for batch in loaded.iter_scores(frame.iloc[todo], features=needs_features, **options):
+            node = (trust.ood_node or next(iter(batch.node_logits), None)) if detector else None
+            ood = (trust.detectors[detector].score(batch.features.get(node), batch.node_logits[node])
+                   if detector and len(batch) else None)
+            rows = []
+            for r, position in enumerate(batch.positions):
+                index = todo[int(position)]
+                rows.append({"position": index, "source": sources[index], "decided": int(batch.decided[r]),
+                             "probabilities": batch.probabilities[r],
+                             "node_probabilities": {k: v[r] for k, v in batch.node_probabilities.items()},
+                             "node_logits": {k: v[r] for k, v in batch.node_logits.items()},
+                             "ood": None if ood is None else float(ood[r])})
+            for source, reason in batch.unreadable.items():
+                rows += [{"position": i, "source": source, "unreadable": reason} for i in waiting.get(source, [])]
+            log.write(rows)
+        log.close()
+    dist.barrier()
+    if not dist.is_main:
+        return None
+    parts = [final] if not dist.enabled else [
+        out_dir / f"scores.rank{r}-of-{dist.world_size}.jsonl" for r in range(dist.world_size)]
+    rows = sorted((row for p in parts if p.exists() for row in read_rows(p)), key=lambda row: row["position"])
+    if dist.enabled:  # one file of every row, for a later --resume with any number of ranks
+        merged = RowLog(final, [], key="position")
+        merged.write(rows)
+        merged.close()
+        for p in parts:
+            p.unlink(missing_ok=True)
+    scored = [row for row in rows if "unreadable" not in row]
+    keys = list(scored[0]["node_logits"]) if scored else []
+    width = len(loaded.classes)
+    scores = Scores(
+        classes=list(loaded.classes),
+        probabilities=np.array([row["probabilities"] for row in scored], dtype=np.float64).reshape(-1, width),
+        decided=np.array([row["decided"] for row in scored], dtype=int),
+        node_probabilities={k: np.array([row["node_probabilities"][k] for row in scored]) for k in keys},
+        node_logits={k: np.array([row["node_logits"][k] for row in scored], dtype=np.float32) for k in keys},
+        positions=np.array([row["position"] for row in scored], dtype=int),
+        sources=[row["source"] for row in scored],
+        unreadable={row["source"]: row["unreadable"] for row in rows if "unreadable" in row})
+    has_ood = bool(scored) and all(row.get("ood") is not None for row in scored)
+    return scores, (np.array([row["ood"] for row in scored]) if has_ood else None)
 
 
 def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, *, notes: list[str],

@@ -15,11 +15,12 @@ __all__ = ["coverage_report", "ood_metrics", "evaluate_ood", "plot_ood_histogram
 
 
 def coverage_report(trust: Trust, scores: Scores, y: np.ndarray, alpha: float | None = None, repeats: int = 100,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, ood_values: np.ndarray | None = None) -> dict:
     """Empirical coverage, mean set size, class-conditional coverage (worst class) and coverage by set size
     on these test rows, for every calibrated score; and the spread of coverage over ``repeats`` random
     re-splits of calibration + test images into parts of the original sizes; and how many test images the
-    default detector flags as out of distribution (about 1 - its in-distribution recall if all is well)."""
+    default detector flags as out of distribution (about 1 - its in-distribution recall if all is well;
+    ``ood_values``: its scores of these rows when already computed, else from ``scores``' features)."""
     alpha = trust.default_alpha if alpha is None else alpha
     out: dict = {"alpha": alpha, "mondrian": trust.mondrian, "default_score": trust.default_score, "scores": {}}
     rng = np.random.default_rng(seed)
@@ -51,8 +52,10 @@ def coverage_report(trust: Trust, scores: Scores, y: np.ndarray, alpha: float | 
     detector = trust.default_detector
     if detector in trust.detectors and len(y):
         node = trust.ood_node or next(iter(scores.node_logits))
-        if trust.detectors[detector].uses == "logits" or scores.features.get(node) is not None:
+        values = ood_values
+        if values is None and (trust.detectors[detector].uses == "logits" or scores.features.get(node) is not None):
             values = trust.detectors[detector].score(scores.features.get(node), scores.node_logits[node])
+        if values is not None:
             out["ood"] = {"detector": detector, "threshold": trust.thresholds[detector],
                           "flagged_fraction": float((values > trust.thresholds[detector]).mean()),
                           "expected_fraction": 1 - trust.id_recall}

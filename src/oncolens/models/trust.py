@@ -118,7 +118,9 @@ def _raps(proba: np.ndarray, params: dict) -> np.ndarray:
 
 
 def _uniform_per_image(proba: np.ndarray) -> np.ndarray:
-    """One U(0, 1) draw per row, seeded by the row's probabilities: the same image always gets the same set."""
+    """One U(0, 1) draw per row, seeded by the exact bytes of the row's probabilities: the same image scored
+    the same way always gets the same set (a different computation of the same image, e.g. another batch
+    size, may differ in the last float bits and draw anew)."""
     rows = np.ascontiguousarray(proba, dtype=np.float64)
     return np.array([np.random.default_rng(int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
                                                           "little")).random() for row in rows])

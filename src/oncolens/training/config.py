@@ -16,9 +16,10 @@ from ..models.scoring import TTA_VIEWS
 __all__ = ["TrainConfig", "load_config", "PLAIN_DEFAULTS"]
 
 
-def _option(default, help: str):
-    """A configuration field with the help text the CLI shows for its flag."""
-    return field(default=default, metadata={"help": help})
+def _option(default, help: str, shown: str | None = None):
+    """A configuration field with the help text the CLI shows for its flag (``shown``: how a default of
+    None is shown)."""
+    return field(default=default, metadata={"help": help, **({"shown": shown} if shown else {})})
 
 
 def _chosen(help: str):
@@ -80,7 +81,12 @@ class TrainConfig:
     test_fraction: float = _option(0.2, "test fraction when the manifest has no split at all")
     runs_dir: str = _option("runs", "parent folder of run folders")
     name: str | None = _option(None, "run name (folder <runs-dir>/<name>)")
-    num_workers: int = _option(0, "image-decoding worker processes")
+    num_workers: int | None = _option(None, "image-decoding worker processes (default: from the device and core "
+                                            "count: none on a CPU with fewer than 8 cores, where decoding competes "
+                                            "with the model for the cores)", shown="auto")
+    image_cache: bool = _option(False, "keep decoded, resized training and validation images in a memory-mapped "
+                                       "file (<cache-dir>/images) so that epochs after the first skip decoding "
+                                       "(fine-tuning; channels x size^2 bytes per image on disk)")
     tta: str | None = _chosen("test-time augmentation stored in the bundle: none, flip, or dihedral (flips and "
                               "90-degree rotations, for histology)")
     threads: int | None = _option(None, "CPU threads")

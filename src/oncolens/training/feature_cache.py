@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,21 +22,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..data.dataset import IndexedDataset, ManifestDataset
+from ..data.image_cache import image_key
 from ..errors import ConfigError, DataError
 from ..files import atomic_write
 from ..models.scoring import forward_batches, to_device
 
 __all__ = ["FeatureCache", "compute_features", "image_key", "namespace_key"]
-
-
-def image_key(path: str) -> str:
-    """A short hash of the file's path, size and modification time."""
-    try:
-        stat = os.stat(path)
-        identity = [path, stat.st_size, stat.st_mtime_ns]
-    except OSError:
-        identity = [path, None, None]
-    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 
 def namespace_key(descriptor: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from torch.distributed.algorithms.join import Join
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset, WeightedRandomSampler
 
 from ..data import Augmentation, ManifestDataset, build_transforms, collate_skip_none, load_manifest, save_manifest
+from ..data.image_cache import DecodedImageCache
 from ..data import split as split_manifest
 from ..data.split import default_group_column_safe
 from ..distributed import Distributed
@@ -113,9 +115,21 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         config.device = "cuda" if torch.cuda.is_available() else "cpu"
     if config.feature_cache == "auto":
         config.feature_cache = "disk"
+    if config.num_workers is None:
+        config.num_workers = training_workers(config.device)
     if config.name is None:
         config.name = f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     return config
+
+
+def training_workers(device: str) -> int:
+    """Image-decoding workers for training: on a GPU decoding is the bottleneck (one per spare core, at most
+    8); on a CPU the model needs the cores, and a worker on 2 cores halved fine-tuning throughput here
+    (benchmarks/bench_scale.py), so one per 8 cores."""
+    cores = os.cpu_count() or 1
+    if str(device).startswith("cuda"):
+        return max(1, min(8, cores - 1))
+    return cores // 8
 
 
 def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
@@ -209,8 +223,15 @@ class _Trainer:
         self.augmentation = Augmentation(hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, zoom=cfg.zoom,
                                          contrast=cfg.contrast, enabled=cfg.augment, rot90=cfg.rot90,
                                          colour=cfg.colour)
-        self.train_set = ManifestDataset(frame, "train", build_transforms(pre, True, self.augmentation), classes=self.classes)
-        self.val_set = ManifestDataset(frame, "val", build_transforms(pre, False), classes=self.classes)
+        self.train_set = ManifestDataset(frame, "train", build_transforms(pre, True, self.augmentation,
+                                                                          resized=cfg.image_cache),
+                                         classes=self.classes, min_size=pre.size)
+        self.val_set = ManifestDataset(frame, "val", build_transforms(pre, False, resized=cfg.image_cache),
+                                       classes=self.classes, min_size=pre.size)
+        if cfg.image_cache:  # decoded once, then mapped (see oncolens.data.image_cache)
+            folder = Path(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache") / "images"
+            for dataset in (self.train_set, self.val_set):
+                dataset.image_cache = DecodedImageCache(folder, dataset.paths, pre)
         self.probe = self.model.head.head_name == "logreg"  # the linear probe: fitted, not trained by SGD
         if self.probe and not self.model.backbone_frozen:
             raise ConfigError("--head logreg fits a logistic regression on frozen features: use --freeze frozen")
@@ -253,7 +274,8 @@ class _Trainer:
         cache = FeatureCache(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache", mode=mode)
         model_id = {"model": cfg.model, "weights": cfg.weights, "channels_last": self.channels_last,
                     "weights_file": _file_stamp(cfg.weights),
-                    "preprocessing": self.model.preprocessing.to_dict()}
+                    "preprocessing": self.model.preprocessing.to_dict(),
+                    "decode": "reduced-scale JPEG"}  # as the scoring loop decodes (data.imageio min_size)
         augment = cfg.augment and not self.probe  # the probe is fitted on the images as they are
         views = cfg.cache_views if augment else 1
         started = time.perf_counter()
@@ -296,7 +318,7 @@ class _Trainer:
 
         # un-augmented features (view None) come from the training images as they are: the cache key says so
         plain = self.train_set if augment else ManifestDataset(self.frame, "train", build_transforms(
-            self.model.preprocessing, False), classes=self.classes)
+            self.model.preprocessing, False), classes=self.classes, min_size=self.model.preprocessing.size)
         train_views = [features_for(self.train_set if augment else plain, v if augment else None) for v in range(views)]
         if not augment:
             self.train_set.bad_files.update(plain.bad_files)
