@@ -187,3 +187,18 @@ def kill_tree(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def count_scored(monkeypatch) -> list[int]:
+    """Record how many inputs each ``ModelBundle.iter_scores`` call is given (what a resumed run re-scores)."""
+    from oncolens.models import ModelBundle
+
+    calls: list[int] = []
+    original = ModelBundle.iter_scores
+
+    def counting(self, inputs, *args, **kwargs):
+        calls.append(len(inputs))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(ModelBundle, "iter_scores", counting)
+    return calls

@@ -9,7 +9,7 @@ import pytest
 
 from oncolens.data import save_manifest, split
 from oncolens.evaluation import evaluate
-from oncolens.models import ModelBundle
+from tests.helpers import count_scored
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,7 @@ def test_a_resumed_evaluation_scores_only_the_rest_and_measures_the_same(tiny_bu
     out = tmp_path / "killed"
     out.mkdir()
     (out / "scores.jsonl.partial").write_text("".join(lines[:7]) + lines[7][:20])  # killed mid-row
-    scored = []
-    original = ModelBundle.iter_scores
-
-    def counting(self, inputs, *args, **kwargs):
-        scored.append(len(inputs))
-        return original(self, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(ModelBundle, "iter_scores", counting)
+    scored = count_scored(monkeypatch)
     resumed = evaluate(tiny_bundle, manifest, out_dir=out, n_boot=20, resume=True)
     assert scored == [len(lines) - 7]
     assert resumed.report.to_dict() == full.report.to_dict()

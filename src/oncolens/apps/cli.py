@@ -511,6 +511,51 @@ def _merge_parts(out: Path, parts: list[Path], paths: list[Path]) -> None:
         part.unlink(missing_ok=True)
 
 
+@app.command()
+def slide(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder (a tile classifier)")],
+    slides: Annotated[list[Path], typer.Argument(help="whole-slide images (.svs, .tif, .ndpi, .mrxs, ...)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (one subfolder per slide)")],
+    mpp: Annotated[float, typer.Option(help="tile resolution in microns per pixel (0: level 0's own)")] = 0.5,
+    slide_mpp: Annotated[Optional[float], typer.Option(help="the slides' level-0 microns per pixel, when their "
+                                                       "metadata lacks it")] = None,
+    min_tissue: Annotated[float, typer.Option(help="least tissue fraction of a kept tile")] = 0.5,
+    target: Annotated[Optional[str], typer.Option("--class", help="class shown in the heatmap (default: the "
+                                                  "bundle's last, e.g. tumour)")] = None,
+    top_k: Annotated[int, typer.Option(help="tiles averaged for the top-k slide score")] = 8,
+    threshold: Annotated[float, typer.Option(help="probability above which tissue counts for the class")] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="tiles per batch")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="tile-reading worker processes (default: from the core "
+                                                   "count)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue after the tiles already in tiles.csv")] = False,
+) -> None:
+    """Score whole-slide images tile by tile: tissue found on a low-resolution level, a grid at --mpp, tiles
+    read and scored in batches; per slide tiles.csv, heatmap.png and summary.json (slide-level scores)."""
+    from oncolens.evaluation.slides import score_slide
+    from oncolens.models import load_any_bundle
+
+    loaded = load_any_bundle(bundle)
+    table = Table(title=f"{len(slides)} slide(s)")
+    for col in ("slide", "tiles", "tissue", "mean", "top-k mean", "tissue above", "unlike training"):
+        table.add_column(col)
+    for path in slides:
+        result = score_slide(loaded, path, out / path.stem, mpp=mpp or None, slide_mpp=slide_mpp,
+                             min_tissue=min_tissue, target=target, top_k=top_k, threshold=threshold,
+                             batch_size=batch_size, num_workers=workers, resume=resume)
+        summary = result.summary
+        stats = summary["classes"].get(summary["target"], {})
+        flagged = summary.get("tiles_unlike_training")
+        table.add_row(path.name, str(summary["tiles"]), f"{summary['tissue_fraction_of_slide']:.1%}",
+                      *(f"{stats[k]:.3f}" if k in stats else "-" for k in ("mean", "top_k_mean",
+                                                                           "tissue_fraction_above")),
+                      "-" if flagged is None else f"{flagged:.0%}")
+        for tile, reason in list(summary["unreadable_tiles"].items())[:5]:
+            console.print(Text.assemble(("skipped", "yellow"), f" {tile}: {reason}"))
+        console.print(f"{path.name}: {result.out_dir}")
+    table.caption = f"class {target or loaded.classes[-1]}; top-k = {top_k}, threshold {threshold:g}"
+    console.print(table)
+
+
 def print_metrics(report) -> None:
     table = Table(title=f"{report.n} images; 95% CI by bootstrap over {report.bootstrap_unit}s ({report.n_boot} resamples)")
     table.add_column("metric")

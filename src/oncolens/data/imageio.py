@@ -21,6 +21,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
     "UnreadableImage",
+    "LazyImage",
     "LoadedImage",
     "decode_image",
     "read_image",
@@ -32,6 +33,16 @@ IMAGE_EXTENSIONS = frozenset(
 )
 #: Largest image (width x height) decoded; larger ones are refused as possible decompression bombs.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class LazyImage:
+    """An image read only when it is scored (a tile of a slide, ...): ``load()`` returns an 8-bit L or RGB
+    PIL image or raises :class:`UnreadableImage`; ``source`` names it in outputs."""
+
+    source: str = ""
+
+    def load(self):
+        raise NotImplementedError
 
 
 class UnreadableImage(DataError):

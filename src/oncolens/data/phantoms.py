@@ -194,3 +194,43 @@ def generate(out_dir: str | Path, n: int = 200, size: int = 128, seed: int = 0, 
     marker = {"generator": "oncolens.data.phantoms", **asdict(PhantomConfig(n, size, seed, per_patient, tuple(families)))}
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2))
     return out
+
+
+def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, levels: int = 3, seed: int = 0,
+                   tumour: bool = True, tile: int = 256) -> Path:
+    """Write a small pyramidal tiled TIFF that OpenSlide reads as a slide: white glass, an elliptical piece
+    of H&E-like tissue (pink stroma, purple nuclei), and, with ``tumour``, a region of crowded dark nuclei
+    in its upper left part. ``levels`` halvings; ``mpp`` microns per level-0 pixel in the TIFF resolution
+    tags (None: no resolution, as some exports do)."""
+    import tifffile
+
+    if size < tile * 2 ** (levels - 1):
+        raise ConfigError(f"a {levels}-level slide needs at least {tile * 2 ** (levels - 1)} px, got {size}")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    tissue = ((yy - 0.5) / 0.36) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1.0
+    tumour_zone = tissue & (((yy - 0.38) / 0.16) ** 2 + ((xx - 0.36) / 0.18) ** 2 < 1.0) if tumour else \
+        np.zeros_like(tissue)
+    image = np.empty((size, size, 3), np.uint8)
+    image[...] = (242, 242, 240)
+    stroma = np.array([232, 160, 196], np.float32) + rng.normal(0, 6, (size, size, 1)).astype(np.float32)
+    image[tissue] = np.clip(stroma[tissue], 0, 255).astype(np.uint8)
+    # nuclei: small dark purple discs (random centres dilated by a disc), crowded and larger in the tumour zone
+    from skimage.morphology import disk
+
+    for zone, density, radius in ((tissue & ~tumour_zone, 1 / 900, 3), (tumour_zone, 1 / 160, 5)):
+        centres = zone & (rng.random((size, size)) < density)
+        nuclei = ndimage.binary_dilation(centres, structure=disk(radius)) & tissue
+        shade = rng.integers(-10, 10, (size, size, 1))
+        purple = np.clip(np.array([96, 52, 142]) + shade, 0, 255).astype(np.uint8)
+        image[nuclei] = purple[nuclei]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path) as writer:
+        level = image
+        for i in range(levels):
+            extra = {} if mpp is None else {"resolution": (1e4 / (mpp * 2 ** i),) * 2, "resolutionunit": "CENTIMETER"}
+            writer.write(level, tile=(tile, tile), photometric="rgb", compression="zlib",
+                         subfiletype=0 if i == 0 else 1, **extra)
+            level = np.ascontiguousarray(level[::2, ::2])
+    return path

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import Unreadable
-from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, read_image
+from ..data.imageio import DEFAULT_MAX_PIXELS, LazyImage, UnreadableImage, read_image
 from ..data.perturb import get_perturbation
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
@@ -176,7 +176,8 @@ class _Inputs(Dataset):
             image = item
         else:
             try:
-                image = read_image(item, max_pixels=self.max_pixels, min_size=self.min_size).image
+                image = (item.load() if isinstance(item, LazyImage)
+                         else read_image(item, max_pixels=self.max_pixels, min_size=self.min_size).image)
             except UnreadableImage as exc:
                 return Unreadable(index, exc.reason)
         try:
@@ -195,9 +196,10 @@ def _items(inputs: Any) -> tuple[list[Any], list[str]]:
         inputs = [inputs]
     items = list(inputs)
     for item in items:
-        if not isinstance(item, (Image.Image, str, Path)):
+        if not isinstance(item, (Image.Image, str, Path, LazyImage)):
             raise TypeError(f"cannot score an object of type {type(item).__name__}")
-    return items, ["" if isinstance(i, Image.Image) else str(i) for i in items]
+    return items, ["" if isinstance(i, Image.Image) else i.source if isinstance(i, LazyImage) else str(i)
+                   for i in items]
 
 
 # --- scores ------------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""A whole slide through a bundle: tissue tiles scored by the one scoring loop, a per-tile table, a heatmap
+over the slide's thumbnail and slide-level scores.
+
+Tiles are read lazily by the DataLoader's workers (each opens the slide itself) and written to
+``tiles.csv`` batch by batch, so memory stays flat whatever the slide's size and a killed run resumes
+after the tiles already written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.slides import SlideInfo, SlideTile, open_slide, slide_info, tile_grid, tissue_mask
+from ..errors import DataError
+from ..files import RowLog, atomic_write_json, read_rows
+from ..models.bundle import ModelBundle, as_bundle
+
+__all__ = ["SlideResult", "score_slide", "slide_summary"]
+
+
+@dataclass
+class SlideResult:
+    """What :func:`score_slide` made: the per-tile table, the slide-level summary and the files written."""
+
+    info: SlideInfo
+    tiles: pd.DataFrame
+    summary: dict
+    out_dir: Path
+    heatmap: Path | None
+    tile_objects: list[SlideTile]
+
+
+def slide_summary(tiles: pd.DataFrame, classes: list[str], top_k: int = 8, threshold: float = 0.5) -> dict:
+    """Per class: the mean tile probability, the mean of the ``top_k`` highest, and the share of tissue
+    (tiles weighted by their tissue fraction) whose probability is at least ``threshold``."""
+    out: dict = {"tiles": int(len(tiles)), "top_k": top_k, "threshold": threshold, "classes": {}}
+    if not len(tiles):
+        return out
+    weight = tiles["tissue_fraction"].to_numpy(float)
+    for name in classes:
+        p = tiles[f"prob_{name}"].to_numpy(float)
+        top = np.sort(p)[::-1][:top_k]
+        out["classes"][name] = {"mean": float(p.mean()), "top_k_mean": float(top.mean()),
+                                "tissue_fraction_above": float(weight[p >= threshold].sum() / max(weight.sum(), 1e-12))}
+    out["predicted_tiles"] = tiles["label"].value_counts().to_dict()
+    if "out_of_distribution" in tiles.columns:
+        flags = tiles["out_of_distribution"].astype(str).str.lower() == "true"
+        out["tiles_unlike_training"] = float(flags.mean())
+    return out
+
+
+def _heatmap(slide, tiles: pd.DataFrame, info: SlideInfo, column: str, out: Path, title: str) -> Path:
+    """``column`` of every tile as a translucent colour over the slide's thumbnail."""
+    from ..figures import save_figure, subplots
+
+    thumbnail = slide.get_thumbnail((1024, 1024)).convert("RGB")
+    scale = thumbnail.size[0] / info.dimensions[0]
+    grid = np.full((thumbnail.size[1], thumbnail.size[0]), np.nan)
+    for row in tiles.itertuples():
+        extent = row.read_size * info.level_downsamples[int(row.level)]
+        x0, y0 = int(row.x * scale), int(row.y * scale)
+        x1, y1 = max(x0 + 1, int((row.x + extent) * scale)), max(y0 + 1, int((row.y + extent) * scale))
+        grid[y0:y1, x0:x1] = getattr(row, column)
+    fig, ax = subplots(1, 1, figsize=(8, 8 * thumbnail.size[1] / thumbnail.size[0]))
+    ax.imshow(thumbnail)
+    shown = ax.imshow(np.ma.masked_invalid(grid), cmap="inferno", vmin=0, vmax=1, alpha=0.55)
+    fig.colorbar(shown, ax=ax, fraction=0.04, label=column.removeprefix("prob_"))
+    ax.set_title(title)
+    ax.axis("off")
+    save_figure(fig, out)
+    return out
+
+
+def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_dir: str | Path, *,
+                mpp: float | None = 0.5, slide_mpp: float | None = None, min_tissue: float = 0.5,
+                target: str | None = None, top_k: int = 8, threshold: float = 0.5, batch_size: int = 32,
+                num_workers: int | None = None, resume: bool = False) -> SlideResult:
+    """Score the tissue tiles of one slide at ``mpp`` microns per pixel (tiles of the bundle's input size);
+    write ``tiles.csv``, ``heatmap.png`` (probability of ``target``, default the bundle's last class, e.g.
+    tumour), ``summary.json`` into ``out_dir``."""
+    loaded = as_bundle(bundle)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = target or loaded.classes[-1]
+    if target not in loaded.classes:
+        raise DataError(f"class {target!r} is not one of the bundle's classes {loaded.classes}")
+    slide = open_slide(slide_path)
+    info = slide_info(slide, slide_path)
+    mask = tissue_mask(slide)
+    tiles = tile_grid(slide, slide_path, size=loaded.preprocessing.size, mpp=mpp, slide_mpp=slide_mpp,
+                      min_tissue=min_tissue, mask=mask)
+    trust = getattr(loaded, "trust", None)
+    detector = trust.default_detector if trust is not None and trust.default_detector in trust.detectors else None
+    fields = ["tile", "x", "y", "level", "read_size", "size", "mpp", "tissue_fraction", "label", "confidence",
+              *(f"prob_{c}" for c in loaded.classes), *(["ood_score", "out_of_distribution"] if detector else [])]
+    log = RowLog(out_dir / "tiles.csv", fields, key="tile", resume=resume)
+    todo = [t for t in tiles if f"{t.x},{t.y}" not in log.done]
+    unreadable: dict[str, str] = {}
+    if todo:
+        needs_features = detector is not None and trust.detectors[detector].uses == "features"
+        for batch in loaded.iter_scores(todo, batch_size=batch_size, num_workers=num_workers, features=needs_features):
+            unreadable.update(batch.unreadable)
+            ood = None
+            if detector and len(batch):
+                node = trust.ood_node or next(iter(batch.node_logits))
+                ood = trust.detectors[detector].score(batch.features.get(node), batch.node_logits[node])
+            rows = []
+            for r, position in enumerate(batch.positions):
+                tile = todo[int(position)]
+                row = {"tile": f"{tile.x},{tile.y}", **tile.record(), "label": loaded.classes[int(batch.decided[r])],
+                       "confidence": float(batch.probabilities[r, batch.decided[r]]),
+                       **{f"prob_{c}": float(batch.probabilities[r, i]) for i, c in enumerate(loaded.classes)}}
+                if ood is not None:
+                    row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > trust.thresholds[detector]))
+                rows.append(row)
+            log.write(rows)
+    log.close()
+    table = pd.DataFrame(list(read_rows(out_dir / "tiles.csv")), columns=fields)
+    for column in table.columns:
+        if column not in ("tile", "label", "out_of_distribution"):
+            table[column] = pd.to_numeric(table[column])
+    summary = {"slide": info.to_dict(), "target": target, "mpp": mpp, "min_tissue": min_tissue,
+               "tissue_fraction_of_slide": float(mask[0].mean()), "tiles_in_grid": len(tiles),
+               "unreadable_tiles": unreadable, **slide_summary(table, loaded.classes, top_k, threshold)}
+    heatmap = _heatmap(slide, table, info, f"prob_{target}", out_dir / "heatmap.png",
+                       f"{Path(slide_path).name}: P({target}) per tile") if len(table) else None
+    atomic_write_json(out_dir / "summary.json", summary)
+    return SlideResult(info=info, tiles=table, summary=summary, out_dir=out_dir, heatmap=heatmap, tile_objects=tiles)

@@ -1,0 +1,73 @@
+"""Whole-slide reading on generated pyramidal TIFFs: pyramid and resolution, tissue, the tile grid."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openslide")
+
+from oncolens.data.phantoms import generate_slide  # noqa: E402
+from oncolens.data.slides import open_slide, slide_info, tile_grid, tissue_mask  # noqa: E402
+from oncolens.errors import DataError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    return generate_slide(tmp_path_factory.mktemp("slide") / "s.tif", size=1024, levels=3, tile=128, seed=1)
+
+
+def test_the_generated_slide_reads_as_a_pyramid_with_its_resolution(slide_path):
+    info = slide_info(open_slide(slide_path), slide_path)
+    assert info.level_dimensions == ((1024, 1024), (512, 512), (256, 256))
+    assert info.level_downsamples == (1.0, 2.0, 4.0) and info.mpp == pytest.approx(0.5)
+
+
+def test_tissue_is_found_where_it_was_drawn(slide_path):
+    mask, downsample = tissue_mask(open_slide(slide_path))
+    size = int(round(mask.shape[0] * downsample))
+    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]] * downsample / size
+    truth = ((yy - 0.5) / 0.36) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1.0  # the ellipse generate_slide paints
+    assert (mask == truth).mean() > 0.97
+    assert mask.mean() == pytest.approx(np.pi * 0.36 * 0.42, abs=0.03)
+
+
+def test_a_blank_slide_has_no_tissue_and_no_tiles(tmp_path):
+    import tifffile
+
+    path = tmp_path / "blank.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for side in (512, 256):
+            writer.write(np.full((side, side, 3), 240, np.uint8), tile=(128, 128), photometric="rgb",
+                         resolution=(2e4, 2e4), resolutionunit="CENTIMETER", subfiletype=0 if side == 512 else 1)
+    slide = open_slide(path)
+    assert not tissue_mask(slide)[0].any()
+    assert tile_grid(slide, path, size=64, mpp=0.5) == []
+
+
+def test_the_grid_is_laid_at_the_target_resolution_on_the_right_level(slide_path):
+    slide = open_slide(slide_path)
+    fine = tile_grid(slide, slide_path, size=128, mpp=0.5, min_tissue=0.5)
+    coarse = tile_grid(slide, slide_path, size=64, mpp=1.0, min_tissue=0.5)
+    assert fine and all(t.level == 0 and t.read_size == 128 for t in fine)
+    assert coarse and all(t.level == 1 and t.read_size == 64 for t in coarse)  # 2x coarser: read from level 1
+    assert {(t.x, t.y) for t in fine} == {(t.x, t.y) for t in coarse}  # the same 64 um squares
+    assert all(t.tissue >= 0.5 for t in fine)
+    image = fine[0].load()
+    assert image.size == (128, 128) and image.mode == "RGB"
+    assert len(tile_grid(slide, slide_path, size=128, mpp=0.5, min_tissue=0.0)) == 64  # the whole 8 x 8 grid
+
+
+def test_a_slide_without_a_resolution_needs_one(tmp_path):
+    path = generate_slide(tmp_path / "nompp.tif", size=512, levels=2, tile=128, mpp=None)
+    slide = open_slide(path)
+    with pytest.raises(DataError, match="does not say its resolution"):
+        tile_grid(slide, path, size=64, mpp=0.5)
+    assert tile_grid(slide, path, size=64, mpp=0.5, slide_mpp=0.25)  # the scanner's value, given
+    assert tile_grid(slide, path, size=64, mpp=None)  # level 0 as it is
+
+
+def test_files_that_are_not_slides_are_clear_errors(tmp_path):
+    (tmp_path / "x.svs").write_bytes(b"not a slide")
+    with pytest.raises(DataError, match="cannot read"):
+        open_slide(tmp_path / "x.svs")
+    with pytest.raises(DataError, match="not found"):
+        open_slide(tmp_path / "missing.svs")

@@ -1,0 +1,70 @@
+"""`oncolens slide`: tissue tiles of a generated slide scored, a table, a heatmap, slide-level scores,
+resumable."""
+
+import json
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("openslide")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from oncolens.apps.cli import app  # noqa: E402
+from oncolens.data.phantoms import generate_slide  # noqa: E402
+from oncolens.evaluation.slides import score_slide, slide_summary  # noqa: E402
+from oncolens.models import load_any_bundle  # noqa: E402
+from tests.helpers import count_scored  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    return generate_slide(tmp_path_factory.mktemp("slide") / "s.tif", size=1024, levels=3, tile=128, seed=2)
+
+
+def test_a_slide_is_scored_tile_by_tile_with_a_heatmap_and_slide_scores(tiny_bundle, slide_path, tmp_path):
+    bundle = load_any_bundle(tiny_bundle)
+    result = score_slide(bundle, slide_path, tmp_path / "out", mpp=4.0, min_tissue=0.5)  # 32 px tiles of 128 um
+    assert len(result.tiles) == len(result.tile_objects) > 0
+    assert set(result.tiles["level"]) == {2}  # 8x coarser than level 0: read from the 4x level, resized
+    row = result.tiles.iloc[0]
+    assert sum(row[f"prob_{c}"] for c in bundle.classes) == pytest.approx(1.0, abs=1e-4)
+    assert (result.tiles["tissue_fraction"] >= 0.5).all()
+    assert result.heatmap.exists() and result.heatmap.stat().st_size > 10_000
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["tiles"] == len(result.tiles) and summary["target"] == bundle.classes[-1]
+    assert set(summary["classes"][bundle.classes[-1]]) == {"mean", "top_k_mean", "tissue_fraction_above"}
+    if bundle.trust is not None:
+        assert "ood_score" in result.tiles.columns
+
+
+def test_a_killed_slide_run_resumes_after_the_tiles_written(tiny_bundle, slide_path, tmp_path, monkeypatch):
+    full = score_slide(tiny_bundle, slide_path, tmp_path / "full", mpp=4.0)
+    lines = (tmp_path / "full" / "tiles.csv").read_text().splitlines(keepends=True)
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / "tiles.csv.partial").write_text("".join(lines[:6]) + lines[6][:10])  # header + 5 tiles, a torn one
+    scored = count_scored(monkeypatch)
+    resumed = score_slide(tiny_bundle, slide_path, out, mpp=4.0, resume=True)
+    assert scored == [len(full.tiles) - 5]
+    pd.testing.assert_frame_equal(resumed.tiles.sort_values("tile").reset_index(drop=True),
+                                  full.tiles.sort_values("tile").reset_index(drop=True), atol=1e-6)
+
+
+def test_slide_summary_scores():
+    tiles = pd.DataFrame({"prob_a": [0.9, 0.2, 0.8, 0.1], "prob_b": [0.1, 0.8, 0.2, 0.9],
+                          "tissue_fraction": [1.0, 1.0, 0.5, 0.5], "label": ["a", "b", "a", "b"]})
+    summary = slide_summary(tiles, ["a", "b"], top_k=2, threshold=0.5)
+    assert summary["classes"]["a"]["mean"] == pytest.approx(0.5)
+    assert summary["classes"]["a"]["top_k_mean"] == pytest.approx(0.85)
+    assert summary["classes"]["a"]["tissue_fraction_above"] == pytest.approx(1.5 / 3)
+
+
+def test_the_slide_command(tiny_bundle, slide_path, tmp_path):
+    result = CliRunner().invoke(app, ["slide", str(tiny_bundle), str(slide_path), "--out", str(tmp_path),
+                                      "--mpp", "4", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s" / "heatmap.png").exists() and (tmp_path / "s" / "tiles.csv").exists()
+    assert "top-k mean" in result.output
+    missing = CliRunner().invoke(app, ["slide", str(tiny_bundle), str(tmp_path / "none.svs"), "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "slide not found" in missing.output
