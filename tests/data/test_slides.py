@@ -1,5 +1,7 @@
 """Whole-slide reading on generated pyramidal TIFFs: pyramid and resolution, tissue, the tile grid."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,38 @@ def test_files_that_are_not_slides_are_clear_errors(tmp_path):
         open_slide(tmp_path / "x.svs")
     with pytest.raises(DataError, match="not found"):
         open_slide(tmp_path / "missing.svs")
+
+
+def test_tiles_for_training_are_labelled_by_region_and_grouped_by_slide(slide_path, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+    from oncolens.data import load_manifest
+
+    geojson = tmp_path / "s.geojson"  # QuPath's export: the tumour zone generate_slide paints (upper left)
+    square = [[200, 200], [560, 200], [560, 560], [200, 560], [200, 200]]
+    rest = [[0, 0], [1024, 0], [1024, 1024], [0, 1024], [0, 0]]
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]},
+         "properties": {"classification": {"name": "tumour"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [rest]},
+         "properties": {"label": "normal"}}]}))
+    result = CliRunner().invoke(app, ["tile", str(slide_path), "--out", str(tmp_path / "tiles"), "--size", "64",
+                                      "--mpp", "1.0", "--annotations", str(geojson)])
+    assert result.exit_code == 0, result.output
+    frame = load_manifest(tmp_path / "tiles" / "manifest.csv")
+    assert set(frame["label"]) == {"tumour", "normal"} and set(frame["group"]) == {"s"}
+    tumour = frame[frame["label"] == "tumour"]
+    centres = (tumour["x"].astype(int) + 64, tumour["y"].astype(int) + 64)  # 64 px at 1 um/px = 128 level-0 px
+    assert ((centres[0] >= 200) & (centres[0] <= 560) & (centres[1] >= 200) & (centres[1] <= 560)).all()
+    assert all(Path(p).exists() for p in frame["path"])
+
+
+def test_slide_labels_label_every_tile_and_group_by_patient(slide_path, tmp_path):
+    from oncolens.data.slides import write_tiles
+
+    frame = write_tiles([slide_path], tmp_path, size=64, mpp=2.0,
+                        slide_labels={"s": {"label": "tumour", "patient": "P7"}})
+    assert len(frame) and set(frame["label"]) == {"tumour"} and set(frame["group"]) == {"P7"}

@@ -556,6 +556,55 @@ def slide(
     console.print(table)
 
 
+@app.command()
+def tile(
+    slides: Annotated[list[Path], typer.Argument(help="whole-slide images")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="tile dataset folder (tiles under <label>/, manifest.csv)")],
+    size: Annotated[int, typer.Option(help="tile side in pixels")] = 224,
+    mpp: Annotated[float, typer.Option(help="tile resolution in microns per pixel (0: level 0's own)")] = 0.5,
+    slide_mpp: Annotated[Optional[float], typer.Option(help="the slides' level-0 microns per pixel, when their "
+                                                       "metadata lacks it")] = None,
+    min_tissue: Annotated[float, typer.Option(help="least tissue fraction of a kept tile")] = 0.5,
+    annotations: Annotated[Optional[Path], typer.Option(help="labelled regions: a GeoJSON file (one slide), a "
+                                                        "folder of <slide>.geojson (QuPath exports), or a CSV "
+                                                        "slide,label,x,y,width,height in level-0 pixels")] = None,
+    slide_labels: Annotated[Optional[Path], typer.Option(help="CSV slide,label[,patient]: every tissue tile of a "
+                                                         "slide gets its label (and patient group)")] = None,
+) -> None:
+    """Cut slides into a tile dataset for `split` and `train`: tissue tiles at --mpp, labelled by the region
+    that contains them or by their slide; the manifest's group is the patient (else the slide), so a split
+    never puts tiles of one slide on both sides."""
+    import pandas as pd
+
+    from oncolens.data import save_manifest
+    from oncolens.data.slides import read_csv_regions, read_geojson_regions, write_tiles
+
+    regions = None
+    if annotations is not None:
+        if annotations.is_dir():
+            regions = {p.stem: read_geojson_regions(p) for p in sorted(annotations.glob("*.geojson"))}
+        elif annotations.suffix.lower() == ".csv":
+            regions = read_csv_regions(annotations)
+        elif len(slides) == 1:
+            regions = {slides[0].stem: read_geojson_regions(annotations)}
+        else:
+            fail("one GeoJSON file annotates one slide: give a folder of <slide>.geojson files for several")
+    labels = None
+    if slide_labels is not None:
+        frame = pd.read_csv(slide_labels, dtype=str, keep_default_na=False)
+        if not {"slide", "label"} <= set(frame.columns):
+            fail(f"{slide_labels} needs the columns slide and label (and optionally patient)")
+        labels = {Path(r["slide"]).stem: r for r in frame.to_dict("records")}
+    manifest = write_tiles(slides, out, size=size, mpp=mpp or None, slide_mpp=slide_mpp, min_tissue=min_tissue,
+                           regions=regions, slide_labels=labels)
+    if manifest.empty:
+        fail("no tile was written: no tissue above --min-tissue (or no tile inside an annotated region)", code=1)
+    path = save_manifest(manifest, out / "manifest.csv")
+    counts = manifest.groupby(["slide", "label"]).size().to_string()
+    console.print(f"{len(manifest)} tiles from {manifest['slide'].nunique()} slide(s):\n{counts}")
+    console.print(f"manifest: {path}  (next: oncolens split {path} --out splits.csv)")
+
+
 def print_metrics(report) -> None:
     table = Table(title=f"{report.n} images; 95% CI by bootstrap over {report.bootstrap_unit}s ({report.n_boot} resamples)")
     table.add_column("metric")

@@ -22,7 +22,8 @@ from PIL import Image
 from ..errors import DataError
 from .imageio import LazyImage, UnreadableImage
 
-__all__ = ["SlideInfo", "SlideTile", "open_slide", "slide_info", "tissue_mask", "tile_grid", "SLIDE_EXTENSIONS"]
+__all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "tissue_mask", "tile_grid", "write_tiles",
+           "read_geojson_regions", "read_csv_regions", "SLIDE_EXTENSIONS"]
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
@@ -187,3 +188,101 @@ def tile_grid(slide, path: str | Path, size: int = 224, mpp: float | None = 0.5,
                 tiles.append(SlideTile(path=str(path), x=x, y=y, level=level, read_size=read_size, size=size,
                                        mpp=None if mpp is None else mpp, tissue=fraction))
     return tiles
+
+
+# --- tiles for training ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Region:
+    """A labelled region of a slide in level-0 pixels: a polygon (GeoJSON) or a rectangle (CSV)."""
+
+    label: str
+    polygon: tuple[tuple[float, float], ...]
+
+    def contains(self, x: float, y: float) -> bool:
+        from matplotlib.path import Path as Polygon
+
+        return bool(Polygon(self.polygon).contains_point((x, y)))
+
+
+def read_geojson_regions(path: str | Path) -> list[Region]:
+    """Polygons of a GeoJSON file (a QuPath export or any FeatureCollection), labelled by the feature's
+    ``classification.name`` (QuPath), ``label``, ``name`` or ``class`` property."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read annotations {path}: {exc}") from None
+    features = data.get("features", []) if isinstance(data, dict) and data.get("type") == "FeatureCollection" \
+        else data if isinstance(data, list) else [data]
+    regions = []
+    for feature in features:
+        props = feature.get("properties") or {}
+        classification = props.get("classification")
+        label = (classification.get("name") if isinstance(classification, dict) else classification) or \
+            props.get("label") or props.get("name") or props.get("class")
+        geometry = feature.get("geometry") or {}
+        rings = {"Polygon": [geometry.get("coordinates", [[]])[0]],
+                 "MultiPolygon": [poly[0] for poly in geometry.get("coordinates", [])]}.get(geometry.get("type"), [])
+        if not label:
+            raise DataError(f"{path}: a feature has no label (classification.name, label, name or class)")
+        regions += [Region(str(label), tuple((float(x), float(y)) for x, y in ring)) for ring in rings if ring]
+    return regions
+
+
+def read_csv_regions(path: str | Path) -> dict[str, list[Region]]:
+    """Rectangles of a CSV with columns slide, label, x, y, width, height (level-0 pixels), per slide name."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    missing = {"slide", "label", "x", "y", "width", "height"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path} needs the columns slide, label, x, y, width, height; missing {sorted(missing)}")
+    out: dict[str, list[Region]] = {}
+    for row in frame.itertuples():
+        x0, y0, x1, y1 = row.x, row.y, row.x + row.width, row.y + row.height
+        out.setdefault(Path(str(row.slide)).stem, []).append(
+            Region(str(row.label), ((x0, y0), (x1, y0), (x1, y1), (x0, y1))))
+    return out
+
+
+def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: float | None = 0.5,
+                slide_mpp: float | None = None, min_tissue: float = 0.5, regions: dict[str, list[Region]] | None = None,
+                slide_labels: dict[str, dict] | None = None):
+    """Tiles of ``slides`` as PNG files under ``out_dir/<label>/`` and their manifest (returned): ``group``
+    is the patient when ``slide_labels`` name one, else the slide, so that ``split`` keeps a slide's tiles
+    together. A tile's label is that of the region containing its centre (``regions``, per slide stem; tiles
+    outside every region are left out), else the slide's label (``slide_labels``), else ``unlabelled``."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    rows = []
+    for path in slides:
+        slide = open_slide(path)
+        stem = Path(path).stem
+        own = (regions or {}).get(stem)
+        meta = (slide_labels or {}).get(stem, {})
+        for tile in tile_grid(slide, path, size=size, mpp=mpp, slide_mpp=slide_mpp, min_tissue=min_tissue):
+            if own is not None:
+                extent = tile.read_size * slide.level_downsamples[tile.level]
+                centre = (tile.x + extent / 2, tile.y + extent / 2)
+                label = next((r.label for r in own if r.contains(*centre)), None)
+                if label is None:
+                    continue
+            else:
+                label = str(meta.get("label") or "unlabelled")
+            target = out_dir / label / f"{stem}_x{tile.x}_y{tile.y}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tile.load().save(target)
+            except UnreadableImage as exc:
+                rows.append({"path": "", "label": label, "slide": stem, "error": exc.reason})
+                continue
+            patient = str(meta.get("patient") or "")
+            rows.append({"path": str(target.relative_to(out_dir)), "label": label, "group": patient or stem,
+                         "patient": patient, "slide": stem, "x": tile.x, "y": tile.y, "mpp": tile.mpp,
+                         "tissue_fraction": round(tile.tissue, 4), "width": size, "height": size})
+    frame = pd.DataFrame(rows)
+    if "error" in frame.columns:
+        frame = frame[frame["error"].isna()].drop(columns="error")
+    return frame
