@@ -67,3 +67,5 @@ for _name, _fn in {
     "resize0.5-jpeg75": partial(_chain, steps=(partial(rescale, factor=0.5), partial(jpeg, quality=75))),
 }.items():
     register_perturbation(_name, _fn)
+
+from . import stain  # noqa: E402,F401  (registers "stain" and "stain-strong")

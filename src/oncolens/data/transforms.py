@@ -56,6 +56,7 @@ class Augmentation:
     enabled: bool = True
     rot90: bool = False
     colour: float = 0.0
+    hed: float = 0.0  # H&E stain jitter strength (data.stain.RandomHEDJitter: scale +-hed, shift +-hed/4)
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -99,6 +100,10 @@ def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentat
             )
         if augment.rot90:
             steps.append(RandomRot90())
+        if augment.hed and pre.channels == 3:
+            from .stain import RandomHEDJitter
+
+            steps.append(RandomHEDJitter(sigma=augment.hed, bias=augment.hed / 4))
         if augment.contrast or augment.colour:
             # colour: brightness, saturation and a hue shift a quarter as large (H&E stain variation)
             steps.append(v2.ColorJitter(contrast=augment.contrast or None, brightness=augment.colour or None,

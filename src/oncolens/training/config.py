@@ -74,6 +74,8 @@ class TrainConfig:
     contrast: float | None = _chosen("augmentation: contrast jitter")
     colour: float | None = _chosen("augmentation: brightness/saturation jitter (hue a quarter of it): H&E stain "
                                    "variation")
+    hed: float = _option(0.0, "augmentation: H&E stain (HED) jitter strength, each stain scaled by 1 +- hed and "
+                              "shifted by +- hed/4 (Tellez et al. 2018: 0.05 light, 0.2 strong); colour images only")
     feature_cache: str = _option("auto", "auto, disk, memory, off (frozen backbones)")
     cache_views: int = _option(1, "augmented views to cache per image; 0 recomputes")
     cache_dir: str | None = _option(None, "feature-cache folder (default: <runs-dir>/.feature_cache)")

@@ -222,7 +222,7 @@ class _Trainer:
         pre = self.model.preprocessing
         self.augmentation = Augmentation(hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, zoom=cfg.zoom,
                                          contrast=cfg.contrast, enabled=cfg.augment, rot90=cfg.rot90,
-                                         colour=cfg.colour)
+                                         colour=cfg.colour, hed=cfg.hed)
         self.train_set = ManifestDataset(frame, "train", build_transforms(pre, True, self.augmentation,
                                                                           resized=cfg.image_cache),
                                          classes=self.classes, min_size=pre.size)
