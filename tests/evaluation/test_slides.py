@@ -64,7 +64,7 @@ def test_the_slide_command(tiny_bundle, slide_path, tmp_path):
     result = CliRunner().invoke(app, ["slide", str(tiny_bundle), str(slide_path), "--out", str(tmp_path),
                                       "--mpp", "4", "--workers", "0"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "s" / "heatmap.png").exists() and (tmp_path / "s" / "tiles.csv").exists()
+    assert all((tmp_path / "s" / name).exists() for name in ("heatmap.png", "tiles.csv", "top_tiles.png"))
     assert "top-k mean" in result.output
     missing = CliRunner().invoke(app, ["slide", str(tiny_bundle), str(tmp_path / "none.svs"), "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "slide not found" in missing.output
