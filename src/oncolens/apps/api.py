@@ -16,6 +16,7 @@ import secrets
 import threading
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -54,6 +55,8 @@ class ApiSettings:
     explain_timeout: float = 120.0  # seconds before an explanation answers 504
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     cors_origins: tuple[str, ...] = ()
+    slide_root: Path | None = None  # slides the /slides jobs may read (paths are relative to it); None: off
+    slide_output: Path | None = None  # where slide jobs write (default: a temporary folder)
 
 
 class ErrorMessage(BaseModel):
@@ -63,7 +66,9 @@ class ErrorMessage(BaseModel):
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "empty or malformed upload", 401: "missing or wrong bearer token",
+    text = {400: "empty or malformed upload, or bad parameters", 401: "missing or wrong bearer token",
+            403: "outside what this server allows (slide jobs off, or a path outside its slide folder)",
+            404: "no such slide or job", 409: "the job has not finished",
             413: "upload or image too large", 415: "not a usable image", 422: "invalid parameters",
             503: "server busy: retry after the Retry-After header's seconds", 504: "explanation took too long"}
     return {code: {"model": ErrorMessage, "description": text[code]} for code in codes if code != 422}
@@ -264,4 +269,93 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                 "heatmap_png_base64": base64.b64encode(png_bytes(result.heatmap_overlay)).decode(),
                 "contours_png_base64": base64.b64encode(png_bytes(result.contour_overlay)).decode()}
 
+    _slide_jobs(app, predictor, settings, guarded)
     return app
+
+
+class SlideJobRequest(BaseModel):
+    """A slide on the server, relative to its slide folder, and how to tile it."""
+
+    path: str
+    mpp: float = 0.5
+    min_tissue: float = 0.5
+    target: str | None = None
+
+
+def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guarded: list) -> None:
+    """POST /slides starts scoring a slide that is already on the server (never a multi-GB upload), GET
+    /slides/{job} reports progress and, when done, the slide-level scores; /slides/{job}/heatmap is the PNG.
+    Only paths inside ``settings.slide_root`` are read; one slide is scored at a time."""
+    import tempfile
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs: dict[str, dict] = {}
+    lock = threading.Lock()
+    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oncolens-slide")
+    output = settings.slide_output or Path(tempfile.mkdtemp(prefix="oncolens-slides-"))
+
+    def run(job_id: str, path: Path, request: SlideJobRequest) -> None:
+        from oncolens.evaluation.slides import score_slide
+
+        def progress(done: int, total: int) -> None:
+            with lock:
+                jobs[job_id].update(status="running", tiles_done=done, tiles_total=total)
+
+        try:
+            result = score_slide(predictor.bundle, path, output / job_id, mpp=request.mpp,
+                                 min_tissue=request.min_tissue, target=request.target, num_workers=0,
+                                 progress=progress)
+            with lock:
+                jobs[job_id].update(status="done", summary=result.summary,
+                                    heatmap=str(result.heatmap) if result.heatmap else None)
+        except OncolensError as exc:
+            with lock:
+                jobs[job_id].update(status="failed", error=str(exc)[:500])
+        except Exception as exc:  # a bug: logged with its traceback, reported by id
+            log.error("slide job %s failed", job_id, exc_info=exc)
+            with lock:
+                jobs[job_id].update(status="failed", error=f"internal error (job {job_id})")
+
+    def job(job_id: str) -> dict:
+        with lock:
+            if job_id not in jobs:
+                raise HTTPException(status_code=404, detail=f"no slide job {job_id!r}")
+            return dict(jobs[job_id])
+
+    @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404))
+    async def start_slide(request: SlideJobRequest) -> dict:
+        """Start scoring a slide in the server's slide folder; answers the job id to poll."""
+        if settings.slide_root is None:
+            raise HTTPException(status_code=403, detail="slide jobs are off: start the server with --slide-root")
+        root = Path(settings.slide_root).resolve()
+        path = (root / request.path).resolve()
+        if not path.is_relative_to(root):
+            raise HTTPException(status_code=403, detail="the slide path must be inside the server's slide folder")
+        if not path.is_file():
+            raise HTTPException(status_code=404, detail=f"no slide {request.path!r} in the server's slide folder")
+        if not 0 < request.mpp <= 100 or not 0 <= request.min_tissue <= 1:
+            raise HTTPException(status_code=400, detail="mpp must be in (0, 100] and min_tissue in [0, 1]")
+        if request.target is not None and request.target not in predictor.classes:
+            raise HTTPException(status_code=400, detail=f"class {request.target!r} is not one of {predictor.classes}")
+        job_id = uuid.uuid4().hex[:12]
+        with lock:
+            jobs[job_id] = {"job": job_id, "slide": request.path, "status": "queued", "tiles_done": 0,
+                            "tiles_total": None}
+        runner.submit(run, job_id, path, request)
+        return {"job": job_id, "status": "queued", "poll": f"/slides/{job_id}"}
+
+    @app.get("/slides/{job_id}", dependencies=guarded, responses=_errors(401, 404))
+    async def slide_status(job_id: str) -> dict:
+        """Status (queued, running, done, failed), tiles done of total and, when done, the slide's scores."""
+        state = job(job_id)
+        state.pop("heatmap", None)
+        return state
+
+    @app.get("/slides/{job_id}/heatmap", dependencies=guarded, responses={
+        **_errors(401, 404, 409), 200: {"content": {"image/png": {}}, "description": "the heatmap PNG"}})
+    async def slide_heatmap(job_id: str) -> Response:
+        state = job(job_id)
+        if state["status"] != "done" or not state.get("heatmap"):
+            raise HTTPException(status_code=409, detail=f"job {job_id} is {state['status']}: no heatmap yet")
+        return Response(content=Path(state["heatmap"]).read_bytes(), media_type="image/png")

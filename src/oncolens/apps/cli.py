@@ -967,6 +967,10 @@ def serve(
     max_running: Annotated[int, typer.Option(help="predictions/explanations computed at once")] = 2,
     max_waiting: Annotated[int, typer.Option(help="requests waiting in line before 503")] = 16,
     explain_timeout: Annotated[float, typer.Option(help="seconds before an explanation answers 504")] = 120.0,
+    slide_root: Annotated[Optional[Path], typer.Option(help="folder of slides that POST /slides jobs may read "
+                                                       "(default: slide jobs off)")] = None,
+    slide_output: Annotated[Optional[Path], typer.Option(help="folder slide jobs write to (default: a "
+                                                         "temporary folder)")] = None,
     tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
                                                "bundle's)")] = None,
 ) -> None:
@@ -994,9 +998,11 @@ def serve(
     if host in ("0.0.0.0", "::") and not allowed_host:
         console.print(Text.assemble(("note:", "yellow"), " listening on every interface: pass --allowed-host with "
                                     "the name clients use, or requests with other Host headers get 400"))
+    if slide_root is not None and not slide_root.is_dir():
+        fail(f"--slide-root {slide_root} is not a folder")
     settings = ApiSettings(max_upload_bytes=int(max_upload_mb * 2**20), token=token, max_running=max_running,
                            max_waiting=max_waiting, explain_timeout=explain_timeout, allowed_hosts=hosts,
-                           cors_origins=tuple(cors_origin or ()))
+                           cors_origins=tuple(cors_origin or ()), slide_root=slide_root, slide_output=slide_output)
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, tta=tta)
     uvicorn.run(create_app(predictor, settings), host=host, port=port)
 

@@ -8,6 +8,7 @@ after the tiles already written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +79,11 @@ def _heatmap(slide, tiles: pd.DataFrame, info: SlideInfo, column: str, out: Path
 def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_dir: str | Path, *,
                 mpp: float | None = 0.5, slide_mpp: float | None = None, min_tissue: float = 0.5,
                 target: str | None = None, top_k: int = 8, threshold: float = 0.5, batch_size: int = 32,
-                num_workers: int | None = None, resume: bool = False) -> SlideResult:
+                num_workers: int | None = None, resume: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> SlideResult:
     """Score the tissue tiles of one slide at ``mpp`` microns per pixel (tiles of the bundle's input size);
     write ``tiles.csv``, ``heatmap.png`` (probability of ``target``, default the bundle's last class, e.g.
-    tumour), ``summary.json`` into ``out_dir``."""
+    tumour), ``summary.json`` into ``out_dir``. ``progress(done, total)`` is called after every batch."""
     loaded = as_bundle(bundle)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,9 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     log = RowLog(out_dir / "tiles.csv", fields, key="tile", resume=resume)
     todo = [t for t in tiles if f"{t.x},{t.y}" not in log.done]
     unreadable: dict[str, str] = {}
+    done = len(tiles) - len(todo)
+    if progress is not None:
+        progress(done, len(tiles))
     if todo:
         needs_features = detector is not None and trust.detectors[detector].uses == "features"
         for batch in loaded.iter_scores(todo, batch_size=batch_size, num_workers=num_workers, features=needs_features):
@@ -118,6 +123,9 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                     row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > trust.thresholds[detector]))
                 rows.append(row)
             log.write(rows)
+            done += len(batch) + len(batch.unreadable)
+            if progress is not None:
+                progress(done, len(tiles))
     log.close()
     table = pd.DataFrame(list(read_rows(out_dir / "tiles.csv")), columns=fields)
     for column in table.columns:

@@ -1,0 +1,64 @@
+"""Slide jobs in the API: a slide already on the server is scored in the background; progress, scores and
+the heatmap are polled; only the configured slide folder can be read."""
+
+import time
+
+import pytest
+
+pytest.importorskip("openslide")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from oncolens.apps.api import ApiSettings, create_app  # noqa: E402
+from oncolens.data.phantoms import generate_slide  # noqa: E402
+from oncolens.predictor import Predictor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slides")
+    generate_slide(root / "case1.tif", size=1024, levels=3, tile=128, seed=3)
+    (root.parent / "secret.tif").write_bytes(b"outside")
+    settings = ApiSettings(slide_root=root, slide_output=tmp_path_factory.mktemp("slide_out"))
+    return TestClient(create_app(Predictor.from_bundle(tiny_bundle), settings))
+
+
+def test_a_slide_job_runs_reports_progress_and_serves_its_heatmap(client):
+    started = client.post("/slides", json={"path": "case1.tif", "mpp": 4.0})
+    assert started.status_code == 202, started.text
+    job = started.json()["job"]
+    deadline = time.monotonic() + 120
+    while (state := client.get(f"/slides/{job}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert state["status"] == "done", state
+    assert state["tiles_done"] == state["tiles_total"] == state["summary"]["tiles"] > 0
+    assert set(state["summary"]["classes"]) and "heatmap" not in state
+    heatmap = client.get(f"/slides/{job}/heatmap")
+    assert heatmap.status_code == 200 and heatmap.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("path,status", [("../secret.tif", 403), ("/etc/passwd", 403), ("missing.svs", 404)])
+def test_paths_outside_the_slide_folder_or_missing_are_refused(client, path, status):
+    answer = client.post("/slides", json={"path": path})
+    assert answer.status_code == status, answer.text
+
+
+def test_bad_requests_unknown_jobs_and_a_server_without_slides(client, tiny_bundle):
+    assert client.post("/slides", json={"path": "case1.tif", "mpp": -1}).status_code == 400
+    assert client.post("/slides", json={"path": "case1.tif", "target": "cat"}).status_code == 400
+    assert client.get("/slides/nope").status_code == 404
+    off = TestClient(create_app(Predictor.from_bundle(tiny_bundle)))
+    assert off.post("/slides", json={"path": "case1.tif"}).status_code == 403
+
+
+def test_a_file_that_is_not_a_slide_fails_the_job_with_a_reason(tiny_bundle, tmp_path):
+    (tmp_path / "broken.svs").write_bytes(b"not a slide at all")
+    client = TestClient(create_app(Predictor.from_bundle(tiny_bundle),
+                                   ApiSettings(slide_root=tmp_path, slide_output=tmp_path / "out")))
+    job = client.post("/slides", json={"path": "broken.svs"}).json()["job"]
+    deadline = time.monotonic() + 60
+    while (state := client.get(f"/slides/{job}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert state["status"] == "failed" and "cannot read" in state["error"]
+    assert client.get(f"/slides/{job}/heatmap").status_code == 409
