@@ -144,3 +144,19 @@ def test_sigterm_to_oncolens_app_stops_the_server(bundle):
         time.sleep(0.5)
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+
+
+def test_a_finished_slide_folder_shows_its_heatmap_scores_and_top_tiles(monkeypatch, bundle, tmp_path):
+    pytest.importorskip("openslide")
+    from oncolens.data.phantoms import generate_slide
+    from oncolens.evaluation.slides import score_slide
+
+    slide = generate_slide(tmp_path / "case.tif", size=512, levels=2, tile=128, seed=4)
+    score_slide(bundle, slide, tmp_path / "slides" / "case", mpp=4.0, min_tissue=0.3, num_workers=0)
+    monkeypatch.setenv("ONCOLENS_SLIDES", str(tmp_path / "slides"))
+    at = run_app(monkeypatch, bundle)
+    assert not at.exception
+    assert next(s for s in at.selectbox if s.label == "Slide").value == "case"
+    assert any("P(" in h.value for h in at.subheader)
+    assert [m.label for m in at.metric][:1] == ["tissue tiles"]
+    assert len(at.dataframe) == 1

@@ -1012,10 +1012,16 @@ def app_command(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     port: Annotated[int, typer.Option(help="port")] = 8501,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    slides: Annotated[Optional[Path], typer.Option(help="an `oncolens slide --out` folder whose slides the app "
+                                                   "shows (heatmap, scores, top tiles)")] = None,
 ) -> None:
     """Start the Streamlit app: upload images, see prediction, probabilities, heatmap and contours."""
     if not (bundle / "bundle.json").exists():
         fail(f"{bundle} is not a bundle folder (no bundle.json)")
+    if slides is not None:
+        if not slides.is_dir():
+            fail(f"--slides {slides} is not a folder")
+        os.environ["ONCOLENS_SLIDES"] = str(slides.resolve())  # read by the app process execv starts
     script = Path(__file__).with_name("streamlit_app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port",
                str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--",

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -136,6 +137,42 @@ def main() -> None:
             st.error(f"{name}: {exc}")
     if not items:
         st.info("Upload one or several images, or try the example.")
+    show_slides()
+
+
+def show_slides() -> None:
+    """The slides scored by `oncolens slide` in the folder the app was started with (`--slides`): heatmap,
+    slide-level scores and the top tiles of the chosen slide. Only that folder is read."""
+    folder = os.environ.get("ONCOLENS_SLIDES")
+    if not folder:
+        return
+    root = Path(folder)
+    done = sorted(p.parent for p in [root / "summary.json", *root.glob("*/summary.json")] if p.exists())
+    st.header("Slides")
+    if not done:
+        st.info(f"No finished `oncolens slide` output in {root} (a folder with summary.json).")
+        return
+    chosen = st.selectbox("Slide", [p.name for p in done])
+    out = next(p for p in done if p.name == chosen)
+    summary = json.loads((out / "summary.json").read_text())
+    target = summary["target"]
+    stats = summary.get("classes", {}).get(target, {})
+    st.subheader(f"{chosen}: P({target})")
+    columns = st.columns(4)
+    columns[0].metric("tissue tiles", summary.get("tiles", 0))
+    columns[1].metric("mean", f"{stats.get('mean', float('nan')):.3f}")
+    columns[2].metric(f"top-{summary.get('top_k')} mean", f"{stats.get('top_k_mean', float('nan')):.3f}")
+    columns[3].metric(f"tissue above {summary.get('threshold')}", f"{stats.get('tissue_fraction_above', 0):.1%}")
+    if summary.get("tiles_unlike_training"):
+        st.warning(f"{summary['tiles_unlike_training']:.0%} of the tiles are unlike the training images: do not "
+                   "trust their scores.")
+    if (out / "heatmap.png").exists():
+        st.image(str(out / "heatmap.png"), caption=f"P({target}) per tile over the slide's thumbnail")
+    if (out / "top_tiles.png").exists():
+        st.image(str(out / "top_tiles.png"), caption="the tiles most likely of the class, with their explanation")
+    if (out / "tiles.csv").exists():
+        tiles = pd.read_csv(out / "tiles.csv")
+        st.dataframe(tiles.sort_values(f"prob_{target}", ascending=False).head(20), hide_index=True)
 
 
 main()
