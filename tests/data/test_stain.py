@@ -56,3 +56,46 @@ def test_stain_perturbation_is_registered_deterministic_and_leaves_grey_images()
     assert shift(grey) is grey
     with pytest.raises(Exception, match="unknown perturbation"):
         get_perturbation("stainless")
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_stain_normalisation_maps_a_shifted_tile_back_towards_the_target(method):
+    from oncolens.data.stain import StainNormalise, fit_stain_normalisation
+
+    target = _he_tile(5)
+    stain = fit_stain_normalisation(method, Image.fromarray(target))
+    assert stain[0] == method and all(np.isfinite(stain[1:]))
+    shifted = hed_jitter(target, np.random.default_rng(9), sigma=0.4, bias=0.05)
+    normalise = StainNormalise(stain)
+    out = normalise(torch.from_numpy(shifted).permute(2, 0, 1).contiguous()).permute(1, 2, 0).numpy()
+    before = np.abs(shifted.astype(float) - target).mean()
+    after = np.abs(out.astype(float) - target).mean()
+    assert after < before, (before, after)
+
+
+def test_stain_normalisation_leaves_blank_tiles_alone_and_never_makes_nan():
+    from oncolens.data.stain import StainNormalise, fit_stain_normalisation
+
+    stain = fit_stain_normalisation("macenko", Image.fromarray(_he_tile(5)))
+    blank = torch.full((3, 32, 32), 245, dtype=torch.uint8)
+    assert torch.equal(StainNormalise(stain)(blank), blank)
+    with pytest.raises(Exception, match="almost no stained tissue"):
+        fit_stain_normalisation("macenko", Image.fromarray(np.full((32, 32, 3), 245, np.uint8)))
+
+
+def test_a_bundle_carries_its_stain_normalisation_to_prediction(phantom_manifest, tmp_path):
+    from oncolens.data import save_manifest, split
+    from oncolens.models import load_bundle
+    from oncolens.training import TrainConfig, train
+
+    target = tmp_path / "target.png"
+    Image.fromarray(_he_tile(5)).save(target)
+    csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp_path / "s.csv")
+    run = train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8, recipe="off",
+                            runs_dir=str(tmp_path / "runs"), name="r", calibrate=False, tracking="none",
+                            channels=3, stain_norm=f"reinhard:{target}"))
+    bundle = load_bundle(run.bundle_path)
+    assert bundle.preprocessing.stain[0] == "reinhard" and len(bundle.preprocessing.stain) == 7
+    transform = build_transforms(bundle.preprocessing)
+    assert any(type(t).__name__ == "StainNormalise" for t in transform.transforms)
+    assert len(bundle.score(phantom_manifest["path"].tolist()[:4])) == 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torchvision.transforms import v2
 
 from .perturb import register_perturbation
 
-__all__ = ["hed_jitter", "RandomHEDJitter", "stain_shift"]
+__all__ = ["hed_jitter", "RandomHEDJitter", "stain_shift", "STAIN_METHODS", "fit_stain_normalisation", "StainNormalise"]
 
 
 def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.05) -> np.ndarray:
@@ -65,3 +66,96 @@ def stain_shift(image: Image.Image, sigma: float = 0.2, bias: float = 0.05) -> I
 
 register_perturbation("stain", partial(stain_shift, sigma=0.2, bias=0.05))
 register_perturbation("stain-strong", partial(stain_shift, sigma=0.4, bias=0.1))
+
+
+# --- stain normalisation ----------------------------------------------------------------------------
+#: method -> (fit(rgb uint8) -> numbers, normalise(rgb uint8, numbers) -> rgb uint8); torchstain's numpy
+#: normalisers do the work, the numbers are what a bundle stores
+STAIN_METHODS: dict[str, tuple] = {}
+MIN_TISSUE = 0.05  # a tile with less stained area than this is left as it is (Macenko's fit needs stain)
+
+
+def _tissue_fraction(rgb: np.ndarray, io: int = 240, beta: float = 0.15) -> float:
+    optical_density = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1) / io)
+    return float((optical_density > beta).all(1).mean())
+
+
+def _macenko_fit(rgb: np.ndarray) -> tuple[float, ...]:
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    normaliser = NumpyMacenkoNormalizer()
+    normaliser.fit(rgb)
+    return (*np.asarray(normaliser.HERef, float).ravel(), *np.asarray(normaliser.maxCRef, float).ravel())
+
+
+def _macenko(rgb: np.ndarray, numbers: tuple[float, ...]) -> np.ndarray:
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    normaliser = NumpyMacenkoNormalizer()
+    normaliser.HERef = np.asarray(numbers[:6], float).reshape(3, 2)
+    normaliser.maxCRef = np.asarray(numbers[6:8], float)
+    out, _, _ = normaliser.normalize(rgb, stains=False)
+    return out
+
+
+def _reinhard_fit(rgb: np.ndarray) -> tuple[float, ...]:
+    from torchstain.numpy.normalizers import NumpyReinhardNormalizer
+
+    normaliser = NumpyReinhardNormalizer()
+    normaliser.fit(rgb)
+    return (*np.asarray(normaliser.target_means, float), *np.asarray(normaliser.target_stds, float))
+
+
+def _reinhard(rgb: np.ndarray, numbers: tuple[float, ...]) -> np.ndarray:
+    from torchstain.numpy.normalizers import NumpyReinhardNormalizer
+
+    normaliser = NumpyReinhardNormalizer()
+    normaliser.target_means, normaliser.target_stds = np.asarray(numbers[:3]), np.asarray(numbers[3:6])
+    return normaliser.normalize(rgb)
+
+
+STAIN_METHODS.update(macenko=(_macenko_fit, _macenko), reinhard=(_reinhard_fit, _reinhard))
+
+
+def fit_stain_normalisation(method: str, target: str | Path | Image.Image) -> tuple:
+    """``(method, *numbers)`` for :class:`~oncolens.data.transforms.Preprocessing`'s ``stain``, fitted on a
+    target image (a well-stained tile of the reference lab)."""
+    from ..errors import ConfigError
+    from .imageio import read_image
+
+    if method not in STAIN_METHODS:
+        raise ConfigError(f"unknown stain normalisation {method!r}; known: {', '.join(STAIN_METHODS)}")
+    image = target if isinstance(target, Image.Image) else read_image(target).image
+    rgb = np.asarray(image.convert("RGB"))
+    if _tissue_fraction(rgb) < MIN_TISSUE:
+        raise ConfigError(f"the stain target {target} shows almost no stained tissue: pick a tile full of tissue")
+    numbers = STAIN_METHODS[method][0](rgb)
+    if not np.all(np.isfinite(numbers)):
+        raise ConfigError(f"fitting {method} on {target} gave non-finite values: pick another target tile")
+    return (method, *(float(x) for x in numbers))
+
+
+class StainNormalise(v2.Transform):
+    """Normalise a 3-channel uint8 image to the stored stain target; a tile with little tissue, or one the
+    method cannot handle, passes unchanged (never NaN)."""
+
+    def __init__(self, stain: tuple):
+        super().__init__()
+        self.method, self.numbers = stain[0], tuple(float(x) for x in stain[1:])
+        self.apply = STAIN_METHODS[self.method][1]
+
+    def transform(self, inpt, params: dict):
+        if not (isinstance(inpt, torch.Tensor) and inpt.ndim == 3 and inpt.shape[0] == 3):
+            return inpt
+        rgb = inpt.permute(1, 2, 0).numpy()
+        if _tissue_fraction(rgb) < MIN_TISSUE:
+            return inpt
+        try:
+            with np.errstate(all="ignore"):
+                out = self.apply(rgb, self.numbers)
+        except (np.linalg.LinAlgError, ValueError, IndexError, FloatingPointError):
+            return inpt
+        if out is None or not np.all(np.isfinite(out)):
+            return inpt
+        tensor = torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
+        return tv_tensors.wrap(tensor, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else tensor

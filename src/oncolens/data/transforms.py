@@ -23,6 +23,7 @@ class Preprocessing:
     channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    stain: tuple = ()  # (method, *fitted numbers): stain normalisation (data.stain), fitted once on a target image
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -31,7 +32,10 @@ class Preprocessing:
             raise ConfigError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not self.stain:  # bundles and cache keys made before stain normalisation stay as they were
+            out.pop("stain")
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
@@ -40,6 +44,7 @@ class Preprocessing:
             channels=int(data["channels"]),
             mean=tuple(float(x) for x in data["mean"]),
             std=tuple(float(x) for x in data["std"]),
+            stain=tuple(data.get("stain") or ()),
         )
 
 
@@ -76,8 +81,13 @@ class RandomRot90(v2.Transform):
 def build_resize(pre: Preprocessing) -> v2.Compose:
     """The first, deterministic part of :func:`build_transforms`: a PIL image to a uint8 tensor of
     ``pre``'s channels and size (what the decoded-image cache stores)."""
-    return v2.Compose([v2.ToImage(), v2.Grayscale(num_output_channels=1) if pre.channels == 1 else v2.RGB(),
-                       v2.Resize((pre.size, pre.size), antialias=True)])
+    steps = [v2.ToImage(), v2.Grayscale(num_output_channels=1) if pre.channels == 1 else v2.RGB(),
+             v2.Resize((pre.size, pre.size), antialias=True)]
+    if pre.stain and pre.channels == 3:
+        from .stain import StainNormalise
+
+        steps.append(StainNormalise(pre.stain))
+    return v2.Compose(steps)
 
 
 def build_transforms(pre: Preprocessing, train: bool = False, augment: Augmentation | None = None,

@@ -74,6 +74,8 @@ class TrainConfig:
     contrast: float | None = _chosen("augmentation: contrast jitter")
     colour: float | None = _chosen("augmentation: brightness/saturation jitter (hue a quarter of it): H&E stain "
                                    "variation")
+    stain_norm: str | None = _option(None, "stain normalisation fitted on a target tile, stored in the bundle so that "
+                                           "prediction normalises alike: macenko:PATH or reinhard:PATH")
     hed: float = _option(0.0, "augmentation: H&E stain (HED) jitter strength, each stain scaled by 1 +- hed and "
                               "shifted by +- hed/4 (Tellez et al. 2018: 0.05 light, 0.2 strong); colour images only")
     feature_cache: str = _option("auto", "auto, disk, memory, off (frozen backbones)")

@@ -7,6 +7,7 @@ run resumed after a crash continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import os
@@ -216,6 +217,16 @@ class _Trainer:
         self.model: OncoClassifier = create_model(cfg.model, num_classes=len(self.classes), weights=cfg.weights,
                                                   freeze=cfg.freeze, head=cfg.head, input_size=cfg.image_size,
                                                   channels=cfg.channels).to(self.device)
+        if cfg.stain_norm:  # fitted once here; the bundle's preprocessing carries it to every prediction
+            from ..data.stain import fit_stain_normalisation
+
+            method, _, target = cfg.stain_norm.partition(":")
+            if not target:
+                raise ConfigError(f"stain_norm must be METHOD:TARGET_IMAGE (e.g. macenko:ref.png), got {cfg.stain_norm!r}")
+            if self.model.preprocessing.channels != 3:
+                raise ConfigError("stain normalisation needs a colour model (--channels 3): this one reads greyscale")
+            self.model.preprocessing = dataclasses.replace(self.model.preprocessing,
+                                                           stain=fit_stain_normalisation(method, target))
         self.channels_last = prefers_channels_last(cfg.model, self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
