@@ -59,27 +59,34 @@ def make_jpegs(folder: Path, n: int, size: int = 768, seed: int = 0) -> list[Pat
     return paths
 
 
-def run_predict(bundle: Path, folder: Path, out: Path, extra: list[str] = ()) -> dict:
-    command = [sys.executable, "-c", _CHILD, "predict", str(bundle), str(folder), "--out", str(out), "--show", "0",
-               *extra]
+def child_result(command: list[str]) -> dict:
+    """The JSON a benchmark child process prints on its ``BENCH`` line."""
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
     return json.loads(line[len("BENCH "):])
 
 
-def bare_forward(bundle: Path, paths: list[Path], batch: int = 32) -> float:
+def run_predict(bundle: Path, folder: Path, out: Path, extra: list[str] = ()) -> dict:
+    return child_result([sys.executable, "-c", _CHILD, "predict", str(bundle), str(folder), "--out", str(out),
+                         "--show", "0", *extra])
+
+
+def forward_rate(bundle: Path, x: torch.Tensor, batch: int = 32) -> float:
     """images/s of the bundle's forward pass as the scoring loop runs it (batch norm folded, channels-last,
-    inference mode) on preprocessed tensors already in memory."""
-    loaded = load_bundle(bundle)
-    transform = build_transforms(loaded.preprocessing)
-    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
-    runner = TorchBackend(loaded)
+    inference mode) on preprocessed tensors ``x`` already in memory."""
+    runner = TorchBackend(load_bundle(bundle))
     with torch.inference_mode():
         runner.run(0, x[:batch])
         started = time.perf_counter()
         for start in range(0, len(x), batch):
             runner.run(0, x[start:start + batch])
     return len(x) / (time.perf_counter() - started)
+
+
+def bare_forward(bundle: Path, paths: list[Path], batch: int = 32) -> float:
+    """:func:`forward_rate` on ``paths`` decoded and preprocessed beforehand."""
+    transform = build_transforms(load_bundle(bundle).preprocessing)
+    return forward_rate(bundle, torch.stack([transform(Image.open(p).convert("RGB")) for p in paths]), batch)
 
 
 _NAIVE = """

@@ -8,20 +8,19 @@ Goal (slide issue): >= 0.8 of the bare forward pass, memory flat in slide size.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_inference import child_result, forward_rate  # noqa: E402
 
 from oncolens.data.phantoms import generate_slide
 from oncolens.data.slides import open_slide, tile_grid
 from oncolens.data.transforms import build_transforms
 from oncolens.models import create_model, load_bundle, save_bundle
-from oncolens.models.scoring import TorchBackend
 from oncolens.runtime import tune_cpu_runtime
 
 _CHILD = """
@@ -44,9 +43,7 @@ print("BENCH " + json.dumps({"seconds": seconds, "tiles": len(result.tiles), "be
 
 
 def run_slide(bundle: Path, slide: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), str(slide), str(out)], capture_output=True,
-                          text=True, check=True)
-    return json.loads(next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))[6:])
+    return child_result([sys.executable, "-c", _CHILD, str(bundle), str(slide), str(out)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,13 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         tiles = tile_grid(slide, small, size=224, mpp=0.5)
         transform = build_transforms(load_bundle(bundle).preprocessing)
         x = torch.stack([transform(t.load()) for t in tiles])
-        runner = TorchBackend(load_bundle(bundle))
-        with torch.inference_mode():
-            runner.run(0, x[:32])
-            started = time.perf_counter()
-            for start in range(0, len(x), 32):
-                runner.run(0, x[start:start + 32])
-        bare = len(x) / (time.perf_counter() - started)
+        bare = forward_rate(bundle, x)
         first = run_slide(bundle, small, tmp / "out_small")
         second = run_slide(bundle, large, tmp / "out_large")
         print(f"bare forward on the slide's {len(x)} tiles (in memory): {bare:7.1f} tiles/s")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,11 @@ class Distributed:
     def shard(self, n: int) -> list[int]:
         """This rank's items among ``n`` (round robin: rank r takes r, r + N, r + 2N ...)."""
         return list(range(self.rank, n, self.world_size))
+
+    def part(self, path: Path, rank: int | None = None) -> Path:
+        """Rank ``rank``'s (default: this rank's) part of the output ``path``: preds.csv -> preds.rank0-of-2.csv."""
+        rank = self.rank if rank is None else rank
+        return path.with_name(f"{path.stem}.rank{rank}-of-{self.world_size}{path.suffix}")
 
     def barrier(self) -> None:
         if self.enabled:

@@ -423,7 +423,7 @@ def predict(
     mine = [paths[i] for i in dist.shard(len(paths))]
     log = None
     if streamed:  # each rank its own part file; rank 0 merges them at the end
-        target = out if not dist.enabled else _part(out, dist.rank, dist.world_size)
+        target = out if not dist.enabled else dist.part(out)
         log = RowLog(target, fields, key="image", resume=resume)
         if log.done:
             console.print(f"resuming {out}: {len(log.done)} image(s) already written")
@@ -453,7 +453,7 @@ def predict(
         if dist.enabled:
             count, warned = (int(v) for v in dist.all_sum([count, warned]))  # also: every part is complete
             if dist.is_main:
-                _merge_parts(out, [_part(out, r, dist.world_size) for r in range(dist.world_size)], paths)
+                _merge_parts(out, [dist.part(out, r) for r in range(dist.world_size)], paths)
     elif out and out.suffix == ".json":
         atomic_write_json(out, {"predictions": records, "skipped": failed})
     shown = f" (first {show} shown)" if count > show else ""
@@ -480,11 +480,6 @@ def _prediction_row(p, record: dict, trust_fields: list[str]) -> dict:
             **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(record["top"])},
             **{f: ("|".join(record[f]) if f == "prediction_set" and record[f] is not None else record[f])
                for f in trust_fields}}
-
-
-def _part(out: Path, rank: int, world_size: int) -> Path:
-    """Rank ``rank``'s rows of ``out`` (preds.csv -> preds.rank0-of-2.csv)."""
-    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
 
 
 def _merge_parts(out: Path, parts: list[Path], paths: list[Path]) -> None:

@@ -228,20 +228,17 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
 
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "scores.jsonl"
-    part = final if not dist.enabled else out_dir / f"scores.rank{dist.rank}-of-{dist.world_size}.jsonl"
+    part = final if not dist.enabled else dist.part(final)
     if not (resume and final.exists() and not final.with_name(final.name + ".partial").exists()):
         log = RowLog(part, [], key="position", resume=resume)
         todo = [i for i in dist.shard(len(frame)) if str(i) not in log.done]
-        detector = trust.default_detector if trust is not None and trust.default_detector in trust.detectors else None
-        needs_features = detector is not None and trust.detectors[detector].uses == "features"
+        needs_features = trust is not None and trust.default_needs_features()
         sources = frame["path"].astype(str).tolist()
         waiting: dict[str, list[int]] = {}
         for i in todo:
             waiting.setdefault(sources[i], []).append(i)
         for batch in loaded.iter_scores(frame.iloc[todo], features=needs_features, **options):
-            node = (trust.ood_node or next(iter(batch.node_logits), None)) if detector else None
-            ood = (trust.detectors[detector].score(batch.features.get(node), batch.node_logits[node])
-                   if detector and len(batch) else None)
+            ood = trust.default_ood_values(batch) if trust is not None else None
             rows = []
             for r, position in enumerate(batch.positions):
                 index = todo[int(position)]
@@ -257,8 +254,7 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
     dist.barrier()
     if not dist.is_main:
         return None
-    parts = [final] if not dist.enabled else [
-        out_dir / f"scores.rank{r}-of-{dist.world_size}.jsonl" for r in range(dist.world_size)]
+    parts = [final] if not dist.enabled else [dist.part(final, r) for r in range(dist.world_size)]
     rows = sorted((row for p in parts if p.exists() for row in read_rows(p)), key=lambda row: row["position"])
     if dist.enabled:  # one file of every row, for a later --resume with any number of ranks
         merged = RowLog(final, [], key="position")

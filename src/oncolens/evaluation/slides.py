@@ -97,6 +97,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                       min_tissue=min_tissue, mask=mask)
     trust = getattr(loaded, "trust", None)
     detector = trust.default_detector if trust is not None and trust.default_detector in trust.detectors else None
+    threshold = trust.thresholds.get(detector) if detector else None
     fields = ["tile", "x", "y", "level", "read_size", "size", "mpp", "tissue_fraction", "label", "confidence",
               *(f"prob_{c}" for c in loaded.classes), *(["ood_score", "out_of_distribution"] if detector else [])]
     log = RowLog(out_dir / "tiles.csv", fields, key="tile", resume=resume)
@@ -106,13 +107,10 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     if progress is not None:
         progress(done, len(tiles))
     if todo:
-        needs_features = detector is not None and trust.detectors[detector].uses == "features"
+        needs_features = detector is not None and trust.default_needs_features()
         for batch in loaded.iter_scores(todo, batch_size=batch_size, num_workers=num_workers, features=needs_features):
             unreadable.update(batch.unreadable)
-            ood = None
-            if detector and len(batch):
-                node = trust.ood_node or next(iter(batch.node_logits))
-                ood = trust.detectors[detector].score(batch.features.get(node), batch.node_logits[node])
+            ood = trust.default_ood_values(batch) if detector else None
             rows = []
             for r, position in enumerate(batch.positions):
                 tile = todo[int(position)]
@@ -120,7 +118,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                        "confidence": float(batch.probabilities[r, batch.decided[r]]),
                        **{f"prob_{c}": float(batch.probabilities[r, i]) for i, c in enumerate(loaded.classes)}}
                 if ood is not None:
-                    row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > trust.thresholds[detector]))
+                    row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > threshold))
                 rows.append(row)
             log.write(rows)
             done += len(batch) + len(batch.unreadable)

@@ -51,10 +51,7 @@ def coverage_report(trust: Trust, scores: Scores, y: np.ndarray, alpha: float | 
                 "resplits": len(coverages)}
     detector = trust.default_detector
     if detector in trust.detectors and len(y):
-        node = trust.ood_node or next(iter(scores.node_logits))
-        values = ood_values
-        if values is None and (trust.detectors[detector].uses == "logits" or scores.features.get(node) is not None):
-            values = trust.detectors[detector].score(scores.features.get(node), scores.node_logits[node])
+        values = ood_values if ood_values is not None else trust.default_ood_values(scores)
         if values is not None:
             out["ood"] = {"detector": detector, "threshold": trust.thresholds[detector],
                           "flagged_fraction": float((values > trust.thresholds[detector]).mean()),

@@ -393,6 +393,22 @@ class Trust:
             out[name] = detector.score(features, logits)
         return out
 
+    def default_needs_features(self) -> bool:
+        """Whether the default detector reads penultimate features (score with ``features=True``)."""
+        return self.default_detector in self.detectors and self.detectors[self.default_detector].uses == "features"
+
+    def default_ood_values(self, scores) -> np.ndarray | None:
+        """The default detector's score of every row of ``scores`` (:class:`~oncolens.models.scoring.Scores`),
+        or None without that detector, rows, or the features it needs."""
+        detector = self.detectors.get(self.default_detector)
+        if detector is None or not len(scores):
+            return None
+        node = self.ood_node or next(iter(scores.node_logits))
+        features = scores.features.get(node)
+        if detector.uses == "features" and features is None:
+            return None
+        return detector.score(features, scores.node_logits[node])
+
     def check(self, detector: str | None = None) -> str:
         """The detector to use (``detector``, else the default), or a clear error when it was not fitted."""
         detector = detector or self.default_detector
