@@ -125,8 +125,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 def training_workers(device: str) -> int:
     """Image-decoding workers for training: on a GPU decoding is the bottleneck (one per spare core, at most
-    8); on a CPU the model needs the cores, and a worker on 2 cores halved fine-tuning throughput here
-    (benchmarks/bench_scale.py), so one per 8 cores."""
+    8); on a CPU the model needs the cores (a decoding worker on 2 cores slowed fine-tuning down in a trial
+    here), so one per 8 cores."""
     cores = os.cpu_count() or 1
     if str(device).startswith("cuda"):
         return max(1, min(8, cores - 1))
