@@ -15,8 +15,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -c constraints.txt -e '.[apps,test,weights,tracking,slides]'
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[apps,test,weights,tracking,slides]'
 	touch $(STAMP)
 
 test: $(STAMP)
