@@ -1,7 +1,9 @@
 """Inference throughput and memory of ``oncolens predict`` (a Lite0 bundle, 224 px input).
 
-0. the project's bare forward pass (batch norm folded, channels-last, tuned malloc, inference mode)
-   against a naive timm eager loop in a fresh process with glibc's default malloc (goal >= 5x);
+0. the project's bare forward pass with its defaults (the ``auto`` back-end: ONNX Runtime on the CPU,
+   "same" padding fixed; tuned malloc) against a naive timm eager loop in a fresh process with glibc's
+   default malloc (goal >= 5x), and the PyTorch back-end (batch norm folded, channels-last, inference
+   mode) beside it;
 
 1. images/s of ``oncolens predict`` end to end on a folder of 768 px JPEGs (decode, resize, score,
    CSV) against the bare forward pass on the same images already preprocessed into tensors, as a
@@ -26,7 +28,7 @@ from PIL import Image
 
 from oncolens.data import build_transforms
 from oncolens.models import create_model, load_bundle, save_bundle
-from oncolens.models.scoring import TorchBackend
+from oncolens.models.scoring import make_backend
 from oncolens.runtime import tune_cpu_runtime
 
 _CHILD = """
@@ -71,22 +73,43 @@ def run_predict(bundle: Path, folder: Path, out: Path, extra: list[str] = ()) ->
                          "--show", "0", *extra])
 
 
-def forward_rate(bundle: Path, x: torch.Tensor, batch: int = 32) -> float:
-    """images/s of the bundle's forward pass as the scoring loop runs it (batch norm folded, channels-last,
-    inference mode) on preprocessed tensors ``x`` already in memory."""
-    runner = TorchBackend(load_bundle(bundle))
+def forward_rate(bundle: Path, x: torch.Tensor, batch: int = 32, backend: str = "auto") -> float:
+    """images/s of the bundle's forward pass as the scoring loop runs it (``backend``: the default ``auto``,
+    ``torch`` or ``onnx``) on preprocessed tensors ``x`` already in memory."""
+    runner = make_backend(load_bundle(bundle), backend)
     with torch.inference_mode():
-        runner.run(0, x[:batch])
+        runner.run(0, x[:batch].contiguous())
         started = time.perf_counter()
         for start in range(0, len(x), batch):
-            runner.run(0, x[start:start + batch])
+            runner.run(0, x[start:start + batch].contiguous())
     return len(x) / (time.perf_counter() - started)
 
 
-def bare_forward(bundle: Path, paths: list[Path], batch: int = 32) -> float:
-    """:func:`forward_rate` on ``paths`` decoded and preprocessed beforehand."""
+def unfixed_padding_rate(bundle: Path, x: torch.Tensor, batch: int = 32) -> float:
+    """images/s of ONNX Runtime on the bundle's graph exported as is, "same" padding computed from the input's
+    shape inside the graph (what :func:`oncolens.models.fuse.fix_same_padding` removes)."""
+    import io
+
+    import onnxruntime as ort
+
+    model = load_bundle(bundle).root.model
+    buffer = io.BytesIO()
+    torch.onnx.export(model.eval(), (x[:2],), buffer, input_names=["image"], dynamic_axes={"image": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"image": x[:batch].numpy()})
+    started = time.perf_counter()
+    for start in range(0, len(x), batch):
+        session.run(None, {"image": x[start:start + batch].numpy()})
+    return len(x) / (time.perf_counter() - started)
+
+
+def preloaded(bundle: Path, paths: list[Path]) -> torch.Tensor:
+    """``paths`` decoded and preprocessed into one tensor, as the scoring loop would feed them."""
     transform = build_transforms(load_bundle(bundle).preprocessing)
-    return forward_rate(bundle, torch.stack([transform(Image.open(p).convert("RGB")) for p in paths]), batch)
+    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
 
 
 _NAIVE = """
@@ -124,17 +147,28 @@ def main(argv: list[str] | None = None) -> None:
         bundle = save_bundle(create_model("tf_efficientnet_lite0", num_classes=4, weights="imagenet"),
                              ["a", "b", "c", "d"], tmp / "bundle")
         paths = make_jpegs(tmp / "jpegs", args.images)
-        bare = bare_forward(bundle, paths)
+        x = preloaded(bundle, paths)
+        bare, eager = forward_rate(bundle, x), forward_rate(bundle, x, backend="torch")
+        default = make_backend(load_bundle(bundle)).name
         run = run_predict(bundle, tmp / "jpegs", tmp / "p.csv")
+        torch_run = run_predict(bundle, tmp / "jpegs", tmp / "p-torch.csv", ["--backend", "torch"])
         start_up = run_predict(bundle, paths[0], tmp / "one.csv")["seconds"]  # loading, one image, writing
         end_to_end = args.images / run["seconds"]
         steady = (args.images - 1) / max(run["seconds"] - start_up, 1e-9)
         naive = naive_timm_loop()
         print(f"naive timm eager loop (default malloc):  {naive:7.1f} img/s")
-        print(f"bare forward (preloaded tensors, bs32): {bare:7.1f} img/s   {bare / naive:.1f}x the naive loop "
-              "(goal >= 5x)")
+        print(f"bare forward, default back-end ({default}, preloaded tensors, bs32): {bare:7.1f} img/s   "
+              f"{bare / naive:.1f}x the naive loop (goal >= 5x)")
+        print(f"bare forward, --backend torch (BN folded, channels-last):      {eager:7.1f} img/s   "
+              f"{eager / naive:.1f}x the naive loop")
+        unfixed = unfixed_padding_rate(bundle, x)
+        print(f"  ONNX Runtime on a graph that computes its 'same' padding:     {unfixed:7.1f} img/s   "
+              f"(fixed padding {forward_rate(bundle, x, backend='onnx') / unfixed:.2f}x faster)")
         print(f"oncolens predict (768 px JPEG files):   {steady:7.1f} img/s   ratio {steady / bare:.2f} (goal >= 0.85;"
               f" start-up of {start_up:.1f} s excluded; with it {end_to_end:.1f} img/s for {args.images} files)")
+        torch_steady = (args.images - 1) / max(torch_run["seconds"] - start_up, 1e-9)
+        print(f"  with --backend torch:                 {torch_steady:7.1f} img/s   ratio {torch_steady / eager:.2f} of "
+              "its own bare forward")
         small, large = args.memory
         make_jpegs(tmp / "many", large, size=256, seed=1)
         few = tmp / "few"

@@ -138,12 +138,13 @@ class _SharedExclusiveLock:
 class Predictor:
     """Loads a bundle once; predicts and explains PIL images, files or uploaded bytes, in batches.
 
-    Every bundle (one classifier or a tree of them) is served the same way; ``backend`` is ``torch`` or
-    ``onnx`` (graphs from ``onnx_path`` when it holds this bundle's export, exported there when it
-    does not, exported in memory when no path is given). Safe to share between threads.
+    Every bundle (one classifier or a tree of them) is served the same way; ``backend`` is ``auto``
+    (ONNX Runtime on the CPU when installed, else PyTorch: :func:`oncolens.models.scoring.auto_backend`),
+    ``torch`` or ``onnx`` (graphs from ``onnx_path`` when it holds this bundle's export, exported there
+    when it does not, exported in memory when no path is given). Safe to share between threads.
     """
 
-    def __init__(self, bundle: ModelBundle, backend: str = "torch", onnx_path: str | Path | None = None,
+    def __init__(self, bundle: ModelBundle, backend: str = "auto", onnx_path: str | Path | None = None,
                  batch_size: int = 32, num_workers: int | None = None, tta: str | None = None,
                  alpha: float | None = None, detector: str | None = None):
         self.bundle = bundle
@@ -151,9 +152,9 @@ class Predictor:
         self.preprocessing = bundle.preprocessing
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.backend = backend
         self.model = bundle.root.model
         self.runner: Backend = make_backend(bundle, backend, onnx_dir=onnx_path)
+        self.backend = self.runner.name  # what "auto" chose
         self.tta, views = tta_views(bundle, tta)
         self.passes = len(views)  # forward passes per image (test-time augmentation)
         self._lock = _SharedExclusiveLock()

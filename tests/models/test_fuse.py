@@ -1,10 +1,13 @@
-"""Batch norm folded into convolutions for scoring: the same outputs, every architecture."""
+"""Inference copies: batch norm folded into convolutions, "same" padding fixed; the same outputs, every
+architecture."""
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
-from oncolens.models import create_model
+from oncolens.models import create_model, load_bundle
 from oncolens.models.fuse import fold_batchnorm, inference_backbone
 
 
@@ -44,3 +47,41 @@ def test_the_inference_copy_is_remade_when_the_weights_change():
     x = torch.randn(2, 3, 50, 50)
     with torch.inference_mode():
         assert torch.allclose(second(x), model.backbone.eval()(x), atol=1e-4)
+
+
+def test_same_padding_becomes_a_constant_pad_with_identical_outputs_at_every_size():
+    from timm.layers import AvgPool2dSame, Conv2dSame
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    from oncolens.models.fuse import fix_same_padding
+
+    torch.manual_seed(0)
+    net = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.ReLU(), MaxPool2dSame(3, 2), AvgPool2dSame(2, 2),
+                        Conv2dSame(4, 2, 5, stride=1, dilation=2)).eval()
+    fixed = copy.deepcopy(net)
+    x = torch.randn(2, 3, 33, 30)  # odd and even sides: asymmetric pads
+    before = [p.data_ptr() for p in fixed.parameters()]
+    assert fix_same_padding(fixed, x) == 4
+    assert not any(type(m) in (Conv2dSame, MaxPool2dSame, AvgPool2dSame) for m in fixed.modules())
+    assert [p.data_ptr() for p in fixed.parameters()] == before  # the same parameters, not copies
+    with torch.inference_mode():
+        assert torch.equal(fixed(x), net(x))
+        other = torch.randn(1, 3, 41, 38)  # another size is padded as the original pads it
+        assert torch.equal(fixed(other), net(other))
+
+
+def test_exported_tf_backbones_have_no_shape_arithmetic_left(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from oncolens.models import save_bundle
+    from oncolens.models.onnx import onnx_graphs, onnx_parity
+
+    model = _with_random_statistics(create_model("tf_efficientnet_lite0", num_classes=3, weights="random",
+                                                 input_size=64))
+    assert model.backbone.conv_stem.__class__.__name__ == "Conv2dSame"
+    bundle = load_bundle(save_bundle(model, ["a", "b", "c"], tmp_path / "b"))
+    graph = onnx.load_from_string(onnx_graphs(bundle)[0])
+    ops = {node.op_type for node in graph.graph.node}
+    assert "Conv" in ops and not ops & {"Shape", "Ceil", "Div"}, ops
+    assert onnx_parity(bundle) < 1e-5
+    assert type(bundle.root.model.backbone.conv_stem).__name__ == "Conv2dSame"  # the bundle itself unchanged

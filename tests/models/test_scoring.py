@@ -76,6 +76,34 @@ def test_onnx_backend_scores_like_torch_and_loading_writes_nothing(bundle, files
     assert stamps and {p.name: p.stat().st_mtime_ns for p in (tmp_path / "graphs").glob("*.onnx")} == stamps
 
 
+def test_the_default_backend_is_onnx_runtime_on_the_cpu_made_once_and_torch_when_export_fails(
+        bundle, files, monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from oncolens.models.scoring import make_backend
+
+    auto = make_backend(bundle)
+    assert auto.name == "onnx" and make_backend(bundle, "auto") is auto  # one export while weights stay
+    default, reference = bundle.score(files[:8], features=True), bundle.score(files[:8], backend="torch",
+                                                                              features=True)
+    np.testing.assert_allclose(default.probabilities, reference.probabilities, atol=1e-4)
+    assert (default.decided == reference.decided).all()
+    with torch.no_grad():
+        next(bundle.root.model.parameters()).mul_(1.5)
+    assert make_backend(bundle) is not auto  # new weights, new graph
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX is not supported")
+
+    monkeypatch.setattr("oncolens.models.onnx.onnx_graphs", unsupported)
+    fresh = load_any_bundle(bundle.path)
+    with caplog.at_level("WARNING", logger="oncolens.models.scoring"):
+        assert make_backend(fresh).name == "torch"
+    assert "aten::fancy" in caplog.text and "scoring with PyTorch" in caplog.text
+    np.testing.assert_allclose(fresh.score(files[:8]).probabilities, reference.probabilities, atol=1e-6)
+
+
 def test_every_bundle_labels_rows_and_describes_itself(bundle, phantom_manifest):
     labels = bundle.labels_of(phantom_manifest)
     assert set(labels) <= set(bundle.classes) and len(labels) == len(phantom_manifest)

@@ -42,6 +42,7 @@ app = typer.Typer(
 )
 # piped output keeps whole names and tables at their natural width (a terminal wraps to its own width)
 console = Console(width=None if sys.stdout.isatty() else 100_000)
+_BACKEND_HELP = "auto (ONNX Runtime on the CPU when installed, else PyTorch), torch or onnx"
 
 
 @app.callback()
@@ -356,8 +357,8 @@ def predict(
                                          "already written are skipped")] = False,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="score with N processes on this machine "
                                                  "(through torchrun; each rank scores its shard)")] = None,
-    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: folder of graphs from "
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx or auto: folder of graphs from "
                                                  "`oncolens export` (exported there if it lacks them)")] = None,
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
@@ -660,7 +661,7 @@ def evaluate(
     top_k: Annotated[int, typer.Option(help="highest-loss images in the gallery")] = 12,
     explain_method: Annotated[Optional[str], typer.Option("--explain", help="add explanation panels (e.g. gradcam)")] = None,
     per_class: Annotated[int, typer.Option(help="panel cases per class with --explain")] = 2,
-    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
                                                    "core count)")] = None,
     tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: none, flip, dihedral (default: the "
@@ -948,8 +949,8 @@ def serve(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx: the folder `oncolens export` "
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx or auto: the folder `oncolens export` "
                                                  "wrote (default: exported in memory at start-up)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="upload size limit in MiB")] = 20.0,
     token: Annotated[Optional[str], typer.Option(envvar="ONCOLENS_API_TOKEN", show_envvar=True,

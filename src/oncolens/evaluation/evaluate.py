@@ -159,7 +159,7 @@ def evaluate(
     top_k: int = 12,
     seed: int = 0,
     explanations: list[tuple[str, Path]] | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     num_workers: int | None = None,
     tta: str | None = None,
     perturb: str | None = None,

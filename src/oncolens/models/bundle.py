@@ -225,7 +225,7 @@ class ModelBundle:
         return records
 
     # --- scoring ----------------------------------------------------------------------------
-    def score(self, inputs: Any, backend: "str | Backend" = "torch", **options: Any) -> "Scores":
+    def score(self, inputs: Any, backend: "str | Backend" = "auto", **options: Any) -> "Scores":
         """Score images, image files or manifest rows: probabilities per node, the routed decision, the
         leaf probabilities, optionally the penultimate features, and ``{source: reason}`` for inputs
         that could not be read (see :func:`oncolens.models.scoring.score`)."""
@@ -233,7 +233,7 @@ class ModelBundle:
 
         return score(self, inputs, backend=backend, **options)
 
-    def iter_scores(self, inputs: Any, backend: "str | Backend" = "torch", **options: Any) -> Iterator["Scores"]:
+    def iter_scores(self, inputs: Any, backend: "str | Backend" = "auto", **options: Any) -> Iterator["Scores"]:
         """:meth:`score` one batch at a time (bounded memory whatever the number of inputs)."""
         from .scoring import iter_scores
 

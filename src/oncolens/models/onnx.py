@@ -9,8 +9,10 @@ weights, so a folder of graphs is only reused for the bundle it was exported fro
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..files import atomic_write_bytes, atomic_write_json
 from .bundle import HierarchyNode, ModelBundle, as_bundle, weights_fingerprint
+from .fuse import fix_same_padding
 
 __all__ = ["export_onnx", "onnx_parity", "onnx_graphs", "group_name"]
 
@@ -55,13 +58,20 @@ def _sidecar(bundle: ModelBundle, group: Sequence[HierarchyNode]) -> dict:
 def _graph_bytes(group: Sequence[HierarchyNode], opset: int) -> bytes:
     model = group[0].model
     pre = model.preprocessing
-    module = _SharedBackboneHeads(model.backbone, [n.model.head for n in group]).eval().cpu()
+    # a copy, so the bundle's modules keep their device and train/eval state
+    module = copy.deepcopy(_SharedBackboneHeads(model.backbone, [n.model.head for n in group])).eval().cpu()
+    example = torch.zeros(2, pre.channels, pre.size, pre.size)
+    fix_same_padding(module.backbone, example)  # constant pads: ONNX Runtime folds them (see .fuse)
     outputs = ["features", *(f"logits_{n.key}" for n in group)]
     buffer = io.BytesIO()
-    # the TorchScript-based exporter: stable for these CNNs and needs no extra dependency at export time
-    torch.onnx.export(module, (torch.zeros(2, pre.channels, pre.size, pre.size),), buffer, input_names=["image"],
-                      output_names=outputs, dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
-                      opset_version=opset, dynamo=False)
+    # the TorchScript-based exporter: stable for these CNNs and needs no extra dependency at export time;
+    # its notes (deprecation, constant folding skipped) concern the exporter, not the user's bundle
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (example,), buffer, input_names=["image"],
+                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]},
+                          opset_version=opset, dynamo=False)
     return buffer.getvalue()
 
 

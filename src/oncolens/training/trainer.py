@@ -39,6 +39,7 @@ from ..models import OncoClassifier, create_model, get_spec, save_bundle
 from ..models.bundle import Bundle
 from ..models.factory import apply_freeze
 from ..models.registry import prefers_channels_last
+from ..models.scoring import make_loader
 from .config import PLAIN_DEFAULTS, TrainConfig, load_config
 from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
 from .linear_probe import fit_linear_probe, load_probe_into
@@ -372,16 +373,16 @@ class _Trainer:
             length = len(sampler)
         # a last batch of one image breaks batch norm in training mode: drop it (it is reshuffled next epoch)
         drop_last = length > batch_size and length % batch_size == 1
-        return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                          generator=generator, collate_fn=collate, drop_last=drop_last,
-                          num_workers=0 if self.cached else cfg.num_workers)
+        return make_loader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                           generator=generator, collate_fn=collate, drop_last=drop_last,
+                           num_workers=0 if self.cached else cfg.num_workers)
 
     def _val_loader(self) -> DataLoader:
         if self.cached:
             return DataLoader(TensorDataset(*self.val_features), batch_size=256)
         dataset = self.val_set if self.ddp is None else Subset(self.val_set, self.dist.shard(len(self.val_set)))
-        return DataLoader(dataset, batch_size=self.config.batch_size, collate_fn=collate_skip_none,
-                          num_workers=self.config.num_workers)
+        return make_loader(dataset, batch_size=self.config.batch_size, collate_fn=collate_skip_none,
+                           num_workers=self.config.num_workers)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
