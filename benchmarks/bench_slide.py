@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_inference import child_result, forward_rate  # noqa: E402
+from bench_inference import PEAK_RSS, child_result, forward_rate  # noqa: E402
 
 from oncolens.data.phantoms import generate_slide
 from oncolens.data.slides import open_slide, tile_grid
@@ -23,8 +23,8 @@ from oncolens.data.transforms import build_transforms
 from oncolens.models import create_model, load_bundle, save_bundle
 from oncolens.runtime import tune_cpu_runtime
 
-_CHILD = """
-import json, resource, sys, time
+_CHILD = PEAK_RSS + """
+import json, sys, time
 from oncolens.evaluation.slides import score_slide
 from oncolens.runtime import tune_cpu_runtime
 tune_cpu_runtime()
@@ -38,7 +38,7 @@ result = score_slide(sys.argv[1], sys.argv[2], sys.argv[3], mpp=0.5, min_tissue=
 seconds = time.perf_counter() - started
 print("BENCH " + json.dumps({"seconds": seconds, "tiles": len(result.tiles), "before": marks["first"] - started,
                              "scoring": marks["last"] - marks["first"],
-                             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                             "rss_mb": peak_rss_mb()}))
 """
 
 

@@ -38,6 +38,21 @@ def test_a_slide_is_scored_tile_by_tile_with_a_heatmap_and_slide_scores(tiny_bun
         assert "ood_score" in result.tiles.columns
 
 
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_the_slide_summary_uses_the_probability_threshold_asked_for(tiny_bundle, slide_path, tmp_path, calibrated):
+    bundle = load_any_bundle(tiny_bundle)
+    assert bundle.trust is not None and bundle.trust.thresholds  # the detector has a threshold of its own
+    if not calibrated:
+        bundle.trust = None
+    result = score_slide(bundle, slide_path, tmp_path / "out", mpp=4.0, threshold=0.3)
+    assert result.summary["threshold"] == 0.3
+    target = bundle.classes[-1]
+    above = result.tiles[f"prob_{target}"] >= 0.3
+    expected = result.tiles["tissue_fraction"][above].sum() / result.tiles["tissue_fraction"].sum()
+    assert result.summary["classes"][target]["tissue_fraction_above"] == pytest.approx(expected)
+    assert ("out_of_distribution" in result.tiles.columns) == calibrated
+
+
 def test_a_killed_slide_run_resumes_after_the_tiles_written(tiny_bundle, slide_path, tmp_path, monkeypatch):
     full = score_slide(tiny_bundle, slide_path, tmp_path / "full", mpp=4.0)
     lines = (tmp_path / "full" / "tiles.csv").read_text().splitlines(keepends=True)

@@ -97,7 +97,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                       min_tissue=min_tissue, mask=mask)
     trust = getattr(loaded, "trust", None)
     detector = trust.default_detector if trust is not None and trust.default_detector in trust.detectors else None
-    threshold = trust.thresholds.get(detector) if detector else None
+    ood_threshold = trust.thresholds.get(detector) if detector else None
     fields = ["tile", "x", "y", "level", "read_size", "size", "mpp", "tissue_fraction", "label", "confidence",
               *(f"prob_{c}" for c in loaded.classes), *(["ood_score", "out_of_distribution"] if detector else [])]
     log = RowLog(out_dir / "tiles.csv", fields, key="tile", resume=resume)
@@ -118,7 +118,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                        "confidence": float(batch.probabilities[r, batch.decided[r]]),
                        **{f"prob_{c}": float(batch.probabilities[r, i]) for i, c in enumerate(loaded.classes)}}
                 if ood is not None:
-                    row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > threshold))
+                    row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > ood_threshold))
                 rows.append(row)
             log.write(rows)
             done += len(batch) + len(batch.unreadable)
