@@ -2,6 +2,7 @@
 # docs/results.md, "A slide end to end": two generated H&E-like slides (a tumour zone of crowded nuclei in
 # tissue of sparse nuclei); tiles of the first, labelled by a GeoJSON region, train a tile classifier;
 # `oncolens slide` maps the second slide (another seed). Usage: scripts/results_slide.sh [OUT_DIR]
+# docs/slide_heatmap.png is $OUT_DIR/slides/test_slide/heatmap.png (the same bytes on every run).
 set -euo pipefail
 OUT=${1:-results/slide}
 O=${ONCOLENS:-.venv/bin/oncolens}
