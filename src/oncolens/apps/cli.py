@@ -929,7 +929,7 @@ def export(
 
     One graph per group of classifiers sharing a backbone (backbone once, a head per classifier; one
     graph for a single classifier) goes into the folder --onnx, which `predict`, `evaluate` and `serve`
-    take with --backend onnx --onnx DIR.
+    take with --onnx DIR (ONNX Runtime is their default back-end on the CPU).
     """
     from oncolens.models import load_any_bundle
     from oncolens.models.onnx import export_onnx, onnx_parity
