@@ -9,7 +9,8 @@ reported with their reason, never fatal.
 
 Back-ends run a group of nodes sharing one backbone (see ``ModelBundle.shared_backbones``): PyTorch,
 or ONNX Runtime on graphs exported by :mod:`oncolens.models.onnx` (from a folder the caller names, or
-exported in memory: loading never writes files).
+exported in memory: loading never writes files). The default, ``auto``, is ONNX Runtime on the CPU when
+it is installed (see :func:`auto_backend`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from .trust import softmax
 log = logging.getLogger(__name__)
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
-           "auto_backend", "iter_scores", "forward_batches", "make_loader", "Unreadable", "default_workers", "TTA_VIEWS", "tta_views"]
+           "auto_backend", "iter_scores", "forward_batches", "make_loader", "Unreadable", "default_workers",
+           "TTA_VIEWS", "tta_views"]
 
 
 def default_workers(n_batches: int) -> int:
@@ -150,9 +152,10 @@ class OnnxBackend:
 
 
 def auto_backend(bundle: ModelBundle, onnx_dir: str | Path | None = None) -> Backend:
-    """The default back-end: ONNX Runtime when it is installed and every backbone is on the CPU (measured
-    here: Lite0 scores 1.6x faster than PyTorch eager, probabilities within 1e-5), else PyTorch; also
-    PyTorch when a graph cannot be exported (an architecture the exporter does not handle)."""
+    """The default back-end: ONNX Runtime when it is installed and every backbone is on the CPU (faster
+    than PyTorch eager on CPUs: ``benchmarks/bench_inference.py`` prints both; probabilities agree within
+    1e-4, tested), else PyTorch; also PyTorch when a graph cannot be exported (an architecture the
+    exporter does not handle)."""
     on_cpu = all(next(g[0].model.parameters()).device.type == "cpu" for g in bundle.shared_backbones())
     if on_cpu and importlib.util.find_spec("onnxruntime") is not None:
         try:
