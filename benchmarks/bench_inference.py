@@ -84,21 +84,27 @@ def run_predict(bundle: Path, folder: Path, out: Path, extra: list[str] = ()) ->
                          "--show", "0", *extra])
 
 
+def batch_rate(run, x: torch.Tensor, batch: int = 32) -> float:
+    """images/s of ``run(batch_tensor)`` over ``x`` in batches, after one warm-up batch."""
+    with torch.inference_mode():
+        run(x[:batch].contiguous())
+        started = time.perf_counter()
+        for start in range(0, len(x), batch):
+            run(x[start:start + batch].contiguous())
+    return len(x) / (time.perf_counter() - started)
+
+
 def forward_rate(bundle: Path, x: torch.Tensor, batch: int = 32, backend: str = "auto") -> float:
     """images/s of the bundle's forward pass as the scoring loop runs it (``backend``: the default ``auto``,
     ``torch`` or ``onnx``) on preprocessed tensors ``x`` already in memory."""
     runner = make_backend(load_bundle(bundle), backend)
-    with torch.inference_mode():
-        runner.run(0, x[:batch].contiguous())
-        started = time.perf_counter()
-        for start in range(0, len(x), batch):
-            runner.run(0, x[start:start + batch].contiguous())
-    return len(x) / (time.perf_counter() - started)
+    return batch_rate(lambda xs: runner.run(0, xs), x, batch)
 
 
 def unfixed_padding_rate(bundle: Path, x: torch.Tensor, batch: int = 32) -> float:
-    """images/s of ONNX Runtime on the bundle's graph exported as is, "same" padding computed from the input's
-    shape inside the graph (what :func:`oncolens.models.fuse.fix_same_padding` removes)."""
+    """images/s of ONNX Runtime (the back-end's session options) on the bundle's graph exported as is, "same"
+    padding computed from the input's shape inside the graph (what :func:`oncolens.models.fuse.fix_same_padding`
+    removes)."""
     import io
 
     import onnxruntime as ort
@@ -109,12 +115,9 @@ def unfixed_padding_rate(bundle: Path, x: torch.Tensor, batch: int = 32) -> floa
                       opset_version=17, dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    session.run(None, {"image": x[:batch].numpy()})
-    started = time.perf_counter()
-    for start in range(0, len(x), batch):
-        session.run(None, {"image": x[start:start + batch].numpy()})
-    return len(x) / (time.perf_counter() - started)
+    return batch_rate(lambda xs: session.run(None, {"image": xs.numpy()}), x, batch)
 
 
 def preloaded(bundle: Path, paths: list[Path]) -> torch.Tensor:
