@@ -307,9 +307,14 @@ def _join_process_group(device: str | None):
 
     dist = init_distributed(device or "auto")
     if dist.enabled:
+        import atexit
+
         import torch
 
         torch.set_num_threads(threads_per_rank())
+        # leave the group before the interpreter tears down: a rank that finishes first (rank 0 alone
+        # calibrates and writes) otherwise exits with gloo's threads still running and aborts
+        atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
         if not dist.is_main:
             console.quiet = True
     return dist
