@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "oncolens"
 
 #: the data's path through the package; a module may import its own layer or an earlier one
-LAYERS = {"errors": 0, "files": 0, "figures": 0, "runtime": 0, "distributed": 0, "__init__": 0, "__main__": 7,
+LAYERS = {"errors": 0, "_lazy": 0, "files": 0, "figures": 0, "runtime": 0, "distributed": 0, "__init__": 0, "__main__": 7,
           "data": 1, "staging": 1, "models": 2, "training": 3, "evaluation": 4, "explain": 5, "studies": 6,
           "predictor": 7, "apps": 7}
 
@@ -110,3 +110,17 @@ def test_license_is_an_spdx_string():
 
     project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
     assert isinstance(project["license"], str) and project["license"] == "Apache-2.0"
+
+
+def test_the_command_line_starts_without_torch_sklearn_or_pandas():
+    """``oncolens --help`` must start in well under a second: nothing heavy at import of the CLI."""
+    import subprocess
+    import sys
+
+    code = ("import sys, oncolens.apps.cli\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'pandas', 'timm', 'scipy', 'matplotlib')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    help_run = subprocess.run([sys.executable, "-m", "oncolens", "train", "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--model" in help_run.stdout

@@ -35,9 +35,15 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 32) ->
 
 
 def tune_cpu_runtime(threads: int | None = None) -> None:
-    """Tune malloc and use every core for intra-op parallelism unless told otherwise."""
+    """Tune malloc and use every core for intra-op parallelism unless told otherwise.
+
+    Torch is not imported here (a command's ``--help`` starts without it): when it is already loaded its
+    thread count is set, otherwise ``OMP_NUM_THREADS`` tells it at import (unless the user set it)."""
     if os.environ.get("ONCOLENS_NO_MALLOC_TUNING") != "1":
         tune_malloc()
-    import torch
-
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    count = threads or os.cpu_count() or 1
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
+    elif threads is not None or "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(count)

@@ -1033,6 +1033,66 @@ def app_command(
     os.execv(sys.executable, command)
 
 
+cache_app = typer.Typer(help="See and clear the feature and decoded-image caches.", no_args_is_help=True,
+                        cls=_UserErrors)
+app.add_typer(cache_app, name="cache")
+_CACHE_DIR = Annotated[Path, typer.Option("--cache-dir", help="the cache folder (train's --cache-dir)")]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``7d``, ``12h``, ``30m``, ``2w`` or a plain number of days."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "d")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        fail(f"--older-than must be a duration such as 7d, 12h or 30m, got {text!r}")
+    return value * _UNITS[unit]
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: _CACHE_DIR = Path("runs/.feature_cache"),
+               json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
+    """Size and entries of the cache, per model, least recently used first."""
+    import time
+
+    from oncolens.training.feature_cache import cache_entries, default_cache_limit
+
+    entries = cache_entries(cache_dir)
+    rows = [{"entry": e.path.name, "content": e.content, "what": e.what, "megabytes": round(e.bytes / 1e6, 1),
+             "files": e.files, "days_unused": round((time.time() - e.last_used) / 86400, 1)} for e in entries]
+    total = sum(e.bytes for e in entries)
+    if json_out:
+        console.print_json(json.dumps({"cache_dir": str(cache_dir), "bytes": total, "entries": rows,
+                                       "default_limit_bytes": default_cache_limit(cache_dir)}))
+        return
+    table = Table(title=f"{cache_dir}: {total / 1e6:.1f} MB in {len(entries)} entries")
+    for col in ("entry", "content", "what", "megabytes", "files", "days_unused"):
+        table.add_column(col.replace("_", " "))
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("entry", "content", "what", "megabytes", "files", "days_unused")))
+    console.print(table)
+    per_model: dict[str, int] = {}
+    for e in entries:
+        per_model[e.what] = per_model.get(e.what, 0) + e.bytes
+    for what, size in sorted(per_model.items(), key=lambda kv: -kv[1]):
+        console.print(f"{what}: {size / 1e6:.1f} MB", markup=False, highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: _CACHE_DIR = Path("runs/.feature_cache"),
+                older_than: Annotated[Optional[str], typer.Option("--older-than", help="only entries unused for "
+                                                                  "longer than this (7d, 12h, 30m)")] = None) -> None:
+    """Remove cache entries (all, or those unused for longer than --older-than); runs recompute what they need."""
+    from oncolens.training.feature_cache import clear_cache
+
+    removed = clear_cache(cache_dir, None if older_than is None else _duration(older_than))
+    console.print(f"removed {len(removed)} entries, {sum(e.bytes for e in removed) / 1e6:.1f} MB from {cache_dir}",
+                  markup=False, highlight=False)
+
+
 study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True, cls=_UserErrors)
 app.add_typer(study_app, name="study")
 

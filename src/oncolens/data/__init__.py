@@ -1,13 +1,6 @@
 """Images in, manifests out: read, scan, split, load and generate data."""
 
-from .dataset import ManifestDataset, class_names_of, collate_skip_none
-from .imageio import LoadedImage, UnreadableImage, decode_image, read_image
-from .layouts import LayoutOptions, get_layout, list_layouts, register_layout
-from .manifest import load_manifest, save_manifest
-from .phantoms import generate as generate_phantoms
-from .scan import ScanResult, scan, scan_to_csv
-from .split import LeakageReport, SplitError, leakage_report, split
-from .transforms import Augmentation, Preprocessing, build_transforms
+from .._lazy import lazy_package
 
 __all__ = [
     "Augmentation",
@@ -35,3 +28,30 @@ __all__ = [
     "scan_to_csv",
     "split",
 ]
+
+lazy_package(__name__, {
+    "ManifestDataset": ".dataset",
+    "class_names_of": ".dataset",
+    "collate_skip_none": ".dataset",
+    "LoadedImage": ".imageio",
+    "UnreadableImage": ".imageio",
+    "decode_image": ".imageio",
+    "read_image": ".imageio",
+    "LayoutOptions": ".layouts",
+    "get_layout": ".layouts",
+    "list_layouts": ".layouts",
+    "register_layout": ".layouts",
+    "load_manifest": ".manifest",
+    "save_manifest": ".manifest",
+    "generate_phantoms": ".phantoms:generate",
+    "ScanResult": ".scan",
+    "scan": ".scan",
+    "scan_to_csv": ".scan",
+    "LeakageReport": ".split",
+    "SplitError": ".split",
+    "leakage_report": ".split",
+    "split": ".split",
+    "Augmentation": ".transforms",
+    "Preprocessing": ".transforms",
+    "build_transforms": ".transforms",
+})

@@ -49,6 +49,7 @@ class DecodedImageCache:
         namespace = hashlib.sha256(json.dumps([pre.size, pre.channels, keys]).encode()).hexdigest()[:24]
         self.folder = Path(directory) / namespace
         self.folder.mkdir(parents=True, exist_ok=True)
+        os.utime(self.folder)  # its last use, for the cache's least-recently-used eviction
         shape = (len(keys), pre.channels, pre.size, pre.size)
         images, filled = self.folder / "images.u8", self.folder / "filled.u8"
         if not (images.exists() and filled.exists() and images.stat().st_size == int(np.prod(shape))):

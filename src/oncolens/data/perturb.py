@@ -68,4 +68,15 @@ for _name, _fn in {
 }.items():
     register_perturbation(_name, _fn)
 
-from . import stain  # noqa: E402,F401  (registers "stain" and "stain-strong")
+
+
+def _stain(image: Image.Image, sigma: float, bias: float) -> Image.Image:
+    """A random-looking but deterministic stain change (:func:`oncolens.data.stain.stain_shift`; imported when
+    first used: it needs torch)."""
+    from .stain import stain_shift
+
+    return stain_shift(image, sigma=sigma, bias=bias)
+
+
+register_perturbation("stain", partial(_stain, sigma=0.2, bias=0.05))
+register_perturbation("stain-strong", partial(_stain, sigma=0.4, bias=0.1))

@@ -8,7 +8,6 @@ each stain channel is scaled by ``1 + U(-sigma, sigma)`` and shifted by ``U(-bia
 from __future__ import annotations
 
 import hashlib
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .perturb import register_perturbation
 
 __all__ = ["hed_jitter", "RandomHEDJitter", "stain_shift", "STAIN_METHODS", "fit_stain_normalisation", "StainNormalise"]
 
@@ -64,8 +62,6 @@ def stain_shift(image: Image.Image, sigma: float = 0.2, bias: float = 0.05) -> I
     return Image.fromarray(hed_jitter(array, np.random.default_rng(seed), sigma, bias))
 
 
-register_perturbation("stain", partial(stain_shift, sigma=0.2, bias=0.05))
-register_perturbation("stain-strong", partial(stain_shift, sigma=0.4, bias=0.1))
 
 
 # --- stain normalisation ----------------------------------------------------------------------------

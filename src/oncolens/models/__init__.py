@@ -1,31 +1,7 @@
 """Networks and their weights: registry, heads, seed CNNs, pretrained weights, bundles, the scoring loop."""
 
-from . import zoo  # noqa: F401  (registers the built-in models)
-from .bundle import (
-                     Bundle,
-                     HierarchyNode,
-                     Level,
-                     ModelBundle,
-                     as_bundle,
-                     load_any_bundle,
-                     load_bundle,
-                     read_bundle_info,
-                     register_bundle_kind,
-                     save_bundle,
-)
-from .ensemble import EnsembleBundle, load_ensemble_bundle, save_ensemble_bundle
-from .factory import OncoClassifier, apply_freeze, create_model, model_table
-from .heads import create_head, list_heads, register_head
-from .hierarchy import (
-                     HierarchicalBundle,
-                     HierarchyTree,
-                     load_hierarchical_bundle,
-                     resolve_levels,
-                     save_hierarchical_bundle,
-)
-from .pretrained import WeightsUnavailable
-from .registry import ModelSpec, get_spec, list_models, register_model
-from .scoring import Scores, iter_scores, make_backend, score
+from .._lazy import lazy_package
+from . import ensemble, hierarchy, zoo  # noqa: F401  (register the built-in models and bundle kinds)
 
 __all__ = [
     "EnsembleBundle",
@@ -63,3 +39,40 @@ __all__ = [
     "save_hierarchical_bundle",
     "score",
 ]
+
+lazy_package(__name__, {
+    "Bundle": ".bundle",
+    "HierarchyNode": ".bundle",
+    "Level": ".bundle",
+    "ModelBundle": ".bundle",
+    "as_bundle": ".bundle",
+    "load_any_bundle": ".bundle",
+    "load_bundle": ".bundle",
+    "read_bundle_info": ".bundle",
+    "register_bundle_kind": ".bundle",
+    "save_bundle": ".bundle",
+    "EnsembleBundle": ".ensemble",
+    "load_ensemble_bundle": ".ensemble",
+    "save_ensemble_bundle": ".ensemble",
+    "OncoClassifier": ".factory",
+    "apply_freeze": ".factory",
+    "create_model": ".factory",
+    "model_table": ".factory",
+    "create_head": ".heads",
+    "list_heads": ".heads",
+    "register_head": ".heads",
+    "HierarchicalBundle": ".hierarchy",
+    "HierarchyTree": ".hierarchy",
+    "load_hierarchical_bundle": ".hierarchy",
+    "resolve_levels": ".hierarchy",
+    "save_hierarchical_bundle": ".hierarchy",
+    "WeightsUnavailable": ".pretrained",
+    "ModelSpec": ".registry",
+    "get_spec": ".registry",
+    "list_models": ".registry",
+    "register_model": ".registry",
+    "Scores": ".scoring",
+    "iter_scores": ".scoring",
+    "make_backend": ".scoring",
+    "score": ".scoring",
+})

@@ -6,6 +6,7 @@ A model is an :class:`OncoClassifier`: a ``backbone`` mapping images to a featur
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +16,8 @@ from .heads import create_head
 from .pretrained import WeightsUnavailable, load_local_weights
 from .registry import get_spec, list_models
 
-__all__ = ["OncoClassifier", "create_model", "apply_freeze", "backbone_blocks", "feature_dim", "model_table"]
+__all__ = ["OncoClassifier", "create_model", "apply_freeze", "backbone_blocks", "feature_dim", "model_table",
+           "MAX_DETECTOR_DIM", "detector_dim", "pool_features"]
 
 
 class OncoClassifier(nn.Module):
@@ -89,6 +91,38 @@ def apply_freeze(model: OncoClassifier, freeze: str) -> None:
 def feature_dim(backbone: nn.Module) -> int:
     """Length of the feature vector a backbone outputs (timm: after its pre-logits layer, if any)."""
     return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
+#: the widest feature vector an OOD detector sees: wider backbone outputs are pooled to at most this
+MAX_DETECTOR_DIM = 2048
+
+
+def detector_dim(backbone: nn.Module) -> int:
+    """Width of the features the trust layer's detectors read for ``backbone``: its output when that is at most
+    :data:`MAX_DETECTOR_DIM` wide; a flattened feature map (``feature_channels``, the seed CNNs) pooled to one
+    value per channel (global average pooling); any other wide vector averaged in contiguous runs."""
+    d = feature_dim(backbone)
+    if d <= MAX_DETECTOR_DIM:
+        return d
+    channels = getattr(backbone, "feature_channels", None)
+    if channels and channels <= MAX_DETECTOR_DIM and d % channels == 0:
+        return int(channels)
+    return MAX_DETECTOR_DIM
+
+
+def pool_features(features: np.ndarray, dim: int) -> np.ndarray:
+    """``(n, d)`` features as ``(n, dim)`` float32: the mean of ``dim`` contiguous runs of near-equal length
+    (unchanged when ``d == dim``). For a flattened ``C x H x W`` map and ``dim = C`` this is global average
+    pooling, so detectors fitted and applied through it see the same ``dim``-wide space."""
+    features = np.asarray(features, dtype=np.float32)
+    d = features.shape[1]
+    if d == dim:
+        return features
+    if d < dim:
+        raise ConfigError(f"cannot pool {d} features to {dim}")
+    starts = (np.arange(dim) * d) // dim
+    counts = np.diff(np.r_[starts, d]).astype(np.float32)
+    return np.add.reduceat(features, starts, axis=1) / counts
 
 
 def create_model(

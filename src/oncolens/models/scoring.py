@@ -36,6 +36,7 @@ from ..data.perturb import get_perturbation
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
 from .bundle import HierarchyNode, ModelBundle
+from .factory import detector_dim, pool_features
 from .fuse import inference_backbone, module_version
 from .registry import prefers_channels_last
 from .trust import softmax
@@ -258,7 +259,8 @@ class Scores:
     positions: np.ndarray  # index of each row among the inputs
     sources: list[str]
     unreadable: dict[str, str] = field(default_factory=dict)  # source -> reason
-    features: dict[str, np.ndarray] = field(default_factory=dict)  # node key -> (n, d) penultimate features
+    # node key -> (n, d) penultimate features, pooled to at most MAX_DETECTOR_DIM (what OOD detectors read)
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -356,8 +358,9 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
                 else:  # log of the mean probability: its softmax is the average over the views
                     mean = np.mean([softmax(run[1][i].numpy()) for run in runs], axis=0)
                     logits[node.key] = np.log(np.clip(mean, 1e-12, None)).astype(np.float32)
-                if features:
-                    feats[node.key] = np.mean([run[0].numpy() for run in runs], axis=0)
+                if features:  # pooled to the width the OOD detectors read (bounded whatever the backbone)
+                    feats[node.key] = pool_features(np.mean([run[0].numpy() for run in runs], axis=0),
+                                                    detector_dim(node.model.backbone))
         return logits, feats
 
     for out, indices, failed in forward_batches(dataset, forward, batch_size=batch_size, num_workers=num_workers):

@@ -16,7 +16,9 @@ class _FlattenBackbone(nn.Module):
         self.features = features
         self.flatten = nn.Flatten()
         with torch.no_grad():
-            self.num_features = self.flatten(self.features(torch.zeros(1, in_chans, input_size, input_size))).shape[1]
+            feature_map = self.features(torch.zeros(1, in_chans, input_size, input_size))
+        self.num_features = int(feature_map[0].numel())
+        self.feature_channels = int(feature_map.shape[1])  # OOD detectors read the map pooled per channel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.flatten(self.features(x))

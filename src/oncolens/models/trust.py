@@ -13,7 +13,9 @@ out-of-distribution (OOD) detectors, stored with a bundle and applied to its sco
 * **OOD detectors**, registered, each fitted from training features/logits and given the threshold that
   keeps 95% of validation (in-distribution) images: MSP, energy (from logits), Mahalanobis (class means and
   a shared covariance of the penultimate features) and KNN (cosine distance to the k-th nearest training
-  image). Higher score = more unusual.
+  image). Higher score = more unusual. Feature detectors read the penultimate features pooled to at most
+  2,048 dimensions (:func:`oncolens.models.factory.detector_dim`), Mahalanobis keeps its covariance as
+  low-rank factors and KNN a bounded bank, so the files are sized by the data, never by d squared.
 
 Everything is kept as ``trust.safetensors`` (arrays) + ``trust.json`` (settings) in the bundle folder: no
 pickle. The formulas are checked in tests against crepes (conformal) and pytorch-ood (detectors).
@@ -22,6 +24,7 @@ pickle. The formulas are checked in tests against crepes (conformal) and pytorch
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ __all__ = ["CONFORMAL_SCORES", "OOD_DETECTORS", "ConformalCalibration", "OODDete
            "register_detector", "load_trust", "save_trust", "TRUST_FILES", "softmax"]
 
 TRUST_FILES = ("trust.json", "trust.safetensors")
+logger = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -248,67 +252,120 @@ class Energy(OODDetector):
         return -(z[:, 0] + np.log(np.exp(logits - z).sum(1)))
 
 
-def _ledoit_wolf_precision(centred: np.ndarray) -> np.ndarray:
-    """The inverse of scikit-learn's Ledoit-Wolf covariance of ``centred`` (n, d) rows.
-
-    The shrinkage comes from scikit-learn; the inverse of (1 - s) X'X/n + s mu I is taken through the
-    Woodbury identity (an n x n solve) when there are fewer rows than dimensions: ``LedoitWolf().fit`` also
-    forms a d x d pseudo-inverse, 20x slower for 200 images of 1,280 features (the tests compare the two).
-    """
+def _ledoit_wolf_shrinkage(centred: np.ndarray) -> tuple[float, float]:
+    """scikit-learn's Ledoit-Wolf shrinkage ``s`` of ``centred`` rows and the ridge ``s * mu`` it adds
+    (``mu = trace(X'X/n) / d``): the estimate is ``(1 - s) X'X/n + s mu I``."""
     from sklearn.covariance import ledoit_wolf_shrinkage
 
     n, d = centred.shape
     shrinkage = float(ledoit_wolf_shrinkage(centred, assume_centered=True))
-    ridge = shrinkage * float((centred * centred).sum()) / n / d  # s * mu: mu = trace(X'X/n) / d
-    if n >= d or shrinkage >= 1.0 or ridge <= 0:
-        return np.linalg.inv((1 - shrinkage) * centred.T @ centred / n + max(ridge, 1e-12) * np.eye(d))
-    inner = np.eye(n) * ridge * n / (1 - shrinkage) + centred @ centred.T
-    return (np.eye(d) - centred.T @ np.linalg.solve(inner, centred)) / ridge
+    return shrinkage, shrinkage * float((centred * centred).sum()) / n / d
+
+
+def _principal_axes(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, ``>= 0``) and unit eigenvectors (columns) of ``X'X / n`` with a nonzero
+    eigenvalue: from the d x d covariance when there are more rows than dimensions, else from the n x n Gram
+    matrix (so the cost is bounded by ``min(n, d)`` squared)."""
+    n, d = centred.shape
+    if n >= d:
+        values, vectors = np.linalg.eigh(centred.T @ centred / n)
+    else:
+        values, left = np.linalg.eigh(centred @ centred.T / n)
+        keep = values > 0
+        values, left = values[keep], left[:, keep]
+        vectors = centred.T @ left / np.sqrt(n * values)
+    order = np.argsort(values)[::-1]
+    values = np.clip(values[order], 0.0, None)
+    keep = values > values[:1].max(initial=0.0) * 1e-10
+    return values[keep], vectors[:, order][:, keep]
 
 
 @register_detector
 class Mahalanobis(OODDetector):
+    """Squared Mahalanobis distance to the nearest class mean under one shared covariance.
+
+    The covariance is stored as low-rank factors, never as a dense d x d matrix: its leading principal axes
+    (at most ``max_rank`` and ``max_axes_bytes`` of float32) with their variances, and one variance for every
+    other direction (probabilistic PCA, Tipping & Bishop 1999: the mean of the remaining variance, plus the
+    shrinkage ridge). When the training features span no more directions than that (e.g. fewer training
+    images than 1,024 at 2,048 dimensions, any number at 1,280) the distance is exact.
+    """
+
     name, uses = "mahalanobis", "features"
     description = ("squared Mahalanobis distance to the nearest class mean, shared covariance (Lee et al. 2018), "
-                   "Ledoit-Wolf shrinkage")
+                   "Ledoit-Wolf shrinkage, stored as low-rank factors")
 
-    def __init__(self, shrinkage: bool = True):
-        self.shrinkage = shrinkage
+    def __init__(self, shrinkage: bool = True, max_rank: int | None = None, max_axes_bytes: int = 8 << 20):
+        self.shrinkage, self.max_rank, self.max_axes_bytes = shrinkage, max_rank, max_axes_bytes
 
     def fit(self, features, logits, labels):
-        x = features.astype(np.float64)
+        x = np.asarray(features, dtype=np.float64)
+        n, d = x.shape
         classes = np.unique(labels)
-        self.means = np.stack([x[labels == c].mean(0) for c in classes])
-        centred = x - self.means[np.searchsorted(classes, labels)]
+        means = np.stack([x[labels == c].mean(0) for c in classes])
+        centred = x - means[np.searchsorted(classes, labels)]
         if self.shrinkage:  # Ledoit-Wolf: well conditioned even with fewer images than feature dimensions
-            self.precision = _ledoit_wolf_precision(centred)
+            shrinkage, ridge = _ledoit_wolf_shrinkage(centred)
         else:  # the maximum-likelihood estimate with a tiny ridge (as pytorch-ood does)
-            covariance = centred.T @ centred / len(x) + np.eye(x.shape[1]) * 1e-6 / len(x)
-            self.precision = np.linalg.inv(covariance)
+            shrinkage, ridge = 0.0, 1e-6 / n
+        ridge = max(ridge, 1e-12)
+        values, vectors = _principal_axes(centred)
+        rank = min(self.max_rank or d, max(1, self.max_axes_bytes // (4 * d)), len(values))
+        kept = (1 - shrinkage) * values[:rank] + ridge
+        rest = d - rank  # directions off the kept axes share one variance (none left when rank == d)
+        residual = ridge + (1 - shrinkage) * float(values[rank:].sum()) / rest if rest else np.inf
+        self.means = means.astype(np.float32)
+        self.axes = np.ascontiguousarray(vectors[:, :rank], dtype=np.float32)  # (d, r)
+        self.weights = (1.0 / kept).astype(np.float32)  # precision along each kept axis
+        self.residual_precision = np.array([1.0 / residual], dtype=np.float32)
         return self
 
     def score(self, features, logits):
-        x = features.astype(np.float64)
-        projected = self.means @ self.precision  # (classes, d); (x-m)'P(x-m) = x'Px - 2 m'Px + m'Pm, by BLAS
-        distances = (np.einsum("nd,nd->n", x @ self.precision, x)[:, None] - 2 * x @ projected.T
-                     + np.einsum("cd,cd->c", projected, self.means)[None])
-        return np.maximum(distances.min(1), 0.0)
+        x = np.asarray(features, dtype=np.float64)
+        means, axes = self.means.astype(np.float64), self.axes.astype(np.float64)
+        weights, rest = self.weights.astype(np.float64), float(self.residual_precision[0])
+        projected_means = means @ axes  # (classes, r)
+        out = np.empty(len(x))
+        for start in range(0, len(x), 1024):  # bounded memory: rows x classes x rank at a time
+            rows = x[start:start + 1024]
+            # ||x - m||^2 by BLAS; its part along the kept axes weighted by their precisions, the rest by one
+            squared = (np.einsum("nd,nd->n", rows, rows)[:, None] - 2 * rows @ means.T
+                       + np.einsum("cd,cd->c", means, means)[None])
+            along = (rows @ axes)[:, None, :] - projected_means[None]
+            along = along * along
+            off_axes = np.maximum(squared - along.sum(2), 0.0)
+            distances = rest * off_axes + np.einsum("ncr,r->nc", along, weights)
+            out[start:start + 1024] = np.maximum(distances.min(1), 0.0)
+        return out
 
     def state(self):
-        return {"means": self.means, "precision": self.precision}
+        return {"means": self.means, "axes": self.axes, "weights": self.weights,
+                "residual_precision": self.residual_precision}
+
+    def settings(self):
+        return {"rank": int(self.axes.shape[1])}
 
     def load(self, state, settings):
-        self.means, self.precision = state["means"].astype(np.float64), state["precision"].astype(np.float64)
+        self.means, self.axes = state["means"].astype(np.float32), state["axes"].astype(np.float32)
+        self.weights = state["weights"].astype(np.float32)
+        self.residual_precision = state["residual_precision"].astype(np.float32)
         return self
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
 
 
 @register_detector
 class KNN(OODDetector):
+    """Cosine distance to the k-th nearest training image; the bank of training features is a random subset
+    of at most ``max_bank`` rows and ``max_bank_bytes`` (float32), so its size is bounded whatever the data."""
+
     name, uses = "knn", "features"
     description = "cosine distance to the k-th nearest training image (Sun et al. 2022)"
 
-    def __init__(self, k: int = 10, max_bank: int = 20_000, seed: int = 0):
-        self.k, self.max_bank, self.seed = k, max_bank, seed
+    def __init__(self, k: int = 10, max_bank: int = 20_000, max_bank_bytes: int = 10 << 20, seed: int = 0):
+        self.k, self.max_bank, self.max_bank_bytes, self.seed = k, max_bank, max_bank_bytes, seed
 
     @staticmethod
     def _normalise(x: np.ndarray) -> np.ndarray:
@@ -316,8 +373,10 @@ class KNN(OODDetector):
 
     def fit(self, features, logits, labels):
         bank = self._normalise(features)
-        if len(bank) > self.max_bank:  # a random subset keeps memory and time bounded
-            bank = bank[np.random.default_rng(self.seed).choice(len(bank), self.max_bank, replace=False)]
+        rows = max(self.k, min(self.max_bank, self.max_bank_bytes // (4 * bank.shape[1])))
+        self.fit_images = len(bank)
+        if len(bank) > rows:  # a random subset keeps memory, disk and time bounded
+            bank = bank[np.sort(np.random.default_rng(self.seed).choice(len(bank), rows, replace=False))]
         self.bank = bank
         self.k = int(min(self.k, len(bank)))
         return self
@@ -331,11 +390,16 @@ class KNN(OODDetector):
         return {"bank": self.bank}
 
     def settings(self):
-        return {"k": self.k}
+        return {"k": self.k, "fit_images": int(getattr(self, "fit_images", len(self.bank)))}
 
     def load(self, state, settings):
         self.bank, self.k = state["bank"].astype(np.float32), int(settings["k"])
+        self.fit_images = int(settings.get("fit_images", len(self.bank)))
         return self
+
+    @property
+    def dim(self) -> int:
+        return int(self.bank.shape[1])
 
 
 # --- everything together ----------------------------------------------------------------------
@@ -459,7 +523,7 @@ def save_trust(trust: Trust, folder: str | Path) -> None:
 
     folder = Path(folder)
     arrays: dict[str, np.ndarray] = {}
-    settings: dict = {"format": 1, "temperatures": trust.temperatures, "thresholds": trust.thresholds,
+    settings: dict = {"format": 2, "temperatures": trust.temperatures, "thresholds": trust.thresholds,
                       "ood_node": trust.ood_node, "default_alpha": trust.default_alpha,
                       "default_score": trust.default_score, "mondrian": trust.mondrian,
                       "default_detector": trust.default_detector, "id_recall": trust.id_recall,
@@ -476,6 +540,14 @@ def save_trust(trust: Trust, folder: str | Path) -> None:
         settings["detectors"][name] = detector.settings()
     atomic_write(folder / "trust.safetensors", lambda tmp: save_file(arrays, str(tmp)))
     atomic_write_json(folder / "trust.json", settings)
+
+
+def _outdated(state: dict[str, np.ndarray]) -> bool:
+    """Whether a detector's saved state is from before features were pooled and covariances kept low-rank
+    (trust format 1: a dense precision matrix, or a bank wider than the detectors read now)."""
+    from .factory import MAX_DETECTOR_DIM
+
+    return "precision" in state or any(v.ndim == 2 and v.shape[1] > MAX_DETECTOR_DIM for v in state.values())
 
 
 def load_trust(folder: str | Path) -> Trust | None:
@@ -496,19 +568,27 @@ def load_trust(folder: str | Path) -> Trust | None:
             conformal = ConformalCalibration(labels=arrays["conformal.labels"],
                                              scores={n: arrays[f"conformal.score.{n}"] for n in c["scores"]},
                                              params=c.get("params", {}), n_classes=int(c["n_classes"]))
-        detectors = {}
+        detectors, dropped = {}, []
         for name, detector_settings in settings.get("detectors", {}).items():
             if name not in OOD_DETECTORS:
                 raise BundleError(f"unknown OOD detector {name!r}")
             prefix = f"ood.{name}."
             state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if _outdated(state):
+                dropped.append(name)
+                continue
             detectors[name] = OOD_DETECTORS[name]().load(state, detector_settings)
+        default_detector = settings.get("default_detector", "knn")
+        if dropped:
+            logger.warning("%s: OOD detector(s) %s were fitted on unpooled features by an older oncolens and are "
+                           "not used; run `oncolens calibrate` on this bundle again", folder, ", ".join(dropped))
+            if default_detector in dropped:
+                default_detector = next(iter(detectors), default_detector)
         return Trust(temperatures={k: float(v) for k, v in settings.get("temperatures", {}).items()},
                      conformal=conformal, detectors=detectors,
                      thresholds={k: float(v) for k, v in settings.get("thresholds", {}).items()},
                      ood_node=settings.get("ood_node"), default_alpha=float(settings.get("default_alpha", 0.1)),
                      default_score=settings.get("default_score", "aps"), mondrian=bool(settings.get("mondrian")),
-                     default_detector=settings.get("default_detector", "knn"),
-                     id_recall=float(settings.get("id_recall", 0.95)), report=settings.get("report", {}))
+                     default_detector=default_detector, id_recall=float(settings.get("id_recall", 0.95)), report=settings.get("report", {}))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{folder}: damaged calibration files (trust.json / trust.safetensors): {exc}") from None

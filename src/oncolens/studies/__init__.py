@@ -1,9 +1,23 @@
 """The seeds' experiments as one-command studies, built only from the modules before this one."""
 
-from .compare import compare_models, compare_pretraining
-from .cv import cross_validate
-from .hierarchy import hierarchy_study
-from .runner import Job, run_jobs
-from .transfer_matrix import transfer_matrix
+from .._lazy import lazy_package
 
-__all__ = ["compare_models", "compare_pretraining", "cross_validate", "hierarchy_study", "Job", "run_jobs", "transfer_matrix"]
+__all__ = [
+    "compare_models",
+    "compare_pretraining",
+    "cross_validate",
+    "hierarchy_study",
+    "Job",
+    "run_jobs",
+    "transfer_matrix",
+]
+
+lazy_package(__name__, {
+    "compare_models": ".compare",
+    "compare_pretraining": ".compare",
+    "cross_validate": ".cv",
+    "hierarchy_study": ".hierarchy",
+    "Job": ".runner",
+    "run_jobs": ".runner",
+    "transfer_matrix": ".transfer_matrix",
+})

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..models import ModelBundle, as_bundle
+from ..models.factory import detector_dim, pool_features
 from ..models.scoring import Scores
 from ..models.trust import (CONFORMAL_SCORES, OOD_DETECTORS, ConformalCalibration, Trust,
                             expected_calibration_error, fit_temperature, save_trust, softmax)
@@ -138,11 +139,14 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibra
         fitted = loaded.score(fit_rows, **{**options, "tta": "none"})
         fit_features = (fitted.features[node], fitted.node_logits[node], y_fit[fitted.positions])
     features, logits, labels = fit_features
+    # cached training features are the backbone's full output: pooled to what the detectors read when scoring
+    width = detector_dim(next(n for n in loaded.nodes() if n.key == node).model.backbone)
+    features, cal_features = pool_features(features, width), pool_features(cal.features[node], width)
     detectors, thresholds = {}, {}
     for name in config.detectors:
         detector = OOD_DETECTORS[name](k=config.knn_k) if name == "knn" else OOD_DETECTORS[name]()
         detectors[name] = detector.fit(features, logits, labels)
-        in_distribution = detector.score(cal.features[node], cal.node_logits[node])
+        in_distribution = detector.score(cal_features, cal.node_logits[node])
         thresholds[name] = float(np.quantile(in_distribution, config.id_recall, method="higher"))
     report.update(ood_fit_images=int(len(labels)), seconds=round(time.perf_counter() - started, 3),
                   alpha=config.alpha, mondrian=config.mondrian)

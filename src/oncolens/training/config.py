@@ -9,9 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.fingerprint import MODALITIES
 from ..errors import ConfigError, InputNotFound
-from ..models.scoring import TTA_VIEWS
 
 __all__ = ["TrainConfig", "load_config", "PLAIN_DEFAULTS"]
 
@@ -81,6 +79,8 @@ class TrainConfig:
     feature_cache: str = _option("auto", "auto, disk, memory, off (frozen backbones)")
     cache_views: int = _option(1, "augmented views to cache per image; 0 recomputes")
     cache_dir: str | None = _option(None, "feature-cache folder (default: <runs-dir>/.feature_cache)")
+    cache_max_gb: float | None = _option(None, "size limit of the feature and image caches; least recently used "
+                                               "entries are removed beyond it", shown="what they hold + 25% of free disk")
     val_fraction: float = _option(0.1, "validation fraction when the manifest has no val split")
     test_fraction: float = _option(0.2, "test fraction when the manifest has no split at all")
     runs_dir: str = _option("runs", "parent folder of run folders")
@@ -123,7 +123,7 @@ class TrainConfig:
 
 #: fields that must be at least 1 / at least 0
 _POSITIVE = ("epochs", "batch_size", "patience", "lr_patience")
-_NON_NEGATIVE = ("weight_decay", "cache_views", "num_workers", "rotation", "zoom", "contrast", "colour")
+_NON_NEGATIVE = ("weight_decay", "cache_max_gb", "cache_views", "num_workers", "rotation", "zoom", "contrast", "colour")
 
 
 def _field_types() -> dict[str, tuple[type, bool]]:
@@ -134,6 +134,18 @@ def _field_types() -> dict[str, tuple[type, bool]]:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         out[name] = (args[0] if args else hint, type(None) in typing.get_args(hint))
     return out
+
+
+def _tta_views() -> list[str]:
+    from ..models.scoring import TTA_VIEWS  # imported when a value is checked: the CLI starts without torch
+
+    return list(TTA_VIEWS)
+
+
+def _modalities() -> list[str]:
+    from ..data.fingerprint import MODALITIES
+
+    return list(MODALITIES)
 
 
 def _checked(name: str, value, where: str):
@@ -157,12 +169,12 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option {name!r} must be at least 1, got {value!r}")
     if (name in _NON_NEGATIVE or name == "lr") and value < 0 or name == "lr" and value == 0:
         raise ConfigError(f"{where}option {name!r} must be {'positive' if name == 'lr' else 'at least 0'}, got {value!r}")
-    if name == "tta" and value not in TTA_VIEWS:
-        raise ConfigError(f"{where}option 'tta' must be one of {', '.join(TTA_VIEWS)}, got {value!r}")
+    if name == "tta" and value not in _tta_views():
+        raise ConfigError(f"{where}option 'tta' must be one of {', '.join(_tta_views())}, got {value!r}")
     if name == "recipe" and value not in ("auto", "off"):
         raise ConfigError(f"{where}option 'recipe' must be auto or off, got {value!r}")
-    if name == "modality" and value not in MODALITIES:
-        raise ConfigError(f"{where}option 'modality' must be one of {', '.join(MODALITIES)}, got {value!r}")
+    if name == "modality" and value not in _modalities():
+        raise ConfigError(f"{where}option 'modality' must be one of {', '.join(_modalities())}, got {value!r}")
     if name == "finetune" and value != "off" and not (value.startswith("last-") and value[5:].isdigit()):
         raise ConfigError(f"{where}option 'finetune' must be off or last-N (e.g. last-3), got {value!r}")
     if name == "alpha" and not 0 < value < 1:

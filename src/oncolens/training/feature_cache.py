@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +31,8 @@ from ..errors import ConfigError, DataError
 from ..files import atomic_write
 from ..models.scoring import forward_batches, to_device
 
-__all__ = ["FeatureCache", "compute_features", "image_key", "namespace_key"]
+__all__ = ["FeatureCache", "compute_features", "image_key", "namespace_key", "CacheEntry", "cache_entries",
+           "default_cache_limit", "enforce_cache_limit", "clear_cache", "DEFAULT_CACHE_FRACTION"]
 
 
 def namespace_key(descriptor: dict) -> str:
@@ -90,6 +95,8 @@ class FeatureCache:
             return self._memory.get(namespace, [])
         folder = self.directory / namespace
         shards = []
+        if folder.is_dir():
+            touch(folder)  # its last use, for least-recently-used eviction
         for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
             with safe_open(str(file), framework="pt") as handle:
                 meta = handle.metadata() or {}
@@ -97,23 +104,28 @@ class FeatureCache:
                                handle.get_tensor("features")))
         return shards
 
-    def _add_shard(self, namespace: str, keys: list[str], unreadable: list[str], features: torch.Tensor) -> None:
+    def _add_shard(self, namespace: str, keys: list[str], unreadable: list[str], features: torch.Tensor,
+                   about: dict | None = None) -> None:
         if self.mode == "memory":
             self._memory.setdefault(namespace, []).append((keys, unreadable, features))
             return
         folder = self.directory / namespace
         folder.mkdir(parents=True, exist_ok=True)
+        if about is not None and not (folder / "about.json").exists():
+            atomic_write(folder / "about.json", lambda tmp: tmp.write_text(json.dumps(about, default=str)))
         name = hashlib.sha256(json.dumps([keys, unreadable]).encode()).hexdigest()[:16]
         atomic_write(folder / f"{name}.safetensors",
                      lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
                                            metadata={"keys": json.dumps(keys), "unreadable": json.dumps(unreadable)}))
 
     def features(self, namespace: str, keys: Sequence[str],
-                 compute: Callable[[list[int]], tuple[torch.Tensor, list[int]]]) -> tuple[torch.Tensor, list[int]]:
+                 compute: Callable[[list[int]], tuple[torch.Tensor, list[int]]],
+                 about: dict | None = None) -> tuple[torch.Tensor, list[int]]:
         """Features of the items with ``keys`` (in order) and the positions that were readable.
 
         ``compute(positions)`` returns the features of the readable ones among ``positions`` and which
-        those are; it is called only for items this cache has never seen.
+        those are; it is called only for items this cache has never seen. ``about`` (e.g. the model's
+        name) is recorded beside the namespace's shards for ``oncolens cache info``.
         """
         rows: dict[str, torch.Tensor] = {}
         known_bad: set[str] = set()
@@ -129,10 +141,110 @@ class FeatureCache:
             new_keys = [keys[i] for i in readable]
             bad = sorted({keys[i] for i in missing} - set(new_keys))
             if new_keys or bad:
-                self._add_shard(namespace, new_keys, bad, computed if new_keys else torch.zeros(0))
+                self._add_shard(namespace, new_keys, bad, computed if new_keys else torch.zeros(0), about)
             rows.update(zip(new_keys, computed))
             known_bad.update(bad)
         kept = [i for i, key in enumerate(keys) if key in rows]
         if not kept:
             raise DataError("no readable images to compute features from")
         return torch.stack([rows[keys[i]] for i in kept]), kept
+
+
+# --- size and eviction ------------------------------------------------------------------------------
+#: with no --cache-max-gb, the caches may use this fraction of the disk space free when a run starts
+DEFAULT_CACHE_FRACTION = 0.25
+
+
+def touch(folder: Path) -> None:
+    """Mark a cache entry as used now (its folder's modification time orders eviction)."""
+    try:
+        os.utime(folder)
+    except OSError:
+        pass
+
+
+@dataclass
+class CacheEntry:
+    """One namespace of a cache folder: a frozen model's features of a set of images, or one set of decoded images."""
+
+    path: Path
+    content: str  # "features" or "images"
+    bytes: int
+    files: int
+    last_used: float  # seconds since the epoch
+    about: dict
+
+    @property
+    def what(self) -> str:
+        if self.content == "images":
+            shape = self.about.get("shape") or []
+            return f"{shape[0]} images at {shape[-1]} px" if len(shape) == 4 else "decoded images"
+        return str(self.about.get("model", "unknown model"))
+
+
+def _entry(folder: Path, content: str) -> CacheEntry:
+    size = files = 0
+    for item in folder.rglob("*"):
+        if item.is_file():
+            size, files = size + item.stat().st_size, files + 1
+    about_file = folder / ("info.json" if content == "images" else "about.json")
+    try:
+        about = json.loads(about_file.read_text()) if about_file.is_file() else {}
+    except (OSError, ValueError):
+        about = {}
+    return CacheEntry(folder, content, size, files, folder.stat().st_mtime, about if isinstance(about, dict) else {})
+
+
+def cache_entries(root: str | Path) -> list[CacheEntry]:
+    """Every entry of the cache folder ``root`` (features in ``root/<namespace>``, decoded images in
+    ``root/images/<namespace>``), least recently used first."""
+    root = Path(root)
+    entries = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir():
+            continue
+        if folder.name == "images":
+            entries += [_entry(sub, "images") for sub in sorted(folder.iterdir()) if sub.is_dir()]
+        else:
+            entries.append(_entry(folder, "features"))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def default_cache_limit(root: str | Path) -> int:
+    """Bytes the caches under ``root`` may hold without ``--cache-max-gb``: what they hold now plus
+    :data:`DEFAULT_CACHE_FRACTION` of the free space of its disk."""
+    root = Path(root)
+    probe = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    held = sum(e.bytes for e in cache_entries(root))
+    return int(held + DEFAULT_CACHE_FRACTION * shutil.disk_usage(probe).free)
+
+
+def _remove(entry: CacheEntry) -> None:
+    shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def enforce_cache_limit(root: str | Path, max_bytes: int, keep: Iterable[str | Path] = ()) -> list[CacheEntry]:
+    """Remove the least recently used entries under ``root`` until it holds at most ``max_bytes`` (entries in
+    ``keep``, the ones a running job uses, are never removed); returns what was removed."""
+    kept = {Path(k).resolve() for k in keep}
+    entries = cache_entries(root)
+    total = sum(e.bytes for e in entries)
+    removed = []
+    for entry in entries:
+        if total <= max_bytes:
+            break
+        if entry.path.resolve() in kept:
+            continue
+        _remove(entry)
+        total -= entry.bytes
+        removed.append(entry)
+    return removed
+
+
+def clear_cache(root: str | Path, older_than: float | None = None) -> list[CacheEntry]:
+    """Remove every entry under ``root`` (or those unused for more than ``older_than`` seconds); returns them."""
+    now = time.time()
+    removed = [e for e in cache_entries(root) if older_than is None or now - e.last_used > older_than]
+    for entry in removed:
+        _remove(entry)
+    return removed

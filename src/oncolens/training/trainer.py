@@ -41,7 +41,8 @@ from ..models.factory import apply_freeze
 from ..models.registry import prefers_channels_last
 from ..models.scoring import make_loader
 from .config import PLAIN_DEFAULTS, TrainConfig, load_config
-from .feature_cache import FeatureCache, compute_features, image_key, namespace_key
+from .feature_cache import (FeatureCache, compute_features, default_cache_limit, enforce_cache_limit, image_key,
+                            namespace_key)
 from .linear_probe import fit_linear_probe, load_probe_into
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
@@ -240,10 +241,12 @@ class _Trainer:
                                          classes=self.classes, min_size=pre.size)
         self.val_set = ManifestDataset(frame, "val", build_transforms(pre, False, resized=cfg.image_cache),
                                        classes=self.classes, min_size=pre.size)
+        self.cache_root = Path(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache")
+        self.cache_used: list[Path] = []
         if cfg.image_cache:  # decoded once, then mapped (see oncolens.data.image_cache)
-            folder = Path(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache") / "images"
             for dataset in (self.train_set, self.val_set):
-                dataset.image_cache = DecodedImageCache(folder, dataset.paths, pre)
+                dataset.image_cache = DecodedImageCache(self.cache_root / "images", dataset.paths, pre)
+                self.cache_used.append(dataset.image_cache.folder)
         self.probe = self.model.head.head_name == "logreg"  # the linear probe: fitted, not trained by SGD
         if self.probe and not self.model.backbone_frozen:
             raise ConfigError("--head logreg fits a logistic regression on frozen features: use --freeze frozen")
@@ -277,17 +280,29 @@ class _Trainer:
         self.start_epoch = 0
         if self.cached:
             self._build_feature_cache()
+        if self.cache_used and self.dist.is_main:
+            self._limit_caches()
+
+    def _limit_caches(self) -> None:
+        """Evict the least recently used cache entries beyond ``--cache-max-gb`` (never this run's own)."""
+        cfg = self.config
+        limit = (int(cfg.cache_max_gb * 1e9) if cfg.cache_max_gb is not None
+                 else default_cache_limit(self.cache_root))
+        for entry in enforce_cache_limit(self.cache_root, limit, keep=self.cache_used):
+            self.console.print(f"cache: removed {entry.what} ({entry.bytes / 1e6:.0f} MB, least recently used) "
+                               f"to stay under {limit / 1e9:.1f} GB", markup=False, highlight=False)
 
     def _build_feature_cache(self) -> None:
         cfg = self.config
         mode = cfg.feature_cache if cfg.feature_cache in ("disk", "memory") else "memory"
         if self.dist.enabled:
             mode = "disk"  # the ranks share their shards through the files
-        cache = FeatureCache(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache", mode=mode)
+        cache = FeatureCache(self.cache_root, mode=mode)
         model_id = {"model": cfg.model, "weights": cfg.weights, "channels_last": self.channels_last,
                     "weights_file": _file_stamp(cfg.weights),
                     "preprocessing": self.model.preprocessing.to_dict(),
                     "decode": "reduced-scale JPEG"}  # as the scoring loop decodes (data.imageio min_size)
+        about = {"model": cfg.model, "weights": cfg.weights, "size": self.model.preprocessing.size}
         augment = cfg.augment and not self.probe  # the probe is fitted on the images as they are
         views = cfg.cache_views if augment else 1
         started = time.perf_counter()
@@ -321,7 +336,9 @@ class _Trainer:
                 except DataError:  # a shard of unreadable images only: the full read below says so if all are
                     pass
                 self.dist.barrier()
-            features, kept = cache.features(namespace, keys, compute)
+            features, kept = cache.features(namespace, keys, compute, about=about)
+            if mode == "disk":
+                self.cache_used.append(self.cache_root / namespace)
             for index in sorted(set(range(len(keys))) - set(kept)):  # unreadable now or when first cached
                 dataset.bad_files.setdefault(dataset.paths[index], "unreadable when its features were first computed "
                                                                    "(run `oncolens scan` on it to see why)")
