@@ -13,16 +13,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from .data import decode_image
-from .explain import ExplainOptions, compose, explain
 from .models.bundle import ModelBundle, load_any_bundle
-from .models.scoring import Backend, Scores, make_backend, tta_views
+from .models.scoring import SCORING_BATCH, Backend, Scores, make_backend, tta_views
 from .models.trust import Assessment
+
+if TYPE_CHECKING:
+    from .explain import ExplainOptions
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
@@ -145,7 +147,7 @@ class Predictor:
     """
 
     def __init__(self, bundle: ModelBundle, backend: str = "auto", onnx_path: str | Path | None = None,
-                 batch_size: int = 32, num_workers: int | None = None, tta: str | None = None,
+                 batch_size: int = SCORING_BATCH, num_workers: int | None = None, tta: str | None = None,
                  alpha: float | None = None, detector: str | None = None):
         self.bundle = bundle
         self.classes = list(bundle.classes)
@@ -240,6 +242,8 @@ class Predictor:
         path (default: the deepest); ``explained_by`` names it. ``alpha`` is the overlay's opacity;
         ``set_alpha`` the error rate of the prediction set (calibrated bundles).
         """
+        from .explain import compose, explain  # imported when first asked: predicting alone does not need it
+
         scores = None
         with self._lock.exclusive():
             # a separate scoring pass: to route a tree, to average TTA views, or for the OOD detectors' features

@@ -365,7 +365,7 @@ def predict(
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="with --backend onnx or auto: folder of graphs from "
                                                  "`oncolens export` (exported there if it lacks them)")] = None,
-    batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
+    batch_size: Annotated[int, typer.Option(help="images per batch (peak memory grows with it)")] = 8,
     workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes (default: from the "
                                                    "core count)")] = None,
     show: Annotated[int, typer.Option(help="rows to print in the table (all go to --out)")] = 50,
@@ -525,7 +525,7 @@ def slide(
                                                   "bundle's last, e.g. tumour)")] = None,
     top_k: Annotated[int, typer.Option(help="tiles averaged for the top-k slide score")] = 8,
     threshold: Annotated[float, typer.Option(help="probability above which tissue counts for the class")] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="tiles per batch")] = 32,
+    batch_size: Annotated[int, typer.Option(help="tiles per batch (peak memory grows with it)")] = 8,
     workers: Annotated[Optional[int], typer.Option(help="tile-reading worker processes (default: from the core "
                                                    "count)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue after the tiles already in tiles.csv")] = False,

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
@@ -14,6 +13,7 @@ from ..errors import DataError
 from .imageio import UnreadableImage, read_image
 
 if TYPE_CHECKING:
+    import pandas as pd
     from .image_cache import DecodedImageCache
 
 __all__ = ["ManifestDataset", "IndexedDataset", "Unreadable", "collate_skip_none", "class_names_of"]

@@ -78,7 +78,7 @@ def _heatmap(slide, tiles: pd.DataFrame, info: SlideInfo, column: str, out: Path
 
 def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_dir: str | Path, *,
                 mpp: float | None = 0.5, slide_mpp: float | None = None, min_tissue: float = 0.5,
-                target: str | None = None, top_k: int = 8, threshold: float = 0.5, batch_size: int = 32,
+                target: str | None = None, top_k: int = 8, threshold: float = 0.5, batch_size: int = 8,
                 num_workers: int | None = None, resume: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> SlideResult:
     """Score the tissue tiles of one slide at ``mpp`` microns per pixel (tiles of the bundle's input size);

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, KernelShap, Lime, Occlusion, Saliency
-from skimage.segmentation import slic
 
 from .registry import Method, register_method
 
@@ -20,8 +18,17 @@ def _unnormalise(x: torch.Tensor, preprocessing) -> np.ndarray:
     return (x * std + mean).clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy()
 
 
+def _captum(name: str):
+    """A captum attribution class by name (captum is imported when an attribution first runs)."""
+    import captum.attr
+
+    return getattr(captum.attr, name)
+
+
 def superpixels(x: torch.Tensor, preprocessing, n_segments: int) -> torch.Tensor:
     """SLIC segment ids ``(1, 1, H, W)`` of one normalised input, for feature-mask perturbations."""
+    from skimage.segmentation import slic
+
     image = _unnormalise(x, preprocessing)
     segments = slic(image, n_segments=n_segments, compactness=10, start_label=0,
                     channel_axis=-1 if image.shape[2] == 3 else None) if image.shape[2] == 3 else \
@@ -40,7 +47,7 @@ class SaliencyMethod(Method):
     kind = "magnitude"
 
     def attribute(self, model, x, targets, *, layer, preprocessing, options) -> np.ndarray:
-        grads = Saliency(model).attribute(x.detach().clone().requires_grad_(True), target=targets, abs=True)
+        grads = _captum('Saliency')(model).attribute(x.detach().clone().requires_grad_(True), target=targets, abs=True)
         return grads.amax(1).detach().cpu().numpy()
 
 
@@ -49,7 +56,7 @@ class IntegratedGradientsMethod(Method):
     """Integrated Gradients from a black (mean-coloured after normalisation: zero) baseline."""
 
     def attribute(self, model, x, targets, *, layer, preprocessing, options) -> np.ndarray:
-        attributions = IntegratedGradients(model).attribute(
+        attributions = _captum('IntegratedGradients')(model).attribute(
             x.detach().clone().requires_grad_(True), baselines=torch.zeros_like(x), target=targets,
             n_steps=options.ig_steps, internal_batch_size=options.internal_batch_size)
         return attributions.sum(1).detach().cpu().numpy()
@@ -64,14 +71,14 @@ class OcclusionMethod(Method):
         window = max(2, round(side * options.occlusion_window))
         stride = max(1, round(side * options.occlusion_stride))
         with torch.no_grad():
-            attributions = Occlusion(model).attribute(
+            attributions = _captum('Occlusion')(model).attribute(
                 x, target=targets, sliding_window_shapes=(x.shape[1], window, window), strides=(x.shape[1], stride, stride),
                 baselines=0.0, perturbations_per_eval=options.internal_batch_size)
         return attributions.mean(1).cpu().numpy()
 
 
 class _SuperpixelMethod(Method):
-    explainer = Lime
+    explainer = "Lime"  # a class of captum.attr
 
     def attribute(self, model, x, targets, *, layer, preprocessing, options) -> np.ndarray:
         out = []
@@ -81,7 +88,7 @@ class _SuperpixelMethod(Method):
             for i in range(len(x)):
                 mask = superpixels(x[i], preprocessing, options.n_segments)
                 with torch.no_grad():
-                    attributions = self.explainer(model).attribute(
+                    attributions = _captum(self.explainer)(model).attribute(
                         x[i:i + 1], target=int(targets[i]), feature_mask=mask.expand_as(x[i:i + 1]), baselines=0.0,
                         n_samples=options.n_samples, perturbations_per_eval=options.internal_batch_size)
                 out.append(attributions.mean(1)[0].cpu().numpy())
@@ -92,11 +99,11 @@ class _SuperpixelMethod(Method):
 class LimeMethod(_SuperpixelMethod):
     """LIME over SLIC superpixels (captum's Lime, its default Lasso surrogate)."""
 
-    explainer = Lime
+    explainer = "Lime"
 
 
 @register_method("kernelshap")
 class KernelShapMethod(_SuperpixelMethod):
     """KernelSHAP over SLIC superpixels (captum)."""
 
-    explainer = KernelShap
+    explainer = "KernelShap"

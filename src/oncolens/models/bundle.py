@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -34,6 +33,7 @@ from .registry import prefers_channels_last
 from .trust import Trust, load_trust
 
 if TYPE_CHECKING:
+    import pandas as pd
     from .scoring import Backend, Scores
 
 __all__ = ["Bundle", "ModelBundle", "Level", "HierarchyNode", "save_bundle", "load_bundle", "load_any_bundle",
@@ -155,6 +155,8 @@ class ModelBundle:
         if label_col is None and self.is_tree and all(c in frame.columns for c in own):
             by_path = {p: name for name, p in self.leaf_paths.items()}
             paths = frame[own].fillna("").astype(str).itertuples(index=False)
+            import pandas as pd
+
             return pd.Series([by_path.get(tuple(p), "") for p in paths], index=frame.index, dtype=object)
         column = label_col or self.meta.get("label_col", "label")
         column = column if column in frame.columns else "label"

@@ -17,8 +17,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 
 from .. import __version__
 from ..errors import BundleError, DataError
@@ -32,6 +32,9 @@ from .bundle import (
     read_bundle_info,
     register_bundle_kind,
 )
+
+if TYPE_CHECKING:  # pandas is imported where a manifest is read, not to predict
+    import pandas as pd
 
 __all__ = ["Level", "HierarchyNode", "HierarchicalBundle", "HierarchyTree", "LEVEL_ALIASES", "resolve_levels",
            "leaf_names", "level_names", "save_hierarchical_bundle", "load_hierarchical_bundle"]

@@ -15,6 +15,8 @@ it is installed (see :func:`auto_backend`).
 
 from __future__ import annotations
 
+import sys
+
 import gc
 import importlib.util
 import logging
@@ -22,10 +24,9 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -42,6 +43,13 @@ from .registry import prefers_channels_last
 from .trust import softmax
 
 log = logging.getLogger(__name__)
+
+#: images per forward pass when scoring: on a CPU 8 to 32 score equally fast (bench_memory / bench_inference),
+#: while the peak memory of the activations grows with the batch (Lite0 at 224 px: ~40 MB an image)
+SCORING_BATCH = 8
+
+if TYPE_CHECKING:  # pandas is imported where a manifest is read, not to predict
+    import pandas as pd
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
            "auto_backend", "iter_scores", "forward_batches", "make_loader", "Unreadable", "default_workers",
@@ -233,7 +241,8 @@ class _Inputs(Dataset):
 
 
 def _items(inputs: Any) -> tuple[list[Any], list[str]]:
-    if isinstance(inputs, pd.DataFrame):
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    if pandas is not None and isinstance(inputs, pandas.DataFrame):
         paths = inputs["path"].astype(str).tolist()
         return paths, paths
     if isinstance(inputs, (Image.Image, str, Path)):
@@ -318,7 +327,8 @@ def tta_views(bundle: ModelBundle, tta: str | None = None) -> tuple[str, tuple]:
     return name, TTA_VIEWS[name]
 
 
-def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "auto", *, batch_size: int = 32,
+def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "auto", *,
+                batch_size: int = SCORING_BATCH,
                 num_workers: int | None = None, features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                 onnx_dir: str | Path | None = None, tta: str | None = None,
                 perturb: str | None = None) -> Iterator[Scores]:
