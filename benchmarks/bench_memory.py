@@ -145,8 +145,8 @@ def serve_idle(bundle: Path, cwd: Path) -> Measurement:
     return Measurement("serve (idle)", rss, ready)
 
 
-def measure(work: Path, n: int = 200, demo: bool = False, log=print) -> list[Measurement]:
-    """Every budgeted measurement on ``n`` phantoms made in ``work``."""
+def measure(work: Path, n: int = 200, demo: bool = False, demo_n: int = 400, log=print) -> list[Measurement]:
+    """Every budgeted measurement on ``n`` phantoms made in ``work`` (the demo on its own ``demo_n``)."""
     work.mkdir(parents=True, exist_ok=True)
     out: list[Measurement] = []
 
@@ -178,7 +178,7 @@ def measure(work: Path, n: int = 200, demo: bool = False, log=print) -> list[Mea
                       work, work / "explain8"))
     record(serve_idle(bundle, work))
     if demo:
-        record(run_module("make demo (whole run)", "oncolens.apps.demo", ["--out", "demo_out"], work,
+        record(run_module("make demo (whole run)", "oncolens.apps.demo", ["--out", "demo_out", "--n", demo_n], work,
                           work / "demo_out"))
     return out
 

@@ -6,6 +6,7 @@ sidecars, checkpoints, feature-cache shards, done markers) is written through :f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,7 +16,66 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "atomic_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "RowLog", "read_rows"]
+           "atomic_write_json", "RowLog", "read_rows", "safe_name", "inside"]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_mode(path: str | Path, folder: bool = False) -> None:
+    """Give a file made by ``mkstemp`` (0600) or a folder made by ``mkdtemp`` (0700) the mode an ordinary
+    ``open()`` / ``mkdir()`` would: 0666 / 0777 less the umask, so bundles can be shared with a group."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+#: names Windows reserves whatever the extension (a folder named ``CON`` cannot be copied there)
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_UNSAFE = set('/\\:*?"<>|')
+
+
+def safe_name(text: object, max_chars: int = 80) -> str:
+    """A file or folder name made from a label, file stem, slide name or id: readable, never a path.
+
+    Path separators, control characters (NUL included), characters Windows forbids and undecodable bytes
+    become ``_``; ``.``/``..``, empty names and Windows device names (``CON``, ``NUL`` ...) are escaped;
+    long names are cut. Whenever the name had to change, a short hash of the original is appended, so two
+    different originals never share a name (unique by construction; keep the original in the manifest).
+    """
+    original = str(text)
+    chars = []
+    for ch in original:
+        code = ord(ch)
+        chars.append("_" if ch in _UNSAFE or code < 32 or code == 127 or 0xD800 <= code <= 0xDFFF else ch)
+    name = "".join(chars).strip().strip(".")
+    if not name:
+        name = "_"
+    if name.split(".")[0].lower() in _RESERVED:
+        name = "_" + name
+    if len(name) > max_chars:
+        name = name[:max_chars]
+    if name != original:
+        digest = hashlib.sha256(original.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        name = f"{name}-{digest}"
+    return name
+
+
+def inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved, after checking it lies inside ``root`` (a bug otherwise: names go through
+    :func:`safe_name` first)."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise RuntimeError(f"refusing to write {resolved}: outside {base}")
+    return resolved
 
 
 @contextmanager
@@ -30,6 +90,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        _ordinary_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,6 +108,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+    _ordinary_mode(staging, folder=True)
     try:
         yield staging
         if path.exists():

@@ -320,7 +320,7 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
     def job(job_id: str) -> dict:
         with lock:
             if job_id not in jobs:
-                raise HTTPException(status_code=404, detail=f"no slide job {job_id!r}")
+                raise HTTPException(status_code=404, detail=f"no slide job {job_id[:40]!r}")
             return dict(jobs[job_id])
 
     @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404))

@@ -536,6 +536,7 @@ def slide(
     read and scored in batches; per slide tiles.csv, heatmap.png, summary.json (slide-level scores) and
     top_tiles.png (the top-k tiles for the class with their explanation)."""
     from oncolens.evaluation.slides import score_slide
+    from oncolens.files import safe_name
     from oncolens.models import load_any_bundle
 
     loaded = load_any_bundle(bundle)
@@ -543,7 +544,7 @@ def slide(
     for col in ("slide", "tiles", "tissue", "mean", "top-k mean", "tissue above", "unlike training"):
         table.add_column(col)
     for path in slides:
-        result = score_slide(loaded, path, out / path.stem, mpp=mpp or None, slide_mpp=slide_mpp,
+        result = score_slide(loaded, path, out / safe_name(path.stem), mpp=mpp or None, slide_mpp=slide_mpp,
                              min_tissue=min_tissue, target=target, top_k=top_k, threshold=threshold,
                              batch_size=batch_size, num_workers=workers, resume=resume)
         summary = result.summary

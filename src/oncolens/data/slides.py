@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..files import inside, safe_name
 from .imageio import LazyImage, UnreadableImage
 
 __all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "tissue_mask", "tile_grid", "write_tiles",
@@ -204,9 +205,15 @@ class Region:
         return bool(Polygon(self.polygon).contains_point((x, y)))
 
 
+def _label_text(value: object) -> str:
+    """A label as text a manifest can hold: characters that are not valid Unicode (lone surrogates from
+    undecodable bytes) become U+FFFD."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
 def read_geojson_regions(path: str | Path) -> list[Region]:
-    """Polygons of a GeoJSON file (a QuPath export or any FeatureCollection), labelled by the feature's
-    ``classification.name`` (QuPath), ``label``, ``name`` or ``class`` property."""
+    """Polygons of a GeoJSON file (a QuPath export: a FeatureCollection, a list of features, or one feature),
+    labelled by the feature's ``classification.name`` (QuPath), ``label``, ``name`` or ``class`` property."""
     import json
 
     try:
@@ -215,18 +222,28 @@ def read_geojson_regions(path: str | Path) -> list[Region]:
         raise DataError(f"cannot read annotations {path}: {exc}") from None
     features = data.get("features", []) if isinstance(data, dict) and data.get("type") == "FeatureCollection" \
         else data if isinstance(data, list) else [data]
+    if not isinstance(features, list):
+        raise DataError(f"{path}: 'features' must be a list of GeoJSON features")
     regions = []
-    for feature in features:
-        props = feature.get("properties") or {}
+    for number, feature in enumerate(features, 1):
+        if not isinstance(feature, dict):
+            raise DataError(f"{path}: feature {number} is not a GeoJSON object")
+        props = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
         classification = props.get("classification")
         label = (classification.get("name") if isinstance(classification, dict) else classification) or \
             props.get("label") or props.get("name") or props.get("class")
-        geometry = feature.get("geometry") or {}
-        rings = {"Polygon": [geometry.get("coordinates", [[]])[0]],
-                 "MultiPolygon": [poly[0] for poly in geometry.get("coordinates", [])]}.get(geometry.get("type"), [])
-        if not label:
-            raise DataError(f"{path}: a feature has no label (classification.name, label, name or class)")
-        regions += [Region(str(label), tuple((float(x), float(y)) for x, y in ring)) for ring in rings if ring]
+        geometry = feature.get("geometry") if isinstance(feature.get("geometry"), dict) else {}
+        if not label or not isinstance(label, (str, int, float)):
+            raise DataError(f"{path}: feature {number} has no label (classification.name, label, name or class)")
+        try:
+            coordinates = geometry.get("coordinates") or []
+            rings = {"Polygon": coordinates[:1], "MultiPolygon": [poly[0] for poly in coordinates]}.get(
+                geometry.get("type"), [])
+            regions += [Region(_label_text(label), tuple((float(x), float(y)) for x, y in ring))
+                        for ring in rings if ring]
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise DataError(f"{path}: feature {number} has a geometry that is not a polygon of [x, y] points") \
+                from None
     return regions
 
 
@@ -242,7 +259,7 @@ def read_csv_regions(path: str | Path) -> dict[str, list[Region]]:
     for row in frame.itertuples():
         x0, y0, x1, y1 = row.x, row.y, row.x + row.width, row.y + row.height
         out.setdefault(Path(str(row.slide)).stem, []).append(
-            Region(str(row.label), ((x0, y0), (x1, y0), (x1, y1), (x0, y1))))
+            Region(_label_text(row.label), ((x0, y0), (x1, y0), (x1, y1), (x0, y1))))
     return out
 
 
@@ -270,8 +287,9 @@ def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: f
                 if label is None:
                     continue
             else:
-                label = str(meta.get("label") or "unlabelled")
-            target = out_dir / label / f"{stem}_x{tile.x}_y{tile.y}.png"
+                label = _label_text(meta.get("label") or "unlabelled")
+            # labels and slide names come from annotation files: made safe (the manifest keeps them as they are)
+            target = inside(out_dir, out_dir / safe_name(label) / f"{safe_name(stem)}_x{tile.x}_y{tile.y}.png")
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 tile.load().save(target)

@@ -13,7 +13,7 @@ import yaml
 from ..data import load_manifest, read_image
 from ..distributed import Distributed
 from ..errors import DataError
-from ..files import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json, safe_name
 from ..models.bundle import ModelBundle, as_bundle
 from ..models.scoring import Scores
 from ..training.trainer import plot_training_curves
@@ -80,7 +80,7 @@ def _group_tables(frame: pd.DataFrame, out_dir: Path) -> tuple[dict[str, list[di
         table = pd.DataFrame({column: list(grouped.groups), "n": grouped.size().to_numpy(),
                               "accuracy": grouped["correct"].mean().to_numpy()})
         tables[column] = table.to_dict("records")
-        plots.append((f"accuracy by {column}", plot_group_breakdown(table, column, out_dir / f"group_{column}.png")))
+        plots.append((f"accuracy by {column}", plot_group_breakdown(table, column, out_dir / f"group_{safe_name(column)}.png")))
     return tables, plots
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
+import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import UnreadableImage, read_image
-from ..files import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json, safe_name
 from ..models.bundle import as_bundle
 from .contours import Region, draw_regions, extract_regions, overlay_heatmap, threshold_map
 from .registry import ExplainOptions, Explanation, explain
@@ -62,26 +62,15 @@ def compose(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45, thresh
 
 
 def output_stems(paths: Sequence[str | Path]) -> list[str]:
-    """A distinct, file-system-safe stem per input: the file name's stem, or, where stems repeat (e.g.
-    ``tumor/x.png`` and ``normal/x.png``), the path below the inputs' common folder joined by ``__``."""
-    stems = [re.sub(r"[^\w.-]+", "_", Path(p).stem) for p in paths]
-    repeated = {s for s in stems if stems.count(s) > 1}
-    if not repeated:
-        return stems
-    absolute = [Path(p).resolve() for p in paths]
-    common = Path(os.path.commonpath([str(a.parent) for a in absolute])) if absolute else Path()
-    out = []
-    for stem, path in zip(stems, absolute):
-        if stem in repeated:
-            relative = path.relative_to(common).with_suffix("")
-            stem = re.sub(r"[^\w.-]+", "_", "__".join(relative.parts))
-        out.append(stem)
-    seen: dict[str, int] = {}
-    for i, stem in enumerate(out):  # still equal (same stem, same folder, other extension): number them
-        seen[stem] = seen.get(stem, 0) + 1
-        if seen[stem] > 1:
-            out[i] = f"{stem}_{seen[stem]}"
-    return out
+    """A distinct, file-system-safe stem per input (:func:`oncolens.files.safe_name` of the file's stem);
+    where those repeat (``tumor/x.png`` and ``normal/x.png``, or two names made safe alike), each of the
+    repeated ones carries a short hash of its whole path, so distinct inputs never share files."""
+    stems = [safe_name(Path(p).stem) for p in paths]
+    counts = Counter(stems)
+    out = [stem if counts[stem] == 1 else f"{stem}-{hashlib.sha256(str(Path(p).resolve()).encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+           for stem, p in zip(stems, paths)]
+    repeated = {stem for stem, n in Counter(out).items() if n > 1}  # the same file given twice
+    return [f"{stem}-{i}" if stem in repeated else stem for i, stem in enumerate(out)]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

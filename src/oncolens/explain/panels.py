@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 
 from ..data import read_image
 from ..errors import DataError
+from ..files import safe_name
 from ..evaluation.plots import plot_gallery
 from ..evaluation.select import select_rows
 from ..models.bundle import ModelBundle
@@ -74,8 +74,7 @@ def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataF
             head = f"{row.case.upper()}: true {row.label}\npred {row.pred} ({row.confidence:.2f})"
             titles += [f"{head}\n{method}", f"{head}\ncontours"]
         n_correct = int((rows["case"] == "correct").sum())
-        safe_name = re.sub(r"[^\w.-]+", "_", name)  # class names may hold '/' (hierarchy leaves)
-        out = out_dir / f"panel_{safe_name}.png"
+        out = out_dir / f"panel_{safe_name(name)}.png"  # class names may hold '/' (hierarchy leaves)
         plot_gallery(tiles, titles, out, columns=4,
                      suptitle=f"{name}: {n_correct} correct, {len(rows) - n_correct} wrong ({method})")
         outputs.append(out)

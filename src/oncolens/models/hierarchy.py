@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import BundleError, DataError
-from ..files import atomic_folder, atomic_write_json
+from ..files import atomic_folder, atomic_write_json, safe_name
 from .bundle import (
     BUNDLE_FORMAT,
     HierarchyNode,
@@ -116,7 +116,10 @@ class HierarchyTree:
             self._add_node(prefix + (value,), paths)
 
     def node_key(self, prefix: tuple[str, ...]) -> str:
-        return "root" if not prefix else re.sub(r"[^\w.-]+", "_", "__".join(prefix))
+        if not prefix:
+            return "root"
+        key = re.sub(r"[^\w.-]+", "_", "__".join(prefix))
+        return key if key.strip(".") else safe_name(key)  # '.' or '..' would name the bundle's own folders
 
     def child_of(self, prefix: tuple[str, ...], value: str) -> tuple[str, ...] | str:
         """The node prefix an image goes to after ``value`` at ``prefix``, or the leaf name it reaches."""

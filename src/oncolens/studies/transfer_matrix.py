@@ -12,7 +12,7 @@ from ..data import load_manifest, save_manifest, split
 from ..errors import DataError
 from ..evaluation import evaluate, load_evaluation, load_label_map
 from ..figures import save_figure, subplots
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, safe_name
 from ..training import TrainConfig, train
 from .runner import Job, run_jobs
 
@@ -67,26 +67,28 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
         raise DataError(f"need at least two values of {domain_col!r} for a transfer matrix, found {domains}")
     base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3, recipe="off"))
     splits = {}
+    folder = {d: safe_name(d) for d in domains}  # domain values come from the data: safe folder and run names
     for domain in domains:
-        path = out_dir / "data" / f"{domain}.csv"
+        path = out_dir / "data" / f"{folder[domain]}.csv"
         if not path.exists():  # fixed once: a resumed study reuses the same splits
             part = frame[frame[domain_col].astype(str) == domain].drop(columns=["split"], errors="ignore")
             save_manifest(split(part, test=test, val=val, seed=seed), path)
         splits[domain] = path
     runs = out_dir / "runs"
     train_jobs = [Job(f"train {d}", _train_job, {"config": {**base, "data": str(splits[d]), "runs_dir": str(runs),
-                                                           "name": d, "seed": seed}},
-                      done=runs / d / ".done") for d in domains]
+                                                           "name": folder[d], "seed": seed}},
+                      done=runs / folder[d] / ".done") for d in domains]
     run_jobs(train_jobs, workers)
-    eval_jobs = [Job(f"evaluate {s} -> {t}", _eval_job, {"bundle": str(runs / s / "bundle"), "data": str(splits[t]),
-                                                        "out_dir": str(out_dir / "evals" / f"{s}__{t}"),
+    evals = {(s, t): out_dir / "evals" / f"{folder[s]}__{folder[t]}" for s in domains for t in domains}
+    eval_jobs = [Job(f"evaluate {s} -> {t}", _eval_job, {"bundle": str(runs / folder[s] / "bundle"),
+                                                        "data": str(splits[t]), "out_dir": str(evals[s, t]),
                                                         "n_boot": n_boot},
-                     done=out_dir / "evals" / f"{s}__{t}" / ".done") for s in domains for t in domains]
+                     done=evals[s, t] / ".done") for s in domains for t in domains]
     run_jobs(eval_jobs, workers)
     rows = []
     for s in domains:
         for t in domains:
-            report = load_evaluation(out_dir / "evals" / f"{s}__{t}").report
+            report = load_evaluation(evals[s, t]).report
             rows.append({"source": s, "target": t, "accuracy": report.value("accuracy"),
                          "accuracy_ci95": report.interval("accuracy"), "roc_auc": report.value("roc_auc_macro"),
                          "roc_auc_ci95": report.interval("roc_auc_macro")})

@@ -171,6 +171,9 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option {name!r} must be {'positive' if name == 'lr' else 'at least 0'}, got {value!r}")
     if name == "tta" and value not in _tta_views():
         raise ConfigError(f"{where}option 'tta' must be one of {', '.join(_tta_views())}, got {value!r}")
+    if name == "name" and (value.strip(".") == "" or any(c in value for c in "/\\\0")):
+        raise ConfigError(f"{where}option 'name' is a folder name under runs_dir: no '/', '\\', NUL, '.' or "
+                          f"'..', got {value!r}")
     if name == "recipe" and value not in ("auto", "off"):
         raise ConfigError(f"{where}option 'recipe' must be auto or off, got {value!r}")
     if name == "modality" and value not in _modalities():
