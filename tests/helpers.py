@@ -202,3 +202,57 @@ def count_scored(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(ModelBundle, "iter_scores", counting)
     return calls
+
+
+def deflated_dicom(path: Path, rows: int = 32, cols: int = 32, frames: int = 1, pixel_bytes: int | None = None,
+                   seed: int = 0) -> Path:
+    """A DICOM in the deflated transfer syntax (the whole dataset raw-deflated). Small sizes get random 16-bit
+    pixels; large ones (a decompression bomb) zeros, compressed as a stream so nothing large is held here.
+    ``pixel_bytes`` writes that much pixel data whatever the header claims (a file that lies)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = "PAT-D", "CT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    n = frames * rows * cols * 2 if pixel_bytes is None else pixel_bytes
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunks = [compressor.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n))]
+    if n <= 1 << 20:
+        chunks.append(compressor.compress(np.random.default_rng(seed).integers(0, 4096, n // 2, np.uint16).tobytes()))
+    else:
+        zeros, left = bytes(1 << 24), n
+        while left:
+            chunks.append(compressor.compress(zeros[:min(left, len(zeros))]))
+            left -= min(left, len(zeros))
+    chunks.append(compressor.flush())
+    head = DicomBytesIO()
+    write_file_meta_info(head, meta, enforce_standard=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + head.getvalue() + b"".join(chunks))
+    return path
+
+
+def peak_rss_mb(code: str) -> float:
+    """Peak memory (VmHWM, MB) of a new Python process running ``code``: a child's own number, not the
+    test process's (``ru_maxrss`` of a child inherits its parent's peak across exec)."""
+    import subprocess
+    import sys
+
+    probe = code + ("\nprint('HWM', next(int(l.split()[1]) for l in open('/proc/self/status') "
+                    "if l.startswith('VmHWM:')) / 1024)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("HWM")))

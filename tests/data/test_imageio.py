@@ -94,3 +94,30 @@ def test_multi_frame_dicom_decodes_its_middle_frame_only(tmp_path):
 
     loaded = read_image(dicom_file(tmp_path / "series.dcm", size=16, frames=5))
     assert loaded.image.size == (16, 16) and np.asarray(loaded.image).std() == 0  # one constant frame
+
+
+def test_a_deflated_dicom_decodes(tmp_path):
+    from tests.helpers import deflated_dicom
+
+    loaded = read_image(deflated_dicom(tmp_path / "d.dcm", rows=40, cols=24))
+    assert loaded.image.size == (24, 40) and loaded.meta["patient_id"] == "PAT-D" and loaded.format == "DICOM"
+
+
+@pytest.mark.parametrize("kind", ["claims too much", "lies about its size"])
+def test_a_deflated_dicom_bomb_is_refused_without_inflating_it(tmp_path, kind):
+    from tests.helpers import deflated_dicom, peak_rss_mb
+
+    if kind == "claims too much":  # 20 frames of 6000 x 6000: 1.44 GB of pixels in ~1.4 MB
+        path = deflated_dicom(tmp_path / "bomb.dcm", rows=6000, cols=6000, frames=20)
+        reason = "too large"
+    else:  # the header claims 64 x 64, the stream holds 1 GB
+        path = deflated_dicom(tmp_path / "liar.dcm", rows=64, cols=64, pixel_bytes=1 << 30)
+        reason = "inflates beyond"
+    assert path.stat().st_size < 3_000_000
+    with pytest.raises(UnreadableImage, match=reason):
+        read_image(path)
+    small = deflated_dicom(tmp_path / "small.dcm")
+    probe = ("from oncolens.data.imageio import read_image, UnreadableImage\n"
+             "try:\n    read_image({!r})\nexcept UnreadableImage:\n    pass\n")
+    extra = peak_rss_mb(probe.format(str(path))) - peak_rss_mb(probe.format(str(small)))
+    assert extra < 100, f"{extra:.0f} MB more than a small file"

@@ -108,3 +108,50 @@ def test_slide_labels_label_every_tile_and_group_by_patient(slide_path, tmp_path
     frame = write_tiles([slide_path], tmp_path, size=64, mpp=2.0,
                         slide_labels={"s": {"label": "tumour", "patient": "P7"}})
     assert len(frame) and set(frame["label"]) == {"tumour"} and set(frame["group"]) == {"P7"}
+
+
+def _blank_single_level_tiff(path: Path, side: int, mpp: float = 0.5) -> Path:
+    """A single-level tiled TIFF of ``side`` x ``side`` white pixels: kilobytes on disk, gigabytes decoded."""
+    import tifffile
+
+    tile = np.full((256, 256, 3), 255, np.uint8)
+    count = (-(-side // 256)) ** 2
+    tifffile.imwrite(path, (tile for _ in range(count)), shape=(side, side, 3), dtype=np.uint8, tile=(256, 256),
+                     compression="zlib", photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp),
+                     resolutionunit="CENTIMETER")
+    return path
+
+
+def test_a_huge_single_level_slide_costs_a_thumbnail_not_its_pixels(tmp_path):
+    from tests.helpers import peak_rss_mb
+
+    path = _blank_single_level_tiff(tmp_path / "big.tif", 12_000)  # read whole: 576 MB of RGBA
+    assert path.stat().st_size < 5_000_000
+    probe = ("from oncolens.data.slides import open_slide, tissue_mask\n"
+             f"mask, down = tissue_mask(open_slide({str(path)!r}))\n"
+             "assert mask.shape[1] <= 2048 and not mask.any(), mask.shape\n")
+    small = _blank_single_level_tiff(tmp_path / "small.tif", 2048)  # the same 2,048 px thumbnail, read whole
+    extra = peak_rss_mb(probe) - peak_rss_mb(probe.replace(str(path), str(small)))
+    assert extra < 150, f"{extra:.0f} MB more than a 2,048 px slide"
+
+
+def test_a_slide_claiming_impossible_dimensions_is_refused(tmp_path):
+    import tifffile
+
+    from oncolens.data.slides import MAX_SLIDE_SIDE, check_slide_size
+
+    class Claimed:  # what OpenSlide would report for a crafted header
+        dimensions = (500_000, 500_000)
+
+    with pytest.raises(DataError, match=f"{MAX_SLIDE_SIDE:,}"):
+        check_slide_size(Claimed(), "crafted.tif")
+    path = _blank_single_level_tiff(tmp_path / "s.tif", 512)
+    with tifffile.TiffFile(path, mode="r+b") as tif:  # the header now claims 500,000 x 500,000
+        tif.pages[0].tags["ImageWidth"].overwrite(500_000)
+        tif.pages[0].tags["ImageLength"].overwrite(500_000)
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    result = CliRunner().invoke(app, ["tile", str(path), "--out", str(tmp_path / "t"), "--mpp", "0"])
+    assert result.exit_code == 2 and "error" in result.output, result.output

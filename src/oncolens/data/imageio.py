@@ -115,16 +115,71 @@ def _composite_on_black(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _decode_dicom(data: bytes, max_pixels: int) -> LoadedImage:
+#: the most of a deflated DICOM dataset inflated before its header is read (the header is checked first)
+_DICOM_HEADER_BYTES = 1 << 20
+
+
+def _inflate(inflater, compressed: bytes, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of a raw-deflate stream (more is an :class:`UnreadableImage`)."""
+    out = inflater.decompress(compressed, limit + 1)
+    if len(out) > limit:
+        raise UnreadableImage(f"DICOM data inflates beyond {limit:,} bytes ({what}; possible decompression bomb)")
+    return out
+
+
+def _read_dicom(data: bytes, max_pixels: int):
+    """The DICOM dataset of ``data`` (pydicom), never inflating more than its header allows.
+
+    pydicom inflates a deflated transfer syntax (1.2.840.10008.1.2.1.99) whole before reading any element, so a
+    700 KB file can cost gigabytes. Here the first MiB is inflated, its header's size checked against
+    ``max_pixels``, and the rest inflated with a cap of the pixel bytes the header claims (plus 1 MiB).
+    """
+    import zlib
+
     import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble  # pinned pydicom 3
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(io.BytesIO(data), force=False)
+    compressed = data[fp.tell():]
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = inflater.decompress(compressed, _DICOM_HEADER_BYTES)
+    try:
+        header = read_dataset(io.BytesIO(head), False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+        claimed = (int(getattr(header, "NumberOfFrames", 1) or 1) * int(header.Rows) * int(header.Columns)
+                   * int(getattr(header, "SamplesPerPixel", 1) or 1))
+        bits = int(getattr(header, "BitsAllocated", 16) or 16)
+    except Exception:  # an element crosses the first MiB: only the overall cap then
+        claimed, bits = max_pixels, 16
+    if claimed > max_pixels:
+        raise UnreadableImage(f"image too large (the header claims {claimed:,} values > limit {max_pixels:,}; "
+                              "possible decompression bomb)")
+    limit = claimed * max(bits, 8) // 8 + _DICOM_HEADER_BYTES
+    rest = _inflate(inflater, inflater.unconsumed_tail, max(limit - len(head), 0), "more than its header claims") \
+        if inflater.unconsumed_tail else b""
+    ds = read_dataset(io.BytesIO(head + rest), False, True)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated: the pixel data is native
+    ds.file_meta = meta
+    return ds
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> LoadedImage:
+    import zlib
+
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        ds = _read_dicom(data, max_pixels)
         rows, cols = int(ds.Rows), int(ds.Columns)
         n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError, OSError) as exc:
+    except UnreadableImage:
+        raise
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError, OSError, zlib.error) as exc:
         raise UnreadableImage(f"invalid DICOM file ({type(exc).__name__}: {exc})") from exc
     if min(rows, cols, n_frames, samples) < 1:
         raise UnreadableImage(f"invalid DICOM image size ({n_frames} frame(s) of {cols}x{rows}x{samples})")

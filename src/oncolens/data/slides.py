@@ -93,25 +93,81 @@ def _rgb(region: Image.Image) -> Image.Image:
     return background
 
 
-def tissue_mask(slide, max_side: int = 2048, min_object_fraction: float = 1e-4) -> tuple[np.ndarray, float]:
-    """A boolean tissue mask of the whole slide on a low-resolution level (the smallest level with a side
-    of at least ``max_side / 4``, shrunk to at most ``max_side``) and its downsample from level 0."""
-    from scipy import ndimage
-    from skimage import color, filters, morphology
+#: slides wider or taller than this (level 0) are refused: no scanner writes them, a crafted header can
+MAX_SLIDE_SIDE = 262_144
+#: bytes of RGBA pixels read at once while making a thumbnail of a level with no small copy
+_STRIP_BYTES = 16 << 20
 
+
+def check_slide_size(slide, path: str | Path = "") -> None:
+    """A clear error for a slide whose dimensions exceed :data:`MAX_SLIDE_SIDE`."""
+    width, height = slide.dimensions
+    if max(width, height) > MAX_SLIDE_SIDE or min(width, height) < 1:
+        raise DataError(f"{path or 'the slide'} claims {width} x {height} pixels: outside what oncolens reads "
+                        f"(1 to {MAX_SLIDE_SIDE:,} pixels a side)")
+
+
+def _thumbnail(slide, level: int, scale: float) -> Image.Image:
+    """``level`` of ``slide`` shrunk by ``scale``, read in horizontal strips of at most :data:`_STRIP_BYTES`
+    (a single-level slide has no small copy: reading its level whole would cost width x height x 4 bytes)."""
+    width, height = slide.level_dimensions[level]
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    rows = max(1, min(height, _STRIP_BYTES // (4 * width)))
+    if rows >= height:
+        region = _read(slide, (0, 0), level, (width, height))
+        return region if scale == 1.0 else region.resize((out_w, out_h), Image.BILINEAR)
+    thumbnail = Image.new("RGB", (out_w, out_h), (255, 255, 255))
+    downsample = float(slide.level_downsamples[level])
+    for top in range(0, height, rows):
+        strip_h = min(rows, height - top)
+        y0, y1 = round(top * scale), round((top + strip_h) * scale)
+        if y1 <= y0:
+            continue
+        strip = _read(slide, (0, round(top * downsample)), level, (width, strip_h))
+        thumbnail.paste(strip.resize((out_w, y1 - y0), Image.BILINEAR), (0, y0))
+    return thumbnail
+
+
+def _read(slide, corner: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+    """``read_region`` on white, or a :class:`DataError` when the slide's data cannot be read."""
+    try:
+        return _rgb(slide.read_region(corner, level, size))
+    except Exception as exc:  # OpenSlideError and friends: a damaged or unsupported file
+        raise DataError(f"cannot read the slide's pixels ({type(exc).__name__}: {exc})") from None
+
+
+def slide_thumbnail(slide, max_side: int = 2048) -> tuple[Image.Image, float]:
+    """The whole slide in at most ``max_side`` pixels a side and its downsample from level 0, from the
+    largest level that is at most ``max_side`` (else the smallest level, read in strips and shrunk), so its
+    memory is bounded whatever the slide (used for tissue detection and heatmaps; OpenSlide's
+    ``get_thumbnail`` would read a single-level slide whole)."""
+    check_slide_size(slide)
     level = slide.level_count - 1
     for candidate in range(slide.level_count):
         if max(slide.level_dimensions[candidate]) <= max_side:
             level = candidate
             break
     width, height = slide.level_dimensions[level]
-    thumbnail = _rgb(slide.read_region((0, 0), level, (width, height)))
-    downsample = float(slide.level_downsamples[level])
     scale = min(1.0, max_side / max(width, height))
-    if scale < 1.0:
-        thumbnail = thumbnail.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
-        downsample /= scale
-    saturation = color.rgb2hsv(np.asarray(thumbnail))[..., 1]
+    return _thumbnail(slide, level, scale), float(slide.level_downsamples[level]) / scale
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` (0 where max is 0), as skimage's ``rgb2hsv`` gives it, in float32:
+    a quarter of the memory of the float64 HSV image."""
+    high = rgb.max(2).astype(np.float32)
+    low = rgb.min(2).astype(np.float32)
+    return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+
+
+def tissue_mask(slide, max_side: int = 2048, min_object_fraction: float = 1e-4) -> tuple[np.ndarray, float]:
+    """A boolean tissue mask of the whole slide on its thumbnail (:func:`slide_thumbnail`, at most ``max_side``
+    pixels a side) and its downsample from level 0."""
+    from scipy import ndimage
+    from skimage import filters, morphology
+
+    thumbnail, downsample = slide_thumbnail(slide, max_side)
+    saturation = _saturation(np.asarray(thumbnail))
     if float(saturation.max() - saturation.min()) < 0.05:  # one flat colour: nothing stained
         return np.zeros(saturation.shape, bool), downsample
     threshold = max(float(filters.threshold_otsu(saturation)), 0.05)
@@ -165,6 +221,7 @@ def tile_grid(slide, path: str | Path, size: int = 224, mpp: float | None = 0.5,
 
     ``slide_mpp`` overrides the slide's own resolution; a slide that has none needs it (or ``mpp=None``:
     tiles at level 0's own resolution)."""
+    check_slide_size(slide, path)
     info = slide_info(slide, path)
     own = slide_mpp or info.mpp
     if mpp is not None and own is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.slides import SlideInfo, SlideTile, open_slide, slide_info, tile_grid, tissue_mask
+from ..data.slides import SlideInfo, SlideTile, open_slide, slide_info, slide_thumbnail, tile_grid, tissue_mask
 from ..errors import DataError
 from ..files import RowLog, atomic_write_json, read_rows
 from ..models.bundle import ModelBundle, as_bundle
@@ -58,7 +58,7 @@ def _heatmap(slide, tiles: pd.DataFrame, info: SlideInfo, column: str, out: Path
     """``column`` of every tile as a translucent colour over the slide's thumbnail."""
     from ..figures import save_figure, subplots
 
-    thumbnail = slide.get_thumbnail((1024, 1024)).convert("RGB")
+    thumbnail = slide_thumbnail(slide, 1024)[0]
     scale = thumbnail.size[0] / info.dimensions[0]
     grid = np.full((thumbnail.size[1], thumbnail.size[0]), np.nan)
     for row in tiles.itertuples():
