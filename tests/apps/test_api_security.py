@@ -135,3 +135,38 @@ def test_serve_refuses_other_interfaces_without_a_token(tiny_bundle):
 
     result = CliRunner().invoke(app, ["serve", str(tiny_bundle), "--host", "0.0.0.0"], env={"ONCOLENS_API_TOKEN": ""})
     assert result.exit_code == 2 and "without a token" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_uploads_are_decoded_off_the_event_loop(tiny_bundle):
+    """/health answers while an upload is being decoded (a 36 Mpx PNG or a DICOM bomb takes seconds)."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from oncolens.apps.api import create_app
+    from oncolens.predictor import Predictor
+    from tests.helpers import noise_image, png_bytes
+
+    predictor = Predictor.from_bundle(tiny_bundle)
+    entered, gate = threading.Event(), threading.Event()
+    original = predictor.load_bytes
+
+    def slow_decode(data, **kwargs):
+        entered.set()
+        gate.wait(30)
+        return original(data, **kwargs)
+
+    predictor.load_bytes = slow_decode
+    client = TestClient(create_app(predictor))
+    answers = []
+    upload = threading.Thread(target=lambda: answers.append(
+        client.post("/predict", files={"file": ("a.png", png_bytes(noise_image(32)), "image/png")})))
+    upload.start()
+    try:
+        assert entered.wait(30)
+        assert client.get("/health").status_code == 200  # the loop is free while the decode waits
+    finally:
+        gate.set()
+        upload.join(30)
+    assert answers and answers[0].status_code == 200, answers

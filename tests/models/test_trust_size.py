@@ -33,7 +33,7 @@ def test_every_models_trust_files_are_at_most_its_weights_or_20_mb(model, phanto
     spec = get_spec(model)
     # the seed CNNs' width depends on their input size (flattened maps): kept; pooled backbones at 64 px
     size = None if spec.source.startswith("seed") else 64
-    result = train(TrainConfig(data=str(csv), model=model, weights="random", freeze="frozen", head="logreg",
+    result = train(TrainConfig(data=str(csv), model=model, weights="random", freeze="frozen",  # default head
                                epochs=1, batch_size=8, image_size=size, runs_dir=str(tmp_path / "runs"), name="r",
                                augment=False, recipe="off"))
     bundle = Path(result.bundle_path)

@@ -11,6 +11,7 @@ format for 422, and a request id (logged with the traceback) for a 500.
 import asyncio
 import base64
 import enum
+import json
 import logging
 import secrets
 import threading
@@ -56,7 +57,10 @@ class ApiSettings:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     cors_origins: tuple[str, ...] = ()
     slide_root: Path | None = None  # slides the /slides jobs may read (paths are relative to it); None: off
-    slide_output: Path | None = None  # where slide jobs write (default: a temporary folder)
+    slide_output: Path | None = None  # where slide jobs write (default: a temporary folder, removed at shutdown)
+    max_slide_jobs: int = 4  # slide jobs queued or running at once; beyond that: 503 with Retry-After
+    keep_slide_jobs: int = 32  # finished jobs kept for polling (the oldest, and their folders, are removed first)
+    slide_job_ttl: float = 3600.0  # seconds a finished job is kept
 
 
 class ErrorMessage(BaseModel):
@@ -212,17 +216,22 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         return JSONResponse(status_code=500, content={"detail": f"internal error (request id {request_id})",
                                                       "request_id": request_id})
 
-    async def read_image_upload(file: UploadFile):
+    async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) == 0:
             raise HTTPException(status_code=400, detail="empty upload: send an image file in the 'file' field")
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(status_code=413,
                                 detail=f"upload larger than the limit of {settings.max_upload_bytes} bytes")
+        return data
+
+    def decoded(data: bytes, name: str):
+        """The uploaded image (decoding runs on a worker thread, inside the work queue: a large or crafted
+        upload never holds the event loop, so /health keeps answering)."""
         try:
-            return predictor.load_bytes(data, name=file.filename or "upload", max_pixels=settings.max_pixels)
+            return predictor.load_bytes(data, name=name or "upload", max_pixels=settings.max_pixels)
         except UnreadableImage as exc:
-            status = 413 if "too large" in exc.reason else 415
+            status = 413 if "too large" in exc.reason or "decompression bomb" in exc.reason else 415
             raise HTTPException(status_code=status, detail=f"not a usable image: {exc.reason}") from None
 
     @app.get("/health")
@@ -241,9 +250,9 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                                                               "bundles; default: the bundle's)")) -> dict:
         """The top classes, the prediction set at ``alpha`` and the out-of-distribution verdict (``warning``
         is set when the image is unlike the training images)."""
-        image = await read_image_upload(file)
+        data, name = await read_upload(file), file.filename or ""
         try:
-            prediction = (await queue.run(predictor.predict, [image], [file.filename or ""], alpha=alpha))[0]
+            prediction = (await queue.run(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
         except DataError as exc:  # e.g. an alpha too small for the calibration images
             raise HTTPException(status_code=400, detail=str(exc)[:500]) from None
         return prediction.to_dict(top_k)
@@ -259,9 +268,10 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                       level: int | None = Query(None, ge=0, le=n_levels - 1,
                                                 description="tree of classifiers: level whose classifier is "
                                                             "explained (0 = top; default: the deepest)")):
-        image = await read_image_upload(file)
-        result = await queue.run(predictor.explain, image, method=getattr(method, "value", method), alpha=alpha,
-                                 source=file.filename or "", level=level, timeout=settings.explain_timeout)
+        data, name = await read_upload(file), file.filename or ""
+        result = await queue.run(lambda: predictor.explain(decoded(data, name), method=getattr(method, "value", method),
+                                                           alpha=alpha, source=name, level=level),
+                                 timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay
             return Response(content=png_bytes(array), media_type="image/png")
@@ -290,10 +300,48 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    import shutil
+    import time
+
     jobs: dict[str, dict] = {}
+    finished_at: dict[str, float] = {}
     lock = threading.Lock()
     runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oncolens-slide")
+    temporary = settings.slide_output is None
     output = settings.slide_output or Path(tempfile.mkdtemp(prefix="oncolens-slides-"))
+    root = Path(settings.slide_root).resolve() if settings.slide_root is not None else None
+
+    def public(text: str) -> str:
+        """A message without the server's own folders (clients name slides relative to the slide folder)."""
+        for folder, shown in ((output.resolve(), "<jobs>"), (output, "<jobs>"), (root, "<slides>")):
+            if folder is not None:
+                text = text.replace(str(folder), shown)
+        return text
+
+    def finish(job_id: str, **state) -> None:
+        with lock:
+            jobs[job_id].update(**state)
+            finished_at[job_id] = time.monotonic()
+
+    def prune() -> None:
+        """Forget finished jobs past their time or beyond the count kept, and remove their folders."""
+        now = time.monotonic()
+        with lock:
+            done = sorted(finished_at, key=finished_at.get)
+            expired = [j for j in done if now - finished_at[j] > settings.slide_job_ttl]
+            expired += [j for j in done if j not in expired][:max(0, len(done) - len(expired) - settings.keep_slide_jobs)]
+            for job_id in expired:
+                jobs.pop(job_id, None)
+                finished_at.pop(job_id, None)
+        for job_id in expired:
+            shutil.rmtree(output / job_id, ignore_errors=True)
+
+    def shutdown() -> None:
+        runner.shutdown(wait=False, cancel_futures=True)
+        if temporary:
+            shutil.rmtree(output, ignore_errors=True)
+
+    app.router.on_shutdown.append(shutdown)
 
     def run(job_id: str, path: Path, request: SlideJobRequest) -> None:
         from oncolens.evaluation.slides import score_slide
@@ -306,30 +354,33 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
             result = score_slide(predictor.bundle, path, output / job_id, mpp=request.mpp,
                                  min_tissue=request.min_tissue, target=request.target, num_workers=0,
                                  progress=progress)
-            with lock:
-                jobs[job_id].update(status="done", summary=result.summary,
-                                    heatmap=str(result.heatmap) if result.heatmap else None)
+            summary = {**result.summary, "slide": {**result.summary["slide"], "path": request.path}}
+            finish(job_id, status="done", summary=json.loads(public(json.dumps(summary))),
+                   heatmap=str(result.heatmap) if result.heatmap else None)
         except OncolensError as exc:
-            with lock:
-                jobs[job_id].update(status="failed", error=str(exc)[:500])
+            finish(job_id, status="failed", error=public(str(exc))[:500])
         except Exception as exc:  # a bug: logged with its traceback, reported by id
             log.error("slide job %s failed", job_id, exc_info=exc)
-            with lock:
-                jobs[job_id].update(status="failed", error=f"internal error (job {job_id})")
+            finish(job_id, status="failed", error=f"internal error (job {job_id})")
 
     def job(job_id: str) -> dict:
+        prune()
         with lock:
             if job_id not in jobs:
                 raise HTTPException(status_code=404, detail=f"no slide job {job_id[:40]!r}")
             return dict(jobs[job_id])
 
-    @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404))
+    @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404, 503))
     async def start_slide(request: SlideJobRequest) -> dict:
         """Start scoring a slide in the server's slide folder; answers the job id to poll."""
-        if settings.slide_root is None:
+        if root is None:
             raise HTTPException(status_code=403, detail="slide jobs are off: start the server with --slide-root")
-        root = Path(settings.slide_root).resolve()
-        path = (root / request.path).resolve()
+        if "\0" in request.path or len(request.path) > 4096:
+            raise HTTPException(status_code=400, detail="the slide path holds a NUL byte or is too long")
+        try:
+            path = (root / request.path).resolve()
+        except (OSError, ValueError, RuntimeError):
+            raise HTTPException(status_code=400, detail="the slide path cannot be resolved") from None
         if not path.is_relative_to(root):
             raise HTTPException(status_code=403, detail="the slide path must be inside the server's slide folder")
         if not path.is_file():
@@ -338,8 +389,13 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
             raise HTTPException(status_code=400, detail="mpp must be in (0, 100] and min_tissue in [0, 1]")
         if request.target is not None and request.target not in predictor.classes:
             raise HTTPException(status_code=400, detail=f"class {request.target!r} is not one of {predictor.classes}")
+        prune()
         job_id = uuid.uuid4().hex[:12]
         with lock:
+            active = sum(1 for j in jobs.values() if j["status"] in ("queued", "running"))
+            if active >= settings.max_slide_jobs:
+                raise HTTPException(503, detail=f"server busy: {active} slide jobs queued or running",
+                                    headers={"Retry-After": str(settings.retry_after)})
             jobs[job_id] = {"job": job_id, "slide": request.path, "status": "queued", "tiles_done": 0,
                             "tiles_total": None}
         runner.submit(run, job_id, path, request)
