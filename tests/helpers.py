@@ -256,3 +256,19 @@ def peak_rss_mb(code: str) -> float:
                     "if l.startswith('VmHWM:')) / 1024)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("HWM")))
+
+
+def wait_for_file_then_kill(process, path: Path, timeout: float = 300.0) -> None:
+    """Kill ``process`` (and its children) with SIGKILL as soon as ``path`` exists: a crash mid-run."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended ({process.returncode}) before {path} appeared")
+        if time.monotonic() > deadline:
+            kill_tree(process.pid)
+            raise AssertionError(f"{path} did not appear within {timeout:.0f} s")
+        time.sleep(0.05)
+    kill_tree(process.pid)
+    process.wait(30)

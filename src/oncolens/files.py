@@ -206,20 +206,24 @@ class RowLog:
         if len(complete) != len(data):
             with open(self.partial, "r+b") as handle:
                 handle.truncate(len(complete))
-        text = complete.decode("utf-8")
-        if self.jsonl:
-            self.done = {str(json.loads(line)[self.key]) for line in text.splitlines() if line.strip()}
-        else:
+        from .errors import DataError, OutputExists
+
+        try:
+            text = complete.decode("utf-8")
+            if self.jsonl:
+                self.done = {str(json.loads(line)[self.key]) for line in text.splitlines() if line.strip()}
+                return
             import csv
             import io
 
             reader = csv.DictReader(io.StringIO(text))
             if reader.fieldnames and list(reader.fieldnames) != self.fields:
-                from .errors import OutputExists
-
                 raise OutputExists(f"{self.partial} has other columns than this run writes: delete it or run "
                                    "without --resume")
             self.done = {row[self.key] for row in reader}
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{self.partial} is not a file this run wrote ({type(exc).__name__}): delete it or run "
+                            "without --resume") from None
 
     def write(self, rows: list[dict]) -> None:
         for row in rows:

@@ -21,6 +21,7 @@ from PIL import Image
 from .data import decode_image
 from .models.bundle import ModelBundle, load_any_bundle
 from .models.scoring import SCORING_BATCH, Backend, Scores, make_backend, tta_views
+from .errors import ConfigError
 from .models.trust import Assessment
 
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ class Predictor:
         self.passes = len(views)  # forward passes per image (test-time augmentation)
         self._lock = _SharedExclusiveLock()
         self.trust = getattr(bundle, "trust", None)
+        if alpha is not None and not 0 < alpha < 1:  # also NaN
+            raise ConfigError(f"alpha (the prediction sets' error rate) must be between 0 and 1, got {alpha}")
         self.alpha = alpha if alpha is not None else (self.trust.default_alpha if self.trust else None)
         self.detector = detector
         if self.trust is not None:

@@ -103,3 +103,23 @@ def test_holdout_is_set_aside_before_the_folds_and_tests_the_ensemble(cv_dir, ph
     accuracy = np.mean(np.array(ensemble.labels) == test.set_index("path").loc[ensemble.sources, "label"].to_numpy())
     assert summary["ensemble"]["headline"]["accuracy"]["value"] == pytest.approx(accuracy)
     assert "Held out before the folds" in (cv_dir / "results.md").read_text()
+
+
+def test_a_rerun_resumes_a_fold_killed_inside_its_training(phantom_manifest, tmp_path):
+    """A kill inside a fold leaves its checkpoint but no done marker: the rerun continues it from there."""
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_for_file_then_kill
+
+    manifest = save_manifest(phantom_manifest, tmp_path / "m.csv")
+    args = ["cv", str(manifest), "--folds", "2", "--out", str(tmp_path / "cv"), "--model", "seed_cnn",
+            "--image-size", "32", "--epochs", "20", "--patience", "100", "--batch-size", "8", "--no-augment",
+            "--n-boot", "0", "--no-ensemble", "--recipe", "off"]
+    process = subprocess.Popen([sys.executable, "-m", "oncolens", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for_file_then_kill(process, tmp_path / "cv" / "runs" / "fold_1" / "checkpoint.pt")
+    assert not (tmp_path / "cv" / "runs" / "fold_1" / ".done").exists()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cv" / "summary.json").exists()

@@ -133,17 +133,17 @@ def _chunks(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
 
 
 def _empty_class_folders(root: Path, exclude: Sequence[str]) -> list[str]:
+    """Folders under ``root`` holding nothing (hidden and excluded ones skipped; unreadable ones are not
+    empty: the walk of the scan reports them)."""
     if not root.is_dir():
         return []
     lowered = {e.lower() for e in exclude}
     empty = []
-    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
-        rel = folder.relative_to(root).parts
-        if any(part.startswith(".") or part.lower() in lowered for part in rel):
-            continue
-        if not any(folder.iterdir()):
-            empty.append(str(folder))
-    return empty
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda exc: None):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in lowered)
+        if Path(dirpath) != root and not dirnames and not filenames:
+            empty.append(os.fsencode(dirpath).decode("utf-8", "replace"))
+    return sorted(empty)
 
 
 def iter_scan(

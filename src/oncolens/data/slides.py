@@ -214,6 +214,19 @@ class SlideTile(LazyImage):
                 "mpp": self.mpp, "tissue_fraction": round(self.tissue, 4)}
 
 
+def check_tiling(size: int, mpp: float | None, slide_mpp: float | None, min_tissue: float) -> None:
+    """A clear :class:`DataError` for tiling options no slide can satisfy (checked before any work)."""
+    import math
+
+    if not isinstance(size, int) or not 1 <= size <= 8192:
+        raise DataError(f"the tile size must be 1 to 8,192 pixels, got {size}")
+    for name, value in (("--mpp", mpp), ("--slide-mpp", slide_mpp)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= 1000):
+            raise DataError(f"{name} must be a resolution in microns per pixel above 0, got {value}")
+    if not 0 <= min_tissue <= 1:
+        raise DataError(f"--min-tissue is a fraction of the tile (0 to 1), got {min_tissue}")
+
+
 def tile_grid(slide, path: str | Path, size: int = 224, mpp: float | None = 0.5, slide_mpp: float | None = None,
               min_tissue: float = 0.5, mask: tuple[np.ndarray, float] | None = None) -> list[SlideTile]:
     """Non-overlapping tiles of ``size`` pixels at ``mpp`` microns per pixel covering the slide, those with
@@ -221,6 +234,7 @@ def tile_grid(slide, path: str | Path, size: int = 224, mpp: float | None = 0.5,
 
     ``slide_mpp`` overrides the slide's own resolution; a slide that has none needs it (or ``mpp=None``:
     tiles at level 0's own resolution)."""
+    check_tiling(size, mpp, slide_mpp, min_tissue)
     check_slide_size(slide, path)
     info = slide_info(slide, path)
     own = slide_mpp or info.mpp
@@ -329,6 +343,7 @@ def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: f
     outside every region are left out), else the slide's label (``slide_labels``), else ``unlabelled``."""
     import pandas as pd
 
+    check_tiling(size, mpp, slide_mpp, min_tissue)
     out_dir = Path(out_dir)
     rows = []
     for path in slides:

@@ -123,6 +123,9 @@ def fit_stain_normalisation(method: str, target: str | Path | Image.Image) -> tu
         raise ConfigError(f"unknown stain normalisation {method!r}; known: {', '.join(STAIN_METHODS)}")
     image = target if isinstance(target, Image.Image) else read_image(target).image
     rgb = np.asarray(image.convert("RGB"))
+    if min(rgb.shape[:2]) < 16:
+        raise ConfigError(f"the stain target {target} is {rgb.shape[1]}x{rgb.shape[0]} pixels: fitting stains needs a "
+                          "tile of at least 16x16 (e.g. 224x224 of well-stained tissue)")
     if _tissue_fraction(rgb) < MIN_TISSUE:
         raise ConfigError(f"the stain target {target} shows almost no stained tissue: pick a tile full of tissue")
     numbers = STAIN_METHODS[method][0](rgb)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,6 +31,10 @@ class Preprocessing:
             raise ConfigError(f"channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
+        if not 1 <= self.size <= 8192:
+            raise ConfigError(f"the input size must be 1 to 8,192 pixels, got {self.size}")
+        if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"std must be positive and mean finite, got mean {self.mean}, std {self.std}")
 
     def to_dict(self) -> dict:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.slides import SlideInfo, SlideTile, open_slide, slide_info, slide_thumbnail, tile_grid, tissue_mask
+from ..data.slides import SlideInfo, SlideTile, check_tiling, open_slide, slide_info, slide_thumbnail, tile_grid, tissue_mask
 from ..errors import DataError
 from ..files import RowLog, atomic_write_json, read_rows
 from ..models.bundle import ModelBundle, as_bundle
@@ -90,6 +90,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     target = target or loaded.classes[-1]
     if target not in loaded.classes:
         raise DataError(f"class {target!r} is not one of the bundle's classes {loaded.classes}")
+    check_tiling(loaded.preprocessing.size, mpp, slide_mpp, min_tissue)
     slide = open_slide(slide_path)
     info = slide_info(slide, slide_path)
     mask = tissue_mask(slide)

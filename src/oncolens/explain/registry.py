@@ -155,6 +155,11 @@ def explain(
         return []
     if isinstance(model_or_bundle, (str, Path)):
         model_or_bundle = load_any_bundle(model_or_bundle)
+    if level is not None:  # refused as the API refuses it (422), never clamped to the deepest level
+        depth = len(getattr(model_or_bundle, "levels", None) or [None])
+        if not 0 <= level < depth:
+            raise ConfigError(f"level must be between 0 and {depth - 1} for this bundle ({depth} level(s)), "
+                              f"got {level}")
     if isinstance(model_or_bundle, ModelBundle) and not model_or_bundle.single_classifier:
         # a tree of classifiers: explain each image with the one that decides it
         return _explain_tree(model_or_bundle, images, method, target, target_layer, batch_size, options, level,

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..data.transforms import Preprocessing
-from ..errors import BundleError, InputNotFound
+from ..errors import BundleError, ConfigError, InputNotFound
 from ..files import atomic_write, atomic_write_json
 from .factory import OncoClassifier, create_model
 from .registry import prefers_channels_last
@@ -339,10 +339,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     where = path / "bundle.json"
     try:
         cfg = info["model"]
+        preprocessing = Preprocessing.from_dict(info["preprocessing"])
+        if not 1 <= int(cfg["input_size"]) <= 8192:
+            raise ConfigError(f"model input_size {cfg['input_size']} is not 1 to 8,192 pixels")
         model = create_model(cfg["name"], num_classes=int(cfg["num_classes"]), weights="random", freeze="full",
                              head=cfg["head"], input_size=int(cfg["input_size"]), channels=int(cfg["channels"]))
-        preprocessing = Preprocessing.from_dict(info["preprocessing"])
-    except (KeyError, TypeError) as exc:
+    except ConfigError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{where}: missing or malformed field {exc}") from None
     classes = _check_classes(info.get("classes"), model.num_classes, where)
     weights = path / "model.safetensors"

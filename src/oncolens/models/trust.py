@@ -557,6 +557,7 @@ def load_trust(folder: str | Path) -> Trust | None:
         return None
     import json
 
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
@@ -590,5 +591,5 @@ def load_trust(folder: str | Path) -> Trust | None:
                      ood_node=settings.get("ood_node"), default_alpha=float(settings.get("default_alpha", 0.1)),
                      default_score=settings.get("default_score", "aps"), mondrian=bool(settings.get("mondrian")),
                      default_detector=default_detector, id_recall=float(settings.get("id_recall", 0.95)), report=settings.get("report", {}))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise BundleError(f"{folder}: damaged calibration files (trust.json / trust.safetensors): {exc}") from None

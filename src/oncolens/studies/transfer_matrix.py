@@ -20,9 +20,16 @@ __all__ = ["transfer_matrix"]
 
 
 def _train_job(config: dict) -> str:
+    """Train one run of a study; a run killed before it finished (a checkpoint, no done marker) is resumed
+    from its checkpoint, so rerunning the study continues where it stopped."""
     from rich.console import Console
 
-    return str(train(TrainConfig(**config), console=Console(quiet=True)).bundle_path)
+    from ..training import resume
+
+    cfg = TrainConfig(**config)
+    if (cfg.run_dir / "checkpoint.pt").exists():
+        return str(resume(cfg.run_dir, console=Console(quiet=True)).bundle_path)
+    return str(train(cfg, console=Console(quiet=True)).bundle_path)
 
 
 def _eval_job(bundle: str, data: str, out_dir: str, n_boot: int) -> None:

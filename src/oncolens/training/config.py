@@ -123,7 +123,7 @@ class TrainConfig:
 
 #: fields that must be at least 1 / at least 0
 _POSITIVE = ("epochs", "batch_size", "patience", "lr_patience")
-_NON_NEGATIVE = ("weight_decay", "cache_max_gb", "cache_views", "num_workers", "rotation", "zoom", "contrast", "colour")
+_NON_NEGATIVE = ("hed", "weight_decay", "cache_max_gb", "cache_views", "num_workers", "rotation", "zoom", "contrast", "colour")
 
 
 def _field_types() -> dict[str, tuple[type, bool]]:

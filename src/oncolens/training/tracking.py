@@ -138,4 +138,23 @@ def open_trackers(setting: str, run_dir: Path, runs_dir: Path, run_name: str) ->
     missing = [n for n in names if not available(n)]
     if missing:
         raise ConfigError(f"tracking with {', '.join(missing)} needs its package: pip install 'oncolens[tracking]'")
-    return [TRACKERS[n](run_dir, runs_dir, run_name) for n in names]
+    trackers = []
+    for n in names:
+        try:
+            trackers.append(TRACKERS[n](run_dir, runs_dir, run_name))
+        except Exception as exc:  # an unwritable folder or a read-only store: said before training, not after
+            if isinstance(exc, ConfigError) or not _is_storage_error(exc):
+                raise
+            raise ConfigError(f"--tracking {n} cannot keep its records under {runs_dir} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); make the folder writable "
+                              "or use --tracking none") from None
+    return trackers
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (from a tracker's store) means the files cannot be written: permissions, a read-only
+    database, a damaged one, a full disk (MLflow wraps SQLAlchemy's errors in its own exception types)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return isinstance(exc, OSError) or any(word in text for word in ("readonly", "read-only", "permission",
+                                                                     "unable to open database", "disk",
+                                                                     "operationalerror", "not a database"))

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import random
 import time
@@ -736,6 +737,12 @@ class _Trainer:
                            [self.run_dir / n for n in ("config.yaml", "history.csv", "metrics.json", "curves.png")])
         self.console.print(f"best epoch {self.best_epoch + 1} ({best_stage}): val_accuracy {val_acc:.4f}  "
                            f"val_loss {val_loss:.4f}")
+        guess = math.log(max(len(self.classes), 2))  # the loss of predicting every class alike
+        if math.isfinite(val_loss) and val_loss > 10 * guess:
+            warning = (f"warning: the best validation loss {val_loss:.3g} is over 10x that of guessing "
+                               f"({guess:.3g}): this model is not usable as it is; check --lr ({self.config.lr:g}) "
+                               "and the data")
+            self.console.print(warning, style="bold yellow", markup=False, highlight=False)
         self.console.print(f"bundle: {bundle}")
         return RunResult(run_dir=self.run_dir, bundle_path=bundle, history=history, best_epoch=self.best_epoch + 1,
                          val_loss=val_loss, val_accuracy=val_acc, classes=self.classes, config=self.config)

@@ -124,7 +124,20 @@ def walk(root: Path, exclude: Sequence[str] = (), problems: list[Candidate] | No
             continue
         seen.add(real)
         rel = Path(dirpath).relative_to(root).parts
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded((*rel, d), exclude))
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith(".") or _excluded((*rel, d), exclude):
+                continue
+            try:
+                d.encode("utf-8")
+            except UnicodeEncodeError:  # its files could not be named in a manifest: reported, not walked
+                if problems is not None:
+                    shown = d.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    problems.append(Candidate(Path(dirpath) / d, problem=f"folder name is not valid UTF-8 "
+                                                                          f"({shown!r}); rename the folder"))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         names = []
         for name in sorted(filenames):
             try:
