@@ -142,6 +142,13 @@ def test_test_time_augmentation_averages_views_and_dihedral_ignores_orientation(
     flip = bundle.score([image], tta="flip")
     for key, proba in plain.node_probabilities.items():
         np.testing.assert_allclose(flip.node_probabilities[key][0], proba.mean(0), atol=5e-5)
+        # the energy detector sees the views' mean energy, not log-probabilities (whose energy is always 0)
+        from oncolens.models.trust import OOD_DETECTORS
+
+        energy = OOD_DETECTORS["energy"]()
+        views = energy.score(None, plain.node_logits[key])
+        assert abs(views.mean()) > 0.1
+        assert energy.score(None, flip.node_logits[key])[0] == pytest.approx(views.mean(), abs=1e-3)
     rotated = image.transpose(Image.Transpose.ROTATE_90)
     dihedral = bundle.score([image, rotated, mirrored], tta="dihedral")
     np.testing.assert_allclose(dihedral.probabilities[1], dihedral.probabilities[0], atol=5e-5)

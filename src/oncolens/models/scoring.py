@@ -366,8 +366,12 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
                 if len(runs) == 1:
                     logits[node.key] = runs[0][1][i].numpy()
                 else:  # log of the mean probability: its softmax is the average over the views
-                    mean = np.mean([softmax(run[1][i].numpy()) for run in runs], axis=0)
-                    logits[node.key] = np.log(np.clip(mean, 1e-12, None)).astype(np.float32)
+                    views_logits = [run[1][i].numpy().astype(np.float64) for run in runs]
+                    mean = np.mean([softmax(v) for v in views_logits], axis=0)
+                    # shifted by the views' mean log-sum-exp (a per-image constant: probabilities unchanged), so
+                    # logit-based detectors (energy) see the views' scale, not log-probabilities summing to one
+                    scale = np.mean([np.logaddexp.reduce(v, axis=1) for v in views_logits], axis=0)[:, None]
+                    logits[node.key] = (np.log(np.clip(mean, 1e-12, None)) + scale).astype(np.float32)
                 if features:  # pooled to the width the OOD detectors read (bounded whatever the backbone)
                     feats[node.key] = pool_features(np.mean([run[0].numpy() for run in runs], axis=0),
                                                     detector_dim(node.model.backbone))
