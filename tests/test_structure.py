@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "oncolens"
 
 #: the data's path through the package; a module may import its own layer or an earlier one
-LAYERS = {"errors": 0, "_lazy": 0, "files": 0, "figures": 0, "runtime": 0, "distributed": 0, "__init__": 0, "__main__": 7,
+LAYERS = {"errors": 0, "_lazy": 0, "registry": 0, "files": 0, "figures": 0, "runtime": 0, "distributed": 0, "__init__": 0, "__main__": 7,
           "data": 1, "staging": 1, "models": 2, "training": 3, "evaluation": 4, "explain": 5, "studies": 6,
           "predictor": 7, "apps": 7}
 
@@ -124,3 +124,32 @@ def test_the_command_line_starts_without_torch_sklearn_or_pandas():
     assert out.strip() == "[]", out
     help_run = subprocess.run([sys.executable, "-m", "oncolens", "train", "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0 and "--model" in help_run.stdout
+
+
+def test_every_registry_is_the_one_registry_type():
+    """Things looked up by name live in ``oncolens.registry.Registry`` (one duplicate-name policy), never in a
+    module-level dict filled by hand."""
+    offenders = []
+    for path, parts in _modules():
+        text = path.read_text()
+        for match in re.finditer(r"^[_A-Z][A-Z_]*: dict\[[^\n]*\] = \{\}", text, re.M):
+            offenders.append(f"{'/'.join(parts)}: {match.group(0)}")
+    assert not offenders, offenders
+    from oncolens.data.perturb import PERTURBATIONS
+    from oncolens.models.trust import CONFORMAL_SCORES, OOD_DETECTORS
+    from oncolens.registry import Registry
+
+    assert all(isinstance(r, Registry) for r in (PERTURBATIONS, CONFORMAL_SCORES, OOD_DETECTORS))
+
+
+def test_a_taken_name_is_refused_unless_overridden():
+    from oncolens.errors import ConfigError
+    from oncolens.registry import Registry
+
+    registry: Registry[int] = Registry("number")
+    registry.register("one", 1)
+    with pytest.raises(ConfigError, match="already registered"):
+        registry.register("one", 2)
+    assert registry.register("one", 3, override=True) == 3 and registry["one"] == 3
+    with pytest.raises(ConfigError, match="unknown number 'two'; available: one"):
+        registry.get("two")

@@ -13,27 +13,25 @@ from functools import partial
 
 from PIL import Image
 
-from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = ["PERTURBATIONS", "register_perturbation", "get_perturbation", "jpeg", "rescale"]
 
-PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {}
+PERTURBATIONS: Registry[Callable[[Image.Image], Image.Image]] = Registry("perturbation")
 
 
-def register_perturbation(name: str, fn: Callable[[Image.Image], Image.Image], replace: bool = False) -> None:
-    """Make ``fn`` (a picklable PIL image -> PIL image function) available as ``name``."""
-    if name in PERTURBATIONS and not replace:
-        raise ConfigError(f"perturbation {name!r} is already registered")
-    PERTURBATIONS[name] = fn
+def register_perturbation(name: str, fn: Callable[[Image.Image], Image.Image], override: bool = False, *,
+                          replace: bool | None = None) -> None:
+    """Make ``fn`` (a picklable PIL image -> PIL image function) available as ``name`` (``replace`` is the
+    deprecated name of ``override``)."""
+    PERTURBATIONS.register(name, fn, override or bool(replace))
 
 
 def get_perturbation(name: str | None) -> Callable[[Image.Image], Image.Image] | None:
     """The perturbation called ``name`` (None: no perturbation), or a clear error listing the known ones."""
     if name in (None, "", "none"):
         return None
-    if name not in PERTURBATIONS:
-        raise ConfigError(f"unknown perturbation {name!r}; known: {', '.join(PERTURBATIONS)}")
-    return PERTURBATIONS[name]
+    return PERTURBATIONS.get(name)
 
 
 def jpeg(image: Image.Image, quality: int = 75) -> Image.Image:

@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..registry import Registry
 
 __all__ = ["hed_jitter", "RandomHEDJitter", "stain_shift", "STAIN_METHODS", "fit_stain_normalisation", "StainNormalise"]
 
@@ -67,7 +68,7 @@ def stain_shift(image: Image.Image, sigma: float = 0.2, bias: float = 0.05) -> I
 # --- stain normalisation ----------------------------------------------------------------------------
 #: method -> (fit(rgb uint8) -> numbers, normalise(rgb uint8, numbers) -> rgb uint8); torchstain's numpy
 #: normalisers do the work, the numbers are what a bundle stores
-STAIN_METHODS: dict[str, tuple] = {}
+STAIN_METHODS: Registry[tuple] = Registry("stain normalisation")  # name -> (fit, apply)
 MIN_TISSUE = 0.05  # a tile with less stained area than this is left as it is (Macenko's fit needs stain)
 
 
@@ -110,7 +111,8 @@ def _reinhard(rgb: np.ndarray, numbers: tuple[float, ...]) -> np.ndarray:
     return normaliser.normalize(rgb)
 
 
-STAIN_METHODS.update(macenko=(_macenko_fit, _macenko), reinhard=(_reinhard_fit, _reinhard))
+STAIN_METHODS.register("macenko", (_macenko_fit, _macenko))
+STAIN_METHODS.register("reinhard", (_reinhard_fit, _reinhard))
 
 
 def fit_stain_normalisation(method: str, target: str | Path | Image.Image) -> tuple:

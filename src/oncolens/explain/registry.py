@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data import Preprocessing, build_transforms, read_image
 from ..errors import ConfigError, DataError
+from ..registry import Registry
 from ..models.bundle import HierarchyNode, ModelBundle, load_any_bundle
 from ..models.factory import OncoClassifier
 from ..models.registry import prefers_channels_last
@@ -77,29 +78,26 @@ class Method:
         raise NotImplementedError
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("explanation method")
 
 
-def register_method(name: str):
+def register_method(name: str, override: bool = False):
     """Class decorator: make a :class:`Method` subclass available as ``name``."""
 
     def decorator(cls: type[Method]) -> type[Method]:
         cls.name = name
-        _METHODS[name] = cls()
+        _METHODS.register(name, cls(), override)
         return cls
 
     return decorator
 
 
 def get_method(name: str) -> Method:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown explanation method {name!r}; available: {', '.join(list_methods())}") from None
+    return _METHODS.get(name)
 
 
 def list_methods() -> list[str]:
-    return list(_METHODS)
+    return _METHODS.names()
 
 
 def to_relevance(raw: np.ndarray, kind: str) -> np.ndarray:

@@ -28,6 +28,7 @@ from .. import __version__
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, ConfigError, InputNotFound
 from ..files import atomic_write, atomic_write_json
+from ..registry import Registry
 from .factory import OncoClassifier, create_model
 from .registry import prefers_channels_last
 from .trust import Trust, load_trust
@@ -373,14 +374,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
 
 
 #: kind -> loader(path, device, info)
-_KINDS: dict[str, Callable[[Path, str, dict], ModelBundle]] = {}
+_KINDS: Registry[Callable[[Path, str, dict], ModelBundle]] = Registry("bundle kind")
 
 
-def register_bundle_kind(kind: str, loader: Callable[[Path, str, dict], ModelBundle]) -> None:
+def register_bundle_kind(kind: str, loader: Callable[[Path, str, dict], ModelBundle], override: bool = False) -> None:
     """Make ``load_any_bundle`` load bundles whose ``bundle.json`` says ``"kind": kind``."""
-    if kind in _KINDS and _KINDS[kind] is not loader:
-        raise ValueError(f"bundle kind {kind!r} is already registered")
-    _KINDS[kind] = loader
+    _KINDS.register(kind, loader, override)
 
 
 register_bundle_kind("flat", lambda path, device, info: load_bundle(path, device=device))
@@ -389,7 +388,7 @@ register_bundle_kind("flat", lambda path, device, info: load_bundle(path, device
 def load_any_bundle(path: str | Path, device: str = "cpu") -> ModelBundle:
     """The bundle at ``path``, whatever its kind."""
     info = read_bundle_info(path)
-    bundle = _KINDS[info.get("kind", "flat")](Path(path), device, info)
+    bundle = _KINDS.get(info.get("kind", "flat"))(Path(path), device, info)
     bundle.trust = load_trust(path)
     return bundle
 

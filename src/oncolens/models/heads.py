@@ -6,37 +6,37 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..registry import Registry
 
-__all__ = ["register_head", "create_head", "list_heads", "HEAD_DESCRIPTIONS"]
+__all__ = ["register_head", "create_head", "list_heads", "head_description"]
 
-_HEADS: dict[str, Callable[[int, int], nn.Module]] = {}
-HEAD_DESCRIPTIONS: dict[str, str] = {}
+_HEADS: Registry[Callable[[int, int], nn.Module]] = Registry("head")
 
 
-def register_head(name: str, description: str = ""):
+def register_head(name: str, description: str = "", override: bool = False):
     """Decorator: ``fn(in_features, num_classes) -> nn.Module`` becomes head ``name``."""
 
     def decorator(fn):
-        _HEADS[name] = fn
-        HEAD_DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip()
+        fn.description = description or (fn.__doc__ or "").strip()
+        _HEADS.register(name, fn, override)
         return fn
 
     return decorator
 
 
 def create_head(name: str, in_features: int, num_classes: int) -> nn.Module:
-    try:
-        builder = _HEADS[name]
-    except KeyError:
-        raise ConfigError(f"unknown head {name!r}; choose one of {sorted(_HEADS)}") from None
-    head = builder(in_features, num_classes)
+    head = _HEADS.get(name)(in_features, num_classes)
     head.head_name = name
     return head
 
 
+def head_description(name: str) -> str:
+    """What head ``name`` is (its registration's description or docstring)."""
+    return _HEADS.get(name).description
+
+
 def list_heads() -> list[str]:
-    return sorted(_HEADS)
+    return sorted(_HEADS.names())
 
 
 @register_head("linear")

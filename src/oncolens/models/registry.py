@@ -6,6 +6,8 @@ builds them.
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = ["ModelSpec", "register_model", "get_spec", "prefers_channels_last", "list_models"]
 
@@ -51,7 +53,7 @@ class ModelSpec:
         return IMAGENET_MEAN, IMAGENET_STD
 
 
-_MODELS: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def prefers_channels_last(model_name: str, device: str | torch.device) -> bool:
@@ -59,23 +61,20 @@ def prefers_channels_last(model_name: str, device: str | torch.device) -> bool:
     return torch.device(device).type == "cpu" and get_spec(model_name).channels_last_on_cpu
 
 
-def register_model(spec: ModelSpec, replace: bool = False) -> ModelSpec:
+def register_model(spec: ModelSpec, override: bool = False, *, replace: bool | None = None) -> ModelSpec:
     """Make ``spec`` available to ``create_model`` under ``spec.name``; an existing name is refused
-    unless ``replace`` says the overwrite is meant."""
-    if spec.name in _MODELS and not replace:
-        raise ValueError(f"a model named {spec.name!r} is already registered (pass replace=True to overwrite it)")
-    _MODELS[spec.name] = spec
-    return spec
+    unless ``override`` says the overwrite is meant (``replace`` is its old, deprecated name)."""
+    if replace is not None:
+        warnings.warn("register_model(replace=...) is now override=...", DeprecationWarning, stacklevel=2)
+        override = override or replace
+    return _MODELS.register(spec.name, spec, override)
 
 
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}") from None
+    return _MODELS.get(name)
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return sorted(_MODELS.names())
 
 

@@ -36,6 +36,7 @@ from ..data.imageio import DEFAULT_MAX_PIXELS, LazyImage, UnreadableImage, read_
 from ..data.perturb import get_perturbation
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
+from ..registry import Registry
 from .bundle import HierarchyNode, ModelBundle
 from .factory import detector_dim, pool_features
 from .fuse import inference_backbone, module_version
@@ -175,18 +176,17 @@ def auto_backend(bundle: ModelBundle, onnx_dir: str | Path | None = None) -> Bac
     return TorchBackend(bundle)
 
 
-_BACKENDS: dict[str, Callable[..., Backend]] = {
-    "auto": lambda bundle, onnx_dir=None, **_: auto_backend(bundle, onnx_dir),
-    "torch": lambda bundle, **_: TorchBackend(bundle),
-    "onnx": lambda bundle, onnx_dir=None, **_: OnnxBackend(bundle, onnx_dir),
-}
+_BACKENDS: Registry[Callable[..., Backend]] = Registry("scoring back-end")
 
 
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+def register_backend(name: str, factory: Callable[..., Backend], override: bool = False) -> None:
     """Make ``factory(bundle, **options)`` available as ``backend=name``."""
-    if name in _BACKENDS:
-        raise ValueError(f"backend {name!r} is already registered")
-    _BACKENDS[name] = factory
+    _BACKENDS.register(name, factory, override)
+
+
+register_backend("auto", lambda bundle, onnx_dir=None, **_: auto_backend(bundle, onnx_dir))
+register_backend("torch", lambda bundle, **_: TorchBackend(bundle))
+register_backend("onnx", lambda bundle, onnx_dir=None, **_: OnnxBackend(bundle, onnx_dir))
 
 
 def make_backend(bundle: ModelBundle, backend: "str | Backend" = "auto", **options: Any) -> Backend:
@@ -194,10 +194,9 @@ def make_backend(bundle: ModelBundle, backend: "str | Backend" = "auto", **optio
     and options while the weights stay the same: exporting a graph costs a fraction of a second."""
     if not isinstance(backend, str):
         return backend
-    try:
-        factory = _BACKENDS[backend]
-    except KeyError:
-        raise ConfigError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}") from None
+    if backend not in _BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+    factory = _BACKENDS.get(backend)
     key = (backend, tuple(sorted((k, str(v)) for k, v in options.items())))
     version = tuple((module_version(node.model), str(next(node.model.parameters()).device))
                     for group in bundle.shared_backbones() for node in group)

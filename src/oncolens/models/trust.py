@@ -35,6 +35,7 @@ import torch
 
 from ..errors import BundleError, DataError
 from ..files import atomic_write, atomic_write_json
+from ..registry import Registry
 
 __all__ = ["CONFORMAL_SCORES", "OOD_DETECTORS", "ConformalCalibration", "OODDetector", "Trust", "Assessment",
            "conformal_quantile", "fit_temperature", "expected_calibration_error", "register_conformal_score",
@@ -87,14 +88,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 # --- conformal prediction ------------------------------------------------------------------------
 #: name -> function(probabilities (n, k), params) -> nonconformity of every label (n, k)
-CONFORMAL_SCORES: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {}
+CONFORMAL_SCORES: Registry[Callable[[np.ndarray, dict], np.ndarray]] = Registry("conformal score")
 
 
-def register_conformal_score(name: str, fn: Callable[[np.ndarray, dict], np.ndarray], replace: bool = False) -> None:
+def register_conformal_score(name: str, fn: Callable[[np.ndarray, dict], np.ndarray], override: bool = False) -> None:
     """Make a conformal score function available by name (``fn(probabilities, params) -> (n, k) scores``)."""
-    if name in CONFORMAL_SCORES and not replace:
-        raise BundleError(f"conformal score {name!r} is already registered")
-    CONFORMAL_SCORES[name] = fn
+    CONFORMAL_SCORES.register(name, fn, override)
 
 
 def _lac(proba: np.ndarray, params: dict) -> np.ndarray:
@@ -224,15 +223,12 @@ class OODDetector:
 
 
 #: name -> detector class
-OOD_DETECTORS: dict[str, type[OODDetector]] = {}
+OOD_DETECTORS: Registry[type[OODDetector]] = Registry("OOD detector")
 
 
-def register_detector(cls: type[OODDetector], replace: bool = False) -> type[OODDetector]:
+def register_detector(cls: type[OODDetector], override: bool = False) -> type[OODDetector]:
     """Make an :class:`OODDetector` subclass available by its ``name`` (usable as a class decorator)."""
-    if cls.name in OOD_DETECTORS and not replace:
-        raise BundleError(f"OOD detector {cls.name!r} is already registered")
-    OOD_DETECTORS[cls.name] = cls
-    return cls
+    return OOD_DETECTORS.register(cls.name, cls, override)
 
 
 @register_detector

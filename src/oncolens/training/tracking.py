@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = ["Tracker", "TRACKERS", "register_tracker", "open_trackers", "available"]
 
@@ -37,13 +38,12 @@ class Tracker:
 
 
 #: name -> tracker class
-TRACKERS: dict[str, type[Tracker]] = {}
+TRACKERS: Registry[type[Tracker]] = Registry("tracker")
 
 
-def register_tracker(cls: type[Tracker]) -> type[Tracker]:
+def register_tracker(cls: type[Tracker], override: bool = False) -> type[Tracker]:
     """Make a :class:`Tracker` available by its ``name`` (usable as a class decorator)."""
-    TRACKERS[cls.name] = cls
-    return cls
+    return TRACKERS.register(cls.name, cls, override)
 
 
 def available(name: str) -> bool:

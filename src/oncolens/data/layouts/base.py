@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import ConfigError
+from ...registry import Registry
 from ..imageio import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -68,29 +69,28 @@ class Layout:
         raise NotImplementedError
 
 
-_LAYOUTS: dict[str, Layout] = {}
+_LAYOUTS: Registry[Layout] = Registry("layout")
 
 
-def register_layout(name: str):
+def register_layout(name: str, override: bool = False):
     """Class decorator: make a :class:`Layout` subclass available by ``name``."""
 
     def decorator(cls: type[Layout]) -> type[Layout]:
         cls.name = name
-        _LAYOUTS[name] = cls()
+        _LAYOUTS.register(name, cls(), override)
         return cls
 
     return decorator
 
 
 def get_layout(name: str) -> Layout:
-    try:
-        return _LAYOUTS[name]
-    except KeyError:
-        raise ConfigError(f"unknown layout {name!r}; choose one of: auto, {', '.join(sorted(_LAYOUTS))}") from None
+    if name not in _LAYOUTS:  # "auto" is the scan's own choice, not a layout
+        raise ConfigError(f"unknown layout {name!r}; choose one of: auto, {', '.join(sorted(_LAYOUTS.names()))}")
+    return _LAYOUTS.get(name)
 
 
 def list_layouts() -> list[str]:
-    return sorted(_LAYOUTS)
+    return sorted(_LAYOUTS.names())
 
 
 def detect_layout(root: Path) -> Layout:
