@@ -286,3 +286,11 @@ def test_randomized_sets_are_the_same_for_the_same_image():
     first = cal.sets(proba[200:], "aps-randomized", 0.1)
     again = cal.sets(proba[200:][::-1].copy(), "aps-randomized", 0.1)[::-1]
     assert (first == again).all()
+
+
+@pytest.mark.parametrize("name", ["mahalanobis", "knn"])
+def test_an_unfitted_detector_says_so(name):
+    from oncolens.errors import DataError
+
+    with pytest.raises(DataError, match="not fitted"):
+        OOD_DETECTORS[name]().score(np.zeros((2, 4)), None)

@@ -129,7 +129,6 @@ def evaluate_ood(bundle, in_data, ood: dict, out_dir: str | Path, split: str | N
         raise DataError(f"{loaded.path}: no OOD detectors in this bundle; run `oncolens calibrate` on it first")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    node = trust.ood_node
     options = {"features": True, "batch_size": batch_size, "num_workers": num_workers}
 
     def detector_scores(paths: list[str], what: str) -> dict[str, np.ndarray]:
@@ -138,7 +137,7 @@ def evaluate_ood(bundle, in_data, ood: dict, out_dir: str | Path, split: str | N
         scored = loaded.score(paths, **options)
         if not len(scored):
             raise DataError(f"no readable image in {what}")
-        return {name: d.score(scored.features.get(node), scored.node_logits[node]) for name, d in trust.detectors.items()}
+        return {name: trust.detector_values(scored, name, strict=True) for name in trust.detectors}
 
     inside = detector_scores(_inputs(in_data, split), "the in-distribution set")
     sets = {name: detector_scores(_inputs(source, None), f"OOD set {name}") for name, source in ood.items()}

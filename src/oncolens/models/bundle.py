@@ -106,8 +106,9 @@ class ModelBundle:
 
     @property
     def is_tree(self) -> bool:
-        """True when more than one decision is taken per image (more than one level)."""
-        return len(self.levels) > 1
+        """True when more than one classifier decides (the negation of :attr:`single_classifier`, so the two
+        can never disagree)."""
+        return not self.single_classifier
 
     @property
     def single_classifier(self) -> bool:
@@ -389,7 +390,8 @@ def load_any_bundle(path: str | Path, device: str = "cpu") -> ModelBundle:
     """The bundle at ``path``, whatever its kind."""
     info = read_bundle_info(path)
     bundle = _KINDS.get(info.get("kind", "flat"))(Path(path), device, info)
-    bundle.trust = load_trust(path)
+    if getattr(bundle, "trust", None) is None:  # a flat bundle's loader has read its calibration already
+        bundle.trust = load_trust(path)
     return bundle
 
 

@@ -35,7 +35,7 @@ from ..data.dataset import Unreadable
 from ..data.imageio import DEFAULT_MAX_PIXELS, LazyImage, UnreadableImage, read_image
 from ..data.perturb import get_perturbation
 from ..data.transforms import build_transforms
-from ..errors import ConfigError
+from ..errors import ConfigError, OncolensError
 from ..registry import Registry
 from .bundle import HierarchyNode, ModelBundle
 from .factory import detector_dim, pool_features
@@ -117,7 +117,10 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, bundle: ModelBundle):
+    def __init__(self, bundle: ModelBundle, fused: bool = True):
+        """``fused``: run a copy with batch norm folded into the convolutions (scoring; no gradients reach
+        the bundle's parameters through it); False runs the bundle's own modules."""
+        self.fused = fused
         self.groups = bundle.shared_backbones()
         self.devices = [next(g[0].model.parameters()).device for g in self.groups]
         self.channels_last = [prefers_channels_last(g[0].model.name, d) for g, d in zip(self.groups, self.devices)]
@@ -125,10 +128,9 @@ class TorchBackend:
     def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         nodes = self.groups[group]
         model = nodes[0].model
-        # batch norm folded into the convolutions (a cached copy; see .fuse) unless gradients are wanted
-        backbone = model.backbone if torch.is_grad_enabled() else inference_backbone(
-            model.backbone, model.preprocessing.size, model.preprocessing.channels, self.devices[group],
-            self.channels_last[group])
+        # batch norm folded into the convolutions (a cached copy; see .fuse), or the model's own modules
+        backbone = inference_backbone(model.backbone, model.preprocessing.size, model.preprocessing.channels,
+                                      self.devices[group], self.channels_last[group]) if self.fused else model.backbone
         features = backbone(to_device(x, self.devices[group], self.channels_last[group]))
         return features.float().cpu(), [node.model.head(features).float().cpu() for node in nodes]
 
@@ -235,6 +237,8 @@ class _Inputs(Dataset):
             if self.perturb is not None:
                 image = self.perturb(image)
             return tuple(t(image) for t in self.transforms), index
+        except OncolensError:  # a user error (e.g. a bad option of a transform) is said as it is, not as a file's
+            raise
         except (OSError, ValueError) as exc:  # a decoder that gave up part-way through the pixels
             return Unreadable(index, f"cannot decode: {exc}")
 

@@ -215,6 +215,12 @@ class OODDetector:
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
+    def check_fitted(self, *attributes: str) -> None:
+        """A clear error, not an AttributeError, when ``score`` is called before ``fit`` or ``load``."""
+        if not all(hasattr(self, a) for a in attributes):
+            raise DataError(f"the {self.name} detector is not fitted: fit it on training features or load a "
+                            "calibrated bundle (oncolens calibrate)")
+
     def settings(self) -> dict:
         return {}
 
@@ -317,6 +323,7 @@ class Mahalanobis(OODDetector):
         return self
 
     def score(self, features, logits):
+        self.check_fitted("means", "axes", "weights", "residual_precision")
         x = np.asarray(features, dtype=np.float64)
         means, axes = self.means.astype(np.float64), self.axes.astype(np.float64)
         weights, rest = self.weights.astype(np.float64), float(self.residual_precision[0])
@@ -378,6 +385,7 @@ class KNN(OODDetector):
         return self
 
     def score(self, features, logits):
+        self.check_fitted("bank")
         similarity = self._normalise(features) @ self.bank.T
         kth = -np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
         return 1.0 - kth
@@ -445,29 +453,29 @@ class Trust:
     def needs_features(self) -> bool:
         return any(d.uses == "features" for d in self.detectors.values())
 
-    def ood_scores(self, features: np.ndarray | None, logits: np.ndarray | None) -> dict[str, np.ndarray]:
-        out = {}
-        for name, detector in self.detectors.items():
-            if detector.uses == "features" and features is None:
-                continue
-            out[name] = detector.score(features, logits)
-        return out
-
     def default_needs_features(self) -> bool:
         """Whether the default detector reads penultimate features (score with ``features=True``)."""
         return self.default_detector in self.detectors and self.detectors[self.default_detector].uses == "features"
 
-    def default_ood_values(self, scores) -> np.ndarray | None:
-        """The default detector's score of every row of ``scores`` (:class:`~oncolens.models.scoring.Scores`),
-        or None without that detector, rows, or the features it needs."""
-        detector = self.detectors.get(self.default_detector)
-        if detector is None or not len(scores):
+    def detector_values(self, scores, detector: str | None = None, strict: bool = False) -> np.ndarray | None:
+        """Detector ``detector``'s score (default: the default detector's) of every row of ``scores``
+        (:class:`~oncolens.models.scoring.Scores`): the one way a detector is run. None without that detector,
+        rows, or the features it needs; ``strict`` makes missing features an error instead."""
+        name = detector or self.default_detector
+        chosen = self.detectors.get(name)
+        if chosen is None or not len(scores):
             return None
         node = self.ood_node or next(iter(scores.node_logits))
         features = scores.features.get(node)
-        if detector.uses == "features" and features is None:
+        if chosen.uses == "features" and features is None:
+            if strict:
+                raise DataError(f"the {name} detector needs features: score with features=True")
             return None
-        return detector.score(features, scores.node_logits[node])
+        return chosen.score(features, scores.node_logits[node])
+
+    def default_ood_values(self, scores) -> np.ndarray | None:
+        """The default detector's score of every row of ``scores``, or None (see :meth:`detector_values`)."""
+        return self.detector_values(scores)
 
     def check(self, detector: str | None = None) -> str:
         """The detector to use (``detector``, else the default), or a clear error when it was not fitted."""
@@ -486,13 +494,7 @@ class Trust:
             chosen = self.conformal.sets(scores.probabilities, score_name or self.default_score, alpha, self.mondrian)
             sets = [[c for c, keep in zip(scores.classes, row) if keep] for row in chosen]
         detector = self.check(detector)
-        value = None
-        if detector in self.detectors and len(scores):
-            node = self.ood_node or next(iter(scores.node_logits))
-            features = scores.features.get(node)
-            if self.detectors[detector].uses == "features" and features is None:
-                raise DataError(f"the {detector} detector needs features: score with features=True")
-            value = self.detectors[detector].score(features, scores.node_logits[node])
+        value = self.detector_values(scores, detector, strict=True)
         out = []
         for i in range(len(scores)):
             a = Assessment(prediction_set=sets[i] if sets is not None else None,
