@@ -180,3 +180,22 @@ def test_train_flags_are_the_configuration_fields():
     for f in dataclasses.fields(TrainConfig):
         if f.name != "data":
             assert f"--{f.name.replace('_', '-')}" in help_text, f.name
+
+
+def test_option_names_mean_one_thing_and_old_spellings_warn(tiny_bundle, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (120, 60, 90)).save(image)
+    runner = CliRunner()
+    new = runner.invoke(app, ["explain", str(tiny_bundle), str(image), "--opacity", "0.3", "--out", str(tmp_path / "a")])
+    assert new.exit_code == 0 and "deprecated" not in new.output and "is now" not in new.output, new.output
+    old = runner.invoke(app, ["explain", str(tiny_bundle), str(image), "--alpha", "0.3", "--out", str(tmp_path / "b")])
+    assert old.exit_code == 0 and "--alpha (heatmap opacity) is now --opacity" in old.output, old.output
+    assert (tmp_path / "a" / "x.gradcam.heatmap.png").read_bytes() == (tmp_path / "b" / "x.gradcam.heatmap.png").read_bytes()
+    for command in (["cv"], ["study", "transfer"], ["study", "compare"], ["study", "hierarchy"]):
+        shown = runner.invoke(app, [*command, "--help"]).output
+        assert "--jobs" in shown and "--workers" not in shown, command  # --workers: images read in parallel only

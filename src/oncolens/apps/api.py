@@ -262,7 +262,10 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         200: {"content": {"image/png": {}}, "description": "JSON, or the overlay PNG with Accept: image/png"}})
     async def explain(request: Request, file: UploadFile = File(...),
                       method: Method = Query("gradcam", description="explanation method"),
-                      alpha: float = Query(0.45, ge=0.0, le=1.0),
+                      opacity: float = Query(0.45, ge=0.0, le=1.0, description="heatmap opacity"),
+                      alpha: float | None = Query(None, ge=0.0, le=1.0, deprecated=True,
+                                                  description="old name of opacity (alpha is the error rate of "
+                                                              "prediction sets everywhere else)"),
                       overlay: str = Query("contours", pattern="^(contours|heatmap)$",
                                            description="which overlay an image/png response returns"),
                       level: int | None = Query(None, ge=0, le=n_levels - 1,
@@ -270,7 +273,8 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                                                             "explained (0 = top; default: the deepest)")):
         data, name = await read_upload(file), file.filename or ""
         result = await queue.run(lambda: predictor.explain(decoded(data, name), method=getattr(method, "value", method),
-                                                           alpha=alpha, source=name, level=level),
+                                                           alpha=opacity if alpha is None else alpha, source=name,
+                                                           level=level),
                                  timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay

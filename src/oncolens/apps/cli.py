@@ -59,6 +59,21 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+#: one meaning of --workers everywhere (processes or threads that read and decode images); runs in parallel
+#: are --jobs. Old spellings stay accepted for one release, hidden, with a warning.
+Jobs = Annotated[int, typer.Option("--jobs", "-j", help="runs trained in parallel (one process each)")]
+OldWorkers = Annotated[Optional[int], typer.Option("--workers", hidden=True, help="deprecated spelling of --jobs")]
+
+
+def renamed(new_value, old_value, old: str, new: str):
+    """The value of an option given under its old name (with a deprecation warning), else the new one's."""
+    if old_value is None:
+        return new_value
+    Console(stderr=True).print(Text.assemble(("warning:", "yellow"), f" {old} is now {new} here; the old "
+                                             "spelling goes in the next release"))
+    return old_value
+
+
 def print_notes(notes: list[str]) -> None:
     for note in notes:
         console.print(Text.assemble(("note:", "yellow"), f" {note}"))
@@ -330,7 +345,8 @@ def cv(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of training options")] = None,
     seed: Annotated[int, typer.Option(help="seed of the folds and of every run")] = 42,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the pooled out-of-fold CIs")] = 1000,
-    workers: Annotated[int, typer.Option(help="parallel worker processes (one fold each)")] = 1,
+    jobs: Jobs = 1,
+    workers: OldWorkers = None,
     ensemble: Annotated[bool, typer.Option("--ensemble/--no-ensemble", help="write the fold-ensemble bundle")] = True,
     perturb: Annotated[Optional[str], typer.Option(help="comma-separated perturbations to score every image through "
                                                    f"afterwards ({', '.join(_perturbations())})")] = None,
@@ -345,7 +361,8 @@ def cv(
     from oncolens.training import load_config
 
     train_config = load_config(config, **options)
-    cross_validate(manifest, out, folds=folds, train_config=train_config, seed=seed, n_boot=n_boot, workers=workers,
+    jobs = renamed(jobs, workers, "--workers", "--jobs")
+    cross_validate(manifest, out, folds=folds, train_config=train_config, seed=seed, n_boot=n_boot, workers=jobs,
                    ensemble=ensemble, perturb=[p.strip() for p in perturb.split(",") if p.strip()] if perturb else (),
                    holdout=holdout)
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
@@ -756,7 +773,8 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("explanations"),
     threshold: Annotated[str, typer.Option(help="otsu or percentile")] = "otsu",
     percentile: Annotated[float, typer.Option(help="percentile for --threshold percentile")] = 90.0,
-    alpha: Annotated[float, typer.Option(help="heatmap opacity")] = 0.45,
+    opacity: Annotated[float, typer.Option(help="heatmap opacity (0 to 1)", min=0.0, max=1.0)] = 0.45,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", hidden=True, help="deprecated: --opacity")] = None,
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 16,
     internal_batch_size: Annotated[int, typer.Option(help="perturbed inputs per forward pass")] = 32,
     n_samples: Annotated[int, typer.Option(help="LIME / KernelSHAP samples")] = 200,
@@ -771,7 +789,8 @@ def explain(
     if unknown:
         fail(f"unknown method(s) {unknown}; available: {', '.join(list_methods())}")
     records, failed = explain_to_files(bundle, _image_paths(images), methods, out, target=target, target_layer=layer,
-                                       threshold=threshold, percentile=percentile, alpha=alpha,
+                                       threshold=threshold, percentile=percentile,
+                                       alpha=renamed(opacity, alpha, "--alpha (heatmap opacity)", "--opacity"),
                                        batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples),
                                        level=level)
     table = Table(title=f"{len(records)} explanation(s) in {out}")
@@ -1104,7 +1123,7 @@ LearningRate = Annotated[float, typer.Option()]
 BatchSize = Annotated[int, typer.Option()]
 ImageSize = Annotated[Optional[int], typer.Option()]
 Seed = Annotated[int, typer.Option()]
-Workers = Annotated[int, typer.Option(help="parallel worker processes")]
+Workers = Jobs  # studies: runs in parallel
 ModelList = Annotated[str, typer.Option(help="comma-separated model names")]
 SplitManifest = Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")]
 
@@ -1142,6 +1161,7 @@ def study_transfer(
     seed: Seed = 42,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples per cell")] = 200,
     workers: Workers = 1,
+    old_workers: OldWorkers = None,
 ) -> None:
     """Cross-cancer transfer matrix (seed 000): one model per source, tested on every target."""
     from oncolens.studies import transfer_matrix
@@ -1149,7 +1169,8 @@ def study_transfer(
     config = _study_config(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
                            batch_size=batch_size)
     _run_study(lambda: transfer_matrix(manifest, out, domain_col=domain_col, label_map=label_map, train_config=config,
-                                       seed=seed, n_boot=n_boot, workers=workers), out)
+                                       seed=seed, n_boot=n_boot,
+                                       workers=renamed(workers, old_workers, "--workers", "--jobs")), out)
     console.print(f"study: {out}")
 
 
@@ -1167,6 +1188,7 @@ def _comparison_study(name: str, run_name: str, default_models: str, default_lr:
         seed: Seed = 42,
         n_boot: Annotated[int, typer.Option()] = 200,
         workers: Workers = 1,
+        old_workers: OldWorkers = None,
         folds: Annotated[Optional[int], typer.Option(help="cross-validate every variant on the same patient-grouped "
                                                           "folds instead of one split")] = None,
     ) -> None:
@@ -1174,7 +1196,8 @@ def _comparison_study(name: str, run_name: str, default_models: str, default_lr:
 
         config = _study_config(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, freeze=freeze)
         _run_study(lambda: getattr(studies, run_name)(manifest, out, _names(models), config, seed=seed,
-                                                      n_boot=n_boot, workers=workers, folds=folds), out)
+                                                      n_boot=n_boot, folds=folds,
+                                                      workers=renamed(workers, old_workers, "--workers", "--jobs")), out)
 
     command.__doc__ = doc
     command.__name__ = f"study_{name}"
@@ -1203,6 +1226,7 @@ def study_hierarchy(
     seed: Seed = 42,
     n_boot: Annotated[int, typer.Option()] = 200,
     workers: Workers = 1,
+    old_workers: OldWorkers = None,
 ) -> None:
     """Hierarchical classifiers (seeds 004, 001): top model + one per branch, routed, vs one flat model."""
     from oncolens.studies import hierarchy_study
@@ -1210,7 +1234,7 @@ def study_hierarchy(
     config = _study_config(model=model, weights=weights, freeze=freeze, image_size=image_size, epochs=epochs, lr=lr,
                            batch_size=batch_size)
     _run_study(lambda: hierarchy_study(manifest, out, _names(levels), train_config=config, seed=seed, n_boot=n_boot,
-                                       workers=workers), out)
+                                       workers=renamed(workers, old_workers, "--workers", "--jobs")), out)
     console.print(f"hierarchical bundle: {out / 'hierarchical_bundle'}")
 
 
