@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,11 @@ import numpy as np
 from PIL import Image
 
 from .data import decode_image
+from .distributed import Distributed
+from .errors import ConfigError
 from .models.bundle import ModelBundle, load_any_bundle
 from .models.scoring import SCORING_BATCH, Backend, Scores, make_backend, tta_views
-from .errors import ConfigError
+from .models.scoring_job import ScoringJob
 from .models.trust import Assessment
 
 if TYPE_CHECKING:
@@ -67,6 +69,18 @@ class Prediction:
             out.update(self.trust.to_dict())
             out["warning"] = self.trust.warning
         return out
+
+    def to_row(self, k: int, trust_fields: Sequence[str] = ()) -> dict:
+        """One flat row of a predictions file (CSV or JSON lines): label, per-level decisions, top ``k``,
+        and the trust verdict's ``trust_fields``."""
+        record = self.to_dict(k)
+        return {"image": record["source"], "label": record["label"], "confidence": record["confidence"],
+                **{f"{lv['level']}_label": lv["label"] for lv in self.levels},
+                **{f"{lv['level']}_confidence": lv["confidence"] for lv in self.levels},
+                **{f"top{i + 1}_label": t["label"] for i, t in enumerate(record["top"])},
+                **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(record["top"])},
+                **{f: ("|".join(record[f]) if f == "prediction_set" and record.get(f) is not None else record.get(f))
+                   for f in trust_fields}}
 
     @property
     def warning(self) -> str | None:
@@ -221,6 +235,35 @@ class Predictor:
                                                   batch_size=self.batch_size, num_workers=self.num_workers,
                                                   features=self.features):
                 yield self.predictions(scores), scores.unreadable
+
+    #: the trust verdict's columns in a predictions file
+    TRUST_FIELDS = ("prediction_set", "alpha", "out_of_distribution", "ood_detector", "ood_score", "ood_threshold")
+
+    def row_fields(self, k: int) -> list[str]:
+        """The columns of a predictions file with the top ``k`` classes (:meth:`Prediction.to_row`)."""
+        levels = [lv["name"] for lv in self.info.get("levels", [])]
+        return ["image", "label", "confidence", *(f"{lv}_{x}" for lv in levels for x in ("label", "confidence")),
+                *(f"top{i + 1}_{x}" for i in range(k) for x in ("label", "probability")),
+                *(self.TRUST_FIELDS if self.trust is not None else ())]
+
+    def predict_to_file(self, paths: Sequence[str | Path], out: str | Path, top_k: int = 3, resume: bool = False,
+                        dist: Distributed | None = None,
+                        on_batch: Callable[[list[Prediction], dict[str, str]], None] | None = None) -> ScoringJob:
+        """Predictions of ``paths`` streamed into ``out`` (``.csv`` or ``.jsonl``) through a
+        :class:`~oncolens.models.scoring_job.ScoringJob`: written per batch, resumable, sharded across the
+        ranks of ``dist`` and merged in input order. ``on_batch(predictions, unreadable)`` sees each batch."""
+        k = min(top_k, len(self.classes))
+        trust_fields = self.TRUST_FIELDS if self.trust is not None else ()
+        job = ScoringJob(Path(out), key="image", fields=self.row_fields(k), resume=resume, dist=dist or Distributed())
+
+        def rows_of(todo: list[int]):
+            for batch, unreadable in self.iter_predict_files([paths[i] for i in todo]):
+                if on_batch is not None:
+                    on_batch(batch, unreadable)
+                yield [p.to_row(k, trust_fields) for p in batch]
+
+        job.run([str(p) for p in paths], rows_of)
+        return job
 
     def predict_files(self, paths: Sequence[str | Path]) -> tuple[list[Prediction], dict[str, str]]:
         """Predictions for the readable files, and ``{path: reason}`` for the others."""

@@ -401,7 +401,6 @@ def predict(
     every N-th image and rank 0 merges the rows in input order.
     """
     from oncolens.data.layouts import iter_image_files
-    from oncolens.files import RowLog
     from oncolens.predictor import Predictor
 
     if _relaunched(nproc):
@@ -427,7 +426,53 @@ def predict(
     for item in images:
         paths.extend(iter_image_files(item) if item.is_dir() else [item])
     levels = [lv["name"] for lv in predictor.info.get("levels", [])]
-    k = min(top_k, len(predictor.classes))
+    table = _prediction_table(levels, min(top_k, len(predictor.classes)), predictor.alpha if trusted else None)
+    seen = {"count": 0, "warned": 0, "failed": {}, "records": []}
+
+    def show_batch(batch, unreadable) -> None:
+        seen["failed"].update(unreadable)
+        for p in batch:
+            seen["count"] += 1
+            seen["warned"] += bool(p.warning)
+            if out is not None and not streamed:
+                seen["records"].append(p.to_dict(top_k))
+            if seen["count"] <= show:
+                by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
+                routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
+                verdict = ([p.set_text, "[bold red]YES[/]" if p.warning else "no"] if trusted else [])
+                table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)), *verdict)
+
+    resumed = 0
+    if streamed:
+        job = predictor.predict_to_file(paths, out, top_k, resume=resume, dist=dist, on_batch=show_batch)
+        resumed = job.done_before
+        if resumed:
+            console.print(f"resumed {out}: {resumed} image(s) were already written")
+        if dist.enabled:  # also: every part is complete
+            seen["count"], seen["warned"] = (int(v) for v in dist.all_sum([seen["count"], seen["warned"]]))
+    else:
+        for batch, unreadable in predictor.iter_predict_files(paths):
+            show_batch(batch, unreadable)
+        if out is not None:
+            atomic_write_json(out, {"predictions": seen["records"], "skipped": seen["failed"]})
+    count = seen["count"]
+    table.title = (f"{count} prediction(s){f' (first {show} shown)' if count > show else ''}"
+                   + (f"; routed {' > '.join(levels)}" if levels else ""))
+    console.print(table)
+    if seen["warned"]:
+        console.print(f"[bold red]warning:[/] {seen['warned']} image(s) are unlike the training images "
+                      f"({predictor.detector or predictor.trust.default_detector} score above the threshold that "
+                      f"keeps {predictor.trust.id_recall:.0%} of validation images): do not trust their predictions")
+    for path, reason in seen["failed"].items():
+        console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
+    if out:
+        console.print(f"predictions: {out}")
+    if not count and not resumed:
+        fail("no image could be read", code=1)
+
+
+def _prediction_table(levels: list[str], k: int, alpha: float | None) -> Table:
+    """The columns `predict` prints: routed levels, top k, and the trust verdict (calibrated bundles)."""
     table = Table()
     table.add_column("image")
     if levels:
@@ -436,97 +481,10 @@ def predict(
             table.add_column(name)
     for i in range(k):
         table.add_column(f"top {i + 1}")
-    if trusted:
-        table.add_column(f"set ({1 - predictor.alpha:.0%})")
+    if alpha is not None:
+        table.add_column(f"set ({1 - alpha:.0%})")
         table.add_column("unlike training?")
-    trust_fields = ["prediction_set", "alpha", "out_of_distribution", "ood_detector", "ood_score", "ood_threshold"]
-    fields = ["image", "label", "confidence", *(f"{lv}_{x}" for lv in levels for x in ("label", "confidence")),
-              *(f"top{i + 1}_{x}" for i in range(k) for x in ("label", "probability")),
-              *(trust_fields if trusted else [])]
-    mine = [paths[i] for i in dist.shard(len(paths))]
-    log = None
-    if streamed:  # each rank its own part file; rank 0 merges them at the end
-        target = out if not dist.enabled else dist.part(out)
-        log = RowLog(target, fields, key="image", resume=resume)
-        if log.done:
-            console.print(f"resuming {out}: {len(log.done)} image(s) already written")
-        mine = [p for p in mine if str(p) not in log.done]
-    records, failed, count, warned = [], {}, 0, 0
-    for batch, unreadable in predictor.iter_predict_files(mine):
-        failed.update(unreadable)
-        rows = []
-        for p in batch:
-            count += 1
-            record = p.to_dict(top_k)
-            if log is not None:
-                rows.append(_prediction_row(p, record, trust_fields if trusted else []))
-            elif out:
-                records.append(record)
-            if count <= show:
-                by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
-                routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
-                verdict = ([p.set_text, "[bold red]YES[/]" if p.warning else "no"] if trusted else [])
-                table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)),
-                              *verdict)
-            warned += bool(p.warning)
-        if log is not None:
-            log.write(rows)
-    if log is not None:
-        log.close()
-        if dist.enabled:
-            count, warned = (int(v) for v in dist.all_sum([count, warned]))  # also: every part is complete
-            if dist.is_main:
-                _merge_parts(out, [dist.part(out, r) for r in range(dist.world_size)], paths)
-    elif out and out.suffix == ".json":
-        atomic_write_json(out, {"predictions": records, "skipped": failed})
-    shown = f" (first {show} shown)" if count > show else ""
-    table.title = f"{count} prediction(s){shown}" + (f"; routed {' > '.join(levels)}" if levels else "")
-    console.print(table)
-    if warned:
-        console.print(f"[bold red]warning:[/] {warned} image(s) are unlike the training images "
-                      f"({predictor.detector or predictor.trust.default_detector} score above the threshold that keeps {predictor.trust.id_recall:.0%} of validation images): "
-                      "do not trust their predictions")
-    for path, reason in failed.items():
-        console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
-    if out:
-        console.print(f"predictions: {out}")
-    if not count and not (log is not None and log.done):
-        fail("no image could be read", code=1)
-
-
-def _prediction_row(p, record: dict, trust_fields: list[str]) -> dict:
-    """One row of `predict --out` (CSV or JSON lines)."""
-    return {"image": record["source"], "label": record["label"], "confidence": record["confidence"],
-            **{f"{lv['level']}_label": lv["label"] for lv in p.levels},
-            **{f"{lv['level']}_confidence": lv["confidence"] for lv in p.levels},
-            **{f"top{i + 1}_label": t["label"] for i, t in enumerate(record["top"])},
-            **{f"top{i + 1}_probability": t["probability"] for i, t in enumerate(record["top"])},
-            **{f: ("|".join(record[f]) if f == "prediction_set" and record[f] is not None else record[f])
-               for f in trust_fields}}
-
-
-def _merge_parts(out: Path, parts: list[Path], paths: list[Path]) -> None:
-    """Rank 0: the ranks' row files merged into ``out`` in input order (streamed; each part is in order)."""
-    import heapq
-
-    from oncolens.files import RowLog, read_rows
-
-    order = {}
-    for index, path in enumerate(paths):
-        order.setdefault(str(path), index)
-    first = next((row for part in parts for row in read_rows(part)), None)
-    fields = list(first) if first else ["image"]
-    merged = RowLog(out, fields, key="image")
-    batch = []
-    for row in heapq.merge(*(read_rows(part) for part in parts), key=lambda r: order.get(str(r["image"]), -1)):
-        batch.append(row)
-        if len(batch) >= 1000:
-            merged.write(batch)
-            batch = []
-    merged.write(batch)
-    merged.close()
-    for part in parts:
-        part.unlink(missing_ok=True)
+    return table
 
 
 @app.command()

@@ -16,6 +16,7 @@ from ..errors import DataError
 from ..files import atomic_write, atomic_write_json, safe_name
 from ..models.bundle import ModelBundle, as_bundle
 from ..models.scoring import Scores
+from ..models.scoring_job import ScoringJob
 from ..training.trainer import plot_training_curves
 from .label_map import LabelMap, load_label_map
 from .levels import level_metrics
@@ -224,44 +225,35 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
     """Score ``frame``'s rows into ``out_dir/scores.jsonl`` batch by batch (this rank's shard under torchrun;
     after the rows already there with ``resume``) and read all rows back: the :class:`Scores` of every row
     (no features) and the default OOD detector's score per row (None without one). None on ranks > 0."""
-    from ..files import RowLog, read_rows
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "scores.jsonl"
-    part = final if not dist.enabled else dist.part(final)
-    if not (resume and final.exists() and not final.with_name(final.name + ".partial").exists()):
-        log = RowLog(part, [], key="position", resume=resume)
-        todo = [i for i in dist.shard(len(frame)) if str(i) not in log.done]
+    job = ScoringJob(out_dir / "scores.jsonl", key="position", resume=resume, dist=dist)
+    if not (resume and job.complete):
         needs_features = trust is not None and trust.default_needs_features()
         sources = frame["path"].astype(str).tolist()
-        waiting: dict[str, list[int]] = {}
-        for i in todo:
-            waiting.setdefault(sources[i], []).append(i)
-        for batch in loaded.iter_scores(frame.iloc[todo], features=needs_features, **options):
-            ood = trust.default_ood_values(batch) if trust is not None else None
-            rows = []
-            for r, position in enumerate(batch.positions):
-                index = todo[int(position)]
-                rows.append({"position": index, "source": sources[index], "decided": int(batch.decided[r]),
-                             "probabilities": batch.probabilities[r],
-                             "node_probabilities": {k: v[r] for k, v in batch.node_probabilities.items()},
-                             "node_logits": {k: v[r] for k, v in batch.node_logits.items()},
-                             "ood": None if ood is None else float(ood[r])})
-            for source, reason in batch.unreadable.items():
-                rows += [{"position": i, "source": source, "unreadable": reason} for i in waiting.get(source, [])]
-            log.write(rows)
-        log.close()
+
+        def rows_of(todo: list[int]):
+            waiting: dict[str, list[int]] = {}
+            for i in todo:
+                waiting.setdefault(sources[i], []).append(i)
+            for batch in loaded.iter_scores(frame.iloc[todo], features=needs_features, **options):
+                ood = trust.default_ood_values(batch) if trust is not None else None
+                rows = []
+                for r, position in enumerate(batch.positions):
+                    index = todo[int(position)]
+                    rows.append({"position": index, "source": sources[index], "decided": int(batch.decided[r]),
+                                 "probabilities": batch.probabilities[r],
+                                 "node_probabilities": {k: v[r] for k, v in batch.node_probabilities.items()},
+                                 "node_logits": {k: v[r] for k, v in batch.node_logits.items()},
+                                 "ood": None if ood is None else float(ood[r])})
+                for source, reason in batch.unreadable.items():
+                    rows += [{"position": i, "source": source, "unreadable": reason} for i in waiting.get(source, [])]
+                yield sorted(rows, key=lambda row: row["position"])  # parts stay in input order for the merge
+
+        job.run([str(i) for i in range(len(frame))], rows_of)
     dist.barrier()
     if not dist.is_main:
         return None
-    parts = [final] if not dist.enabled else [dist.part(final, r) for r in range(dist.world_size)]
-    rows = sorted((row for p in parts if p.exists() for row in read_rows(p)), key=lambda row: row["position"])
-    if dist.enabled:  # one file of every row, for a later --resume with any number of ranks
-        merged = RowLog(final, [], key="position")
-        merged.write(rows)
-        merged.close()
-        for p in parts:
-            p.unlink(missing_ok=True)
+    rows = sorted(job.rows(), key=lambda row: row["position"])
     scored = [row for row in rows if "unreadable" not in row]
     keys = list(scored[0]["node_logits"]) if scored else []
     width = len(loaded.classes)

@@ -17,8 +17,9 @@ import pandas as pd
 
 from ..data.slides import SlideInfo, SlideTile, check_tiling, open_slide, slide_info, slide_thumbnail, tile_grid, tissue_mask
 from ..errors import DataError
-from ..files import RowLog, atomic_write_json, read_rows
+from ..files import atomic_write_json, read_rows
 from ..models.bundle import ModelBundle, as_bundle
+from ..models.scoring_job import ScoringJob
 
 __all__ = ["SlideResult", "score_slide", "slide_summary"]
 
@@ -101,31 +102,37 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     ood_threshold = trust.thresholds.get(detector) if detector else None
     fields = ["tile", "x", "y", "level", "read_size", "size", "mpp", "tissue_fraction", "label", "confidence",
               *(f"prob_{c}" for c in loaded.classes), *(["ood_score", "out_of_distribution"] if detector else [])]
-    log = RowLog(out_dir / "tiles.csv", fields, key="tile", resume=resume)
-    todo = [t for t in tiles if f"{t.x},{t.y}" not in log.done]
+    job = ScoringJob(out_dir / "tiles.csv", key="tile", fields=fields, resume=resume)
+    keys = [f"{t.x},{t.y}" for t in tiles]
     unreadable: dict[str, str] = {}
-    done = len(tiles) - len(todo)
-    if progress is not None:
-        progress(done, len(tiles))
-    if todo:
+
+    def rows_of(todo: list[int]):
+        done = len(tiles) - len(todo)
+        if progress is not None:
+            progress(done, len(tiles))
+        if not todo:
+            return
         needs_features = detector is not None and trust.default_needs_features()
-        for batch in loaded.iter_scores(todo, batch_size=batch_size, num_workers=num_workers, features=needs_features):
+        batches = loaded.iter_scores([tiles[i] for i in todo], batch_size=batch_size, num_workers=num_workers,
+                                     features=needs_features)
+        for batch in batches:
             unreadable.update(batch.unreadable)
             ood = trust.default_ood_values(batch) if detector else None
             rows = []
             for r, position in enumerate(batch.positions):
-                tile = todo[int(position)]
+                tile = tiles[todo[int(position)]]
                 row = {"tile": f"{tile.x},{tile.y}", **tile.record(), "label": loaded.classes[int(batch.decided[r])],
                        "confidence": float(batch.probabilities[r, batch.decided[r]]),
                        **{f"prob_{c}": float(batch.probabilities[r, i]) for i, c in enumerate(loaded.classes)}}
                 if ood is not None:
                     row.update(ood_score=float(ood[r]), out_of_distribution=bool(ood[r] > ood_threshold))
                 rows.append(row)
-            log.write(rows)
+            yield rows
             done += len(batch) + len(batch.unreadable)
             if progress is not None:
                 progress(done, len(tiles))
-    log.close()
+
+    job.run(keys, rows_of)
     table = pd.DataFrame(list(read_rows(out_dir / "tiles.csv")), columns=fields)
     for column in table.columns:
         if column not in ("tile", "label", "out_of_distribution"):
