@@ -101,3 +101,37 @@ def test_atomic_files_get_the_mode_an_ordinary_open_would(tmp_path, umask):
 def test_a_run_name_is_a_folder_name_not_a_path(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "m.csv"), "--name", "../../elsewhere"])
     assert result.exit_code == 2 and "folder name" in result.output
+
+
+@pytest.mark.slow
+def test_hostile_class_and_domain_names_stay_inside_every_output_folder(phantom_manifest, tmp_path):
+    """A bundle trained on hostile class names, then evaluate (with explanation panels per class), explain,
+    predict and a transfer study over hostile domain names: every file lands under its command's folder."""
+    from oncolens.data import save_manifest, split
+    from oncolens.studies import transfer_matrix
+    from oncolens.training import TrainConfig, train
+
+    work = tmp_path / "a" / "b"
+    names = dict(zip(sorted(phantom_manifest["label"].unique()), ["..", "a/b", "CON", "x" * 300]))
+    frame = phantom_manifest.assign(label=phantom_manifest["label"].map(names))
+    domains = phantom_manifest.assign(organ=phantom_manifest["organ"].map({"histo": "../../up", "mri": "NUL"}))
+    csv = save_manifest(split(frame, test=0.25, val=0.2, seed=0), work / "s.csv")
+    before = _files(tmp_path)
+    bundle = train(TrainConfig(data=str(csv), model="seed_bn_cnn", image_size=32, epochs=1, batch_size=8,
+                               runs_dir=str(work / "runs"), name="r", augment=False, recipe="off")).bundle_path
+    outputs = {"eval": ["evaluate", bundle, "--data", csv, "--out", work / "eval", "--explain", "gradcam",
+                        "--n-boot", "20"],
+               "explain": ["explain", bundle, *frame["path"][:3], "--out", work / "explain"],
+               "pred.csv": ["predict", bundle, *frame["path"][:3], "--out", work / "pred.csv"]}
+    for args in outputs.values():
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    transfer_matrix(save_manifest(domains, work / "m.csv"), work / "transfer", domain_col="organ", n_boot=20,
+                    train_config=TrainConfig(recipe="off", model="seed_bn_cnn", image_size=32, epochs=1,
+                                             batch_size=8, augment=False))
+    allowed = [work / "runs", work / "eval", work / "explain", work / "pred.csv", work / "transfer", work / "s.csv",
+               work / "m.csv"]
+    new = _files(tmp_path) - before
+    outside = [p for p in new if not any(p == a or a in p.parents for a in allowed)]
+    assert new and not outside, outside[:5]
+    assert len(list((work / "eval").rglob("panel_*.png"))) == 4  # one panel per class, none overwritten

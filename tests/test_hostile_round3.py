@@ -118,3 +118,25 @@ def test_an_absurd_learning_rate_is_warned_about(tmp_path, phantom_manifest):
                                  "--lr", "1e6", "--recipe", "off", "--runs-dir", str(tmp_path / "runs"),
                                  "--no-augment"])
     assert result.exit_code == 0 and "not usable" in result.output, result.output
+
+
+@pytest.mark.parametrize("content,ok", [
+    ([{"type": "Feature", "properties": {"name": "tumour"},
+       "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]}}], True),  # a bare list
+    ({"type": "FeatureCollection", "features": "not a list"}, False),
+    ({"type": "FeatureCollection", "features": [42]}, False),
+    ({"type": "FeatureCollection", "features": [{"properties": {"name": ["a"]}, "geometry": {}}]}, False),
+    ({"type": "FeatureCollection", "features": [{"properties": {"name": "t"},
+                                                  "geometry": {"type": "Polygon", "coordinates": [["x", "y"]]}}]}, False),
+])
+def test_geojson_of_the_wrong_shape_is_a_clear_error(tmp_path, content, ok):
+    from oncolens.data.slides import read_geojson_regions
+    from oncolens.errors import DataError
+
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps(content))
+    if ok:
+        assert [r.label for r in read_geojson_regions(path)] == ["tumour"]
+    else:
+        with pytest.raises(DataError, match="a.geojson"):
+            read_geojson_regions(path)
