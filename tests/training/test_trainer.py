@@ -233,3 +233,35 @@ def test_feature_cache_keeps_reporting_unreadable_images_on_later_runs(phantom_m
     for run in (first, second):
         unreadable = json.loads((run.run_dir / "metrics.json").read_text())["unreadable_files"]
         assert list(unreadable) == [str(bad)], run.run_dir
+
+
+def test_a_callback_sees_the_run_and_adds_to_its_bundle_and_metrics(phantom_manifest, tmp_path):
+    """The goal's example: one class that writes something every epoch and adds a metric at the end."""
+    import json
+
+    from oncolens.data import save_manifest, split
+    from oncolens.training import Callback, TrainConfig, train
+
+    class ValLossLog(Callback):
+        name = "val-loss-log"
+
+        def __init__(self):
+            self.seen = []
+
+        def on_epoch_end(self, run, row, epoch):
+            self.seen.append((row["stage"], epoch))
+            (run.run_dir / "val_loss.txt").open("a").write(f"{row['val_loss']}\n")
+
+        def on_bundle(self, run, bundle, meta, metrics):
+            metrics["val_loss_epochs"] = len(self.seen)
+            (bundle / "NOTE.txt").write_text("written by a callback")
+
+    csv = save_manifest(split(phantom_manifest, test=0.2, val=0.25, seed=0), tmp_path / "s.csv")
+    log = ValLossLog()
+    result = train(TrainConfig(data=str(csv), model="seed_bn_cnn", image_size=32, epochs=2, batch_size=8,
+                               runs_dir=str(tmp_path / "runs"), name="r", augment=False, recipe="off"),
+                   callbacks=[log])
+    assert log.seen == [("train", 0), ("train", 1)]
+    assert len((result.run_dir / "val_loss.txt").read_text().split()) == 2
+    assert json.loads((result.run_dir / "metrics.json").read_text())["val_loss_epochs"] == 2
+    assert (result.bundle_path / "NOTE.txt").exists() and (result.bundle_path / "trust.json").exists()

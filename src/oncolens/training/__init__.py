@@ -3,6 +3,9 @@
 from .._lazy import lazy_package
 
 __all__ = [
+    "CALLBACKS",
+    "Callback",
+    "register_callback",
     "EpochState",
     "FeatureCache",
     "RunResult",
@@ -15,11 +18,14 @@ __all__ = [
 ]
 
 lazy_package(__name__, {
+    "CALLBACKS": ".callbacks",
+    "Callback": ".callbacks",
+    "register_callback": ".callbacks",
     "TrainConfig": ".config",
     "load_config": ".config",
     "FeatureCache": ".feature_cache",
     "compute_features": ".feature_cache",
-    "EpochState": ".trainer",
+    "EpochState": ".callbacks",
     "RunResult": ".trainer",
     "plot_training_curves": ".trainer",
     "resume": ".trainer",

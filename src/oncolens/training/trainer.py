@@ -37,10 +37,10 @@ from ..distributed import Distributed
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import OncoClassifier, create_model, get_spec, save_bundle
-from ..models.bundle import Bundle
 from ..models.factory import apply_freeze
 from ..models.registry import prefers_channels_last
 from ..models.scoring import make_loader
+from .callbacks import CALLBACKS, DEFAULT_CALLBACKS, Callback, EpochFunction, EpochState
 from .config import PLAIN_DEFAULTS, TrainConfig, load_config
 from .feature_cache import (FeatureCache, compute_features, default_cache_limit, enforce_cache_limit, image_key,
                             namespace_key)
@@ -48,15 +48,6 @@ from .linear_probe import fit_linear_probe, load_probe_into
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
            "run_state"]
-
-
-@dataclass
-class EpochState:
-    """What a callback sees after each epoch (its checkpoint is already on disk)."""
-
-    epoch: int
-    history: list[dict]
-    run_dir: Path
 
 
 @dataclass
@@ -193,12 +184,15 @@ class _RankSlice(torch.utils.data.Sampler):
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
+    def __init__(self, config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochState], None]] = (),
                  console: Console | None = None, distributed: Distributed | None = None):
         self.config = config
         self.dist = distributed or Distributed.current()
         self.ddp: nn.parallel.DistributedDataParallel | None = None  # the model wrapped while ranks train together
-        self.callbacks = list(callbacks) if self.dist.is_main else []
+        # the run's own callbacks (history, tracking, checkpoint, calibration, curves), then the caller's
+        self.callbacks: list[Callback] = ([CALLBACKS.get(name)() for name in DEFAULT_CALLBACKS]
+                                          + [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks]
+                                          if self.dist.is_main else [])
         self.console = (console or Console(width=120)) if self.dist.is_main else Console(quiet=True)
         self.run_dir = config.run_dir
         self.device = torch.device(config.device)
@@ -494,7 +488,8 @@ class _Trainer:
         return total / seen, correct / seen
 
     # --- checkpoints --------------------------------------------------------------------------
-    def _save_checkpoint(self, epoch: int) -> None:
+    def save_checkpoint(self, epoch: int) -> None:
+        """``checkpoint.pt``: the stage, its last finished epoch and everything needed to continue it."""
         if not self.dist.is_main:
             return
         state = {
@@ -561,12 +556,10 @@ class _Trainer:
         epoch = -1 if self.finetune else 0
         self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
         self._save_best()
-        self.history = [{"epoch": epoch + 1, "stage": "probe", "train_loss": train_loss, "train_accuracy": train_acc,
+        self.history = []
+        self._epoch_end({"epoch": epoch + 1, "stage": "probe", "train_loss": train_loss, "train_accuracy": train_acc,
                          "val_loss": val_loss, "val_accuracy": val_acc, "lr": 0.0, "seconds": elapsed,
-                         "images_per_s": len(y) / elapsed}]
-        self._write_history()
-        self._track(self.history[-1])
-        self._save_checkpoint(epoch)
+                         "images_per_s": len(y) / elapsed}, epoch)
         self.probe_done = True
         self.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds, "grouped_by_patient": fit.grouped,
                                               "cv_log_loss_by_C": fit.cv_log_loss}
@@ -587,31 +580,19 @@ class _Trainer:
                                                                     patience=cfg.lr_patience)
         self.stage = "finetune"
 
-    def _open_tracking(self) -> None:
-        """TensorBoard / MLflow for this run (rank 0; see :mod:`.tracking`)."""
-        from .tracking import open_trackers
+    def _event(self, hook: str, *args) -> None:
+        """Call ``hook`` on every callback, in order (rank 0; the other ranks have none)."""
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
-        self.trackers = []
-        if self.dist.is_main:
-            cfg = self.config
-            self.trackers = open_trackers(cfg.tracking, self.run_dir, Path(cfg.runs_dir), self.run_dir.name)
-            for tracker in self.trackers:
-                tracker.params(cfg.to_dict())
-
-    def _track(self, row: dict) -> None:
-        for tracker in getattr(self, "trackers", []):
-            tracker.epoch(int(row["epoch"]), {k: v for k, v in row.items() if k not in ("epoch", "stage")})
-
-    def _write_history(self) -> None:
-        if not self.dist.is_main:
-            return
-        history = pd.DataFrame(self.history)
-        atomic_write(self.run_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+    def _epoch_end(self, row: dict, epoch: int) -> None:
+        self.history.append(row)
+        self._event("on_epoch_end", row, epoch)
 
     def fit(self) -> RunResult | None:
         """Train; the run's result on rank 0, None on the other ranks of a distributed run."""
         cfg = self.config
-        self._open_tracking()
+        self._event("on_start")
         if self.cached and not self.finetune and not self.dist.is_main:
             return None  # the head is trained on rank 0 alone, from the features every rank helped compute
         if self.probe and (not self.probe_done or not self.finetune):
@@ -649,18 +630,13 @@ class _Trainer:
                     self._save_best()
                 else:
                     self.bad_epochs += 1
-                self.history.append({"epoch": epoch + 1, "stage": self.stage, "train_loss": train_loss,
-                                     "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
-                                     "lr": lr, "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)})
-                self._write_history()
-                self._track(self.history[-1])
-                self._save_checkpoint(epoch)
                 self.console.print(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
                     f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  lr {lr:.2e}  {elapsed:.1f}s"
                     + ("  *" if improved else ""))
-                for callback in self.callbacks:
-                    callback(EpochState(epoch=epoch, history=list(self.history), run_dir=self.run_dir))
+                self._epoch_end({"epoch": epoch + 1, "stage": self.stage, "train_loss": train_loss,
+                                 "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
+                                 "lr": lr, "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}, epoch)
                 if self.bad_epochs >= cfg.patience:
                     self.console.print(f"early stopping: no val_loss improvement for {cfg.patience} epochs")
                     stopped = True
@@ -669,45 +645,6 @@ class _Trainer:
             if not self.dist.is_main:
                 return None
         return self._finish(stopped)
-
-    def _calibrate(self, bundle: Path, meta: dict) -> dict:
-        """Temperature, conformal calibration and OOD detectors stored in the bundle (see
-        :mod:`.calibrate`); a dataset too small to calibrate is reported, never a failed run."""
-        from ..models.trust import save_trust
-        from .calibrate import CalibrationConfig, calibrate
-
-        cfg = self.config
-        fit_features = calibration_features = None
-        views = ((self.train_views[0], self.val_features) if self.cached and self.train_views
-                 else self.probe_features if meta.get("best_stage") == "probe" else None)
-        if views is not None:  # the frozen backbone's features are at hand: no image is decoded again
-            with torch.no_grad():
-                fit_features, calibration_features = (
-                    (x.numpy(), self.model.head(x.to(self.device)).float().cpu().numpy(), y.numpy()) for x, y in views)
-            if cfg.tta not in (None, "none"):  # calibrated as predictions are made: with test-time augmentation
-                calibration_features = None
-        frame = self.frame
-        options = {"batch_size": max(cfg.batch_size, 32), "num_workers": cfg.num_workers}
-        try:
-            model = self.model.eval().to(memory_format=torch.channels_last if self.channels_last
-                                         else torch.contiguous_format)  # as a loaded bundle runs
-            loaded = Bundle(model=model, classes=self.classes, preprocessing=self.model.preprocessing,
-                            meta=meta, path=bundle)
-            trust = calibrate(loaded, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
-                              config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
-                              calibration_features=calibration_features, strict=False)
-        except DataError as exc:
-            self.console.print(f"not calibrated: {exc}", markup=False, highlight=False)
-            return {"skipped": str(exc)}
-        save_trust(trust, bundle)
-        report = trust.report
-        ece = (f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} (T={report['temperature']:.2f}); "
-               if "ece_after" in report else "")
-        sets = report.get("conformal") or f"prediction sets at alpha {trust.default_alpha:g}"
-        self.console.print(f"calibrated on {report['calibration_images']} validation images: {ece}{sets}; OOD "
-                           f"detectors {', '.join(trust.detectors)} (thresholds at {trust.id_recall:.0%} "
-                           f"in-distribution recall), {report['seconds']:.1f}s", markup=False, highlight=False)
-        return report
 
     def _finish(self, stopped: bool) -> RunResult:
         if not (self.run_dir / "best.safetensors").exists():
@@ -722,26 +659,21 @@ class _Trainer:
                 "best_stage": best_stage, "tta": self.config.tta,
                 "val_accuracy": val_acc, "val_loss": val_loss, "trained_on": self.config.data}
         bundle = save_bundle(self.model.cpu(), self.classes, self.run_dir / "bundle", meta=meta)
-        calibration = self._calibrate(bundle, meta) if self.config.calibrate else {"skipped": "calibrate: false"}
         metrics = {"best_epoch": self.best_epoch + 1, "best_stage": best_stage, "epochs_run": len(history),
                    "stopped_early": stopped,
                    "val_loss": val_loss, "val_accuracy": val_acc, "n_train": len(self.train_set),
                    "n_val": len(self.val_set), "feature_cache": self.cached,
                    "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
-                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files},
-                   "calibration": calibration, **self.extra_metrics}
+                   "unreadable_files": {**self.train_set.bad_files, **self.val_set.bad_files}, **self.extra_metrics}
+        self._event("on_bundle", bundle, meta, metrics)  # calibration adds its report
         atomic_write_json(self.run_dir / "metrics.json", metrics)
-        plot_training_curves(history, self.run_dir / "curves.png")
-        for tracker in getattr(self, "trackers", []):
-            tracker.finish({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))},
-                           [self.run_dir / n for n in ("config.yaml", "history.csv", "metrics.json", "curves.png")])
+        self._event("on_finish", metrics)
         self.console.print(f"best epoch {self.best_epoch + 1} ({best_stage}): val_accuracy {val_acc:.4f}  "
                            f"val_loss {val_loss:.4f}")
         guess = math.log(max(len(self.classes), 2))  # the loss of predicting every class alike
         if math.isfinite(val_loss) and val_loss > 10 * guess:
             warning = (f"warning: the best validation loss {val_loss:.3g} is over 10x that of guessing "
-                               f"({guess:.3g}): this model is not usable as it is; check --lr ({self.config.lr:g}) "
-                               "and the data")
+                       f"({guess:.3g}): this model is not usable as it is; check --lr ({self.config.lr:g}) and the data")
             self.console.print(warning, style="bold yellow", markup=False, highlight=False)
         self.console.print(f"bundle: {bundle}")
         return RunResult(run_dir=self.run_dir, bundle_path=bundle, history=history, best_epoch=self.best_epoch + 1,
@@ -776,7 +708,7 @@ def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
     return out
 
 
-def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]] = (),
+def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochState], None]] = (),
           console: Console | None = None, distributed: Distributed | None = None) -> RunResult | None:
     """Train on ``config.data`` into ``runs_dir/name``; return where everything went.
 
@@ -826,7 +758,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callable[[EpochState], None]]
         return trainer.fit()
 
 
-def resume(run_dir: str | Path, callbacks: Sequence[Callable[[EpochState], None]] = (),
+def resume(run_dir: str | Path, callbacks: Sequence[Callback | Callable[[EpochState], None]] = (),
            console: Console | None = None, epochs: int | None = None,
            distributed: Distributed | None = None) -> RunResult | None:
     """Continue a run from its last checkpoint, with the configuration and splits it started with.
