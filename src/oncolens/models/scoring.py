@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 #: images per forward pass when scoring: on a CPU 8 to 32 score equally fast (bench_memory / bench_inference),
 #: while the peak memory of the activations grows with the batch (Lite0 at 224 px: ~40 MB an image)
 SCORING_BATCH = 8
-
-if TYPE_CHECKING:  # pandas is imported where a manifest is read, not to predict
-    import pandas as pd
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
            "auto_backend", "iter_scores", "forward_batches", "make_loader", "Unreadable", "default_workers",

@@ -6,12 +6,10 @@ run resumed after a crash continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import io
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,15 +34,16 @@ from ..data.split import default_group_column_safe
 from ..distributed import Distributed
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..models import OncoClassifier, create_model, get_spec, save_bundle
+from ..models import OncoClassifier, create_model, save_bundle
 from ..models.factory import apply_freeze
 from ..models.registry import prefers_channels_last
 from ..models.scoring import make_loader
 from .callbacks import CALLBACKS, DEFAULT_CALLBACKS, Callback, EpochFunction, EpochState
-from .config import PLAIN_DEFAULTS, TrainConfig, load_config
+from .config import TrainConfig, load_config
 from .feature_cache import (FeatureCache, compute_features, default_cache_limit, enforce_cache_limit, image_key,
                             namespace_key)
 from .linear_probe import fit_linear_probe, load_probe_into
+from .planner import plan_run, resolve_config
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
            "run_state"]
@@ -92,39 +91,6 @@ def run_state(config: TrainConfig) -> Iterator[None]:
             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_det
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Replace every ``auto`` with what it means for this model and machine, and every option still unset
-    (not chosen by a recipe) with its plain default (recorded in the run)."""
-    config = copy.deepcopy(config)
-    for name, value in PLAIN_DEFAULTS.items():
-        if getattr(config, name) is None:
-            setattr(config, name, value)
-    spec = get_spec(config.model)
-    if config.weights == "auto":
-        config.weights = "imagenet" if spec.imagenet_offline else "random"
-    if config.freeze == "auto":
-        config.freeze = "full" if config.weights == "random" else "frozen"
-    if config.device == "auto":
-        config.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if config.feature_cache == "auto":
-        config.feature_cache = "disk"
-    if config.num_workers is None:
-        config.num_workers = training_workers(config.device)
-    if config.name is None:
-        config.name = f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return config
-
-
-def training_workers(device: str) -> int:
-    """Image-decoding workers for training: on a GPU decoding is the bottleneck (one per spare core, at most
-    8); on a CPU the model needs the cores (a decoding worker on 2 cores slowed fine-tuning down in a trial
-    here), so one per 8 cores."""
-    cores = os.cpu_count() or 1
-    if str(device).startswith("cuda"):
-        return max(1, min(8, cores - 1))
-    return cores // 8
 
 
 def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
@@ -719,13 +685,11 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
     Under torchrun (``distributed``, default: the process group this process has joined) every rank runs
     this; rank 0 alone writes the run folder and returns the result, the others return None.
     """
-    from .recipe import configure
-
     if not config.data:
         raise ConfigError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
     frame = prepare_splits(load_manifest(config.data), config)
-    recipe = configure(config, frame)
-    config = resolve_config(recipe.config)
+    plan = plan_run(config, frame)  # every option settled once, with its reason
+    config, recipe = plan.config, plan.recipe
     dist = distributed or Distributed.current()
     config.name = dist.broadcast(config.name)  # a name made from the clock: rank 0's
     run_dir = config.run_dir
@@ -747,10 +711,9 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
                   markup=False)
         for line in recipe.lines():
             out.print(f"  {line}", markup=False, highlight=False)
-        atomic_write_json(run_dir / "recipe.json", recipe.to_dict())
+        atomic_write_json(run_dir / "recipe.json", plan.to_dict())
     if dist.is_main:
-        comments = {name: f"recipe: {why}" for name, why in recipe.reasons.items()}
-        atomic_write_text(run_dir / "config.yaml", config.to_yaml(comments=comments))
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml(comments=plan.reasons))
     with run_state(config):
         trainer.setup(frame)
         if dist.is_main:
