@@ -153,3 +153,16 @@ def test_a_taken_name_is_refused_unless_overridden():
     assert registry.register("one", 3, override=True) == 3 and registry["one"] == 3
     with pytest.raises(ConfigError, match="unknown number 'two'; available: one"):
         registry.get("two")
+
+
+def test_apps_hold_no_figure_or_row_file_logic():
+    """The command line parses options and prints; figures, row files, shards and merges live in the library."""
+    offenders = []
+    for path, parts in _modules():
+        if parts[0] != "apps":
+            continue
+        text = path.read_text()
+        for pattern in (r"\bsubplots\(", r"\bRowLog\(", r"heapq\.merge", r"\.imshow\("):
+            if re.search(pattern, text):
+                offenders.append(f"{'/'.join(parts)}: {pattern}")
+    assert not offenders, offenders

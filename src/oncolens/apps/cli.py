@@ -511,6 +511,7 @@ def slide(
     read and scored in batches; per slide tiles.csv, heatmap.png, summary.json (slide-level scores) and
     top_tiles.png (the top-k tiles for the class with their explanation)."""
     from oncolens.evaluation.slides import score_slide
+    from oncolens.explain.panels import top_tile_panel
     from oncolens.files import safe_name
     from oncolens.models import load_any_bundle
 
@@ -524,7 +525,7 @@ def slide(
                              batch_size=batch_size, num_workers=workers, resume=resume)
         summary = result.summary
         if explain_method and explain_method != "none" and len(result.tiles):
-            _top_tile_panel(loaded, result, explain_method, top_k)
+            top_tile_panel(loaded, result, explain_method, top_k)
         stats = summary["classes"].get(summary["target"], {})
         flagged = summary.get("tiles_unlike_training")
         table.add_row(path.name, str(summary["tiles"]), f"{summary['tissue_fraction_of_slide']:.1%}",
@@ -536,29 +537,6 @@ def slide(
         console.print(f"{path.name}: {result.out_dir}")
     table.caption = f"class {target or loaded.classes[-1]}; top-k = {top_k}, threshold {threshold:g}"
     console.print(table)
-
-
-def _top_tile_panel(bundle, result, method: str, top_k: int) -> None:
-    """top_tiles.png: the ``top_k`` tiles most likely of the slide's target class, each with its CAM overlay."""
-    from oncolens.figures import save_figure, subplots
-    from oncolens.predictor import Predictor
-
-    target = result.summary["target"]
-    best = result.tiles.sort_values(f"prob_{target}", ascending=False).head(top_k)
-    tiles = {f"{t.x},{t.y}": t for t in result.tile_objects}
-    predictor = Predictor(bundle)
-    fig, axes = subplots(2, len(best), figsize=(2.2 * len(best), 4.6), squeeze=False)
-    for column, row in enumerate(best.itertuples()):
-        image = tiles[row.tile].load()
-        explained = predictor.explain(image, method=method, target=target)
-        axes[0][column].imshow(image)
-        axes[0][column].set_title(f"({row.x}, {row.y})\nP={getattr(row, 'prob_' + target):.2f}", fontsize=8)
-        axes[1][column].imshow(explained.heatmap_overlay)
-        axes[1][column].set_title(method, fontsize=8)
-        for ax in (axes[0][column], axes[1][column]):
-            ax.axis("off")
-    fig.suptitle(f"top {len(best)} tiles for {target}")
-    save_figure(fig, result.out_dir / "top_tiles.png")
 
 
 @app.command()

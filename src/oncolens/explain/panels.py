@@ -9,14 +9,14 @@ import pandas as pd
 
 from ..data import read_image
 from ..errors import DataError
-from ..files import safe_name
 from ..evaluation.plots import plot_gallery
 from ..evaluation.select import select_rows
+from ..files import safe_name
 from ..models.bundle import ModelBundle
 from .outputs import compose
 from .registry import ExplainOptions, explain
 
-__all__ = ["explain_panels", "select_cases"]
+__all__ = ["explain_panels", "select_cases", "top_tile_panel"]
 
 
 def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per_class: int,
@@ -79,3 +79,27 @@ def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataF
                      suptitle=f"{name}: {n_correct} correct, {len(rows) - n_correct} wrong ({method})")
         outputs.append(out)
     return outputs
+
+
+def top_tile_panel(bundle: ModelBundle, result, method: str = "gradcam", top_k: int = 8) -> Path:
+    """``top_tiles.png`` in a scored slide's folder (``result``: :class:`~oncolens.evaluation.slides.SlideResult`):
+    the ``top_k`` tiles most likely of the slide's target class, each above its explanation overlay."""
+    from ..figures import save_figure, subplots
+
+    target = result.summary["target"]
+    best = result.tiles.sort_values(f"prob_{target}", ascending=False).head(top_k)
+    tiles = {f"{t.x},{t.y}": t for t in result.tile_objects}
+    images = [tiles[row.tile].load() for row in best.itertuples()]
+    explained = explain(bundle, images, method=method, target=target) if images else []
+    fig, axes = subplots(2, max(len(best), 1), figsize=(2.2 * max(len(best), 1), 4.6), squeeze=False)
+    for column, (row, image, e) in enumerate(zip(best.itertuples(), images, explained)):
+        axes[0][column].imshow(image)
+        axes[0][column].set_title(f"({row.x}, {row.y})\nP={getattr(row, 'prob_' + target):.2f}", fontsize=8)
+        axes[1][column].imshow(compose(image, e.heatmap).heatmap_overlay)
+        axes[1][column].set_title(method, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"top {len(best)} tiles for {target}")
+    out = result.out_dir / "top_tiles.png"
+    save_figure(fig, out)
+    return out
