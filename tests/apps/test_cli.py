@@ -199,3 +199,14 @@ def test_option_names_mean_one_thing_and_old_spellings_warn(tiny_bundle, tmp_pat
     for command in (["cv"], ["study", "transfer"], ["study", "compare"], ["study", "hierarchy"]):
         shown = runner.invoke(app, [*command, "--help"]).output
         assert "--jobs" in shown and "--workers" not in shown, command  # --workers: images read in parallel only
+
+
+def test_study_options_are_checked_like_train_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    (tmp_path / "m.csv").write_text("path,label\n")
+    result = CliRunner().invoke(app, ["study", "compare", str(tmp_path / "m.csv"), "--epochs", "0",
+                                      "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "epochs" in result.output and "at least 1" in result.output, result.output

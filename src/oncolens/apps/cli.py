@@ -1065,10 +1065,11 @@ SplitManifest = Annotated[Path, typer.Argument(help="manifest (split once if it 
 
 
 def _study_config(**values):
-    """The training configuration of a study's runs: the given options, no augmentation."""
-    from oncolens.training import TrainConfig
+    """The training configuration of a study's runs: the given options, no augmentation, each checked as
+    `train` checks it (a bad value is a clear error before any run starts)."""
+    from oncolens.training import load_config
 
-    return TrainConfig(augment=False, recipe="off", **values)
+    return load_config(None, augment=False, recipe="off", **values)
 
 
 def _run_study(run, out: Path) -> None:
