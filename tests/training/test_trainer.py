@@ -265,3 +265,20 @@ def test_a_callback_sees_the_run_and_adds_to_its_bundle_and_metrics(phantom_mani
     assert len((result.run_dir / "val_loss.txt").read_text().split()) == 2
     assert json.loads((result.run_dir / "metrics.json").read_text())["val_loss_epochs"] == 2
     assert (result.bundle_path / "NOTE.txt").exists() and (result.bundle_path / "trust.json").exists()
+
+
+def test_runs_are_stages_chosen_from_the_configuration(phantom_manifest, tmp_path):
+    """The linear probe alone, the probe then fine-tuning, or gradient epochs alone: each a registered stage."""
+    from oncolens.training.stages import STAGES, GradientStage, ProbeStage
+    from oncolens.training.trainer import _Trainer
+
+    assert {"probe", "gradient"} <= set(STAGES.names())
+    chosen = {}
+    for name, options in {"probe": dict(head="logreg", freeze="frozen"),
+                          "two-stage": dict(head="logreg", freeze="frozen", finetune="last-1"),
+                          "gradient": dict(head="linear", freeze="full")}.items():
+        trainer = _Trainer(TrainConfig(model="seed_bn_cnn", image_size=32, runs_dir=str(tmp_path), name=name,
+                                       device="cpu", augment=False, recipe="off", **options))
+        trainer.probe, trainer.finetune = options["head"] == "logreg", "finetune" in options
+        chosen[name] = [type(s) for s in trainer.stages()]
+    assert chosen == {"probe": [ProbeStage], "two-stage": [ProbeStage, GradientStage], "gradient": [GradientStage]}

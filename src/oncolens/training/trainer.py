@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.algorithms.join import Join
@@ -44,6 +44,7 @@ from .feature_cache import (FeatureCache, compute_features, default_cache_limit,
                             namespace_key)
 from .linear_probe import fit_linear_probe, load_probe_into
 from .planner import plan_run, resolve_config
+from .stages import STAGES, Stage
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
            "run_state"]
@@ -555,57 +556,20 @@ class _Trainer:
         self.history.append(row)
         self._event("on_epoch_end", row, epoch)
 
+    def stages(self) -> list[Stage]:
+        """This run's stages in order: the probe (``--head logreg``), then gradient epochs unless the probe is all."""
+        names = (["probe"] if self.probe else []) + (["gradient"] if self.finetune or not self.probe else [])
+        return [STAGES.get(name)() for name in names]
+
     def fit(self) -> RunResult | None:
-        """Train; the run's result on rank 0, None on the other ranks of a distributed run."""
-        cfg = self.config
+        """Run every pending stage; the run's result on rank 0, None on the other ranks of a distributed run."""
         self._event("on_start")
         if self.cached and not self.finetune and not self.dist.is_main:
             return None  # the head is trained on rank 0 alone, from the features every rank helped compute
-        if self.probe and (not self.probe_done or not self.finetune):
-            if self.dist.is_main:
-                self._fit_probe()  # cheap and deterministic: a resumed probe-only run fits it again
-            if not self.finetune:
-                return self._finish(stopped=False)
-            # the other ranks wait here for rank 0's probe; its head weights reach them when they join ranks
-            self.best_val, self.best_epoch, self.bad_epochs, self.history = self.dist.broadcast(
-                (self.best_val, self.best_epoch, self.bad_epochs, self.history))
-            self.probe_done = True
-        if self.finetune and self.stage != "finetune":
-            self._start_finetune()
-            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            self.console.print(f"fine-tuning {cfg.finetune} ({trainable:,} parameters) at lr {cfg.lr:g}; an epoch "
-                               f"is kept only if its validation loss beats the probe's ({self.best_val:.4f})")
-        self._join_ranks()
-        stopped = self.bad_epochs >= cfg.patience
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as progress:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                if stopped:
-                    break
-                seed_everything(cfg.seed * 1000 + epoch)
-                started = time.perf_counter()
-                train_loss, train_acc, seen = self._train_epoch(epoch, progress)
-                val_loss, val_acc = self.evaluate_val()
-                elapsed = time.perf_counter() - started
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step(val_loss)
-                improved = val_loss < self.best_val - 1e-7
-                if improved:
-                    self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
-                    self._save_best()
-                else:
-                    self.bad_epochs += 1
-                self.console.print(
-                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
-                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  lr {lr:.2e}  {elapsed:.1f}s"
-                    + ("  *" if improved else ""))
-                self._epoch_end({"epoch": epoch + 1, "stage": self.stage, "train_loss": train_loss,
-                                 "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
-                                 "lr": lr, "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}, epoch)
-                if self.bad_epochs >= cfg.patience:
-                    self.console.print(f"early stopping: no val_loss improvement for {cfg.patience} epochs")
-                    stopped = True
+        stopped = False
+        for stage in self.stages():
+            if stage.pending(self):
+                stopped = stage.run(self)
         if self.ddp is not None:  # rank 0 alone saves, evaluates and calibrates the bundle
             self.ddp = None
             if not self.dist.is_main:
