@@ -51,9 +51,9 @@ class Callback:
 CALLBACKS: Registry[type[Callback]] = Registry("training callback")
 
 
-def register_callback(cls: type[Callback], override: bool = False) -> type[Callback]:
-    """Make a :class:`Callback` subclass available by its ``name`` (usable as a class decorator)."""
-    return CALLBACKS.register(cls.name, cls, override)
+#: class decorator: make a :class:`Callback` subclass available by its ``name`` (``CALLBACKS.register(name, cls,
+#: override=True)`` replaces one)
+register_callback = CALLBACKS.decorator()
 
 
 @register_callback

@@ -37,9 +37,9 @@ class Stage:
 STAGES: Registry[type[Stage]] = Registry("training stage")
 
 
-def register_stage(cls: type[Stage], override: bool = False) -> type[Stage]:
-    """Make a :class:`Stage` subclass available by its ``name`` (usable as a class decorator)."""
-    return STAGES.register(cls.name, cls, override)
+#: class decorator: make a :class:`Stage` subclass available by its ``name`` (``STAGES.register(name, cls,
+#: override=True)`` replaces one)
+register_stage = STAGES.decorator()
 
 
 @register_stage
