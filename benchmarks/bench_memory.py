@@ -26,11 +26,14 @@ from pathlib import Path
 #: name -> (peak MB, wall seconds or None): the budgets of issue 22 on a 16 GB laptop
 BUDGETS: dict[str, tuple[float, float | None]] = {
     "import oncolens": (100, 0.3),
+    "import torch (the floor)": (1024, None),
+    "import torch, torchvision, timm": (1024, None),
     "oncolens --help": (300, 1.0),
     "oncolens train --help": (300, 1.0),
     "scan": (400, None),
     "train (frozen Lite0, linear probe)": (2048, None),
     "predict (Lite0 bundle)": (1024, None),
+    "predict (Lite0 bundle, --batch-size 32)": (1536, None),  # for comparison: why scoring batches are 8
     "predict one image": (1024, None),
     "explain one image (Grad-CAM)": (1536, None),
     "explain (Grad-CAM, 8 images)": (1536, None),
@@ -156,6 +159,8 @@ def measure(work: Path, n: int = 200, demo: bool = False, demo_n: int = 400, log
 
     py = sys.executable
     record(run_wall("import oncolens", [py, "-c", "import oncolens"], work))
+    record(run_wall("import torch (the floor)", [py, "-c", "import torch"], work))
+    record(run_wall("import torch, torchvision, timm", [py, "-c", "import torch, torchvision, timm"], work))
     cli = str(Path(py).parent / "oncolens")
     cli_cmd = [cli] if Path(cli).exists() else [py, "-m", "oncolens"]
     record(run_wall("oncolens --help", [*cli_cmd, "--help"], work))
@@ -169,6 +174,9 @@ def measure(work: Path, n: int = 200, demo: bool = False, demo_n: int = 400, log
     bundle = work / "runs" / "lite0" / "bundle"
     record(run_module("predict (Lite0 bundle)", "oncolens", ["predict", bundle, "phantoms", "--out", "predictions.csv"],
                       work, work / "predictions.csv"))
+    record(run_module("predict (Lite0 bundle, --batch-size 32)", "oncolens",
+                      ["predict", bundle, "phantoms", "--out", "predictions32.csv", "--batch-size", 32], work,
+                      work / "predictions32.csv"))
     one = sorted((work / "phantoms").rglob("*.png"))
     one = [p for p in one if not p.name.endswith(".mask.png")]
     record(run_module("predict one image", "oncolens", ["predict", bundle, one[0], "--out", "one.csv"], work))

@@ -425,50 +425,66 @@ def predict(
     paths: list[Path] = []
     for item in images:
         paths.extend(iter_image_files(item) if item.is_dir() else [item])
-    levels = [lv["name"] for lv in predictor.info.get("levels", [])]
-    table = _prediction_table(levels, min(top_k, len(predictor.classes)), predictor.alpha if trusted else None)
-    seen = {"count": 0, "warned": 0, "failed": {}, "records": []}
-
-    def show_batch(batch, unreadable) -> None:
-        seen["failed"].update(unreadable)
-        for p in batch:
-            seen["count"] += 1
-            seen["warned"] += bool(p.warning)
-            if out is not None and not streamed:
-                seen["records"].append(p.to_dict(top_k))
-            if seen["count"] <= show:
-                by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
-                routed = [f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in levels)] if levels else []
-                verdict = ([p.set_text, "[bold red]YES[/]" if p.warning else "no"] if trusted else [])
-                table.add_row(Path(p.source).name, *routed, *(f"{n} {prob:.3f}" for n, prob in p.top(top_k)), *verdict)
-
+    shown = _PredictionDisplay(predictor, top_k, show, keep=out is not None and not streamed)
     resumed = 0
     if streamed:
-        job = predictor.predict_to_file(paths, out, top_k, resume=resume, dist=dist, on_batch=show_batch)
+        job = predictor.predict_to_file(paths, out, top_k, resume=resume, dist=dist, on_batch=shown.add)
         resumed = job.done_before
         if resumed:
             console.print(f"resumed {out}: {resumed} image(s) were already written")
         if dist.enabled:  # also: every part is complete
-            seen["count"], seen["warned"] = (int(v) for v in dist.all_sum([seen["count"], seen["warned"]]))
+            shown.count, shown.warned = (int(v) for v in dist.all_sum([shown.count, shown.warned]))
     else:
         for batch, unreadable in predictor.iter_predict_files(paths):
-            show_batch(batch, unreadable)
+            shown.add(batch, unreadable)
         if out is not None:
-            atomic_write_json(out, {"predictions": seen["records"], "skipped": seen["failed"]})
-    count = seen["count"]
-    table.title = (f"{count} prediction(s){f' (first {show} shown)' if count > show else ''}"
-                   + (f"; routed {' > '.join(levels)}" if levels else ""))
-    console.print(table)
-    if seen["warned"]:
-        console.print(f"[bold red]warning:[/] {seen['warned']} image(s) are unlike the training images "
-                      f"({predictor.detector or predictor.trust.default_detector} score above the threshold that "
-                      f"keeps {predictor.trust.id_recall:.0%} of validation images): do not trust their predictions")
-    for path, reason in seen["failed"].items():
-        console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
+            atomic_write_json(out, {"predictions": shown.records, "skipped": shown.failed})
+    shown.print()
     if out:
         console.print(f"predictions: {out}")
-    if not count and not resumed:
+    if not shown.count and not resumed:
         fail("no image could be read", code=1)
+
+
+class _PredictionDisplay:
+    """What `predict` prints: the first ``show`` predictions as a table, the out-of-distribution warning and
+    the skipped files (``keep``: also the records of a .json output)."""
+
+    def __init__(self, predictor, top_k: int, show: int, keep: bool):
+        self.predictor, self.top_k, self.show, self.keep = predictor, top_k, show, keep
+        self.trusted = predictor.trust is not None
+        self.levels = [lv["name"] for lv in predictor.info.get("levels", [])]
+        self.table = _prediction_table(self.levels, min(top_k, len(predictor.classes)),
+                                       predictor.alpha if self.trusted else None)
+        self.count, self.warned, self.failed, self.records = 0, 0, {}, []
+
+    def add(self, batch, unreadable: dict[str, str]) -> None:
+        self.failed.update(unreadable)
+        for p in batch:
+            self.count += 1
+            self.warned += bool(p.warning)
+            if self.keep:
+                self.records.append(p.to_dict(self.top_k))
+            if self.count <= self.show:
+                by_level = {lv["level"]: f"{lv['label']} {lv['confidence']:.3f}" for lv in p.levels}
+                routed = ([f"{p.label} {p.confidence:.3f}", *(by_level.get(n, "-") for n in self.levels)]
+                          if self.levels else [])
+                verdict = [p.set_text, "[bold red]YES[/]" if p.warning else "no"] if self.trusted else []
+                self.table.add_row(Path(p.source).name, *routed,
+                                   *(f"{n} {prob:.3f}" for n, prob in p.top(self.top_k)), *verdict)
+
+    def print(self) -> None:
+        more = f" (first {self.show} shown)" if self.count > self.show else ""
+        self.table.title = f"{self.count} prediction(s){more}" + (
+            f"; routed {' > '.join(self.levels)}" if self.levels else "")
+        console.print(self.table)
+        if self.warned:
+            trust, detector = self.predictor.trust, self.predictor.detector
+            console.print(f"[bold red]warning:[/] {self.warned} image(s) are unlike the training images "
+                          f"({detector or trust.default_detector} score above the threshold that keeps "
+                          f"{trust.id_recall:.0%} of validation images): do not trust their predictions")
+        for path, reason in self.failed.items():
+            console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
 
 
 def _prediction_table(levels: list[str], k: int, alpha: float | None) -> Table:

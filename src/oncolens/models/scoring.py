@@ -45,8 +45,8 @@ from .trust import softmax
 
 log = logging.getLogger(__name__)
 
-#: images per forward pass when scoring: on a CPU 8 to 32 score equally fast (bench_memory / bench_inference),
-#: while the peak memory of the activations grows with the batch (Lite0 at 224 px: ~40 MB an image)
+#: images per forward pass when scoring: the peak memory of the activations grows with the batch, the speed
+#: hardly does on a CPU (bench_memory prints predict at 8 and at 32: ~250 MB less peak for ~10% more time)
 SCORING_BATCH = 8
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
