@@ -268,17 +268,20 @@ def test_a_callback_sees_the_run_and_adds_to_its_bundle_and_metrics(phantom_mani
 
 
 def test_runs_are_stages_chosen_from_the_configuration(phantom_manifest, tmp_path):
-    """The linear probe alone, the probe then fine-tuning, or gradient epochs alone: each a registered stage."""
-    from oncolens.training.stages import STAGES, GradientStage, ProbeStage
-    from oncolens.training.trainer import _Trainer
+    """The linear probe alone, the probe then fine-tuning, or gradient epochs alone: each a registered stage;
+    ``stages`` names them explicitly and an unknown name is a ConfigError listing the known ones."""
+    from oncolens.errors import ConfigError
+    from oncolens.training.stages import STAGES, FinetuneStage, ProbeStage, TrainStage, stage_names
 
-    assert {"probe", "gradient"} <= set(STAGES.names())
+    assert {"probe", "train", "finetune"} <= set(STAGES.names())
     chosen = {}
     for name, options in {"probe": dict(head="logreg", freeze="frozen"),
                           "two-stage": dict(head="logreg", freeze="frozen", finetune="last-1"),
-                          "gradient": dict(head="linear", freeze="full")}.items():
-        trainer = _Trainer(TrainConfig(model="seed_bn_cnn", image_size=32, runs_dir=str(tmp_path), name=name,
-                                       device="cpu", augment=False, recipe="off", **options))
-        trainer.probe, trainer.finetune = options["head"] == "logreg", "finetune" in options
-        chosen[name] = [type(s) for s in trainer.stages()]
-    assert chosen == {"probe": [ProbeStage], "two-stage": [ProbeStage, GradientStage], "gradient": [GradientStage]}
+                          "gradient": dict(head="linear", freeze="full"),
+                          "explicit": dict(head="logreg", freeze="frozen", finetune="last-1", stages="probe, train")}.items():
+        config = TrainConfig(model="seed_bn_cnn", image_size=32, **options)
+        chosen[name] = [STAGES.get(s) for s in stage_names(config)]
+    assert chosen == {"probe": [ProbeStage], "two-stage": [ProbeStage, FinetuneStage], "gradient": [TrainStage],
+                      "explicit": [ProbeStage, TrainStage]}
+    with pytest.raises(ConfigError, match="unknown training stage 'mixup'.*probe"):
+        stage_names(TrainConfig(stages="probe,mixup"))

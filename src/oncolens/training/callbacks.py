@@ -1,16 +1,17 @@
 """What happens around the training loop, as callbacks: the history file, TensorBoard/MLflow, the checkpoint,
-calibration of the bundle, the curves figure, and a user's per-epoch function.
+the bundle, its calibration, metrics.json, the curves figure, and a user's per-epoch function.
 
-The loop calls, on rank 0 and in list order: ``on_start(run)`` once; ``on_epoch_end(run, row, epoch)`` after
-every epoch (the probe's closed-form fit included; ``row`` is the history row, already appended to
-``run.history``); ``on_bundle(run, bundle, meta, metrics)`` once the best weights are saved as a bundle (a
-callback may add files to the bundle and entries to ``metrics``, written to ``metrics.json`` after);
-``on_finish(run, metrics)`` last. ``run`` is the trainer (its ``config``, ``model``, ``history``,
-``run_dir``, ``console`` ...).
+The loop (:mod:`.loop`) calls, on rank 0 and in list order: ``on_start(run)`` once; ``on_epoch_end(run,
+row, epoch)`` after every epoch of every stage (``row`` is the history row, already appended to
+``run.history``); once the stages are done and the best weights are back in ``run.model``:
+``on_train_end(run, metrics)`` (the bundle callback writes ``run.bundle_path`` and ``run.meta``), then
+``on_bundle(run, bundle, meta, metrics)`` (a callback may add files to the bundle and entries to
+``metrics``), then ``on_finish(run, metrics)`` (``metrics.json`` is written first). ``run`` is the loop: its
+``config``, ``model``, ``history``, ``run_dir``, ``console``, ``features`` ...
 
 A new callback is one class registered in :data:`CALLBACKS`; ``DEFAULT_CALLBACKS`` names the ones every run
-has, in order: the history is on disk before the checkpoint that counts it, and a user's function sees the
-epoch after its checkpoint.
+has, in order (the history is on disk before the checkpoint that counts it; a user's callbacks come after
+them, so a user's function sees the epoch after its checkpoint).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import DataError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_json
 from ..registry import Registry
 
 __all__ = ["Callback", "CALLBACKS", "DEFAULT_CALLBACKS", "EpochState", "EpochFunction", "register_callback"]
@@ -38,6 +39,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, run: Any, row: dict, epoch: int) -> None:
+        pass
+
+    def on_train_end(self, run: Any, metrics: dict) -> None:
         pass
 
     def on_bundle(self, run: Any, bundle: Path, meta: dict, metrics: dict) -> None:
@@ -99,7 +103,38 @@ class Checkpoint(Callback):
     name = "checkpoint"
 
     def on_epoch_end(self, run, row, epoch):
-        run.save_checkpoint(epoch)
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(run, epoch)
+
+
+@register_callback
+class BundleWriter(Callback):
+    """``bundle/``: the best weights, classes, preprocessing and the run's summary (:func:`~oncolens.models.save_bundle`)."""
+
+    name = "bundle"
+
+    def on_train_end(self, run, metrics):
+        import torch
+
+        from ..models import save_bundle
+
+        cfg = run.config
+        run.meta = {"label_col": cfg.label_col, "run": str(run.run_dir), "best_epoch": metrics["best_epoch"],
+                    "best_stage": metrics["best_stage"], "tta": cfg.tta, "val_accuracy": metrics["val_accuracy"],
+                    "val_loss": metrics["val_loss"], "trained_on": cfg.data}
+        model = run.model.to(memory_format=torch.contiguous_format).cpu()
+        run.bundle_path = save_bundle(model, run.classes, run.run_dir / "bundle", meta=run.meta)
+
+
+@register_callback
+class MetricsFile(Callback):
+    """``metrics.json``: the run's final numbers, with what other callbacks added."""
+
+    name = "metrics"
+
+    def on_finish(self, run, metrics):
+        atomic_write_json(run.run_dir / "metrics.json", metrics)
 
 
 @register_callback
@@ -124,8 +159,8 @@ class Calibration(Callback):
 
         cfg = run.config
         fit_features = calibration_features = None
-        views = ((run.train_views[0], run.val_features) if run.cached and run.train_views
-                 else run.probe_features if meta.get("best_stage") == "probe" else None)
+        best = next(s for s in run.stages if s.name == meta["best_stage"])
+        views = (run.features.train_views[0], run.features.val) if best.inputs == "features" else None
         if views is not None:  # the frozen backbone's features are at hand: no image is decoded again
             with torch.no_grad():
                 fit_features, calibration_features = (
@@ -169,7 +204,7 @@ class Curves(Callback):
 
 
 #: every run's callbacks, in the order they are called
-DEFAULT_CALLBACKS = ("history", "tracking", "checkpoint", "calibration", "curves")
+DEFAULT_CALLBACKS = ("history", "checkpoint", "bundle", "calibration", "metrics", "curves", "tracking")
 
 
 @dataclass

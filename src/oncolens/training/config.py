@@ -48,6 +48,9 @@ class TrainConfig:
     freeze: str = _option("auto", "auto, full, frozen, last-N")
     finetune: str | None = _chosen("second stage after the linear probe: off, or last-N (unfreeze the last N "
                                    "blocks and train them at --lr for --epochs)")
+    stages: str | None = _option(None, "training stages in order, comma-separated: probe, train, finetune or a "
+                                       "registered one (default: probe with --head logreg, then finetune with "
+                                       "--finetune; otherwise train)", shown="from --head/--finetune")
     image_size: int | None = _option(None, "input side in pixels (default: the model's)")
     channels: int | None = _option(None, "1 (greyscale) or 3 (RGB) (default: the model's)")
     epochs: int | None = _chosen("training epochs (of the fine-tuning stage after a linear probe)")

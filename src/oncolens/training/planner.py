@@ -80,6 +80,10 @@ def resolve_config(config: TrainConfig, reasons: dict[str, str] | None = None) -
         settle("feature_cache", "disk", "auto: features kept on disk, shared by runs")
     if config.num_workers is None:
         settle("num_workers", training_workers(config.device), "auto: from the device and the cores")
+    if config.stages is None:
+        from .stages import default_stages
+
+        settle("stages", ",".join(default_stages(config)), "auto: from --head and --finetune")
     if config.name is None:
         settle("name", f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}", "auto: the model and the time")
     return config

@@ -1,39 +1,67 @@
-"""Training is a sequence of stages run by the trainer's loop: a closed-form :class:`ProbeStage` (the linear
-probe on cached features) and a :class:`GradientStage` (epochs of gradient steps: from scratch, a frozen
-backbone's head on cached features, or fine-tuning after the probe).
+"""Training is a sequence of stages run by one loop (:mod:`.loop`).
 
-The trainer picks the stages from the configuration (``--head logreg`` -> probe; ``--finetune last-N`` ->
-probe, then gradient; anything else -> gradient) and runs each one still pending; a checkpoint records the
-stage (``probe``, ``train`` or ``finetune``) and its epoch, so a resumed run continues in the stage it was
-in. A new stage is one class registered in :data:`STAGES`.
+A stage says what it trains and on what: which parameters its optimizer steps (none for a closed-form
+fit), whether it reads the frozen backbone's cached features (on rank 0 alone) or images (every rank of a
+distributed run), the range of epochs it runs, and how one epoch trains. The loop owns everything else:
+devices, DDP, mixed precision, validation, the LR schedule, early stopping, the best weights and the
+checkpoint (stage index + the stage's optimizer/scheduler state).
+
+Registered stages: ``probe`` (the linear probe: L2 logistic regression fitted in closed form on cached
+features), ``train`` (epochs of gradient steps: from scratch, or a frozen backbone's head on cached
+features) and ``finetune`` (after the probe: unfreeze the last blocks and train them from images). A run's
+stages come from ``TrainConfig.stages`` (default: from ``--head`` and ``--finetune``, see
+:func:`default_stages`). A new stage is one class registered with :func:`register_stage`; name it in
+``--stages``.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+import torch
+from torch import nn
 
+from ..errors import ConfigError
 from ..registry import Registry
+from .config import TrainConfig
 
-__all__ = ["Stage", "ProbeStage", "GradientStage", "STAGES", "register_stage"]
+__all__ = ["Stage", "ProbeStage", "TrainStage", "FinetuneStage", "STAGES", "register_stage", "default_stages",
+           "stage_names", "make_optimizer"]
 
 
 class Stage:
-    """One stage of a run; ``run(trainer)`` returns whether it stopped early."""
+    """One stage of a run, built from the run (:class:`~.trainer.TrainingRun`) it belongs to."""
 
     name = "stage"
+    #: "features": the frozen backbone's cached features, trained on rank 0 alone; "images": every rank
+    inputs = "images"
 
-    def pending(self, run: Any) -> bool:
-        """Whether this stage still has to run (a resumed run skips the finished ones)."""
-        return True
+    def __init__(self, run: Any):
+        self.config: TrainConfig = run.config
 
-    def run(self, run: Any) -> bool:
-        raise NotImplementedError
+    @property
+    def distributed(self) -> bool:
+        """Whether every rank of a distributed run takes part (stages on cached features run on rank 0)."""
+        return self.inputs == "images"
+
+    def epochs(self, loop: Any) -> range:
+        """The epoch numbers this stage runs (history rows are these + 1)."""
+        return range(0, self.config.epochs)
+
+    def start(self, loop: Any) -> torch.optim.Optimizer | None:
+        """Prepare the model for this stage; the optimizer the loop steps (None: nothing to step)."""
+        return make_optimizer(loop.model, self.config)
+
+    def train_mode(self, loop: Any) -> None:
+        """Put the model's modules in the mode this stage trains them in."""
+        loop.model.train()
+
+    def train_epoch(self, loop: Any, epoch: int, progress: Any) -> tuple[float, float, int]:
+        """Train one epoch: (mean loss, accuracy, images seen)."""
+        return loop.gradient_epoch(self, epoch, progress)
 
 
-#: name -> stage class
+#: name -> stage class (built with the run)
 STAGES: Registry[type[Stage]] = Registry("training stage")
 
 
@@ -42,77 +70,135 @@ STAGES: Registry[type[Stage]] = Registry("training stage")
 register_stage = STAGES.decorator()
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's trainable parameters (a head's L2 penalty as weight decay)."""
+    l2 = set()
+    head_l2 = getattr(model.head, "l2_parameters", None)
+    groups = []
+    if head_l2:
+        params = [p for p in head_l2() if p.requires_grad]
+        l2 = {id(p) for p in params}
+        groups.append({"params": params, "weight_decay": config.weight_decay + model.head.l2})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in l2]
+    groups.insert(0, {"params": rest, "weight_decay": config.weight_decay})
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    raise ConfigError(f"optimizer must be adam, adamw or sgd, got {config.optimizer!r}")
+
+
 @register_stage
 class ProbeStage(Stage):
-    """The linear probe: one closed-form fit on rank 0 (cheap and deterministic: a resumed probe-only run fits
-    it again); in a two-stage run the other ranks wait for it and take its results."""
+    """The linear probe: one closed-form fit on the cached, un-augmented features (rank 0); in a run with
+    later stages it is epoch 0 of the history, their starting point."""
 
     name = "probe"
+    inputs = "features"
 
-    def pending(self, run):
-        return not (run.probe_done and run.finetune)
+    def __init__(self, run):
+        super().__init__(run)
+        if run.model.head.head_name != "logreg" or not run.model.backbone_frozen:
+            raise ConfigError("the probe stage fits a logistic regression on frozen features: use --head logreg "
+                              "--freeze frozen")
 
-    def run(self, run):
-        if run.dist.is_main:
-            run._fit_probe()
-        if run.finetune:  # the probe's head weights reach the other ranks when they join for fine-tuning
-            run.best_val, run.best_epoch, run.bad_epochs, run.history = run.dist.broadcast(
-                (run.best_val, run.best_epoch, run.bad_epochs, run.history))
-            run.probe_done = True
-        return False
+    def epochs(self, loop):
+        first = -1 if loop.stages[-1] is not self else 0
+        return range(first, first + 1)
+
+    def start(self, loop):
+        return None
+
+    def train_epoch(self, loop, epoch, progress):
+        from .linear_probe import fit_linear_probe, load_probe_into
+
+        cfg, features = self.config, loop.features
+        x, y = features.train_views[0]
+        frame = loop.train_set.frame.iloc[features.train_kept]
+        groups = frame["group"].astype(str).tolist() if "group" in frame.columns else None
+        fit = fit_linear_probe(x.numpy(), y.numpy(), len(loop.classes), groups, seed=cfg.seed,
+                               class_weight="balanced" if cfg.class_weights else None)
+        load_probe_into(loop.model.head, fit)
+        loop.model.eval()
+        with torch.no_grad():
+            logits = loop.model.head(x.to(loop.device)).float()
+            loss = float(nn.functional.cross_entropy(logits, y.to(loop.device)))
+            accuracy = float((logits.argmax(1).cpu() == y).float().mean())
+        loop.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds, "grouped_by_patient": fit.grouped,
+                                              "cv_log_loss_by_C": fit.cv_log_loss}
+        loop.console.print(f"linear probe: C={fit.C:.3g} chosen by {fit.folds}-fold "
+                           f"{'patient-grouped ' if fit.grouped else ''}cross-validation on {len(y)} training images")
+        return loss, accuracy, len(y)
 
 
 @register_stage
-class GradientStage(Stage):
-    """Epochs of gradient steps with the LR schedule and early stopping; after a probe, the fine-tuning of
-    the last blocks (an epoch counts only if it beats the probe's validation loss)."""
+class TrainStage(Stage):
+    """Epochs of gradient steps: the whole model from images, or a frozen backbone's head on its cached
+    features when the run has them."""
 
-    name = "gradient"
+    name = "train"
 
-    def run(self, run):
-        cfg = run.config
-        if run.finetune and run.stage != "finetune":
-            run._start_finetune()
-            trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-            run.console.print(f"fine-tuning {cfg.finetune} ({trainable:,} parameters) at lr {cfg.lr:g}; an epoch "
-                              f"is kept only if its validation loss beats the probe's ({run.best_val:.4f})")
-        run._join_ranks()
-        stopped = run.bad_epochs >= cfg.patience
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-        with Progress(*columns, console=run.console, transient=True, disable=not run.console.is_terminal) as progress:
-            for epoch in range(run.start_epoch, cfg.epochs):
-                if stopped:
-                    break
-                stopped = self._epoch(run, epoch, progress)
-        return stopped
+    def __init__(self, run):
+        super().__init__(run)
+        self.inputs = "features" if run.features is not None else "images"
 
-    @staticmethod
-    def _epoch(run, epoch: int, progress: Progress) -> bool:
-        """One epoch: train, validate, schedule, keep the best; whether early stopping ends the stage."""
-        from .trainer import seed_everything
+    def train_mode(self, loop):
+        loop.model.train()
+        if self.inputs == "features":
+            loop.model.backbone.eval()
 
-        cfg = run.config
-        seed_everything(cfg.seed * 1000 + epoch)
-        started = time.perf_counter()
-        train_loss, train_acc, seen = run._train_epoch(epoch, progress)
-        val_loss, val_acc = run.evaluate_val()
-        elapsed = time.perf_counter() - started
-        lr = run.optimizer.param_groups[0]["lr"]
-        run.scheduler.step(val_loss)
-        improved = val_loss < run.best_val - 1e-7
-        if improved:
-            run.best_val, run.best_epoch, run.bad_epochs = val_loss, epoch, 0
-            run._save_best()
-        else:
-            run.bad_epochs += 1
-        run.console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.3f}  "
-                          f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  lr {lr:.2e}  {elapsed:.1f}s"
-                          + ("  *" if improved else ""))
-        run._epoch_end({"epoch": epoch + 1, "stage": run.stage, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": elapsed,
-                        "images_per_s": seen / max(elapsed, 1e-9)}, epoch)
-        if run.bad_epochs >= cfg.patience:
-            run.console.print(f"early stopping: no val_loss improvement for {cfg.patience} epochs")
-            return True
-        return False
+
+@register_stage
+class FinetuneStage(Stage):
+    """After the probe: unfreeze the last ``--finetune`` blocks and train them and the probe's head from
+    images; an epoch is kept only if it beats the best validation loss so far (the probe's)."""
+
+    name = "finetune"
+
+    def __init__(self, run):
+        super().__init__(run)
+        if self.config.finetune in (None, "off"):
+            raise ConfigError("the finetune stage unfreezes --finetune last-N blocks: set --finetune")
+
+    def start(self, loop):
+        from ..models.factory import apply_freeze
+
+        apply_freeze(loop.model, self.config.finetune)
+        trainable = sum(p.numel() for p in loop.model.parameters() if p.requires_grad)
+        loop.console.print(f"fine-tuning {self.config.finetune} ({trainable:,} parameters) at lr "
+                           f"{self.config.lr:g}; an epoch is kept only if its validation loss beats the best so far "
+                           f"({loop.best_val:.4f})")
+        return super().start(loop)
+
+    def train_mode(self, loop):
+        loop.model.train()
+        # batch-norm statistics stay those the probe was fitted on: batch statistics of small augmented
+        # batches would shift the features under the probe's head (its affine weights still train)
+        for module in loop.model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def default_stages(config: TrainConfig) -> list[str]:
+    """The stages ``--head``/``--finetune`` imply: probe (``--head logreg``), then finetune
+    (``--finetune last-N``); otherwise train."""
+    probe = config.head == "logreg"
+    finetune = config.finetune not in (None, "off")
+    if finetune and not probe:
+        raise ConfigError(f"--finetune {config.finetune} is the second stage after a linear probe (--head logreg); "
+                          f"for one-stage training of the last blocks use --freeze {config.finetune}")
+    return ["probe"] + (["finetune"] if finetune else []) if probe else ["train"]
+
+
+def stage_names(config: TrainConfig) -> list[str]:
+    """The run's stages in order: ``config.stages`` (comma-separated) or :func:`default_stages`."""
+    if not config.stages:
+        return default_stages(config)
+    names = [name.strip() for name in config.stages.split(",") if name.strip()]
+    for name in names:
+        STAGES.get(name)  # an unknown name is a ConfigError listing the registered ones
+    if not names:
+        raise ConfigError("stages: name at least one stage")
+    return names
