@@ -166,3 +166,46 @@ def test_apps_hold_no_figure_or_row_file_logic():
             if re.search(pattern, text):
                 offenders.append(f"{'/'.join(parts)}: {pattern}")
     assert not offenders, offenders
+
+
+def _body_lines(node: ast.FunctionDef | ast.ClassDef) -> int:
+    """Lines of a function's or class's body, without its signature and docstring."""
+    body = node.body
+    first = body[1] if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+        else body[0]
+    return node.end_lineno - first.lineno + 1
+
+
+def _sizes(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            yield node, _body_lines(node)
+
+
+def test_the_training_loop_and_its_parts_stay_small():
+    """Training is stages run by one loop of ~150 lines; no function over 80 lines, no class over 250, in the
+    training package."""
+    sizes = {node.name: n for path in (PACKAGE / "training").glob("*.py") for node, n in _sizes(path)
+             if not (isinstance(node, ast.ClassDef) and node.name == "TrainConfig")}  # a list of fields
+    assert sizes["Loop"] <= 160, sizes["Loop"]
+    too_big = {name: n for name, n in sizes.items() if n > 80 and name != "Loop"}
+    too_big.update({name: n for name, n in sizes.items() if n > 250})
+    assert not too_big, too_big
+    assert not (PACKAGE / "training" / "trainer.py").read_text().count("class _Trainer")
+
+
+def test_the_command_line_is_thin():
+    """Each command module under 600 lines, each command (a function typer registers) at most 40 lines of
+    body: parse, call the library, print."""
+    modules = sorted((PACKAGE / "apps" / "cli").glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "_base", "data", "training", "scoring", "explaining", "serving"}
+    assert not (PACKAGE / "apps" / "cli.py").exists()
+    long_files = {p.name: len(p.read_text().splitlines()) for p in modules if len(p.read_text().splitlines()) >= 600}
+    assert not long_files, long_files
+    long_commands = {}
+    for path in modules:
+        for node, n in _sizes(path):
+            decorated = any("command" in ast.unparse(d) for d in getattr(node, "decorator_list", []))
+            if isinstance(node, ast.FunctionDef) and (decorated or node.name == "command") and n > 40:
+                long_commands[f"{path.name}:{node.name}"] = n
+    assert not long_commands, long_commands

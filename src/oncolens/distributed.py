@@ -23,7 +23,8 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["Distributed", "init_distributed", "launch", "under_torchrun", "threads_per_rank"]
+__all__ = ["Distributed", "init_distributed", "launch", "under_torchrun", "threads_per_rank", "without_nproc",
+           "join_process_group"]
 
 #: how long a rank waits for the others at a collective (rank 0 alone fits a probe or calibrates meanwhile)
 TIMEOUT = datetime.timedelta(hours=4)
@@ -109,6 +110,34 @@ def init_distributed(device: str = "auto") -> Distributed:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         torch.distributed.init_process_group(backend=backend, timeout=TIMEOUT)
     return Distributed.current()
+
+
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """A command line without its ``--nproc N`` / ``--nproc=N`` (what each rank of :func:`launch` runs)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def join_process_group(device: str | None) -> Distributed:
+    """Under torchrun, for a command's process: join the group and use this rank's share of the cores;
+    leave the group at exit (a rank that finishes first would otherwise exit with gloo's threads running
+    and abort). A single process: nothing changes."""
+    dist = init_distributed(device or "auto")
+    if dist.enabled:
+        import atexit
+
+        import torch
+
+        torch.set_num_threads(threads_per_rank())
+        atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
+    return dist
 
 
 def _free_port() -> int:

@@ -10,6 +10,11 @@ from oncolens.data import save_manifest, split
 from oncolens.training import Callback, TrainConfig, resume, train
 
 
+@pytest.fixture
+def split_csv(phantom_manifest, tmp_path):
+    return save_manifest(split(phantom_manifest, test=0.2, val=0.2, seed=0), tmp_path / "splits.csv")
+
+
 class _Crash(Exception):
     pass
 

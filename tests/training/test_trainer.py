@@ -285,3 +285,39 @@ def test_runs_are_stages_chosen_from_the_configuration(phantom_manifest, tmp_pat
                       "explicit": [ProbeStage, TrainStage]}
     with pytest.raises(ConfigError, match="unknown training stage 'mixup'.*probe"):
         stage_names(TrainConfig(stages="probe,mixup"))
+
+
+def test_a_new_stage_is_one_registered_class(phantom_manifest, tmp_path):
+    """The goal's example: "train the head on cached features with mixup" after the probe, in one class."""
+    import torch
+    from torch import nn
+
+    from oncolens.training.stages import Stage, register_stage
+
+    @register_stage
+    class MixupHead(Stage):
+        name = "mixup-head-test"
+        inputs = "features"
+
+        def train_epoch(self, loop, epoch, progress):
+            x, y = loop.features.train_views[0]
+            mate = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+            share = 0.7
+            loop.model.head.train()
+            loop.optimizer.zero_grad()
+            logits = loop.model.head(share * x + (1 - share) * x[mate])
+            loss = share * nn.functional.cross_entropy(logits, y) + (1 - share) * nn.functional.cross_entropy(
+                logits, y[mate])
+            loss.backward()
+            loop.optimizer.step()
+            return float(loss), float((logits.argmax(1) == y).float().mean()), len(y)
+
+    csv = save_manifest(split(phantom_manifest, test=0.2, val=0.25, seed=0), tmp_path / "s.csv")
+    result = train(TrainConfig(data=str(csv), model="tf_efficientnet_lite0", weights="imagenet", image_size=32,
+                               head="logreg", freeze="frozen", stages="probe,mixup-head-test", epochs=2, lr=1e-3,
+                               patience=5, runs_dir=str(tmp_path / "runs"), name="mix", augment=False, recipe="off",
+                               cache_dir=str(tmp_path / "cache")))
+    assert result.history["stage"].tolist() == ["probe", "mixup-head-test", "mixup-head-test"]
+    assert result.history["lr"].tolist()[1:] == [1e-3, 1e-3] and (result.bundle_path / "trust.json").exists()
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["best_stage"] in ("probe", "mixup-head-test") and metrics["feature_cache"] is True

@@ -9,6 +9,7 @@ from .base import (
     detect_layout,
     get_layout,
     iter_image_files,
+    expand_image_paths,
     list_layouts,
     register_layout,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "detect_layout",
     "get_layout",
     "iter_image_files",
+    "expand_image_paths",
     "list_layouts",
     "register_layout",
     "parse_breakhis_name",

