@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .layouts import MASK_SUFFIX
 from .layouts.phantoms import MARKER_FILE
 
-__all__ = ["PhantomConfig", "generate", "FAMILIES", "MARKER_FILE", "render_phantom"]
+__all__ = ["PhantomConfig", "generate", "generate_lookalikes", "FAMILIES", "MARKER_FILE", "render_phantom"]
 
 FAMILIES = ("histo", "mri")
 
@@ -193,6 +193,47 @@ def generate(out_dir: str | Path, n: int = 200, size: int = 128, seed: int = 0, 
                 made += 1
     marker = {"generator": "oncolens.data.phantoms", **asdict(PhantomConfig(n, size, seed, per_patient, tuple(families)))}
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+    return out
+
+
+def _near_copy(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A look-alike of ``image``: shifted by a few pixels, brighter or darker, another gamma, new noise (its
+    perceptual hash differs; a network sees the same picture)."""
+    shift = rng.integers(-4, 5, size=2)
+    moved = np.roll(image, tuple(shift), axis=(0, 1)).astype(np.float32) / 255.0
+    moved = np.clip(moved ** rng.uniform(0.85, 1.18) * rng.uniform(0.92, 1.08) + rng.uniform(-0.04, 0.04), 0, 1)
+    noisy = moved * 255.0 + rng.normal(0.0, rng.uniform(2.0, 5.0), moved.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def generate_lookalikes(out_dir: str | Path, n: int = 200, copies: int = 3, size: int = 128, seed: int = 0,
+                        families: tuple[str, ...] = FAMILIES) -> Path:
+    """Write about ``n`` phantoms that leak without saying so: each of ``n // (copies + 1)`` source images
+    (one patient each) is written with ``copies`` near-copies (:func:`_near_copy`), under file names that
+    name no patient, in random order: ``OUT/<family>_<class>/<hex>.png``, no masks, no marker. A split by
+    image puts copies on both sides. ``.lookalike_sources.csv`` (a hidden file scans skip) says which source
+    each file copies, for tests."""
+    if copies < 1:
+        raise ConfigError(f"copies must be at least 1, got {copies}")
+    unknown = set(families) - set(_RENDERERS)
+    if unknown:
+        raise ConfigError(f"unknown phantom families {sorted(unknown)}; available: {sorted(_RENDERERS)}")
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    classes = [(family, tumor) for family in families for tumor in (False, True)]
+    sources = max(len(classes), n // (copies + 1))
+    rows = []
+    for index in range(sources):
+        family, tumor = classes[index % len(classes)]
+        patient_rng = np.random.default_rng(rng.integers(2**63))
+        image, _ = _RENDERERS[family](patient_rng, _anatomy(family, patient_rng, size), size, tumor)
+        folder = out / f"{family}_{'tumor' if tumor else 'normal'}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for copy in range(copies + 1):
+            name = f"{rng.integers(16**12):012x}.png"
+            Image.fromarray(image if copy == 0 else _near_copy(rng, image)).save(folder / name)
+            rows.append(f"{folder.name}/{name},source-{index:04d}")
+    (out / ".lookalike_sources.csv").write_text("path,source\n" + "\n".join(rows) + "\n")
     return out
 
 

@@ -18,8 +18,9 @@ class SplitError(DataError):
     """The manifest cannot be split as asked; the message says why and what to do."""
 
 
-#: group columns a split uses by default, best first: patient ids, then near-duplicate clusters (a proxy)
-GROUP_COLUMNS = ("group", "patient", "dup_cluster")
+#: group columns a split uses by default, best first: patient ids, then look-alike groups of embeddings
+#: (:mod:`.lookalike`, added by ``oncolens split``/``train``/``cv``), then near-duplicate clusters (proxies)
+GROUP_COLUMNS = ("group", "patient", "lookalike", "dup_cluster")
 
 
 def default_group_column(manifest: pd.DataFrame) -> str | None:

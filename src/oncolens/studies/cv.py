@@ -24,6 +24,7 @@ from ..evaluation import MetricsReport, compute_metrics, evaluate, format_metric
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.ensemble import save_ensemble_bundle
 from ..training import TrainConfig
+from ..training.lookalikes import grouped
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
 
@@ -63,12 +64,15 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
     else:
         source = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
         source = source.drop(columns=[c for c in ("split", "fold") if c in source.columns])
+        grouping = grouped(source, config)  # patients; without them look-alike groups (config.group_by)
+        source, group_col = grouping.frame, grouping.column
         if holdout > 0:
-            parts = split(source, test=holdout, seed=seed, label_col=config.label_col)
+            parts = split(source, test=holdout, seed=seed, label_col=config.label_col, group_col=group_col)
             save_manifest(parts, out_dir / "holdout.csv")
             source = parts[parts["split"] == "train"].drop(columns=["split"])
-        frame = assign_folds(source, folds, seed=seed, label_col=config.label_col)  # no patient ids: dup clusters
+        frame = assign_folds(source, folds, seed=seed, label_col=config.label_col, group_col=group_col)
         save_manifest(frame, fold_file)
+        atomic_write_text(out_dir / "grouping.txt", grouping.sentence + "\n")
     notes = []
     runs, evals = out_dir / "runs", out_dir / "evals"
     train_jobs, eval_jobs = [], []
@@ -104,7 +108,10 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
     groups = frame.set_index("path").loc[predictions["path"], group_col].astype(str).tolist() if group_col else None
     pooled = compute_metrics(y, predictions[[f"prob_{c}" for c in classes]].to_numpy(float), classes, groups=groups,
                              n_boot=n_boot, seed=seed, predicted=decided)
-    grouped_by = {"dup_cluster": "near-duplicate cluster", None: "image"}.get(group_col, "patient")
+    grouped_by = {"dup_cluster": "near-duplicate cluster", "lookalike": "look-alike group",
+                  None: "image"}.get(group_col, "patient")
+    if (out_dir / "grouping.txt").exists():
+        notes.insert(0, (out_dir / "grouping.txt").read_text().strip())
     if group_col == "dup_cluster":
         sizes = frame["dup_cluster"].value_counts()
         notes.insert(0, f"no patient ids: folds grouped by near-duplicate clusters (exact or perceptual-hash "

@@ -84,6 +84,12 @@ class TrainConfig:
     cache_dir: str | None = _option(None, "feature-cache folder (default: <runs-dir>/.feature_cache)")
     cache_max_gb: float | None = _option(None, "size limit of the feature and image caches; least recently used "
                                                "entries are removed beyond it", shown="what they hold + 25% of free disk")
+    group_by: str = _option("auto", "without patient ids, how splits, folds and the calibration split are grouped: "
+                                    "auto/embedding (look-alike groups of a frozen EfficientNet-Lite0's features, "
+                                    "threshold chosen from the data, plus exact and perceptual duplicates), phash "
+                                    "(duplicates only) or none (by image)")
+    group_threshold: float | None = _option(None, "cosine similarity that makes two images look-alikes",
+                                            shown="chosen from the data")
     val_fraction: float = _option(0.1, "validation fraction when the manifest has no val split")
     test_fraction: float = _option(0.2, "test fraction when the manifest has no split at all")
     runs_dir: str = _option("runs", "parent folder of run folders")
@@ -183,6 +189,10 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option 'modality' must be one of {', '.join(_modalities())}, got {value!r}")
     if name == "finetune" and value != "off" and not (value.startswith("last-") and value[5:].isdigit()):
         raise ConfigError(f"{where}option 'finetune' must be off or last-N (e.g. last-3), got {value!r}")
+    if name == "group_by" and value not in ("auto", "embedding", "phash", "none"):
+        raise ConfigError(f"{where}option 'group_by' must be auto, embedding, phash or none, got {value!r}")
+    if name == "group_threshold" and not -1 <= value <= 1:
+        raise ConfigError(f"{where}option 'group_threshold' is a cosine similarity in [-1, 1], got {value!r}")
     if name == "alpha" and not 0 < value < 1:
         raise ConfigError(f"{where}option 'alpha' must be between 0 and 1, got {value!r}")
     if name in ("val_fraction", "test_fraction") and not 0 <= value < 1:

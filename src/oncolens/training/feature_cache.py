@@ -31,13 +31,32 @@ from ..errors import ConfigError, DataError
 from ..files import atomic_write
 from ..models.scoring import forward_batches, to_device
 
-__all__ = ["FeatureCache", "compute_features", "image_key", "namespace_key", "CacheEntry", "cache_entries",
+__all__ = ["FeatureCache", "backbone_namespace", "file_stamp", "compute_features", "image_key", "namespace_key", "CacheEntry", "cache_entries",
            "default_cache_limit", "enforce_cache_limit", "clear_cache", "DEFAULT_CACHE_FRACTION"]
 
 
 def namespace_key(descriptor: dict) -> str:
     """A hash of everything that shapes the features (model, weights, preprocessing, augmentation)."""
     return hashlib.sha256(json.dumps(descriptor, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def file_stamp(weights: str) -> list | None:
+    """A weights file's identity (resolved path, size, modification time); None for named weights."""
+    path = Path(weights)
+    if weights in ("random", "imagenet") or not path.exists():
+        return None
+    target = path / "model.safetensors" if path.is_dir() else path
+    stat = target.stat()
+    return [str(target.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def backbone_namespace(model: str, weights: str, channels_last: bool, preprocessing: dict, augment: dict | None = None,
+                       view: int | None = None, seed: int | None = None) -> str:
+    """The cache namespace of a backbone's features: everything that shapes them (the images are decoded at a
+    reduced scale as the scoring loop decodes them); the same for a run and for look-alike grouping."""
+    return namespace_key({"model": model, "weights": weights, "channels_last": channels_last,
+                          "weights_file": file_stamp(weights), "preprocessing": preprocessing,
+                          "decode": "reduced-scale JPEG", "augment": augment, "view": view, "seed": seed})
 
 
 def compute_features(

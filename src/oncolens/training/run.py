@@ -22,8 +22,8 @@ from ..errors import ConfigError, DataError
 from ..models import OncoClassifier, create_model
 from ..models.registry import prefers_channels_last
 from .config import TrainConfig
-from .feature_cache import (FeatureCache, compute_features, default_cache_limit, enforce_cache_limit, image_key,
-                            namespace_key)
+from .feature_cache import (FeatureCache, backbone_namespace, compute_features, default_cache_limit,
+                            enforce_cache_limit, image_key)
 
 __all__ = ["TrainingRun", "CachedFeatures", "build_run"]
 
@@ -134,15 +134,6 @@ def _limit_caches(run: TrainingRun, console: Any) -> None:
                       f"to stay under {limit / 1e9:.1f} GB", markup=False, highlight=False)
 
 
-def _file_stamp(weights: str) -> list | None:
-    path = Path(weights)
-    if weights in ("random", "imagenet") or not path.exists():
-        return None
-    target = path / "model.safetensors" if path.is_dir() else path
-    stat = target.stat()
-    return [str(target.resolve()), stat.st_size, stat.st_mtime_ns]
-
-
 def cached_features(run: TrainingRun, augment: bool, console: Any, dist: Any) -> CachedFeatures:
     """The frozen backbone's features of the run's images from the feature cache (computed for the images
     it lacks; under DDP each rank computes its shard): ``cache_views`` augmented views of the training
@@ -152,10 +143,6 @@ def cached_features(run: TrainingRun, augment: bool, console: Any, dist: Any) ->
     if dist.enabled:
         mode = "disk"  # the ranks share their shards through the files
     cache = FeatureCache(run.cache_root, mode=mode)
-    model_id = {"model": cfg.model, "weights": cfg.weights, "channels_last": run.channels_last,
-                "weights_file": _file_stamp(cfg.weights),
-                "preprocessing": run.model.preprocessing.to_dict(),
-                "decode": "reduced-scale JPEG"}  # as the scoring loop decodes (data.imageio min_size)
     about = {"model": cfg.model, "weights": cfg.weights, "size": run.model.preprocessing.size}
     # the probe is fitted on the images as they are
     views = cfg.cache_views if augment else 1
@@ -164,8 +151,9 @@ def cached_features(run: TrainingRun, augment: bool, console: Any, dist: Any) ->
     def features_for(dataset: ManifestDataset, view: int | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Features of ``dataset``'s readable images (``view`` None: no augmentation) and their labels."""
         augmented = view is not None
-        namespace = namespace_key({**model_id, "augment": run.augmentation.__dict__ if augmented else None,
-                                   "view": view, "seed": cfg.seed if augmented else None})
+        namespace = backbone_namespace(cfg.model, cfg.weights, run.channels_last, run.model.preprocessing.to_dict(),
+                                       augment=run.augmentation.__dict__ if augmented else None, view=view,
+                                       seed=cfg.seed if augmented else None)
         keys = [image_key(p) for p in dataset.paths]
 
         def seed_of(index: int) -> int:  # an augmented view of an image depends on the image, not the batch

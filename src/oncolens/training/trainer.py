@@ -20,7 +20,6 @@ from rich.console import Console
 
 from ..data import load_manifest, save_manifest
 from ..data import split as split_manifest
-from ..data.split import default_group_column_safe
 from ..distributed import Distributed
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write_json, atomic_write_text
@@ -80,19 +79,26 @@ def run_state(config: TrainConfig) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
-    """The manifest with train/val(/test) splits: kept if present, else made (grouped by patient)."""
+def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, str | None]:
+    """The manifest with train/val(/test) splits: kept if present, else made; a validation part carved from
+    the training rows when there is none. New parts are grouped by patient, or without patient ids as
+    ``config.group_by`` says (look-alike groups by default: the bundle is calibrated on the validation
+    part, which must not hold look-alikes of training images). Also: what the grouping was, when made."""
+    from .lookalikes import grouped
+
     if "split" not in frame.columns or (frame["split"] == "").all():
-        return split_manifest(frame, test=config.test_fraction, val=config.val_fraction, seed=config.seed,
-                              label_col=config.label_col)
+        grouping = grouped(frame, config)
+        return split_manifest(grouping.frame, test=config.test_fraction, val=config.val_fraction, seed=config.seed,
+                              label_col=config.label_col, group_col=grouping.column), grouping.sentence
     if (frame["split"] == "val").any():
-        return frame
+        return frame, None
     train_part = frame[frame["split"] == "train"]
-    carved = split_manifest(train_part, test=config.val_fraction, val=0.0, seed=config.seed, label_col=config.label_col,
-                            group_col="auto" if default_group_column_safe(train_part) else None)
+    grouping = grouped(train_part, config)
+    carved = split_manifest(grouping.frame, test=config.val_fraction, val=0.0, seed=config.seed,
+                            label_col=config.label_col, group_col=grouping.column)
     frame = frame.copy()
     frame.loc[train_part.index, "split"] = carved["split"].replace({"test": "val"}).to_numpy()
-    return frame
+    return frame, f"validation part: {grouping.sentence}"
 
 
 def _console(console: Console | None, dist: Distributed) -> Console:
@@ -172,7 +178,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
     """
     if not config.data:
         raise ConfigError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
-    frame = prepare_splits(load_manifest(config.data), config)
+    frame, grouping = prepare_splits(load_manifest(config.data), config)
     plan = plan_run(config, frame)  # every option settled once, with its reason
     config, recipe = plan.config, plan.recipe
     dist = distributed or Distributed.current()
@@ -186,6 +192,8 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_manifest(frame, run_dir / "splits.csv")
+        if grouping:
+            out.print(f"split: {grouping}", markup=False, highlight=False)
     if recipe.fingerprint is not None and dist.is_main:
         out.print(f"data: {recipe.fingerprint.summary()}", markup=False, highlight=False)
         seconds = recipe.estimated_seconds

@@ -57,24 +57,52 @@ def split(
     val: Annotated[float, typer.Option(help="fraction held out for validation")] = 0.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     label_col: Annotated[str, typer.Option(help="column to stratify on")] = "label",
-    group_col: Annotated[str, typer.Option(help="patient column; 'auto' uses group/patient when present, else near-duplicate clusters; 'none' "
-                                              "splits by image")] = "auto",
+    group_col: Annotated[str, typer.Option(help="patient column; 'auto': group/patient when present, else as "
+                                                "--group-by says")] = "auto",
+    group_by: Annotated[str, typer.Option(help="without patient ids: embedding (look-alike groups of a frozen "
+                                               "EfficientNet-Lite0's features plus duplicates), phash (duplicates "
+                                               "only) or none (by image)")] = "embedding",
+    group_threshold: Annotated[Optional[float], typer.Option(help="cosine similarity that makes two images "
+                                                                  "look-alikes [default: chosen from the data]")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="feature cache of the embeddings (train's --cache-dir)")
+                         ] = Path("runs/.feature_cache"),
     near_threshold: Annotated[int, typer.Option(help="max perceptual-hash distance of a near duplicate")] = 4,
     report: Annotated[Optional[Path], typer.Option(help="write the leakage report (CSV of duplicate pairs)")] = None,
 ) -> None:
-    """Split a manifest into train/val/test: stratified, grouped by patient, deterministic; report leakage."""
-    import pandas as pd
-
-    from oncolens.data import leakage_report, load_manifest, save_manifest
+    """Split a manifest into train/val/test: stratified, grouped by patient (without patient ids: by
+    look-alike images), deterministic; report leakage, including how close each split is to training."""
+    from oncolens.data import load_manifest, save_manifest
     from oncolens.data import split as split_manifest
-    from oncolens.data.split import resolve_group_column, split_warnings
+    from oncolens.training.lookalikes import GroupingConfig, add_lookalike_groups
 
     frame = load_manifest(manifest)
-    result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col,
-                            group_col=None if group_col == "none" else group_col)
+    grouping_config = GroupingConfig(group_by="none" if group_col == "none" else group_by, threshold=group_threshold,
+                                     cache_dir=cache_dir)
+    groups, column = None, group_col
+    if group_col in ("auto", "none"):
+        grouping = add_lookalike_groups(frame, grouping_config, seed=seed)
+        frame, column, groups = grouping.frame, grouping.column, grouping.groups
+        console.print(grouping.sentence, markup=False, highlight=False)
+    result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col, group_col=column)
     save_manifest(result, out)
-    grouped = resolve_group_column(result, None if group_col == "none" else group_col)
-    table = Table(title=f"split of {len(result)} images (grouped by: {grouped or 'image'})")
+    _print_split(result, label_col, column, near_threshold, report)
+    if group_col in ("auto", "none") and column not in ("group", "patient"):  # no patients: how close each
+        from oncolens.training.lookalikes import embedding_leakage  # split is to training, by embedding
+
+        threshold = groups.threshold if groups is not None else group_threshold
+        for part in embedding_leakage(result, grouping_config, threshold=threshold, seed=seed):
+            console.print(part.sentence(), markup=False, highlight=False)
+    console.print(f"splits: {out}")
+
+
+def _print_split(result, label_col: str, column: str | None, near_threshold: int, report: Path | None) -> None:
+    """The split's table, its warnings and the duplicate pairs across splits (``report``: as a CSV)."""
+    import pandas as pd
+
+    from oncolens.data import leakage_report, save_manifest
+    from oncolens.data.split import split_warnings
+
+    table = Table(title=f"split of {len(result)} images (grouped by: {column or 'image'})")
     counts = pd.crosstab(result[label_col], result["split"])
     table.add_column(label_col)
     for col in counts.columns:
@@ -85,13 +113,12 @@ def split(
     console.print(table)
     for warning in split_warnings(result, label_col):
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
-    leak = leakage_report(result, near_threshold=near_threshold, label_col=label_col, group_col=grouped)
+    leak = leakage_report(result, near_threshold=near_threshold, label_col=label_col, group_col=column)
     console.print(leak.to_text(), markup=False, highlight=False)
     if report:
         pairs = pd.concat([leak.exact.assign(kind="exact"), leak.near.assign(kind="near")], ignore_index=True)
         save_manifest(pairs, report)
         console.print(f"leakage report: {report}")
-    console.print(f"splits: {out}")
 
 
 @app.command()
@@ -101,10 +128,19 @@ def phantoms(
     size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     per_patient: Annotated[int, typer.Option(help="images per synthetic patient")] = 4,
+    lookalikes: Annotated[int, typer.Option(help="instead: write each source image with this many near-copies "
+                                                 "(shifted, re-exposed, noisier) under names without patient ids, "
+                                                 "a dataset that leaks when split by image")] = 0,
 ) -> None:
     """Generate synthetic histology and MRI phantoms (tumour / normal) with lesion masks."""
     from oncolens.data import generate_phantoms
+    from oncolens.data.phantoms import generate_lookalikes
 
+    if lookalikes:
+        generate_lookalikes(out_dir, n=n, copies=lookalikes, size=size, seed=seed)
+        console.print(f"wrote {n} phantoms ({size}px, seed {seed}) as sources with {lookalikes} near-copies each, "
+                      f"without patient ids, to {out_dir}")
+        return
     generate_phantoms(out_dir, n=n, size=size, seed=seed, per_patient=per_patient)
     console.print(f"wrote {n} phantoms ({size}px, seed {seed}) with lesion masks to {out_dir}")
 

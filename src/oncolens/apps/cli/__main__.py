@@ -1,0 +1,5 @@
+"""``python -m oncolens.apps.cli``: the ``oncolens`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,142 @@
+"""Look-alike groups of a manifest's images (:mod:`oncolens.data.lookalike`) from a frozen backbone's
+embeddings, computed through the feature cache (a run of the same backbone later reads them from there).
+
+Used when the data name no patients: ``split``, ``cv``, ``train`` (its validation split, on which the bundle
+is calibrated) and the studies group look-alikes with :func:`add_lookalike_groups`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.lookalike import LookalikeGroups, lookalike_groups, split_proximity
+from ..data.split import default_group_column_safe, duplicate_clusters
+from ..errors import ConfigError
+
+__all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "grouped", "manifest_embeddings", "add_lookalike_groups", "embedding_leakage",
+           "EMBEDDING_MODEL"]
+
+#: the backbone whose pooled features embed images for grouping: ImageNet weights that ship offline
+EMBEDDING_MODEL = "tf_efficientnet_lite0"
+#: how images without patient ids are grouped
+GROUP_BY = ("auto", "embedding", "phash", "none")
+
+
+@dataclass
+class GroupingConfig:
+    """How to group images when the manifest names no patients: ``auto``/``embedding`` (look-alike groups
+    of embeddings, with exact and perceptual duplicates), ``phash`` (duplicates only), ``none`` (by image).
+    ``threshold``: cosine similarity that makes two images look-alikes (None: chosen from the data)."""
+
+    group_by: str = "auto"
+    threshold: float | None = None
+    model: str = EMBEDDING_MODEL
+    weights: str = "imagenet"
+    cache_dir: str | Path = "runs/.feature_cache"
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.group_by not in GROUP_BY:
+            raise ConfigError(f"group_by must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
+        if self.threshold is not None and not -1 <= self.threshold <= 1:
+            raise ConfigError(f"the group threshold is a cosine similarity in [-1, 1], got {self.threshold}")
+
+
+def grouping_for(config) -> GroupingConfig:
+    """The grouping a training configuration asks for (its feature cache holds the embeddings)."""
+    return GroupingConfig(group_by=config.group_by, threshold=config.group_threshold,
+                          cache_dir=config.cache_dir or Path(config.runs_dir) / ".feature_cache")
+
+
+def grouped(frame: pd.DataFrame, config) -> Grouping:
+    """``frame`` grouped for a split as a training configuration asks: an existing group column (patients, or
+    look-alike groups a previous split added) is kept unless ``group_by`` says otherwise."""
+    existing = default_group_column_safe(frame)
+    if existing in ("group", "patient", "lookalike") and config.group_by == "auto":
+        return Grouping(frame.reset_index(drop=True), existing, None, f"grouped by the manifest's {existing!r} column")
+    return add_lookalike_groups(frame, grouping_for(config), seed=config.seed)
+
+
+def manifest_embeddings(frame: pd.DataFrame, config: GroupingConfig) -> tuple[np.ndarray, list[int]]:
+    """Pooled features of ``frame``'s readable images (rows ``kept``) from ``config.model``, through the
+    feature cache; the positions of the rows they belong to."""
+    import torch
+
+    from ..data import ManifestDataset, build_transforms
+    from ..models import create_model
+    from ..models.factory import detector_dim, pool_features
+    from ..models.registry import prefers_channels_last
+    from .feature_cache import FeatureCache, backbone_namespace, compute_features, image_key
+
+    model = create_model(config.model, num_classes=2, weights=config.weights, freeze="frozen").eval()
+    device = torch.device("cpu")
+    channels_last = prefers_channels_last(config.model, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pre = model.preprocessing
+    rows = frame.reset_index(drop=True).assign(label="image", split="all")
+    dataset = ManifestDataset(rows, None, build_transforms(pre, False), classes=["image"], min_size=pre.size)
+    namespace = backbone_namespace(config.model, config.weights, channels_last, pre.to_dict())
+    keys = [image_key(p) for p in dataset.paths]
+
+    def compute(indices: list[int]):
+        return compute_features(model.backbone, dataset, indices, batch_size=config.batch_size, device=device,
+                                channels_last=channels_last)
+
+    features, kept = FeatureCache(Path(config.cache_dir), mode="disk").features(
+        namespace, keys, compute, about={"model": config.model, "weights": config.weights, "size": pre.size})
+    return pool_features(features.numpy(), detector_dim(model.backbone)), list(kept)
+
+
+@dataclass
+class Grouping:
+    """A manifest with the column its split is grouped by (None: by image), the look-alike groups when
+    they were made, and a sentence saying what was done."""
+
+    frame: pd.DataFrame
+    column: str | None
+    groups: LookalikeGroups | None
+    sentence: str
+
+
+def add_lookalike_groups(frame: pd.DataFrame, config: GroupingConfig, seed: int = 0) -> Grouping:
+    """How a split of ``frame`` is grouped: by the manifest's patients when it has them (``auto``); else by
+    look-alike groups (``lookalike`` column: embedding groups joined with exact/perceptual duplicates),
+    duplicates only (``phash``: ``dup_cluster``) or not at all (``none``)."""
+    frame = frame.reset_index(drop=True)
+    patients = default_group_column_safe(frame)
+    if patients and config.group_by == "auto":
+        return Grouping(frame, patients, None, f"grouped by the manifest's patients ({patients!r})")
+    if config.group_by == "none":
+        return Grouping(frame, None, None, "not grouped: split by image (--group-by none)")
+    duplicates = duplicate_clusters(frame) if {"sha256", "phash"} & set(frame.columns) else None
+    if config.group_by == "phash":
+        if duplicates is None:
+            return Grouping(frame, None, None, "not grouped: the manifest has no sha256/phash (run `oncolens scan`)")
+        return Grouping(frame.assign(dup_cluster=duplicates), "dup_cluster", None,
+                        "grouped by exact and perceptual duplicates")
+    embeddings, kept = manifest_embeddings(frame, config)
+    if len(kept) < 3:
+        return Grouping(frame, None, None, "not grouped: fewer than 3 readable images")
+    groups = lookalike_groups(embeddings, threshold=config.threshold, seed=seed,
+                              also=None if duplicates is None else duplicates[kept])
+    labels = np.array([f"unread-{i}" for i in range(len(frame))], dtype=object)  # unreadable: alone
+    labels[kept] = groups.labels
+    return Grouping(frame.assign(lookalike=labels), "lookalike", groups, groups.summary())
+
+
+def embedding_leakage(frame: pd.DataFrame, config: GroupingConfig, threshold: float | None = None,
+                      seed: int = 0) -> list:
+    """Per held-out split of a split manifest: its images' nearest training image against training's own
+    (:func:`oncolens.data.lookalike.split_proximity`), at ``threshold`` (None: chosen from the data)."""
+    embeddings, kept = manifest_embeddings(frame, config)
+    if threshold is None:
+        threshold = lookalike_groups(embeddings, seed=seed).threshold
+    if threshold is None:  # no look-alike mode: count only near-identical images
+        threshold = 0.99
+    splits = frame.reset_index(drop=True)["split"].astype(str).to_numpy()[kept]
+    return split_proximity(embeddings, splits, threshold, seed=seed)
