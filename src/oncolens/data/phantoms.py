@@ -201,8 +201,8 @@ def _near_copy(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     perceptual hash differs; a network sees the same picture)."""
     shift = rng.integers(-4, 5, size=2)
     moved = np.roll(image, tuple(shift), axis=(0, 1)).astype(np.float32) / 255.0
-    moved = np.clip(moved ** rng.uniform(0.85, 1.18) * rng.uniform(0.92, 1.08) + rng.uniform(-0.04, 0.04), 0, 1)
-    noisy = moved * 255.0 + rng.normal(0.0, rng.uniform(2.0, 5.0), moved.shape)
+    moved = np.clip(moved ** rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05) + rng.uniform(-0.03, 0.03), 0, 1)
+    noisy = moved * 255.0 + rng.normal(0.0, rng.uniform(1.0, 3.0), moved.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 

@@ -24,6 +24,7 @@ from .metrics import HEADLINE_METRICS, MetricsReport, compute_metrics, format_me
 from .plots import plot_confusion, plot_gallery, plot_group_breakdown, plot_reliability, plot_roc
 from .report import render_report
 from .select import select_rows
+from .shift import MMD_ROWS, nearest_training_similarity, shift_report
 
 __all__ = ["EvaluationResult", "Measurement", "evaluate", "measure", "write_evaluation", "load_evaluation",
            "GROUP_COLUMNS", "most_confused_pairs", "dataset_summary"]
@@ -199,7 +200,7 @@ def evaluate(
                               num_workers=num_workers, tta=tta, perturb=perturb)
     if streamed is None:
         return None
-    scores, ood_values = streamed
+    scores, ood_values, evidence = streamed
     notes = list(selection.notes)
     if perturb:
         notes.insert(0, f"every image perturbed before scoring: {perturb}")
@@ -215,21 +216,29 @@ def evaluate(
         from .trust import coverage_report
 
         trust_stats = coverage_report(trust, scores, measured.y, alpha=alpha, seed=seed, ood_values=ood_values)
+        if evidence is not None and len(evidence[1]) >= 2:  # how far these images are from the training data
+            trust_stats["shift"] = shift_report(trust, scores.classes, evidence[1], scores.probabilities, ood_values,
+                                                nearest=evidence[0]).to_dict()
     return write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
                             data=data, label_map=label_map, top_k=top_k, explanations=explanations,
                             trust_stats=trust_stats)
 
 
 def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trust, resume: bool,
-                   dist: Distributed, **options) -> tuple[Scores, np.ndarray | None] | None:
+                   dist: Distributed, **options) -> tuple[Scores, np.ndarray | None, tuple | None] | None:
     """Score ``frame``'s rows into ``out_dir/scores.jsonl`` batch by batch (this rank's shard under torchrun;
     after the rows already there with ``resume``) and read all rows back: the :class:`Scores` of every row
-    (no features) and the default OOD detector's score per row (None without one). None on ranks > 0."""
+    (no features), the default OOD detector's score per row (None without one) and the new-data check's
+    evidence (each row's nearest training similarity, a seeded sample's features; None without a reference).
+    None on ranks > 0."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job = ScoringJob(out_dir / "scores.jsonl", key="position", resume=resume, dist=dist)
     if not (resume and job.complete):
-        needs_features = trust is not None and trust.default_needs_features()
+        shift = trust is not None and trust.reference is not None  # the new-data check's evidence per row
+        needs_features = trust is not None and (trust.default_needs_features() or shift)
         sources = frame["path"].astype(str).tolist()
+        # features of a seeded sample of rows are kept for the two-sample test (bounded whatever the size)
+        sampled = set(np.random.default_rng(0).permutation(len(frame))[:MMD_ROWS].tolist())
 
         def rows_of(todo: list[int]):
             waiting: dict[str, list[int]] = {}
@@ -237,6 +246,8 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
                 waiting.setdefault(sources[i], []).append(i)
             for batch in loaded.iter_scores(frame.iloc[todo], features=needs_features, **options):
                 ood = trust.default_ood_values(batch) if trust is not None else None
+                features = batch.features.get(trust.ood_node or next(iter(batch.node_logits))) if shift else None
+                near = nearest_training_similarity(trust, features) if shift else None
                 rows = []
                 for r, position in enumerate(batch.positions):
                     index = todo[int(position)]
@@ -244,7 +255,9 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
                                  "probabilities": batch.probabilities[r],
                                  "node_probabilities": {k: v[r] for k, v in batch.node_probabilities.items()},
                                  "node_logits": {k: v[r] for k, v in batch.node_logits.items()},
-                                 "ood": None if ood is None else float(ood[r])})
+                                 "ood": None if ood is None else float(ood[r]),
+                                 **({"nearest": float(near[r])} if shift else {}),
+                                 **({"features": features[r]} if shift and index in sampled else {})})
                 for source, reason in batch.unreadable.items():
                     rows += [{"position": i, "source": source, "unreadable": reason} for i in waiting.get(source, [])]
                 yield sorted(rows, key=lambda row: row["position"])  # parts stay in input order for the merge
@@ -267,7 +280,11 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
         sources=[row["source"] for row in scored],
         unreadable={row["source"]: row["unreadable"] for row in rows if "unreadable" in row})
     has_ood = bool(scored) and all(row.get("ood") is not None for row in scored)
-    return scores, (np.array([row["ood"] for row in scored]) if has_ood else None)
+    evidence = None  # the new-data check's: every row's nearest training similarity, a sample's features
+    if scored and all("nearest" in row for row in scored):
+        evidence = (np.array([row["nearest"] for row in scored], dtype=np.float32),
+                    np.array([row["features"] for row in scored if "features" in row], dtype=np.float32))
+    return scores, (np.array([row["ood"] for row in scored]) if has_ood else None), evidence
 
 
 def write_evaluation(loaded: ModelBundle, measured: Measurement, out_dir: Path, *, notes: list[str],

@@ -448,6 +448,8 @@ class Trust:
     default_detector: str = "knn"
     id_recall: float = 0.95
     report: dict = field(default_factory=dict)  # what calibration measured (ECE before/after, counts)
+    #: pooled features of (at most REFERENCE_ROWS) calibration images: what new data is compared with
+    reference: np.ndarray | None = None
 
     @property
     def needs_features(self) -> bool:
@@ -536,6 +538,8 @@ def save_trust(trust: Trust, folder: str | Path) -> None:
         for key, value in detector.state().items():
             arrays[f"ood.{name}.{key}"] = np.ascontiguousarray(value)
         settings["detectors"][name] = detector.settings()
+    if trust.reference is not None:
+        arrays["reference.features"] = np.ascontiguousarray(trust.reference, dtype=np.float32)
     atomic_write(folder / "trust.safetensors", lambda tmp: save_file(arrays, str(tmp)))
     atomic_write_json(folder / "trust.json", settings)
 
@@ -588,6 +592,7 @@ def load_trust(folder: str | Path) -> Trust | None:
                      thresholds={k: float(v) for k, v in settings.get("thresholds", {}).items()},
                      ood_node=settings.get("ood_node"), default_alpha=float(settings.get("default_alpha", 0.1)),
                      default_score=settings.get("default_score", "aps"), mondrian=bool(settings.get("mondrian")),
-                     default_detector=default_detector, id_recall=float(settings.get("id_recall", 0.95)), report=settings.get("report", {}))
+                     default_detector=default_detector, id_recall=float(settings.get("id_recall", 0.95)),
+                     report=settings.get("report", {}), reference=arrays.get("reference.features"))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise BundleError(f"{folder}: damaged calibration files (trust.json / trust.safetensors): {exc}") from None

@@ -69,13 +69,20 @@ def _true_child(node, leaf: str) -> int | None:
     return None
 
 
-def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibration_frame: pd.DataFrame,
+#: calibration images whose pooled features the bundle keeps as the reference for new data (``oncolens check``)
+REFERENCE_ROWS = 512
+
+
+def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, calibration_frame: pd.DataFrame,
               label_col: str | None = None, config: CalibrationConfig | None = None,
               fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
               calibration_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
               strict: bool = True) -> Trust:
     """A :class:`Trust` for ``bundle``: temperature, conformal calibration and detector thresholds from
-    ``calibration_frame`` (validation images), detectors fitted on ``fit_frame`` (training images).
+    ``calibration_frame`` (validation images), detectors fitted on ``fit_frame`` (training images; None:
+    keep the bundle's fitted detectors and move only their thresholds, e.g. recalibrating on labelled images
+    of a new source). The trust also keeps the calibration images' pooled features (at most
+    :data:`REFERENCE_ROWS`) and their predicted class mix: what ``oncolens check`` compares new data with.
 
     ``fit_features`` = (features, logits, labels) of the training images when the caller has them already
     (a frozen backbone's feature cache): then the training images are not scored again; likewise
@@ -88,6 +95,7 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibra
     config.check()
     started = time.perf_counter()
     loaded = copy.copy(as_bundle(bundle))
+    kept = loaded.trust if fit_frame is None else None  # recalibration on new images keeps the detectors
     loaded.trust = None  # score raw: temperatures are fitted here
     options = {"features": True, **config.options}
     if calibration_features is not None and loaded.single_classifier:
@@ -132,44 +140,64 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame, calibra
         if strict:
             raise
         conformal, report["conformal"] = None, f"no prediction sets: {exc}"
-    if fit_features is None:
+    if fit_frame is None and (kept is None or not kept.detectors):
+        raise DataError("keeping the detectors (no fit images) needs a bundle calibrated before")
+    if fit_frame is not None and fit_features is None:
         fit_rows, y_fit = _labelled(loaded, fit_frame, label_col)
         # one view per training image, as a frozen backbone's feature cache holds them (the thresholds come from
         # the calibration images scored exactly as predictions are, test-time augmentation included)
         fitted = loaded.score(fit_rows, **{**options, "tta": "none"})
         fit_features = (fitted.features[node], fitted.node_logits[node], y_fit[fitted.positions])
-    features, logits, labels = fit_features
-    # cached training features are the backbone's full output: pooled to what the detectors read when scoring
     width = detector_dim(next(n for n in loaded.nodes() if n.key == node).model.backbone)
-    features, cal_features = pool_features(features, width), pool_features(cal.features[node], width)
-    detectors, thresholds = {}, {}
-    for name in config.detectors:
-        detector = OOD_DETECTORS[name](k=config.knn_k) if name == "knn" else OOD_DETECTORS[name]()
-        detectors[name] = detector.fit(features, logits, labels)
-        in_distribution = detector.score(cal_features, cal.node_logits[node])
-        thresholds[name] = float(np.quantile(in_distribution, config.id_recall, method="higher"))
-    report.update(ood_fit_images=int(len(labels)), seconds=round(time.perf_counter() - started, 3),
-                  alpha=config.alpha, mondrian=config.mondrian)
+    cal_features = pool_features(cal.features[node], width)
+    if kept is not None:  # the bundle's detectors stay; their thresholds move to these calibration images
+        detectors = {name: kept.detectors[name] for name in config.detectors if name in kept.detectors}
+        report.update(ood_fit_images=kept.report.get("ood_fit_images"), class_prior=kept.report.get("class_prior"))
+    else:
+        features, logits, labels = fit_features
+        # cached training features are the backbone's full output: pooled to what the detectors read
+        features = pool_features(features, width)
+        detectors = {name: (OOD_DETECTORS[name](k=config.knn_k) if name == "knn" else OOD_DETECTORS[name]()).fit(
+            features, logits, labels) for name in config.detectors}
+        counts = np.bincount(labels, minlength=len(loaded.classes))
+        report.update(ood_fit_images=int(len(labels)),
+                      class_prior=dict(zip(loaded.classes, (counts / max(counts.sum(), 1)).round(4).tolist())))
+    thresholds = {name: float(np.quantile(detector.score(cal_features, cal.node_logits[node]), config.id_recall,
+                                          method="higher")) for name, detector in detectors.items()}
+    mix = np.bincount(proba.argmax(1), minlength=len(loaded.classes)) / max(len(proba), 1)
+    reference_rows = np.random.default_rng(0).permutation(len(cal_features))[:REFERENCE_ROWS]
+    report.update(reference_predicted_mix=dict(zip(loaded.classes, mix.round(4).tolist())),
+                  seconds=round(time.perf_counter() - started, 3), alpha=config.alpha, mondrian=config.mondrian)
     return Trust(temperatures=temperatures, conformal=conformal, detectors=detectors, thresholds=thresholds,
                  ood_node=node, default_alpha=config.alpha, default_score=config.score, mondrian=config.mondrian,
-                 default_detector=config.default_detector, id_recall=config.id_recall, report=report)
+                 default_detector=config.default_detector if config.default_detector in detectors
+                 else next(iter(detectors), config.default_detector), id_recall=config.id_recall, report=report,
+                 reference=cal_features[np.sort(reference_rows)].astype(np.float32))
 
 
 def calibrate_bundle(bundle_path: str | Path, data: str | Path | pd.DataFrame, split: str = "val",
                      fit_split: str = "train", label_col: str | None = None,
                      config: CalibrationConfig | None = None) -> Trust:
-    """Calibrate the bundle folder ``bundle_path`` on ``data``'s ``split`` rows (detectors fitted on its
-    ``fit_split`` rows) and store the result in the folder."""
+    """Calibrate the bundle folder ``bundle_path`` on ``data``'s ``split`` rows (``all``: every row) with
+    detectors fitted on its ``fit_split`` rows (``keep``: the bundle's own detectors, thresholds moved to the
+    calibration rows: recalibration on labelled images of a new source), and store the result in the folder."""
     from ..data import load_manifest
 
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
-    if "split" not in frame.columns:
-        raise DataError("the manifest has no split column: calibrate needs validation rows (--split) and training "
-                        "rows (--fit-split); make them with `oncolens split --val 0.1`")
-    parts = {name: frame[frame["split"] == name] for name in (split, fit_split)}
-    for name, part in parts.items():
+
+    def rows(name: str) -> pd.DataFrame:
+        if name == "all":
+            return frame
+        if "split" not in frame.columns:
+            raise DataError("the manifest has no split column: calibrate needs validation rows (--split) and "
+                            "training rows (--fit-split); make them with `oncolens split --val 0.1`, or recalibrate "
+                            "on every row with --split all --fit-split keep")
+        part = frame[frame["split"] == name]
         if part.empty:
             raise DataError(f"no rows in split {name!r} (splits present: {sorted(frame['split'].unique())})")
-    trust = calibrate(bundle_path, parts[fit_split], parts[split], label_col=label_col, config=config)
+        return part
+
+    trust = calibrate(bundle_path, None if fit_split == "keep" else rows(fit_split), rows(split),
+                      label_col=label_col, config=config)
     save_trust(trust, bundle_path)
     return trust

@@ -104,12 +104,12 @@ class Grouping:
 
 
 def add_lookalike_groups(frame: pd.DataFrame, config: GroupingConfig, seed: int = 0) -> Grouping:
-    """How a split of ``frame`` is grouped: by the manifest's patients when it has them (``auto``); else by
-    look-alike groups (``lookalike`` column: embedding groups joined with exact/perceptual duplicates),
-    duplicates only (``phash``: ``dup_cluster``) or not at all (``none``)."""
+    """How a split of ``frame`` is grouped: by the manifest's patients when it names them (unless ``none``);
+    else by look-alike groups (``auto``/``embedding``: a ``lookalike`` column, embedding groups joined with
+    exact/perceptual duplicates), duplicates only (``phash``: ``dup_cluster``) or not at all (``none``)."""
     frame = frame.reset_index(drop=True)
     patients = default_group_column_safe(frame)
-    if patients and config.group_by == "auto":
+    if patients in ("group", "patient") and config.group_by != "none":  # the data say who the patient is
         return Grouping(frame, patients, None, f"grouped by the manifest's patients ({patients!r})")
     if config.group_by == "none":
         return Grouping(frame, None, None, "not grouped: split by image (--group-by none)")

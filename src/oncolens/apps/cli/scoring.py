@@ -304,6 +304,35 @@ def _print_levels_and_trust(result) -> None:
             ood = result.trust["ood"]
             console.print(f"flagged out of distribution ({ood['detector']}): {ood['flagged_fraction']:.1%} of these "
                           f"images (expected about {ood['expected_fraction']:.0%})")
+        if "shift" in result.trust:  # how far these images are from the training data
+            from oncolens.evaluation.shift import ShiftReport
+
+            for line in ShiftReport(**result.trust["shift"]).lines():
+                console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def check(
+    bundle: Annotated[Path, typer.Argument(help="calibrated bundle folder")],
+    inputs: Annotated[Path, typer.Argument(help="folder of new images, or a manifest CSV (no labels needed)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the report as JSON")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 8,
+    workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes")] = None,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+) -> None:
+    """How far new images are from the bundle's training data: nearest training image against the held-out
+    calibration images', a two-sample test on features, the out-of-distribution flag rate against its
+    expected rate and the predicted class mix; a verdict and what to do. Exit code 3 when shifted."""
+    from oncolens.evaluation.shift import check_new_data
+
+    report = check_new_data(bundle, inputs, batch_size=batch_size, num_workers=workers, backend=backend)
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
+    if out:
+        atomic_write_json(out, report.to_dict())
+        console.print(f"report: {out}")
+    if report.verdict.startswith("shifted"):
+        raise typer.Exit(3)
 
 
 @app.command()

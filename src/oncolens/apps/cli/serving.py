@@ -94,7 +94,7 @@ def app_command(
         if not slides.is_dir():
             fail(f"--slides {slides} is not a folder")
         os.environ["ONCOLENS_SLIDES"] = str(slides.resolve())  # read by the app process execv starts
-    script = Path(__file__).with_name("streamlit_app.py")
+    script = Path(__file__).parents[1] / "streamlit_app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port",
                str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--",
                "--bundle", str(bundle.resolve())]

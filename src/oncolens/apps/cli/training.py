@@ -89,9 +89,10 @@ def cv(
 def calibrate(
     bundle: Annotated[Path, typer.Argument(help="bundle folder (any kind: flat, tree, ensemble)")],
     data: Annotated[Path, typer.Option("--data", help="manifest CSV with a split column")],
-    split: Annotated[str, typer.Option(help="calibration split: temperature, prediction sets, OOD thresholds")
-                     ] = "val",
-    fit_split: Annotated[str, typer.Option(help="split the OOD detectors are fitted on")] = "train",
+    split: Annotated[str, typer.Option(help="calibration split: temperature, prediction sets, OOD thresholds "
+                                            "(all: every row)")] = "val",
+    fit_split: Annotated[str, typer.Option(help="split the OOD detectors are fitted on; keep: the bundle's own "
+                                                "(recalibrating on a new source's labelled images)")] = "train",
     alpha: Annotated[float, typer.Option(help="default error rate of the prediction sets")] = 0.1,
     score: Annotated[str, typer.Option(help="default conformal score: lac, aps, raps, aps-randomized, "
                                                    "raps-randomized (exact coverage; sets may be empty)")] = "aps",
