@@ -155,3 +155,20 @@ def test_a_slide_claiming_impossible_dimensions_is_refused(tmp_path):
 
     result = CliRunner().invoke(app, ["tile", str(path), "--out", str(tmp_path / "t"), "--mpp", "0"])
     assert result.exit_code == 2 and "error" in result.output, result.output
+
+
+def test_an_aperio_svs_is_read_with_its_vendor_levels_and_mpp(tmp_path):
+    """An SVS as Aperio scanners write it (tifffile: Aperio's ImageDescription on each level, a stripped
+    thumbnail, no TIFF resolution tags): OpenSlide recognises the vendor from the text, the MPP is read
+    from it, the thumbnail is an associated image (not a level), and the tiler works at the target mpp."""
+
+
+    path = generate_slide(tmp_path / "scan.svs", size=1024, levels=3, tile=128, mpp=0.499, vendor="aperio")
+    slide = open_slide(path)
+    info = slide_info(slide, path)
+    assert info.vendor == "aperio" and info.mpp == pytest.approx(0.499)
+    assert info.level_dimensions == ((1024, 1024), (512, 512), (256, 256))
+    assert list(slide.associated_images) == ["thumbnail"] and slide.properties["aperio.AppMag"] == "20"
+    tiles = tile_grid(slide, path, size=64, mpp=1.996, min_tissue=0.5)  # 4x coarser: level 2 exactly
+    assert tiles and {t.level for t in tiles} == {2}
+    assert np.asarray(tiles[0].load()).shape == (64, 64, 3)

@@ -238,11 +238,15 @@ def generate_lookalikes(out_dir: str | Path, n: int = 200, copies: int = 3, size
 
 
 def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, levels: int = 3, seed: int = 0,
-                   tumour: bool = True, tile: int = 256) -> Path:
+                   tumour: bool = True, tile: int = 256, vendor: str = "generic") -> Path:
     """Write a small pyramidal tiled TIFF that OpenSlide reads as a slide: white glass, an elliptical piece
     of H&E-like tissue (pink stroma, purple nuclei), and, with ``tumour``, a region of crowded dark nuclei
     in its upper left part. ``levels`` halvings; ``mpp`` microns per level-0 pixel in the TIFF resolution
-    tags (None: no resolution, as some exports do)."""
+    tags (None: no resolution, as some exports do). ``vendor="aperio"`` writes it as an Aperio SVS does: an
+    ImageDescription in Aperio's format on every level (OpenSlide recognises the vendor by it and reads the
+    MPP and magnification from it) and a stripped thumbnail after level 0 (an associated image)."""
+    if vendor not in ("generic", "aperio"):
+        raise ConfigError(f"vendor must be generic or aperio, got {vendor!r}")
     import tifffile
 
     if size < tile * 2 ** (levels - 1):
@@ -270,8 +274,20 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
     with tifffile.TiffWriter(path) as writer:
         level = image
         for i in range(levels):
-            extra = {} if mpp is None else {"resolution": (1e4 / (mpp * 2 ** i),) * 2, "resolutionunit": "CENTIMETER"}
+            extra = {} if mpp is None or vendor == "aperio" else {"resolution": (1e4 / (mpp * 2 ** i),) * 2,
+                                                                  "resolutionunit": "CENTIMETER"}
+            if vendor == "aperio":  # the MPP is in the description only, as Aperio writes it
+                fields = "|AppMag = 20" + ("" if mpp is None else f"|MPP = {mpp:.4f}") + "|ScanScope ID = ONCOLENS"
+                shape = f"{size}x{size} [0,0 {size}x{size}] ({tile}x{tile})" if i == 0 else \
+                    f"{size}x{size} -> {level.shape[1]}x{level.shape[0]}"
+                extra["description"] = f"Aperio Image Library v12.0.15 \r\n{shape} zlib/RGB{fields}"
+                extra["metadata"] = None
             writer.write(level, tile=(tile, tile), photometric="rgb", compression="zlib",
                          subfiletype=0 if i == 0 else 1, **extra)
+            if vendor == "aperio" and i == 0:  # Aperio's thumbnail: a stripped (untiled) image after level 0
+                thumb = np.ascontiguousarray(image[:: max(1, size // 256), :: max(1, size // 256)])
+                writer.write(thumb, photometric="rgb", compression="zlib", metadata=None,
+                             description=f"Aperio Image Library v12.0.15 \r\n{size}x{size} -> "
+                                         f"{thumb.shape[1]}x{thumb.shape[0]} - ")
             level = np.ascontiguousarray(level[::2, ::2])
     return path

@@ -284,7 +284,9 @@ def _label_text(value: object) -> str:
 
 def read_geojson_regions(path: str | Path) -> list[Region]:
     """Polygons of a GeoJSON file (a QuPath export: a FeatureCollection, a list of features, or one feature),
-    labelled by the feature's ``classification.name`` (QuPath), ``label``, ``name`` or ``class`` property."""
+    labelled by the feature's ``classification.name`` (QuPath), ``label``, ``name`` or ``class`` property.
+    When the file holds QuPath annotations, its detection objects (e.g. the tiles of ``oncolens slide``'s
+    ``tiles.geojson``) are left out: the annotations are the regions."""
     import json
 
     try:
@@ -295,6 +297,13 @@ def read_geojson_regions(path: str | Path) -> list[Region]:
         else data if isinstance(data, list) else [data]
     if not isinstance(features, list):
         raise DataError(f"{path}: 'features' must be a list of GeoJSON features")
+
+    def kind(feature) -> object:
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        return props.get("objectType") if isinstance(props, dict) else None
+
+    if any(kind(f) == "annotation" for f in features):  # QuPath: regions are annotations, not detected tiles
+        features = [f for f in features if kind(f) != "detection"]
     regions = []
     for number, feature in enumerate(features, 1):
         if not isinstance(feature, dict):

@@ -84,7 +84,8 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                 progress: Callable[[int, int], None] | None = None) -> SlideResult:
     """Score the tissue tiles of one slide at ``mpp`` microns per pixel (tiles of the bundle's input size);
     write ``tiles.csv``, ``heatmap.png`` (probability of ``target``, default the bundle's last class, e.g.
-    tumour), ``summary.json`` into ``out_dir``. ``progress(done, total)`` is called after every batch."""
+    tumour), ``tiles.geojson`` (for QuPath: tiles as detections, the region where ``target`` reaches
+    ``threshold`` as an annotation) and ``summary.json`` into ``out_dir``. ``progress(done, total)`` is called after every batch."""
     loaded = as_bundle(bundle)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,5 +143,10 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                "unreadable_tiles": unreadable, **slide_summary(table, loaded.classes, top_k, threshold)}
     heatmap = _heatmap(slide, table, info, f"prob_{target}", out_dir / "heatmap.png",
                        f"{Path(slide_path).name}: P({target}) per tile") if len(table) else None
+    if len(table):  # the tiles and the thresholded region for QuPath (File > Import objects)
+        from .qupath import write_slide_geojson
+
+        write_slide_geojson(table, info.level_downsamples, loaded.classes, target, out_dir / "tiles.geojson",
+                            threshold=threshold)
     atomic_write_json(out_dir / "summary.json", summary)
     return SlideResult(info=info, tiles=table, summary=summary, out_dir=out_dir, heatmap=heatmap, tile_objects=tiles)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import load_manifest, save_manifest, split
+from ..data import load_manifest, save_manifest
 from ..evaluation import MetricsReport, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_text
 from ..models import WeightsUnavailable, create_model, load_bundle
+from ..training.lookalikes import grouped_split
 from .cv import cross_validate
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
@@ -24,12 +25,12 @@ from .transfer_matrix import _eval_job, _train_job
 __all__ = ["compare_models", "compare_pretraining"]
 
 
-def _prepare(manifest, out_dir: Path, test: float, val: float, seed: int) -> Path:
+def _prepare(manifest, out_dir: Path, test: float, val: float, seed: int, config) -> Path:
     path = out_dir / "splits.csv"
     if not path.exists():
         frame = load_manifest(manifest)
-        if "split" not in frame.columns or (frame["split"] == "").all():
-            frame = split(frame, test=test, val=val, seed=seed)
+        if "split" not in frame.columns or (frame["split"] == "").all():  # patients, else look-alike groups
+            frame, _ = grouped_split(frame, config, test=test, val=val, seed=seed)
         save_manifest(frame, path)
     return path
 
@@ -78,7 +79,7 @@ def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val,
     out_dir.mkdir(parents=True, exist_ok=True)
     if folds:
         return _cv_variants(variants, manifest, out_dir, base, folds, seed, n_boot, workers)
-    data = _prepare(manifest, out_dir, test, val, seed)
+    data = _prepare(manifest, out_dir, test, val, seed, base)
     runs = out_dir / "runs"
     config = asdict(base)
     rows, jobs, evals = [], [], []

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import load_manifest, save_manifest, split
+from ..data import load_manifest, save_manifest
 from ..errors import DataError
 from ..evaluation import MetricsReport, format_metric, load_evaluation
 from ..evaluation.levels import level_metrics
@@ -19,6 +19,7 @@ from ..figures import save_figure, subplots
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle
 from ..training import TrainConfig
+from ..training.lookalikes import grouped_split
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
 
@@ -30,7 +31,7 @@ METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("roc_auc_macro",
 MODELS = ("hierarchical", "flat")
 
 
-def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: float, seed: int):
+def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: float, seed: int, config):
     """The study's manifest (leaf column, one grouped split), fixed on the first run so a resume reuses it."""
     path = out_dir / "data" / "all.csv"
     frame = load_manifest(path if path.exists() else manifest)
@@ -46,7 +47,8 @@ def _prepare(manifest, out_dir: Path, levels: Sequence[str], test: float, val: f
         by_path = {p: name for p, name in tree.leaves.items()}
         frame[LEAF_COLUMN] = [by_path[tuple(p)] for p in values[~empty.any(axis=1)].itertuples(index=False)]
         if "split" not in frame.columns or (frame["split"] == "").all():
-            frame = split(frame, test=test, val=val, seed=seed, label_col=LEAF_COLUMN)
+            frame, grouping = grouped_split(frame, config, test=test, val=val, seed=seed, label_col=LEAF_COLUMN)
+            notes.append(grouping)
         _check_split(frame)
         save_manifest(frame, path)
     return frame, resolved, HierarchyTree.from_manifest(frame, resolved), notes
@@ -102,7 +104,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed)
+    frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed, train_config or TrainConfig())
     base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3, recipe="off"))
     runs, evals = out_dir / "runs", out_dir / "evals"
     # every run: (its data, its label column); node runs train on their branch's rows only

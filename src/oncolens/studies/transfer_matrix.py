@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import load_manifest, save_manifest, split
+from ..data import load_manifest, save_manifest
 from ..errors import DataError
 from ..evaluation import evaluate, load_evaluation, load_label_map
 from ..figures import save_figure, subplots
 from ..files import atomic_write, atomic_write_text, safe_name
 from ..training import TrainConfig, train
+from ..training.lookalikes import grouped_split
 from .runner import Job, run_jobs
 
 __all__ = ["transfer_matrix"]
@@ -79,7 +80,7 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
         path = out_dir / "data" / f"{folder[domain]}.csv"
         if not path.exists():  # fixed once: a resumed study reuses the same splits
             part = frame[frame[domain_col].astype(str) == domain].drop(columns=["split"], errors="ignore")
-            save_manifest(split(part, test=test, val=val, seed=seed), path)
+            save_manifest(grouped_split(part, TrainConfig(**base), test=test, val=val, seed=seed)[0], path)
         splits[domain] = path
     runs = out_dir / "runs"
     train_jobs = [Job(f"train {d}", _train_job, {"config": {**base, "data": str(splits[d]), "runs_dir": str(runs),

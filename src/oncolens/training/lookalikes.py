@@ -15,9 +15,9 @@ import pandas as pd
 
 from ..data.lookalike import LookalikeGroups, lookalike_groups, split_proximity
 from ..data.split import default_group_column_safe, duplicate_clusters
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
-__all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "grouped", "manifest_embeddings", "add_lookalike_groups", "embedding_leakage",
+__all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "grouped", "grouped_split", "manifest_embeddings", "add_lookalike_groups", "embedding_leakage",
            "EMBEDDING_MODEL"]
 
 #: the backbone whose pooled features embed images for grouping: ImageNet weights that ship offline
@@ -59,6 +59,18 @@ def grouped(frame: pd.DataFrame, config) -> Grouping:
     if existing in ("group", "patient", "lookalike") and config.group_by == "auto":
         return Grouping(frame.reset_index(drop=True), existing, None, f"grouped by the manifest's {existing!r} column")
     return add_lookalike_groups(frame, grouping_for(config), seed=config.seed)
+
+
+def grouped_split(frame: pd.DataFrame, config, test: float, val: float = 0.0, seed: int | None = None,
+                  label_col: str | None = None) -> tuple[pd.DataFrame, str]:
+    """:func:`oncolens.data.split` of ``frame`` grouped as ``config`` (a TrainConfig) asks (see
+    :func:`grouped`), and the sentence saying how: what `train`, `cv` and the studies split with."""
+    from ..data.split import split
+
+    grouping = grouped(frame, config)
+    parts = split(grouping.frame, test=test, val=val, seed=config.seed if seed is None else seed,
+                  label_col=label_col or config.label_col, group_col=grouping.column)
+    return parts, grouping.sentence
 
 
 def manifest_embeddings(frame: pd.DataFrame, config: GroupingConfig) -> tuple[np.ndarray, list[int]]:
@@ -119,9 +131,15 @@ def add_lookalike_groups(frame: pd.DataFrame, config: GroupingConfig, seed: int 
             return Grouping(frame, None, None, "not grouped: the manifest has no sha256/phash (run `oncolens scan`)")
         return Grouping(frame.assign(dup_cluster=duplicates), "dup_cluster", None,
                         "grouped by exact and perceptual duplicates")
-    embeddings, kept = manifest_embeddings(frame, config)
+    try:
+        embeddings, kept = manifest_embeddings(frame, config)
+    except DataError:  # no image could be read: the split reports unreadable images where they are used
+        kept = []
     if len(kept) < 3:
-        return Grouping(frame, None, None, "not grouped: fewer than 3 readable images")
+        if duplicates is None:
+            return Grouping(frame, None, None, "not grouped: fewer than 3 readable images")
+        return Grouping(frame.assign(dup_cluster=duplicates), "dup_cluster", None,
+                        "grouped by exact and perceptual duplicates: fewer than 3 readable images to embed")
     groups = lookalike_groups(embeddings, threshold=config.threshold, seed=seed,
                               also=None if duplicates is None else duplicates[kept])
     labels = np.array([f"unread-{i}" for i in range(len(frame))], dtype=object)  # unreadable: alone

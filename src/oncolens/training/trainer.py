@@ -84,12 +84,10 @@ def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFra
     the training rows when there is none. New parts are grouped by patient, or without patient ids as
     ``config.group_by`` says (look-alike groups by default: the bundle is calibrated on the validation
     part, which must not hold look-alikes of training images). Also: what the grouping was, when made."""
-    from .lookalikes import grouped
+    from .lookalikes import grouped, grouped_split
 
     if "split" not in frame.columns or (frame["split"] == "").all():
-        grouping = grouped(frame, config)
-        return split_manifest(grouping.frame, test=config.test_fraction, val=config.val_fraction, seed=config.seed,
-                              label_col=config.label_col, group_col=grouping.column), grouping.sentence
+        return grouped_split(frame, config, test=config.test_fraction, val=config.val_fraction)
     if (frame["split"] == "val").any():
         return frame, None
     train_part = frame[frame["split"] == "train"]
