@@ -22,7 +22,7 @@ from .data import decode_image
 from .distributed import Distributed
 from .errors import ConfigError
 from .models.bundle import ModelBundle, load_any_bundle
-from .models.scoring import SCORING_BATCH, Backend, Scores, make_backend, tta_views
+from .models.scoring import SCORING_BATCH, Backend, Scores, tta_views
 from .models.scoring_job import ScoringJob
 from .models.trust import Assessment
 
@@ -170,7 +170,7 @@ class Predictor:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.model = bundle.root.model
-        self.runner: Backend = make_backend(bundle, backend, onnx_dir=onnx_path)
+        self.runner: Backend = bundle.runner(backend, onnx_dir=onnx_path)
         self.backend = self.runner.name  # what "auto" chose
         self.tta, views = tta_views(bundle, tta)
         self.passes = len(views)  # forward passes per image (test-time augmentation)

@@ -238,10 +238,10 @@ def generate_lookalikes(out_dir: str | Path, n: int = 200, copies: int = 3, size
 
 
 def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, levels: int = 3, seed: int = 0,
-                   tumour: bool = True, tile: int = 256, vendor: str = "generic") -> Path:
+                   tumour: bool = True, tile: int = 256, vendor: str = "generic", tumour_size: float = 1.0) -> Path:
     """Write a small pyramidal tiled TIFF that OpenSlide reads as a slide: white glass, an elliptical piece
     of H&E-like tissue (pink stroma, purple nuclei), and, with ``tumour``, a region of crowded dark nuclei
-    in its upper left part. ``levels`` halvings; ``mpp`` microns per level-0 pixel in the TIFF resolution
+    in its upper left part (``tumour_size`` scales its radii). ``levels`` halvings; ``mpp`` microns per level-0 pixel in the TIFF resolution
     tags (None: no resolution, as some exports do). ``vendor="aperio"`` writes it as an Aperio SVS does: an
     ImageDescription in Aperio's format on every level (OpenSlide recognises the vendor by it and reads the
     MPP and magnification from it) and a stripped thumbnail after level 0 (an associated image)."""
@@ -254,7 +254,8 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     tissue = ((yy - 0.5) / 0.36) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1.0
-    tumour_zone = tissue & (((yy - 0.38) / 0.16) ** 2 + ((xx - 0.36) / 0.18) ** 2 < 1.0) if tumour else \
+    r_y, r_x = 0.16 * tumour_size, 0.18 * tumour_size
+    tumour_zone = tissue & (((yy - 0.38) / r_y) ** 2 + ((xx - 0.36) / r_x) ** 2 < 1.0) if tumour else \
         np.zeros_like(tissue)
     image = np.empty((size, size, 3), np.uint8)
     image[...] = (242, 242, 240)

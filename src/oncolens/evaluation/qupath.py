@@ -96,8 +96,8 @@ def slide_geojson(tiles: pd.DataFrame, level_downsamples: tuple[float, ...], cla
 
 
 def write_slide_geojson(tiles: pd.DataFrame, level_downsamples: tuple[float, ...], classes: list[str], target: str,
-                        out: str | Path, threshold: float = 0.5) -> Path:
-    """:func:`slide_geojson` written to ``out`` (atomically)."""
+                        out: str | Path, threshold: float = 0.5, extra: tuple[str, ...] = ("tissue_fraction",)) -> Path:
+    """:func:`slide_geojson` written to ``out`` (atomically); ``extra``: more tile columns as measurements."""
     out = Path(out)
-    atomic_write_json(out, slide_geojson(tiles, level_downsamples, classes, target, threshold))
+    atomic_write_json(out, slide_geojson(tiles, level_downsamples, classes, target, threshold, extra))
     return out

@@ -63,14 +63,14 @@ def _heatmap(slide, tiles: pd.DataFrame, info: SlideInfo, column: str, out: Path
     scale = thumbnail.size[0] / info.dimensions[0]
     grid = np.full((thumbnail.size[1], thumbnail.size[0]), np.nan)
     for row in tiles.itertuples():
-        extent = row.read_size * info.level_downsamples[int(row.level)]
+        extent = row.extent if hasattr(row, "extent") else row.read_size * info.level_downsamples[int(row.level)]
         x0, y0 = int(row.x * scale), int(row.y * scale)
         x1, y1 = max(x0 + 1, int((row.x + extent) * scale)), max(y0 + 1, int((row.y + extent) * scale))
         grid[y0:y1, x0:x1] = getattr(row, column)
     fig, ax = subplots(1, 1, figsize=(8, 8 * thumbnail.size[1] / thumbnail.size[0]))
     ax.imshow(thumbnail)
     shown = ax.imshow(np.ma.masked_invalid(grid), cmap="inferno", vmin=0, vmax=1, alpha=0.55)
-    fig.colorbar(shown, ax=ax, fraction=0.04, label=column.removeprefix("prob_"))
+    fig.colorbar(shown, ax=ax, fraction=0.04, label=column.removeprefix("prob_").replace("_", " "))
     ax.set_title(title)
     ax.axis("off")
     save_figure(fig, out)
@@ -92,6 +92,8 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     target = target or loaded.classes[-1]
     if target not in loaded.classes:
         raise DataError(f"class {target!r} is not one of the bundle's classes {loaded.classes}")
+    if hasattr(loaded, "attention"):  # a bag classifier: the slide is one bag, explained by attention
+        return _score_slide_bag(loaded, slide_path, out_dir, target, top_k, batch_size, num_workers)
     check_tiling(loaded.preprocessing.size, mpp, slide_mpp, min_tissue)
     slide = open_slide(slide_path)
     info = slide_info(slide, slide_path)
@@ -150,3 +152,49 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
                             threshold=threshold)
     atomic_write_json(out_dir / "summary.json", summary)
     return SlideResult(info=info, tiles=table, summary=summary, out_dir=out_dir, heatmap=heatmap, tile_objects=tiles)
+
+
+def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str, top_k: int, batch_size: int,
+                     num_workers: int | None) -> SlideResult:
+    """A slide through a bag classifier: its bag (tiles as the bundle cuts them), the slide's probabilities,
+    and per tile its attention and the attention-weighted score of ``target``; ``tiles.csv``, heatmaps of
+    both over the thumbnail, ``tiles.geojson`` (attention as a measurement) and ``summary.json``."""
+    slide = open_slide(slide_path)
+    info = slide_info(slide, slide_path)
+    bag = loaded.attention(str(slide_path), batch_size=max(batch_size, 32), num_workers=num_workers)
+    attention, index = bag["attention"], loaded.classes.index(target)
+    weighted = attention * bag["instance_probabilities"][:, index]
+    coords = bag["coords"]
+    table = pd.DataFrame({"tile": [f"{int(x)},{int(y)}" for x, y in coords[:, :2]], "x": coords[:, 0].astype(int),
+                          "y": coords[:, 1].astype(int), "extent": coords[:, 2], "tissue_fraction": bag["tissue"],
+                          "attention": attention, "attention_relative": attention * len(attention),
+                          f"attention_x_prob_{target}": weighted,
+                          **{f"prob_{c}": bag["instance_probabilities"][:, i] for i, c in enumerate(loaded.classes)}})
+    table["label"] = [loaded.classes[i] for i in bag["instance_probabilities"].argmax(1)]
+    table.to_csv(out_dir / "tiles.csv", index=False)
+    probabilities = dict(zip(loaded.classes, map(float, bag["probabilities"])))
+    order = np.argsort(-attention)[:top_k]
+    summary = {"slide": info.to_dict(), "target": target, "kind": "bag", "probabilities": probabilities,
+               "label": max(probabilities, key=probabilities.get),
+               "tissue_fraction_of_slide": float(tissue_mask(slide)[0].mean()), "unreadable_tiles": {},
+               "top_attention_tiles": table.iloc[order][["x", "y", "attention"]].to_dict("records"),
+               **slide_summary(table, loaded.classes, top_k)}
+    from ..models.bags import BagConfig, bag_instances
+
+    instances = {f"{int(x)},{int(y)}": item for item, (x, y, _, _) in
+                 zip(*bag_instances(slide_path, BagConfig(**loaded.bag_spec))[:2])}
+    tile_objects = [instances[t] for t in table["tile"] if t in instances]  # the panel finds tiles by corner
+    scaled = table.assign(attention_scaled=attention / max(float(attention.max()), 1e-12),
+                          weighted_scaled=weighted / max(float(weighted.max()), 1e-12))
+    heatmap = _heatmap(slide, scaled, info, "attention_scaled", out_dir / "heatmap.png",
+                       f"{Path(slide_path).name}: attention (P({target}) = {probabilities[target]:.2f})")
+    _heatmap(slide, scaled, info, "weighted_scaled", out_dir / "heatmap_weighted.png",
+             f"{Path(slide_path).name}: attention x P({target}) per tile")
+    from .qupath import write_slide_geojson
+
+    write_slide_geojson(table.assign(level=0, read_size=table["extent"]), (1.0,), loaded.classes, target,
+                        out_dir / "tiles.geojson", threshold=0.5, extra=("tissue_fraction", "attention",
+                                                                          f"attention_x_prob_{target}"))
+    atomic_write_json(out_dir / "summary.json", summary)
+    return SlideResult(info=info, tiles=table, summary=summary, out_dir=out_dir, heatmap=heatmap,
+                       tile_objects=tile_objects)

@@ -87,9 +87,12 @@ def top_tile_panel(bundle: ModelBundle, result, method: str = "gradcam", top_k: 
     from ..figures import save_figure, subplots
 
     target = result.summary["target"]
-    best = result.tiles.sort_values(f"prob_{target}", ascending=False).head(top_k)
+    attended = "attention" in result.tiles.columns  # a bag classifier: its attention is the explanation
+    best = result.tiles.sort_values("attention" if attended else f"prob_{target}", ascending=False).head(top_k)
     tiles = {f"{t.x},{t.y}": t for t in result.tile_objects}
     images = [tiles[row.tile].load() for row in best.itertuples()]
+    if attended:
+        return _attention_panel(result, best, images, target)
     explained = explain(bundle, images, method=method, target=target) if images else []
     fig, axes = subplots(2, max(len(best), 1), figsize=(2.2 * max(len(best), 1), 4.6), squeeze=False)
     for column, (row, image, e) in enumerate(zip(best.itertuples(), images, explained)):
@@ -100,6 +103,23 @@ def top_tile_panel(bundle: ModelBundle, result, method: str = "gradcam", top_k: 
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(f"top {len(best)} tiles for {target}")
+    out = result.out_dir / "top_tiles.png"
+    save_figure(fig, out)
+    return out
+
+
+def _attention_panel(result, best, images, target: str) -> Path:
+    """The most attended tiles of a bag classifier's slide, each with its attention and its own P(target)."""
+    from ..figures import save_figure, subplots
+
+    fig, axes = subplots(1, max(len(best), 1), figsize=(2.2 * max(len(best), 1), 2.6), squeeze=False)
+    for column, (row, image) in enumerate(zip(best.itertuples(), images)):
+        axes[0][column].imshow(image)
+        axes[0][column].set_title(f"({row.x}, {row.y})\nattention {row.attention_relative:.1f}x\n"
+                                  f"P={getattr(row, 'prob_' + target):.2f}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"the {len(best)} most attended tiles ({target}: P={result.summary['probabilities'][target]:.2f})")
     out = result.out_dir / "top_tiles.png"
     save_figure(fig, out)
     return out

@@ -1,7 +1,7 @@
 """Networks and their weights: registry, heads, seed CNNs, pretrained weights, bundles, the scoring loop."""
 
 from .._lazy import lazy_package
-from . import ensemble, hierarchy, zoo  # noqa: F401  (register the built-in models and bundle kinds)
+from . import ensemble, hierarchy, mil, zoo  # noqa: F401  (register the built-in models and bundle kinds)
 
 __all__ = [
     "EnsembleBundle",

@@ -229,6 +229,12 @@ class ModelBundle:
         return records
 
     # --- scoring ----------------------------------------------------------------------------
+    def runner(self, backend: "str | Backend" = "auto", **options: Any) -> "Backend":
+        """The back-end that runs this bundle's networks (see :func:`oncolens.models.scoring.make_backend`)."""
+        from .scoring import make_backend
+
+        return make_backend(self, backend, **options)
+
     def score(self, inputs: Any, backend: "str | Backend" = "auto", **options: Any) -> "Scores":
         """Score images, image files or manifest rows: probabilities per node, the routed decision, the
         leaf probabilities, optionally the penultimate features, and ``{source: reason}`` for inputs

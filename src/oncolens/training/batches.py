@@ -32,11 +32,22 @@ class _RankSlice(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def _one_bag(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of one bag: its features (1, n, d) and its class; an unreadable bag is an empty batch."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.zeros(0, 0, 0), torch.zeros(0, dtype=torch.long)
+    return batch[0][0].unsqueeze(0), torch.tensor([batch[0][1]])
+
+
 def train_batches(loop: Any, inputs: str, epoch: int) -> DataLoader:
-    """Epoch ``epoch``'s training batches of ``inputs`` ("features": the cached view for this epoch)."""
+    """Epoch ``epoch``'s training batches of ``inputs`` ("features": the cached view for this epoch; "bags":
+    one bag per batch)."""
     cfg = loop.config
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    if inputs == "features":
+    if inputs == "bags":
+        dataset, targets, collate = loop.train_set, np.array(loop.train_set.targets), _one_bag
+    elif inputs == "features":
         x, y = loop.features.train_views[epoch % len(loop.features.train_views)]
         dataset, targets, collate = TensorDataset(x, y), y.numpy(), None
     else:
@@ -46,7 +57,7 @@ def train_batches(loop: Any, inputs: str, epoch: int) -> DataLoader:
         counts = np.bincount(targets, minlength=len(loop.classes)).astype(float)
         weights = 1.0 / np.maximum(counts[targets], 1)
         sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), generator=generator)
-    batch_size, length = cfg.batch_size, len(targets)
+    batch_size, length = (1 if inputs == "bags" else cfg.batch_size), len(targets)
     if loop.ddp is not None:  # the ranks split each epoch; together they take the configured batch size
         batch_size = max(1, cfg.batch_size // loop.dist.world_size)
         if sampler is not None:  # the same weighted draw on every rank (same generator), one slice each
@@ -60,13 +71,15 @@ def train_batches(loop: Any, inputs: str, epoch: int) -> DataLoader:
     drop_last = length > batch_size and length % batch_size == 1
     return make_loader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                        generator=generator, collate_fn=collate, drop_last=drop_last,
-                       num_workers=0 if inputs == "features" else cfg.num_workers)
+                       num_workers=0 if inputs in ("features", "bags") else cfg.num_workers)
 
 
 def val_batches(loop: Any, inputs: str) -> DataLoader:
     """The validation batches of ``inputs`` (each rank its shard of the images while DDP trains)."""
     if inputs == "features":
         return DataLoader(TensorDataset(*loop.features.val), batch_size=256)
+    if inputs == "bags":
+        return make_loader(loop.val_set, batch_size=1, collate_fn=_one_bag, num_workers=0)
     dataset = loop.val_set if loop.ddp is None else Subset(loop.val_set, loop.dist.shard(len(loop.val_set)))
     return make_loader(dataset, batch_size=loop.config.batch_size, collate_fn=collate_skip_none,
                        num_workers=loop.config.num_workers)

@@ -148,7 +148,9 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
         # the calibration images scored exactly as predictions are, test-time augmentation included)
         fitted = loaded.score(fit_rows, **{**options, "tta": "none"})
         fit_features = (fitted.features[node], fitted.node_logits[node], y_fit[fitted.positions])
-    width = detector_dim(next(n for n in loaded.nodes() if n.key == node).model.backbone)
+    decider = next(n for n in loaded.nodes() if n.key == node).model
+    # what the detectors read: an image model's pooled features; a bag model's bag embedding as it is
+    width = detector_dim(decider.backbone) if hasattr(decider, "backbone") else cal.features[node].shape[1]
     cal_features = pool_features(cal.features[node], width)
     if kept is not None:  # the bundle's detectors stay; their thresholds move to these calibration images
         detectors = {name: kept.detectors[name] for name in config.detectors if name in kept.detectors}

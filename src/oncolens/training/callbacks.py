@@ -123,6 +123,13 @@ class BundleWriter(Callback):
         run.meta = {"label_col": cfg.label_col, "run": str(run.run_dir), "best_epoch": metrics["best_epoch"],
                     "best_stage": metrics["best_stage"], "tta": cfg.tta, "val_accuracy": metrics["val_accuracy"],
                     "val_loss": metrics["val_loss"], "trained_on": cfg.data}
+        if hasattr(run.model, "explain"):  # a bag classifier: the bundle also says how its bags are made
+            from ..models.mil import save_mil_bundle
+
+            bags = run.extra_metrics.get("bags", {})
+            run.bundle_path = save_mil_bundle(run.model.cpu(), run.classes, bags.get("extractor") or {},
+                                              bags.get("bag") or {}, run.run_dir / "bundle", meta=run.meta)
+            return
         model = run.model.to(memory_format=torch.contiguous_format).cpu()
         run.bundle_path = save_bundle(model, run.classes, run.run_dir / "bundle", meta=run.meta)
 
@@ -160,7 +167,8 @@ class Calibration(Callback):
         cfg = run.config
         fit_features = calibration_features = None
         best = next(s for s in run.stages if s.name == meta["best_stage"])
-        views = (run.features.train_views[0], run.features.val) if best.inputs == "features" else None
+        views = (run.features.train_views[0], run.features.val) if best.inputs == "features" and run.features \
+            else None
         if views is not None:  # the frozen backbone's features are at hand: no image is decoded again
             with torch.no_grad():
                 fit_features, calibration_features = (
@@ -170,10 +178,15 @@ class Calibration(Callback):
         frame = run.frame
         options = {"batch_size": max(cfg.batch_size, 32), "num_workers": cfg.num_workers}
         try:
-            model = run.model.eval().to(memory_format=torch.channels_last if run.channels_last
-                                        else torch.contiguous_format)  # as a loaded bundle runs
-            loaded = Bundle(model=model, classes=run.classes, preprocessing=run.model.preprocessing,
-                            meta=meta, path=bundle)
+            if hasattr(run.model, "explain"):  # a bag classifier: calibrated on bags, as it predicts
+                from ..models.mil import load_mil_bundle
+
+                loaded = load_mil_bundle(bundle)
+            else:
+                model = run.model.eval().to(memory_format=torch.channels_last if run.channels_last
+                                            else torch.contiguous_format)  # as a loaded bundle runs
+                loaded = Bundle(model=model, classes=run.classes, preprocessing=run.model.preprocessing,
+                                meta=meta, path=bundle)
             trust = calibrate(loaded, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
                               config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
                               calibration_features=calibration_features, strict=False)

@@ -55,7 +55,13 @@ def grouping_for(config) -> GroupingConfig:
 def grouped(frame: pd.DataFrame, config) -> Grouping:
     """``frame`` grouped for a split as a training configuration asks: an existing group column (patients, or
     look-alike groups a previous split added) is kept unless ``group_by`` says otherwise."""
+    from ..models.mil import is_bag_manifest
+
     existing = default_group_column_safe(frame)
+    if is_bag_manifest(frame):  # a bag is a slide or an image: grouped by patient when the manifest says
+        patients = existing if existing in ("group", "patient") else None
+        return Grouping(frame.reset_index(drop=True), patients, None,
+                        f"bags grouped by {patients!r}" if patients else "bags: one group per bag")
     if existing in ("group", "patient", "lookalike") and config.group_by == "auto":
         return Grouping(frame.reset_index(drop=True), existing, None, f"grouped by the manifest's {existing!r} column")
     return add_lookalike_groups(frame, grouping_for(config), seed=config.seed)

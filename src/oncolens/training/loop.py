@@ -47,10 +47,8 @@ class Loop:
         self.stopped = False
         self.resume_at: tuple[int, int, dict] | None = None  # (stage index, next epoch, stage state)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "run":
-            raise AttributeError(name)
-        return getattr(self.run, name)
+    def __getattr__(self, name: str) -> Any:  # the run's fields, read through the loop
+        return getattr(self.run, name) if name != "run" else object.__getattribute__(self, name)
 
     def event(self, hook: str, *args) -> None:
         """Call ``hook`` on every callback, in order."""
@@ -149,10 +147,11 @@ class Loop:
                 with torch.autocast(self.device.type, enabled=self.use_amp):
                     logits = self.forward(stage.inputs, x)
                     loss = self.criterion(logits.float(), y)
+                    extra = getattr(self.model.head, "extra_loss", lambda target: None)(y[0])  # e.g. CLAM's
+                    loss = loss if extra is None else loss + extra
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 self.scaler.step(self.optimizer) if self.scaler else self.optimizer.step()
-                if self.scaler:
-                    self.scaler.update()
+                self.scaler.update() if self.scaler else None
                 if not torch.isfinite(loss.detach()):
                     last = self.history[-1]["epoch"] if self.history else 0
                     raise DataError(f"the training loss became {float(loss.detach()):g} in epoch {epoch + 1}: training "
@@ -170,6 +169,8 @@ class Loop:
         x = x.to(self.device, non_blocking=True)
         if inputs == "features":
             return self.model.head(x)
+        if inputs == "bags":
+            return self.model(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.ddp(x) if self.ddp is not None and self.model.training else self.model(x)

@@ -22,7 +22,7 @@ from .recipe import Recipe, configure
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Plan", "plan_run", "resolve_config", "training_workers"]
+__all__ = ["Plan", "plan_run", "plan_bag_run", "resolve_config", "training_workers", "BAG_DEFAULTS"]
 
 
 @dataclass
@@ -41,8 +41,61 @@ class Plan:
         return {**recipe, "settled": settled}
 
 
+#: a bag classifier's settings when not given: (value, reason)
+BAG_DEFAULTS = {
+    "epochs": (40, "bags: one bag per step, a few dozen bags per epoch"),
+    "lr": (2e-4, "bags: Adam at 2e-4, as attention MIL is trained (Ilse et al. 2018; CLAM)"),
+    "patience": (10, "bags: validation loss on few bags is noisy"),
+    "class_weights": (False, "bags: plain cross-entropy"), "finetune": ("off", "bags: the extractor stays frozen"),
+    "tta": ("none", "bags: the instances are fixed features"), "modality": ("unknown", "bags: not read from images"),
+    "hflip": (False, "bags: no image augmentation"), "vflip": (False, "bags: no image augmentation"),
+    "rot90": (False, "bags: no image augmentation"), "rotation": (0.0, "bags: no image augmentation"),
+    "zoom": (0.0, "bags: no image augmentation"), "contrast": (0.0, "bags: no image augmentation"),
+    "colour": (0.0, "bags: no image augmentation"),
+}
+
+
+def plan_bag_run(config: TrainConfig) -> Plan:
+    """The plan of a run on a bag manifest: a bag head (default ``abmil``) trained by the ``bags`` stage."""
+    from ..errors import ConfigError
+    from ..models.mil import BAG_HEADS
+
+    config, reasons = copy.deepcopy(config), {}
+
+    def settle(name: str, value, why: str) -> None:
+        setattr(config, name, value)
+        reasons[name] = why
+
+    if config.model is None:
+        settle("model", "abmil", "bags: gated-attention MIL (Ilse et al. 2018), which learns which instances "
+                                 "carry the label; --model clam-sb, mean or max for the others")
+    elif config.model not in BAG_HEADS:
+        raise ConfigError(f"a bag manifest trains a bag head ({', '.join(BAG_HEADS.names())}), not {config.model!r}")
+    for name, (value, why) in BAG_DEFAULTS.items():
+        if getattr(config, name) is None:
+            settle(name, value, why)
+    for name, value, why in (("weights", "random", "bags: the bag head starts from random weights"),
+                             ("freeze", "full", "bags: the bag head trains whole"),
+                             ("feature_cache", "off", "bags: the instance features are the bag files"),
+                             ("num_workers", 0, "bags: one bag file per step"), ("stages", "bags", "bags")):
+        if getattr(config, name) in (None, "auto"):
+            settle(name, value, why)
+    config.augment = False
+    if config.device == "auto":
+        import torch
+
+        settle("device", "cuda" if torch.cuda.is_available() else "cpu", "auto: a GPU when there is one")
+    if config.name is None:
+        settle("name", f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}", "auto: the model and the time")
+    return Plan(config=config, reasons=reasons, recipe=None)
+
+
 def plan_run(config: TrainConfig, frame: pd.DataFrame) -> Plan:
     """The plan of a run on ``frame`` (its train/val rows are the recipe's evidence; never the test rows)."""
+    from ..models.mil import is_bag_manifest
+
+    if is_bag_manifest(frame):
+        return plan_bag_run(config)
     recipe = configure(config, frame)
     reasons = {name: f"recipe: {why}" for name, why in recipe.reasons.items()}
     return Plan(config=resolve_config(recipe.config, reasons), reasons=reasons, recipe=recipe)

@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .feature_cache import (FeatureCache, backbone_namespace, compute_features, default_cache_limit,
                             enforce_cache_limit, image_key)
 
-__all__ = ["TrainingRun", "CachedFeatures", "build_run"]
+__all__ = ["TrainingRun", "CachedFeatures", "BagDataset", "build_run", "build_bag_run"]
 
 
 @dataclass
@@ -63,10 +63,66 @@ class TrainingRun:
         return self.config.run_dir
 
 
+class BagDataset(torch.utils.data.Dataset):
+    """The bags of one split of a bag manifest (``oncolens features``): (features n x d, class index); a bag
+    file that cannot be read is reported in ``bad_files`` and skipped (None)."""
+
+    def __init__(self, frame: pd.DataFrame, split: str, classes: list[str]):
+        self.frame = frame[frame["split"] == split].reset_index(drop=True)
+        self.paths = self.frame["path"].astype(str).tolist()
+        self.targets = [classes.index(str(v)) for v in self.frame["label"]]
+        self.bad_files: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from ..models.bags import read_bag
+
+        try:
+            arrays, _ = read_bag(self.paths[index])
+        except DataError as exc:
+            self.bad_files[self.paths[index]] = str(exc)
+            return None
+        return torch.from_numpy(np.asarray(arrays["features"], dtype=np.float32)), self.targets[index]
+
+
+def build_bag_run(config: TrainConfig, frame: pd.DataFrame) -> TrainingRun:
+    """A run on bags: a bag classifier (``config.model``: a bag head) over the bags' instance features."""
+    from ..models.bags import read_bag
+    from ..models.mil import BagClassifier
+
+    classes = sorted(frame["label"].unique())
+    arrays, about = read_bag(frame["path"].iloc[0])
+    model = BagClassifier(config.model, int(arrays["features"].shape[1]), len(classes))
+    weight = None
+    if config.class_weights:
+        from sklearn.utils.class_weight import compute_class_weight
+
+        targets = [classes.index(v) for v in frame.loc[frame["split"] == "train", "label"]]
+        weight = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(classes)), y=targets),
+                              dtype=torch.float32)
+    run = TrainingRun(config=config, frame=frame, classes=classes, model=model, device=torch.device(config.device),
+                      channels_last=False, augmentation=Augmentation(enabled=False),
+                      train_set=BagDataset(frame, "train", classes), val_set=BagDataset(frame, "val", classes),
+                      criterion=nn.CrossEntropyLoss(weight=weight),
+                      val_criterion=nn.CrossEntropyLoss(weight=weight, reduction="sum"),
+                      cache_root=Path(config.cache_dir or Path(config.runs_dir) / ".feature_cache"))
+    run.extra_metrics["bags"] = {"extractor": about.get("extractor"), "bag": about.get("bag")}
+    return run
+
+
 def build_run(config: TrainConfig, frame: pd.DataFrame, stages: list[str], console: Any, dist: Any) -> TrainingRun:
     """The run's parts; features are cached (computed or read) when a stage in ``stages`` trains on them:
-    the probe always, a ``train`` stage when the backbone is frozen and ``feature_cache`` allows."""
+    the probe always, a ``train`` stage when the backbone is frozen and ``feature_cache`` allows. A bag
+    manifest makes a bag classifier's run (:func:`build_bag_run`)."""
+    from ..models.mil import is_bag_manifest
+
     cfg = config
+    if is_bag_manifest(frame):
+        if cfg.label_col not in frame.columns:
+            raise DataError(f"label column {cfg.label_col!r} not in the bag manifest ({list(frame.columns)})")
+        return build_bag_run(cfg, frame.assign(label=frame[cfg.label_col].astype(str)))
     if cfg.label_col not in frame.columns:
         raise DataError(f"label column {cfg.label_col!r} not in the manifest ({list(frame.columns)})")
     frame = frame.copy()

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .config import TrainConfig
 
-__all__ = ["Stage", "ProbeStage", "TrainStage", "FinetuneStage", "STAGES", "register_stage", "default_stages",
+__all__ = ["Stage", "ProbeStage", "TrainStage", "FinetuneStage", "BagStage", "STAGES", "register_stage", "default_stages",
            "stage_names", "make_optimizer"]
 
 
@@ -179,6 +179,15 @@ class FinetuneStage(Stage):
         for module in loop.model.backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+@register_stage
+class BagStage(Stage):
+    """Epochs of a bag classifier (multiple-instance learning) on bags of instance features, one bag per
+    step; a bag head's own extra loss (CLAM's instance clustering) is added to the bag's cross-entropy."""
+
+    name = "bags"
+    inputs = "bags"
 
 
 def default_stages(config: TrainConfig) -> list[str]:

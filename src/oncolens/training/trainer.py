@@ -192,7 +192,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
         save_manifest(frame, run_dir / "splits.csv")
         if grouping:
             out.print(f"split: {grouping}", markup=False, highlight=False)
-    if recipe.fingerprint is not None and dist.is_main:
+    if recipe is not None and recipe.fingerprint is not None and dist.is_main:
         out.print(f"data: {recipe.fingerprint.summary()}", markup=False, highlight=False)
         seconds = recipe.estimated_seconds
         estimate = f" (estimated {seconds / 60:.1f} min on 2 CPU cores)" if seconds and seconds >= 60 else (

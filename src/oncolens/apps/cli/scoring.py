@@ -312,6 +312,45 @@ def _print_levels_and_trust(result) -> None:
 
 
 @app.command()
+def features(
+    inputs: Annotated[Path, typer.Argument(help="manifest CSV (path, label, group) or a folder of slides/images "
+                                                "(labelled by their parent folder)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder of bag files, with bags.csv")] = Path("bags"),
+    bundle: Annotated[Optional[Path], typer.Option(help="extract with this flat bundle's backbone")] = None,
+    model: Annotated[str, typer.Option(help="or with this registered model")] = "tf_efficientnet_lite0",
+    weights: Annotated[str, typer.Option(help="... and these weights")] = "imagenet",
+    size: Annotated[int, typer.Option(help="instance side in pixels")] = 224,
+    mpp: Annotated[float, typer.Option(help="slides: microns per pixel of the instances (0: level 0)")] = 0.5,
+    min_tissue: Annotated[float, typer.Option(help="slides: least tissue share of a tile")] = 0.5,
+    whole: Annotated[bool, typer.Option("--whole/--no-whole", help="images: the whole image as one more "
+                                        "instance beside the native-resolution crops")] = True,
+    batch_size: Annotated[int, typer.Option(help="instances per batch")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="image-decoding worker processes")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="extract with N processes (each its share of "
+                                                 "the inputs)")] = None,
+) -> None:
+    """Bags for multiple-instance learning: each slide (its tissue tiles at --mpp) or large image (a grid of
+    native-resolution crops) as one file of instance features (safetensors), and bags.csv for `train`.
+    A rerun continues: bags already made by this extractor are kept."""
+    from oncolens.models.bags import BagConfig, bag_inputs, load_extractor, make_bags
+
+    if relaunched(nproc):
+        return
+    dist = join_ranks(None)
+    extractor = load_extractor(bundle=bundle, model=model, weights=weights)
+    config = BagConfig(size=size, mpp=None if mpp == 0 else mpp, min_tissue=min_tissue, whole=whole)
+    manifest, failed = make_bags(bag_inputs(inputs), out, extractor, config, batch_size=batch_size,
+                                 num_workers=workers, dist=dist)
+    for source, reason in failed.items():
+        console.print(f"skipped {source}: {reason}", markup=False, highlight=False)
+    if dist.is_main:
+        from oncolens.data import save_manifest
+
+        save_manifest(manifest, out / "bags.csv")
+        console.print(f"{len(manifest)} bag(s) in {out}; manifest: {out / 'bags.csv'}")
+
+
+@app.command()
 def check(
     bundle: Annotated[Path, typer.Argument(help="calibrated bundle folder")],
     inputs: Annotated[Path, typer.Argument(help="folder of new images, or a manifest CSV (no labels needed)")],

@@ -1,0 +1,238 @@
+"""Bags for multiple-instance learning: a slide (its tissue tiles, through the tiler) or a large image (a grid
+of crops at its native resolution, optionally with the whole image as one more instance) as a set of
+feature vectors from a frozen extractor, stored as one safetensors file per bag.
+
+A bag file holds ``features`` (n x d, float32: the extractor's pooled penultimate features), ``coords``
+(n x 4: level-0 x, y, width, height of each instance; the whole image is its full box) and ``tissue``
+(n: the tile's tissue fraction; 1 for crops of images), and in its metadata the extractor's identity and
+the source it was made from. Files are written atomically and found again by (source, extractor): an
+interrupted ``oncolens features`` continues where it stopped, a second extractor writes beside the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.imageio import LazyImage, UnreadableImage, read_image
+from ..data.slides import SLIDE_EXTENSIONS, open_slide, tile_grid
+from ..errors import ConfigError, DataError
+from ..files import atomic_write, safe_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["BagConfig", "ImageCrop", "bag_instances", "Extractor", "load_extractor", "extract_bag", "write_bag",
+           "read_bag", "bag_file", "is_slide", "bag_inputs", "make_bags"]
+
+
+@dataclass(frozen=True)
+class BagConfig:
+    """How a bag is cut: ``size``-pixel instances at ``mpp`` microns per pixel for slides (tissue share at least
+    ``min_tissue``); for images a grid of native-resolution crops of ``size`` pixels (``whole``: plus the
+    image resized as one more instance)."""
+
+    size: int = 224
+    mpp: float | None = 0.5
+    min_tissue: float = 0.5
+    whole: bool = True
+    max_instances: int = 4096
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mpp": self.mpp, "min_tissue": self.min_tissue, "whole": self.whole,
+                "max_instances": self.max_instances}
+
+
+class ImageCrop(LazyImage):
+    """A ``box`` (left, top, right, bottom) of an image file at its native resolution, or the whole image
+    resized to ``size`` (``box`` None)."""
+
+    def __init__(self, path: str, box: tuple[int, int, int, int] | None, size: int):
+        self.path, self.box, self.size = path, box, size
+
+    @property
+    def source(self) -> str:
+        return f"{self.path}#{'whole' if self.box is None else 'x={},y={}'.format(*self.box[:2])}"
+
+    def load(self) -> Image.Image:
+        image = read_image(self.path).image
+        if self.box is None:
+            return image.resize((self.size, self.size), Image.BILINEAR)
+        return image.crop(self.box)
+
+
+def is_slide(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SLIDE_EXTENSIONS and Path(path).suffix.lower() not in (".dcm",)
+
+
+def bag_instances(path: str | Path, config: BagConfig) -> tuple[list[LazyImage], np.ndarray, np.ndarray]:
+    """The instances of one slide or image, their level-0 boxes (x, y, width, height) and tissue shares."""
+    path = str(path)
+    if is_slide(path):
+        slide = open_slide(path)
+        tiles = tile_grid(slide, path, size=config.size, mpp=config.mpp, min_tissue=config.min_tissue)
+        downsamples = slide.level_downsamples
+        boxes = np.array([[t.x, t.y, t.read_size * downsamples[t.level], t.read_size * downsamples[t.level]]
+                          for t in tiles], dtype=np.float32).reshape(-1, 4)
+        items: list[LazyImage] = list(tiles)
+        tissue = np.array([t.tissue for t in tiles], dtype=np.float32)
+    else:
+        with Image.open(path) as probe:  # the size only: the pixels are read per crop, in the workers
+            width, height = probe.size
+        s = config.size
+        corners = [(x, y) for y in range(0, max(height - s, 0) + 1, s) for x in range(0, max(width - s, 0) + 1, s)]
+        items = [ImageCrop(path, (x, y, x + s, y + s), s) for x, y in corners if x + s <= width and y + s <= height]
+        boxes = np.array([[x, y, s, s] for x, y in corners if x + s <= width and y + s <= height],
+                         dtype=np.float32).reshape(-1, 4)
+        if config.whole or not items:
+            items.append(ImageCrop(path, None, s))
+            boxes = np.concatenate([boxes, np.array([[0, 0, width, height]], dtype=np.float32)])
+        tissue = np.ones(len(items), dtype=np.float32)
+    if not items:
+        raise DataError(f"{path}: no instance (no tissue tile at {config.mpp} um/px with {config.min_tissue:.0%} "
+                        "tissue)")
+    if len(items) > config.max_instances:  # an evenly spaced subset keeps memory bounded
+        keep = np.linspace(0, len(items) - 1, config.max_instances).round().astype(int)
+        items, boxes, tissue = [items[i] for i in keep], boxes[keep], tissue[keep]
+    return items, boxes, tissue
+
+
+@dataclass
+class Extractor:
+    """The frozen model whose pooled penultimate features make the bags, and how to name it."""
+
+    bundle: Any  # a flat ModelBundle: its backbone and preprocessing
+    spec: dict  # {"model", "weights"} or {"bundle": path}, with the preprocessing
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_extractor(bundle: str | Path | None = None, model: str = "tf_efficientnet_lite0",
+                   weights: str = "imagenet") -> Extractor:
+    """The extractor of a bundle folder (its backbone), or of a registered model with ``weights``."""
+    from .bundle import Bundle, load_any_bundle
+    from .factory import create_model
+
+    if bundle is not None:
+        loaded = load_any_bundle(bundle)
+        if loaded.kind != "flat":
+            raise ConfigError(f"{bundle}: features come from a flat bundle's backbone, not a {loaded.kind} bundle")
+        from .bundle import weights_fingerprint
+
+        spec = {"bundle": str(Path(bundle).resolve()), "weights_sha": weights_fingerprint(loaded.model.backbone)[:16]}
+    else:
+        network = create_model(model, num_classes=2, weights=weights, freeze="frozen").eval()
+        loaded = Bundle(network, ["_a", "_b"], network.preprocessing, meta={})
+        spec = {"model": model, "weights": weights}
+    spec["preprocessing"] = loaded.preprocessing.to_dict()
+    return Extractor(bundle=loaded, spec=spec)
+
+
+def extract_bag(extractor: Extractor, path: str | Path, config: BagConfig, batch_size: int = 32,
+                num_workers: int | None = None) -> dict[str, np.ndarray]:
+    """``features``, ``coords`` and ``tissue`` of one slide or image (instances that cannot be read are left
+    out; a bag with none is an error)."""
+    items, boxes, tissue = bag_instances(path, config)
+    scores = extractor.bundle.score(items, features=True, batch_size=batch_size, num_workers=num_workers,
+                                    tta="none")
+    if not len(scores):
+        raise UnreadableImage(f"none of its {len(items)} instances could be read", path)
+    features = next(iter(scores.features.values()))
+    return {"features": np.ascontiguousarray(features, dtype=np.float32),
+            "coords": boxes[scores.positions], "tissue": tissue[scores.positions]}
+
+
+def bag_file(out_dir: str | Path, source: str | Path, extractor: Extractor, config: BagConfig) -> Path:
+    """Where the bag of ``source`` cut as ``config`` and made by ``extractor`` is stored under ``out_dir``
+    (a safe, unique name)."""
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    digest = hashlib.sha256(f"{Path(source).resolve()}|{extractor.key}|{key}".encode()).hexdigest()[:10]
+    return Path(out_dir) / f"{safe_name(Path(source).stem)}-{digest}.safetensors"
+
+
+def write_bag(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()}))
+    return path
+
+
+def read_bag(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """A bag file's arrays and metadata; a clear :class:`DataError` for a missing or damaged file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+            metadata = {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise DataError(f"cannot read the bag {path}: {exc}") from None
+    if "features" not in arrays or arrays["features"].ndim != 2:
+        raise DataError(f"{path} is not a bag file (no n x d 'features')")
+    return arrays, metadata
+
+
+def bag_inputs(inputs: str | Path) -> "pd.DataFrame":
+    """What to make bags of: a manifest CSV (``path``, ``label``, optional ``group``) as it is, or a folder's
+    slides and images, labelled by their parent folder."""
+    import pandas as pd
+
+    from ..data import load_manifest
+    from ..data.layouts.base import IMAGE_EXTENSIONS
+
+    inputs = Path(inputs)
+    if inputs.suffix.lower() == ".csv":
+        return load_manifest(inputs)
+    if not inputs.is_dir():
+        raise DataError(f"{inputs} is neither a manifest CSV nor a folder")
+    files = sorted(p for p in inputs.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and (is_slide(p) or p.suffix.lower() in IMAGE_EXTENSIONS) and not p.name.endswith(".mask.png"))
+    return pd.DataFrame({"path": [str(p) for p in files],
+                         "label": [p.parent.name if p.parent != inputs else "" for p in files]})
+
+
+def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, config: BagConfig,
+              batch_size: int = 32, num_workers: int | None = None, dist: Any = None,
+              progress: Any = None) -> tuple["pd.DataFrame", dict[str, str]]:
+    """One bag file per row of ``frame`` under ``out_dir`` (kept when already made by this extractor: a
+    rerun continues), this rank's share under torchrun; the bag manifest (``path`` = the bag file,
+    ``bag_source``, ``label``, ``group``, ``instances``) and the sources that could not be read."""
+    import pandas as pd
+
+    from ..distributed import Distributed
+
+    dist = dist or Distributed.current()
+    out_dir = Path(out_dir).resolve()  # the manifest names bag files wherever it is read from
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, failed = {}, {}
+    metadata = {"extractor": extractor.spec, "bag": config.to_dict()}
+    for index in dist.shard(len(frame)):
+        source = str(frame["path"].iloc[index])
+        target = bag_file(out_dir, source, extractor, config)
+        if not target.exists():
+            try:
+                arrays = extract_bag(extractor, source, config, batch_size=batch_size, num_workers=num_workers)
+            except DataError as exc:  # reported and skipped: one bad slide never ends the job
+                failed[source] = str(exc)
+                continue
+            write_bag(target, arrays, {**metadata, "source": source})
+        if progress is not None:
+            progress(source)
+    dist.barrier()
+    for index in range(len(frame)):
+        source = str(frame["path"].iloc[index])
+        target = bag_file(out_dir, source, extractor, config)
+        if target.exists():
+            rows[index] = {"path": str(target), "bag_source": source,
+                           **{c: frame[c].iloc[index] for c in ("label", "group") if c in frame.columns}}
+    manifest = pd.DataFrame([rows[i] for i in sorted(rows)])
+    return manifest, failed

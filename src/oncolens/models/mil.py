@@ -1,0 +1,310 @@
+"""Multiple-instance learning: a classifier of bags of instance features (a slide's tiles, a large image's
+crops) trained from one label per bag, and the bundle kind that carries it with its feature extractor.
+
+Bag heads (registered in :data:`BAG_HEADS`):
+
+* ``abmil``: gated attention pooling (Ilse, Tomczak and Welling 2018): a = w^T (tanh(V h) * sigmoid(U h)),
+  softmax over the bag's instances, the bag is the attention-weighted mean of the instances.
+* ``clam-sb``: the same pooling plus CLAM's instance-level clustering loss (Lu et al. 2021, single branch):
+  the ``k`` most and least attended instances of a bag are pseudo-labelled in and out of its class and an
+  instance classifier is trained on them beside the bag loss.
+* ``mean`` and ``max``: mean pooling of the instances, and the largest instance score per class; the
+  baselines (their "attention" is uniform, and the share of the max, respectively).
+
+A new bag head is one class registered with ``@BAG_HEADS.decorator()``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import BundleError, DataError
+from ..files import atomic_write, atomic_write_json
+from ..registry import Registry
+from .bundle import HierarchyNode, Level, ModelBundle, register_bundle_kind
+
+__all__ = ["BAG_HEADS", "BagHead", "BagClassifier", "MILBundle", "save_mil_bundle", "load_mil_bundle",
+           "is_bag_manifest"]
+
+#: name -> bag head class (in_dim, n_classes, hidden, dropout)
+BAG_HEADS: Registry[type["BagHead"]] = Registry("bag head")
+
+
+class BagHead(nn.Module):
+    """Maps one bag's instance features (n, d) to class logits (C,), attention over the instances (n,) and
+    the bag's embedding (what OOD detectors read)."""
+
+    name = "bag-head"
+
+    def __init__(self, in_dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.25):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_loss(self, target: torch.Tensor) -> torch.Tensor | None:
+        """A loss beside the bag's cross-entropy, from the last forward pass (None: none)."""
+        return None
+
+
+@BAG_HEADS.decorator()
+class MeanPool(BagHead):
+    name = "mean"
+
+    def forward(self, x):
+        h = self.project(x)
+        z = h.mean(0)
+        return self.classifier(z), torch.full((len(x),), 1.0 / len(x), device=x.device), z
+
+
+@BAG_HEADS.decorator()
+class MaxPool(BagHead):
+    name = "max"
+
+    def forward(self, x):
+        h = self.project(x)
+        instance = self.classifier(h)  # (n, C)
+        logits, _ = instance.max(0)
+        share = torch.softmax(instance[:, int(logits.argmax())], 0)
+        return logits, share, h.max(0).values
+
+
+@BAG_HEADS.decorator()
+class GatedAttention(BagHead):
+    name = "abmil"
+
+    def __init__(self, in_dim, n_classes, hidden=128, dropout=0.25):
+        super().__init__(in_dim, n_classes, hidden, dropout)
+        attention = hidden // 2
+        self.V, self.U, self.w = nn.Linear(hidden, attention), nn.Linear(hidden, attention), nn.Linear(attention, 1)
+
+    def attend(self, x):
+        h = self.project(x)
+        a = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
+        return h, torch.softmax(a, 0)
+
+    def forward(self, x):
+        h, attention = self.attend(x)
+        z = attention @ h
+        return self.classifier(z), attention, z
+
+
+@BAG_HEADS.decorator()
+class ClamSingleBranch(GatedAttention):
+    name = "clam-sb"
+    #: instances pseudo-labelled at each end of a bag's attention ranking; weight of the instance loss
+    k, instance_weight = 8, 0.3
+
+    def __init__(self, in_dim, n_classes, hidden=128, dropout=0.25):
+        super().__init__(in_dim, n_classes, hidden, dropout)
+        self.instance = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(n_classes))
+        self._last: tuple | None = None
+
+    def forward(self, x):
+        h, attention = self.attend(x)
+        self._last = (h, attention)
+        z = attention @ h
+        return self.classifier(z), attention, z
+
+    def extra_loss(self, target):
+        if self._last is None:
+            return None
+        h, attention = self._last
+        k = min(self.k, len(h) // 2)
+        if k < 1:
+            return None
+        order = torch.argsort(attention, descending=True)
+        chosen = torch.cat([order[:k], order[-k:]])
+        pseudo = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(h.device)
+        logits = self.instance[int(target)](h[chosen])
+        return self.instance_weight * nn.functional.cross_entropy(logits, pseudo)
+
+
+class BagClassifier(nn.Module):
+    """A bag head with its configuration (what a MIL bundle rebuilds it from)."""
+
+    def __init__(self, head: str, in_dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.25):
+        super().__init__()
+        self.head = BAG_HEADS.get(head)(in_dim, n_classes, hidden, dropout)
+        self.config = {"name": f"mil-{head}", "head": head, "in_dim": in_dim, "num_classes": n_classes,
+                       "hidden": hidden, "dropout": dropout}
+        self.name, self.num_classes = self.config["name"], n_classes
+
+    def forward(self, bag: torch.Tensor) -> torch.Tensor:
+        """Logits (1, C) of one bag (n, d) or (1, n, d)."""
+        logits, _, _ = self.head(bag.reshape(-1, bag.shape[-1]))
+        return logits.unsqueeze(0)
+
+    def explain(self, bag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.head(bag.reshape(-1, bag.shape[-1]))
+
+    def instance_probabilities(self, bag: torch.Tensor) -> torch.Tensor:
+        """Each instance's class probabilities from the bag classifier's own layer (n, C): what an instance
+        alone would say; weighted by attention, where the bag's decision comes from."""
+        head = self.head
+        return torch.softmax(head.classifier(head.project(bag.reshape(-1, bag.shape[-1]))), -1)
+
+
+def is_bag_manifest(frame) -> bool:
+    """Whether a manifest's rows are bag files (``oncolens features``), not images."""
+    return "bag_source" in frame.columns or (len(frame) > 0 and frame["path"].astype(str).str.endswith(
+        ".safetensors").all())
+
+
+def save_mil_bundle(model: BagClassifier, classes: list[str], extractor: dict, bag: dict, path: str | Path,
+                    meta: dict | None = None) -> Path:
+    """A MIL bundle folder: the bag head's weights, and how bags are made (extractor, instance size/mpp)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    atomic_write_json(path / "bundle.json", {"format": 1, "kind": "mil", "oncolens_version": __version__,
+                                             "model": model.config, "classes": list(classes),
+                                             "extractor": extractor, "bag": bag, "meta": meta or {}})
+    return path
+
+
+def load_mil_bundle(path: str | Path, device: str = "cpu", info: dict | None = None) -> "MILBundle":
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = info or json.loads((path / "bundle.json").read_text())
+    try:
+        config = info["model"]
+        model = BagClassifier(config["head"], int(config["in_dim"]), int(config["num_classes"]),
+                              int(config.get("hidden", 128)), float(config.get("dropout", 0.25)))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+        raise BundleError(f"{path}: not a loadable MIL bundle ({type(exc).__name__}: {exc})") from None
+    from .trust import load_trust
+
+    return MILBundle(model.eval(), list(info["classes"]), info.get("extractor", {}), info.get("bag", {}),
+                     info.get("meta", {}), path, load_trust(path))
+
+
+class _TorchBags:
+    name = "torch"
+
+
+class MILBundle(ModelBundle):
+    """A bag classifier and the extractor that makes its bags: scores bag files, slides or large images.
+
+    It answers the bundle interface's scoring (``score``, ``iter_scores``: one row per bag) and exposes
+    ``attention(input)`` per instance for explanations; its one node is ``root``.
+    """
+
+    kind = "mil"
+
+    def __init__(self, model: BagClassifier, classes: list[str], extractor: dict, bag: dict, meta: dict,
+                 path: Path | None, trust=None):
+        self.model, self.classes, self.extractor_spec, self.bag_spec = model, list(classes), extractor, bag
+        self.meta, self.path, self.trust = meta, path, trust
+        self.levels = [Level("label", meta.get("label_col", "label"))]
+        self.leaf_paths = {c: (c,) for c in self.classes}
+        self.root = HierarchyNode("root", (), self, {c: c for c in self.classes})
+        self._extractor = None
+
+    @property
+    def preprocessing(self):
+        from ..data.transforms import Preprocessing
+
+        return Preprocessing.from_dict(self.extractor_spec["preprocessing"])
+
+    def describe(self) -> tuple[str, dict]:
+        return self.model.name, self.model.config
+
+    def runner(self, backend: str = "auto", **options: Any) -> Any:
+        """PyTorch runs the bag head (small; its input is a bag, which no exported graph takes)."""
+        return _TorchBags()
+
+    def shared_backbones(self) -> list:
+        return []
+
+    def info(self) -> dict:
+        return {"kind": "mil", "classes": list(self.classes), "model": self.model.name,
+                "extractor": {k: v for k, v in self.extractor_spec.items() if k != "preprocessing"},
+                "bag": self.bag_spec, "version": self.meta.get("oncolens_version") or __version__}
+
+    # --- bags ---------------------------------------------------------------------------------
+    def extractor(self):
+        from .bags import Extractor, load_extractor
+
+        if self._extractor is None:
+            spec = self.extractor_spec
+            made = load_extractor(bundle=spec.get("bundle"), model=spec.get("model", "tf_efficientnet_lite0"),
+                                  weights=spec.get("weights", "imagenet"))
+            self._extractor = Extractor(bundle=made.bundle, spec=spec)
+        return self._extractor
+
+    def bag_of(self, source: str, **options: Any) -> dict[str, np.ndarray]:
+        """The bag of one input: a bag file as stored, or a slide/image through the extractor."""
+        from .bags import BagConfig, extract_bag, read_bag
+
+        if str(source).endswith(".safetensors"):
+            arrays, metadata = read_bag(source)
+            made_by = metadata.get("extractor")
+            if made_by is not None and {k: v for k, v in made_by.items() if k != "preprocessing"} != \
+                    {k: v for k, v in self.extractor_spec.items() if k != "preprocessing"}:
+                raise DataError(f"{source} was made by another extractor ({made_by}) than this bundle's")
+            return arrays
+        return extract_bag(self.extractor(), source, BagConfig(**self.bag_spec),
+                           batch_size=options.get("batch_size") or 32, num_workers=options.get("num_workers"))
+
+    def forward_bag(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits (C,), attention (n,) and embedding of one bag."""
+        with torch.inference_mode():
+            logits, attention, embedding = self.model.explain(torch.from_numpy(np.asarray(arrays["features"])))
+        return logits.numpy(), attention.numpy(), embedding.numpy()
+
+    def attention(self, source: str, **options: Any) -> dict[str, np.ndarray]:
+        """One bag with, per instance, its ``attention`` and class ``instance_probabilities``, and the bag's
+        ``probabilities`` (calibrated): the bag's ``coords`` say where the instances are."""
+        from .trust import softmax
+
+        arrays = dict(self.bag_of(source, **options))
+        logits, attention, _ = self.forward_bag(arrays)
+        with torch.inference_mode():
+            instances = self.model.instance_probabilities(torch.from_numpy(np.asarray(arrays["features"]))).numpy()
+        temperature = self.trust.temperatures.get("root", 1.0) if self.trust is not None else 1.0
+        return {**arrays, "attention": attention, "instance_probabilities": instances,
+                "probabilities": softmax(logits[None] / temperature)[0]}
+
+    def iter_scores(self, inputs: Any, backend: str = "auto", **options: Any):
+        """One :class:`~oncolens.models.scoring.Scores` per bag (``features``: the bag embeddings)."""
+        from .scoring import Scores
+        from .trust import softmax
+
+        sources = inputs["path"].astype(str).tolist() if hasattr(inputs, "columns") else [str(p) for p in inputs]
+        temperature = self.trust.temperatures.get("root", 1.0) if self.trust is not None else 1.0
+        for position, source in enumerate(sources):
+            try:
+                logits, _, embedding = self.forward_bag(self.bag_of(source, **options))
+            except DataError as exc:
+                yield Scores(classes=list(self.classes), probabilities=np.zeros((0, len(self.classes))),
+                             decided=np.zeros(0, int), node_probabilities={}, node_logits={},
+                             positions=np.zeros(0, int), sources=[], unreadable={source: str(exc)})
+                continue
+            p = softmax(logits[None] / temperature)
+            yield Scores(classes=list(self.classes), probabilities=p, decided=p.argmax(1),
+                         node_probabilities={"root": p}, node_logits={"root": logits[None].astype(np.float32)},
+                         positions=np.array([position]), sources=[source],
+                         features={"root": embedding[None].astype(np.float32)} if options.get("features") else {})
+
+    def score(self, inputs: Any, backend: str = "auto", **options: Any):
+        from .scoring import Scores
+
+        return Scores.concat(list(self.iter_scores(inputs, backend, **options)), self.classes)
+
+
+register_bundle_kind("mil", lambda path, device, info: load_mil_bundle(path, device, info))
