@@ -166,13 +166,21 @@ def show_slides() -> None:
     if summary.get("tiles_unlike_training"):
         st.warning(f"{summary['tiles_unlike_training']:.0%} of the tiles are unlike the training images: do not "
                    "trust their scores.")
+    bag = summary.get("kind") == "bag"  # a bag classifier: one decision per slide, explained by attention
+    if bag:
+        st.metric(f"P({target}) for the slide (multiple-instance model)", f"{summary['probabilities'][target]:.3f}")
     if (out / "heatmap.png").exists():
-        st.image(str(out / "heatmap.png"), caption=f"P({target}) per tile over the slide's thumbnail")
+        st.image(str(out / "heatmap.png"), caption="attention per tile (where the slide's decision comes from)" if bag
+                 else f"P({target}) per tile over the slide's thumbnail")
+    if bag and (out / "heatmap_weighted.png").exists():
+        st.image(str(out / "heatmap_weighted.png"), caption=f"attention x each tile's own P({target})")
     if (out / "top_tiles.png").exists():
-        st.image(str(out / "top_tiles.png"), caption="the tiles most likely of the class, with their explanation")
+        st.image(str(out / "top_tiles.png"), caption="the most attended tiles" if bag
+                 else "the tiles most likely of the class, with their explanation")
     if (out / "tiles.csv").exists():
         tiles = pd.read_csv(out / "tiles.csv")
-        st.dataframe(tiles.sort_values(f"prob_{target}", ascending=False).head(20), hide_index=True)
+        st.dataframe(tiles.sort_values("attention" if bag else f"prob_{target}", ascending=False).head(20),
+                     hide_index=True)
 
 
 main()

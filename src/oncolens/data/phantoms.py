@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from .layouts import MASK_SUFFIX
 from .layouts.phantoms import MARKER_FILE
 
-__all__ = ["PhantomConfig", "generate", "generate_lookalikes", "FAMILIES", "MARKER_FILE", "render_phantom"]
+__all__ = ["PhantomConfig", "generate", "generate_lookalikes", "generate_slide", "in_tumour_zone", "FAMILIES",
+           "MARKER_FILE", "render_phantom"]
 
 FAMILIES = ("histo", "mri")
 
@@ -237,6 +238,12 @@ def generate_lookalikes(out_dir: str | Path, n: int = 200, copies: int = 3, size
     return out
 
 
+def in_tumour_zone(x, y, size: int, tumour_size: float = 1.0):
+    """Whether level-0 points (x, y) of a slide :func:`generate_slide` made (``size`` pixels a side, its
+    ``tumour_size``) lie in the tumour zone it paints: the ground truth of tile-level localisation."""
+    return ((y / size - 0.38) / (0.16 * tumour_size)) ** 2 + ((x / size - 0.36) / (0.18 * tumour_size)) ** 2 < 1.0
+
+
 def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, levels: int = 3, seed: int = 0,
                    tumour: bool = True, tile: int = 256, vendor: str = "generic", tumour_size: float = 1.0) -> Path:
     """Write a small pyramidal tiled TIFF that OpenSlide reads as a slide: white glass, an elliptical piece
@@ -254,8 +261,7 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     tissue = ((yy - 0.5) / 0.36) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1.0
-    r_y, r_x = 0.16 * tumour_size, 0.18 * tumour_size
-    tumour_zone = tissue & (((yy - 0.38) / r_y) ** 2 + ((xx - 0.36) / r_x) ** 2 < 1.0) if tumour else \
+    tumour_zone = tissue & in_tumour_zone(xx * size, yy * size, size, tumour_size) if tumour else \
         np.zeros_like(tissue)
     image = np.empty((size, size, 3), np.uint8)
     image[...] = (242, 242, 240)

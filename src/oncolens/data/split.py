@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 from ..errors import DataError
 
 __all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column",
-           "split_warnings", "assign_folds", "duplicate_clusters", "GROUP_COLUMNS"]
+           "split_warnings", "assign_folds", "duplicate_clusters", "check_labels", "GROUP_COLUMNS"]
 
 
 class SplitError(DataError):
@@ -57,7 +57,8 @@ def _auto_group(frame: pd.DataFrame, group_col: str | None) -> tuple[pd.DataFram
     return frame, found
 
 
-def _check_labels(labels: pd.Series, needed: int) -> None:
+def check_labels(labels: pd.Series, needed: int) -> None:
+    """A clear :class:`SplitError` when ``labels`` have one class, or a class with fewer than ``needed`` images."""
     counts = labels.value_counts()
     if len(counts) < 2:
         only = counts.index[0] if len(counts) else "(none)"
@@ -115,7 +116,7 @@ def split(
     frame = manifest.reset_index(drop=True).copy()
     labels = frame[label_col].astype(str)
     n_parts = 2 + (val > 0)
-    _check_labels(labels, needed=n_parts)
+    check_labels(labels, needed=n_parts)
     frame, group_col = _auto_group(frame, group_col)
     split_col = np.array(["train"] * len(frame), dtype=object)
     index = np.arange(len(frame))
@@ -152,7 +153,7 @@ def assign_folds(manifest: pd.DataFrame, folds: int = 5, seed: int = 42, group_c
         raise SplitError(f"label column {label_col!r} not in manifest columns {list(manifest.columns)}")
     frame = manifest.reset_index(drop=True).copy()
     labels = frame[label_col].astype(str)
-    _check_labels(labels, needed=folds)
+    check_labels(labels, needed=folds)
     frame, group_col = _auto_group(frame, group_col)
     fold = np.zeros(len(frame), dtype=int)
     if group_col:

@@ -246,8 +246,8 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
                 waiting.setdefault(sources[i], []).append(i)
             for batch in loaded.iter_scores(frame.iloc[todo], features=needs_features, **options):
                 ood = trust.default_ood_values(batch) if trust is not None else None
-                features = batch.features.get(trust.ood_node or next(iter(batch.node_logits))) if shift else None
-                near = nearest_training_similarity(trust, features) if shift else None
+                features = batch.features.get(trust.ood_node or "root") if shift and len(batch) else None
+                near = nearest_training_similarity(trust, features) if features is not None else None
                 rows = []
                 for r, position in enumerate(batch.positions):
                     index = todo[int(position)]
@@ -256,8 +256,8 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
                                  "node_probabilities": {k: v[r] for k, v in batch.node_probabilities.items()},
                                  "node_logits": {k: v[r] for k, v in batch.node_logits.items()},
                                  "ood": None if ood is None else float(ood[r]),
-                                 **({"nearest": float(near[r])} if shift else {}),
-                                 **({"features": features[r]} if shift and index in sampled else {})})
+                                 **({"nearest": float(near[r])} if near is not None else {}),
+                                 **({"features": features[r]} if near is not None and index in sampled else {})})
                 for source, reason in batch.unreadable.items():
                     rows += [{"position": i, "source": source, "unreadable": reason} for i in waiting.get(source, [])]
                 yield sorted(rows, key=lambda row: row["position"])  # parts stay in input order for the merge

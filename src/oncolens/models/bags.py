@@ -116,8 +116,9 @@ class Extractor:
 
 
 def load_extractor(bundle: str | Path | None = None, model: str = "tf_efficientnet_lite0",
-                   weights: str = "imagenet") -> Extractor:
-    """The extractor of a bundle folder (its backbone), or of a registered model with ``weights``."""
+                   weights: str = "imagenet", input_size: int | None = None) -> Extractor:
+    """The extractor of a bundle folder (its backbone), or of a registered model with ``weights`` (at
+    ``input_size`` pixels, default the model's)."""
     from .bundle import Bundle, load_any_bundle
     from .factory import create_model
 
@@ -129,9 +130,9 @@ def load_extractor(bundle: str | Path | None = None, model: str = "tf_efficientn
 
         spec = {"bundle": str(Path(bundle).resolve()), "weights_sha": weights_fingerprint(loaded.model.backbone)[:16]}
     else:
-        network = create_model(model, num_classes=2, weights=weights, freeze="frozen").eval()
+        network = create_model(model, num_classes=2, weights=weights, freeze="frozen", input_size=input_size).eval()
         loaded = Bundle(network, ["_a", "_b"], network.preprocessing, meta={})
-        spec = {"model": model, "weights": weights}
+        spec = {"model": model, "weights": weights, **({"input_size": input_size} if input_size else {})}
     spec["preprocessing"] = loaded.preprocessing.to_dict()
     return Extractor(bundle=loaded, spec=spec)
 

@@ -243,7 +243,7 @@ class MILBundle(ModelBundle):
         if self._extractor is None:
             spec = self.extractor_spec
             made = load_extractor(bundle=spec.get("bundle"), model=spec.get("model", "tf_efficientnet_lite0"),
-                                  weights=spec.get("weights", "imagenet"))
+                                  weights=spec.get("weights", "imagenet"), input_size=spec.get("input_size"))
             self._extractor = Extractor(bundle=made.bundle, spec=spec)
         return self._extractor
 

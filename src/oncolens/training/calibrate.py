@@ -69,6 +69,30 @@ def _true_child(node, leaf: str) -> int | None:
     return None
 
 
+def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict) -> tuple[dict[str, float], np.ndarray]:
+    """Temperature scaling of each classifier on the calibration images (a tree: each node on the images whose
+    true leaf lies below it), and the calibrated leaf probabilities; ECE before and after go into ``report``."""
+    node = next(iter(cal.node_logits))
+    temperatures: dict[str, float] = {}
+    if loaded.single_classifier:
+        temperatures[node] = fit_temperature(cal.node_logits[node], y_cal)
+        proba = softmax(cal.node_logits[node] / temperatures[node])
+        report.update(temperature=temperatures[node], ece_before=expected_calibration_error(y_cal, cal.probabilities),
+                      ece_after=expected_calibration_error(y_cal, proba))
+        return temperatures, proba
+    leaves = [loaded.classes[i] for i in y_cal]
+    for tree_node in loaded.nodes():
+        truth = [_true_child(tree_node, leaf) for leaf in leaves]
+        rows = np.array([t is not None for t in truth])
+        if rows.sum() >= 2 and len({t for t in truth if t is not None}) >= 2:
+            temperatures[tree_node.key] = fit_temperature(cal.node_logits[tree_node.key][rows],
+                                                          np.array([t for t in truth if t is not None]))
+    proba, _ = loaded.combine({k: softmax(v / temperatures.get(k, 1.0)) for k, v in cal.node_logits.items()})
+    report.update(temperature=temperatures, ece_before=expected_calibration_error(y_cal, cal.probabilities),
+                  ece_after=expected_calibration_error(y_cal, proba))
+    return temperatures, proba
+
+
 #: calibration images whose pooled features the bundle keeps as the reference for new data (``oncolens check``)
 REFERENCE_ROWS = 512
 
@@ -112,26 +136,9 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
         cal = loaded.score(cal_frame, **options)
         y_cal, unreadable = y_cal[cal.positions], len(cal.unreadable)
     node = next(iter(cal.node_logits))
-    temperatures: dict[str, float] = {}
-    proba = cal.probabilities
     report: dict = {"calibration_images": int(len(cal)), "unreadable": unreadable}
-    if config.temperature and loaded.single_classifier:
-        temperatures[node] = fit_temperature(cal.node_logits[node], y_cal)
-        calibrated = softmax(cal.node_logits[node] / temperatures[node])
-        report.update(temperature=temperatures[node], ece_before=expected_calibration_error(y_cal, proba),
-                      ece_after=expected_calibration_error(y_cal, calibrated))
-        proba = calibrated
-    elif config.temperature:  # a tree: each node on the images whose true leaf lies below it
-        leaves = [loaded.classes[i] for i in y_cal]
-        for tree_node in loaded.nodes():
-            truth = [_true_child(tree_node, leaf) for leaf in leaves]
-            rows = np.array([t is not None for t in truth])
-            if rows.sum() >= 2 and len({t for t in truth if t is not None}) >= 2:
-                temperatures[tree_node.key] = fit_temperature(cal.node_logits[tree_node.key][rows],
-                                                              np.array([t for t in truth if t is not None]))
-        proba, _ = loaded.combine({k: softmax(v / temperatures.get(k, 1.0)) for k, v in cal.node_logits.items()})
-        report.update(temperature=temperatures, ece_before=expected_calibration_error(y_cal, cal.probabilities),
-                      ece_after=expected_calibration_error(y_cal, proba))
+    temperatures, proba = (_fit_temperatures(loaded, cal, y_cal, report) if config.temperature
+                           else ({}, cal.probabilities))
     conformal = ConformalCalibration.fit(proba, y_cal, names=tuple(config.scores), alpha=config.alpha,
                                          lam=config.raps_lambda)
     try:

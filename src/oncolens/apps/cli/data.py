@@ -76,6 +76,10 @@ def split(
     from oncolens.training.lookalikes import GroupingConfig, add_lookalike_groups
 
     frame = load_manifest(manifest)
+    if label_col in frame.columns:  # said before any image is embedded
+        from oncolens.data.split import check_labels
+
+        check_labels(frame[label_col].astype(str), needed=2 + (val > 0))
     grouping_config = GroupingConfig(group_by="none" if group_col == "none" else group_by, threshold=group_threshold,
                                      cache_dir=cache_dir)
     groups, column = None, group_col

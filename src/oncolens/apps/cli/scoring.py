@@ -319,6 +319,7 @@ def features(
     bundle: Annotated[Optional[Path], typer.Option(help="extract with this flat bundle's backbone")] = None,
     model: Annotated[str, typer.Option(help="or with this registered model")] = "tf_efficientnet_lite0",
     weights: Annotated[str, typer.Option(help="... and these weights")] = "imagenet",
+    input_size: Annotated[Optional[int], typer.Option(help="... at this input side (default: the model's)")] = None,
     size: Annotated[int, typer.Option(help="instance side in pixels")] = 224,
     mpp: Annotated[float, typer.Option(help="slides: microns per pixel of the instances (0: level 0)")] = 0.5,
     min_tissue: Annotated[float, typer.Option(help="slides: least tissue share of a tile")] = 0.5,
@@ -337,7 +338,7 @@ def features(
     if relaunched(nproc):
         return
     dist = join_ranks(None)
-    extractor = load_extractor(bundle=bundle, model=model, weights=weights)
+    extractor = load_extractor(bundle=bundle, model=model, weights=weights, input_size=input_size)
     config = BagConfig(size=size, mpp=None if mpp == 0 else mpp, min_tissue=min_tissue, whole=whole)
     manifest, failed = make_bags(bag_inputs(inputs), out, extractor, config, batch_size=batch_size,
                                  num_workers=workers, dist=dist)
