@@ -7,7 +7,8 @@ from pathlib import Path
 from oncolens.evaluation import MetricsReport
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "results/grouping")
-datasets = sorted(p for p in out.iterdir() if (p / "cv_none").is_dir())
+datasets = sorted(p for p in out.iterdir() if all((p / f"cv_{k}" / "summary.json").exists()
+                                                  for k in ("none", "phash", "embedding")))
 print("| dataset | folds by image | by duplicates (previous default) | by look-alike groups (default) | "
       "threshold, groups (largest) |")
 print("| --- | --- | --- | --- | --- |")
@@ -24,7 +25,7 @@ for d in datasets:
 print()
 print("| dataset | test images | coverage at alpha 0.1 (APS) | check: as they are | stain-strong | resize 0.5 + JPEG 75 |")
 print("| --- | --- | --- | --- | --- | --- |")
-for d in datasets:
+for d in [d for d in datasets if (d / "eval_resize0.5-jpeg75" / "metrics.json").exists()]:
     row = [d.name]
     for i, perturb in enumerate(("none", "stain-strong", "resize0.5-jpeg75")):
         trust = json.loads((d / f"eval_{perturb}" / "metrics.json").read_text())["trust"]

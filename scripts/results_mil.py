@@ -3,7 +3,8 @@ tumour zone of random size, or none), bags of 32 px tiles at 1 um/px through fro
 EfficientNet-Lite0 (64 px input), every bag head trained by `oncolens train`, slide ROC-AUC on held-out
 slides and how well attention finds the painted tumour tiles (ROC-AUC over the tiles of tumour slides).
 
-Usage: .venv/bin/python scripts/results_mil.py [OUT_DIR] [--slides 60]   (from the repository root)
+Usage: .venv/bin/python scripts/results_mil.py [OUT_DIR] [--slides 60] [--scale 0.25,1.0]   (from the repository
+root; --scale 0.1,0.3 makes the tumour zones a few tiles small)
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", nargs="?", default="results/mil")
     parser.add_argument("--slides", type=int, default=60)
+    parser.add_argument("--scale", default="0.25,1.0", help="smallest,largest tumour zone (1: generate_slide's)")
     args = parser.parse_args()
     out = Path(args.out)
     rng = np.random.default_rng(0)
+    low, high = (float(v) for v in args.scale.split(","))
     rows = []
     for i in range(args.slides):
-        tumour, scale = i % 2 == 0, float(rng.uniform(0.25, 1.0))
+        tumour, scale = i % 2 == 0, float(rng.uniform(low, high))
         path = out / "slides" / f"s{i:03d}.tif"
         if not path.exists():
             generate_slide(path, size=SIZE, levels=2, tile=128, seed=1000 + i, tumour=tumour, tumour_size=scale)

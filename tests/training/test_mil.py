@@ -104,3 +104,16 @@ def test_a_mil_bundle_predicts_evaluates_and_explains_slides_end_to_end(slides, 
     assert tiles["attention"].sum() == pytest.approx(1.0, abs=1e-4)
     geojson = json.loads((folder / "tiles.geojson").read_text())
     assert "attention" in geojson["features"][0]["properties"]["measurements"]
+
+
+@pytest.mark.slow
+def test_patient_grouped_cross_validation_runs_on_bags(slides, tmp_path):
+    root, bags = slides
+    manifest = save_manifest(bags.drop(columns=["split", "scale"]), tmp_path / "bags.csv")
+    result = CliRunner().invoke(app, ["cv", str(manifest), "--folds", "3", "--out", str(tmp_path / "cv"),
+                                      "--n-boot", "20", "--epochs", "15", "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert summary["grouped_by"] == "patient" and summary["images"] == len(bags)
+    assert any("no fold ensemble" in note for note in summary["notes"])
+    assert summary["pooled_out_of_fold"]["n"] == len(bags)

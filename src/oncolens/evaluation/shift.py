@@ -154,14 +154,27 @@ def shift_report(trust, classes: list[str], features: np.ndarray, probabilities:
 
 
 def _judge(report: ShiftReport) -> None:
-    shifted = report.mmd_p_value < SIGNIFICANCE or report.flagged_p_value < SIGNIFICANCE
-    if not shifted:
+    """Shifted when the detector flags more images than its threshold allows, or when the features differ
+    (two-sample test) and the images are also farther from their nearest training images than most held-out
+    calibration images are (median below the calibration images' 25th percentile). The two-sample test
+    alone is not enough: images of other patients of the same source differ from the calibration patients
+    (look-alikes cluster by patient), which is no shift."""
+    farther = report.nearest_similarity["0.5"] < report.reference_nearest_similarity["0.25"]
+    differ = report.mmd_p_value < SIGNIFICANCE and farther
+    flagged = report.flagged_p_value < SIGNIFICANCE
+    if not (differ or flagged):
         report.verdict = "like the calibration images: no evidence of a shift"
         report.advice = ["the bundle's prediction sets and out-of-distribution thresholds can be expected to hold"]
+        if report.mmd_p_value < SIGNIFICANCE:
+            report.advice.append(f"their features differ from the calibration images' (p = {report.mmd_p_value:.2g}) "
+                                 "but they are as close to the training images: other patients or cases of the same "
+                                 "source, as far as the check can tell")
         return
-    reasons = ([f"their features differ (p = {report.mmd_p_value:.2g})"] if report.mmd_p_value < SIGNIFICANCE
-               else []) + ([f"{report.flagged_fraction:.0%} are flagged out of distribution against about "
-                            f"{report.expected_fraction:.0%}"] if report.flagged_p_value < SIGNIFICANCE else [])
+    reasons = ([f"their features differ (p = {report.mmd_p_value:.2g}) and they are farther from the training "
+                f"images (median similarity {report.nearest_similarity['0.5']:.3f} against "
+                f"{report.reference_nearest_similarity['0.5']:.3f})"] if differ else []) + \
+        ([f"{report.flagged_fraction:.0%} are flagged out of distribution against about "
+          f"{report.expected_fraction:.0%}"] if flagged else [])
     report.verdict = "shifted: " + " and ".join(reasons)
     report.advice = [
         "accuracy, prediction-set coverage and the out-of-distribution thresholds measured on the training "
