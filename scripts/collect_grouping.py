@@ -25,14 +25,18 @@ for d in datasets:
 print()
 print("| dataset | test images | coverage at alpha 0.1 (APS) | check: as they are | stain-strong | resize 0.5 + JPEG 75 |")
 print("| --- | --- | --- | --- | --- | --- |")
+# each check cell: the verdict, then what happened to accuracy and coverage on those images (was the verdict right?)
 for d in [d for d in datasets if (d / "eval_resize0.5-jpeg75" / "metrics.json").exists()]:
     row = [d.name]
     for i, perturb in enumerate(("none", "stain-strong", "resize0.5-jpeg75")):
-        trust = json.loads((d / f"eval_{perturb}" / "metrics.json").read_text())["trust"]
+        metrics = json.loads((d / f"eval_{perturb}" / "metrics.json").read_text())
+        trust = metrics["trust"]
+        accuracy = metrics["headline"]["accuracy"]["value"]
+        coverage = trust["scores"][trust["default_score"]]["coverage"]
         if i == 0:
             score = trust["scores"][trust["default_score"]]
             row += [str(trust["shift"]["images"]), f"{score['coverage']:.3f}"]
         shift = trust["shift"]
-        row.append(f"{shift['verdict'].split(':')[0]} (p {shift['mmd_p_value']:.2g}; flagged "
-                   f"{shift['flagged_fraction']:.0%})")
+        row.append(f"{shift['verdict'].split(':')[0]} (flagged {shift['flagged_fraction']:.0%}; MMD p "
+                   f"{shift['mmd_p_value']:.2g}; accuracy {accuracy:.3f}, coverage {coverage:.3f})")
     print("| " + " | ".join(row) + " |")

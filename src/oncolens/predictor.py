@@ -197,9 +197,12 @@ class Predictor:
 
     @property
     def info(self) -> dict:
+        from .models.card import model_card
+
         calibration = self.trust.describe() if self.trust is not None else None
+        path = getattr(self.bundle, "path", None)
         return {**self.bundle.info(), "backend": self.backend, "tta": self.tta, "forward_passes_per_image": self.passes,
-                "calibration": calibration}
+                "calibration": calibration, "model_card": model_card(path) if path is not None else None}
 
     def score(self, inputs: Any) -> Scores:
         """The bundle's :class:`Scores` of images or image files (see ``ModelBundle.score``)."""

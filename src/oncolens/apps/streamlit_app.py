@@ -117,6 +117,11 @@ def main() -> None:
         else:
             set_alpha = st.slider("Prediction-set error rate (alpha)", 0.01, 0.5, float(predictor.alpha), 0.01)
         use_example = st.button("Try an example image")
+        if info.get("model_card"):
+            from oncolens.models.card import render_model_card
+
+            with st.expander("About this model (model card)"):
+                st.markdown(render_model_card(info["model_card"]).split("\n", 1)[1])
     uploads = st.file_uploader("Images (PNG, JPEG, TIFF, DICOM)", type=TYPES, accept_multiple_files=True)
     items = []
     for upload in uploads or []:

@@ -298,3 +298,24 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
                                          f"{thumb.shape[1]}x{thumb.shape[0]} - ")
             level = np.ascontiguousarray(level[::2, ::2])
     return path
+
+
+def generate_slides(out_dir: str | Path, n: int = 12, size: int = 1024, seed: int = 0, mpp: float = 0.5) -> Path:
+    """``n`` slides from :func:`generate_slide` under ``out_dir/slides`` (even ones with a tumour region whose
+    size varies from 0.35 to 1 of the largest, odd ones without; one synthetic patient each) and
+    ``out_dir/slides.csv`` (path, label, group): slide-level labels only, as multiple-instance learning has them."""
+    import pandas as pd
+
+    from .manifest import save_manifest
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    levels = max(1, min(3, int(np.log2(max(size // 256, 1))) + 1))
+    rows = []
+    for i in range(n):
+        tumour = i % 2 == 0
+        scale = float(rng.uniform(0.35, 1.0))
+        path = generate_slide(out_dir / "slides" / f"slide_{i:03d}.tif", size=size, mpp=mpp, levels=levels,
+                              tile=128, seed=seed * 1000 + i, tumour=tumour, tumour_size=scale)
+        rows.append({"path": str(path), "label": "tumour" if tumour else "normal", "group": f"patient_{i:03d}"})
+    return save_manifest(pd.DataFrame(rows), out_dir / "slides.csv")

@@ -168,6 +168,7 @@ def evaluate(
     alpha: float | None = None,
     resume: bool = False,
     distributed: Distributed | None = None,
+    record: bool = False,
 ) -> EvaluationResult | None:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
@@ -182,7 +183,8 @@ def evaluate(
     Images are scored batch by batch into ``<out_dir>/scores.jsonl`` (memory stays bounded: features are
     reduced to the detector's score at once); ``resume`` continues a killed evaluation after the rows already
     written. Under torchrun each rank scores its shard and rank 0 measures and writes (the others return
-    None).
+    None). ``record`` keeps the headline numbers in the bundle's model card (its own classes only; with
+    ``perturb``, as robustness).
     """
     loaded = as_bundle(bundle)
     lm = None if label_map is None else (label_map if isinstance(label_map, LabelMap) else load_label_map(label_map))
@@ -219,9 +221,30 @@ def evaluate(
         if evidence is not None and len(evidence[1]) >= 2:  # how far these images are from the training data
             trust_stats["shift"] = shift_report(trust, scores.classes, evidence[1], scores.probabilities, ood_values,
                                                 nearest=evidence[0]).to_dict()
-    return write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
-                            data=data, label_map=label_map, top_k=top_k, explanations=explanations,
-                            trust_stats=trust_stats)
+    result = write_evaluation(loaded, measured, out_dir, notes=notes, unreadable=scores.unreadable, split=split,
+                              data=data, label_map=label_map, top_k=top_k, explanations=explanations,
+                              trust_stats=trust_stats)
+    if record and loaded.path is not None and lm is None:
+        _record_on_card(loaded.path, result, data, split, perturb)
+    return result
+
+
+def _record_on_card(bundle: Path, result: EvaluationResult, data, split: str | None, perturb: str | None) -> None:
+    """One evaluation record in the bundle's model card: the data (and its hash), the headline numbers with the
+    accuracy's interval, and the prediction sets' coverage."""
+    from ..models.bundle import file_sha256
+    from ..models.card import update_model_card
+
+    report, trust = result.report, result.trust or {}
+    interval = report.intervals.get("accuracy")
+    named = not isinstance(data, pd.DataFrame) and Path(data).is_file()
+    score = (trust.get("scores") or {}).get(trust.get("default_score")) or {}
+    update_model_card(bundle, evaluation={
+        "data": str(data) if named else "a table in memory", "data_sha256": file_sha256(data) if named else None,
+        "split": split, "perturbation": perturb, "images": report.n, "accuracy": report.value("accuracy"),
+        "accuracy_ci95": list(interval) if interval else None,
+        "balanced_accuracy": report.value("balanced_accuracy"), "coverage": score.get("coverage"),
+        "shift_verdict": (trust.get("shift") or {}).get("verdict"), "out_dir": str(result.out_dir)})
 
 
 def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trust, resume: bool,

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import platform
+import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
+from .. import __commit_id__, __version__
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, ConfigError, InputNotFound
 from ..files import atomic_write, atomic_write_json
@@ -38,9 +41,11 @@ if TYPE_CHECKING:
     from .scoring import Backend, Scores
 
 __all__ = ["Bundle", "ModelBundle", "Level", "HierarchyNode", "save_bundle", "load_bundle", "load_any_bundle",
-           "read_bundle_info", "register_bundle_kind", "BUNDLE_FORMAT"]
+           "read_bundle_info", "register_bundle_kind", "bundle_header", "provenance", "file_sha256", "BUNDLE_FORMAT"]
 
-BUNDLE_FORMAT = 1
+#: 2: bundle.json records provenance (format 1, oncolens <= 0.1, is read and migrated on load)
+BUNDLE_FORMAT = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,84 @@ class Bundle(ModelBundle):
         return f"Bundle({self.model.name}, classes={self.classes}, path={self.path})"
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (read in blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_commit() -> str | None:
+    """The git commit of the oncolens source that runs: the checkout's HEAD (with ``-dirty`` when it has
+    uncommitted changes) for a source tree, else the commit the installed package was built from."""
+    here = Path(__file__).resolve().parent
+    if (here.parents[2] / ".git").exists():  # src/oncolens/models -> the repository
+        try:
+            run = lambda *args: subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,  # noqa: E731
+                                               timeout=5).stdout.strip()
+            head = run("rev-parse", "HEAD")
+            if head:
+                return head + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return __commit_id__.lstrip("g") if __commit_id__ else None
+
+
+def provenance(manifest: str | Path | None = None) -> dict:
+    """What made a bundle: oncolens's version and commit, Python's and the main libraries' versions, the
+    platform, and the SHA-256 of the training ``manifest`` when it is a file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    out = {"oncolens": __version__, "commit": _source_commit(), "python": platform.python_version(),
+           "platform": platform.platform(terse=True),
+           "libraries": {name: installed(name) for name in ("torch", "torchvision", "timm", "numpy", "scikit-learn")}}
+    if manifest is not None and Path(manifest).is_file():
+        out["manifest"] = {"path": str(manifest), "sha256": file_sha256(manifest)}
+    return out
+
+
+def bundle_header(kind: str, meta: dict | None = None) -> dict:
+    """The fields every ``bundle.json`` starts with: format, kind, the writing version and its provenance
+    (with the hash of ``meta["trained_on"]``, the training manifest)."""
+    return {"format": BUNDLE_FORMAT, "kind": kind, "oncolens_version": __version__,
+            "provenance": provenance((meta or {}).get("trained_on"))}
+
+
+def _migrate(info: dict) -> dict:
+    """``info`` in the current format (format 1 had no provenance: it says so)."""
+    if info.get("format") == 1:
+        info = {**info, "format": BUNDLE_FORMAT, "migrated_from_format": 1,
+                "provenance": {"oncolens": info.get("oncolens_version"), "commit": None,
+                               "note": "written by bundle format 1, which recorded no provenance"}}
+    return info
+
+
+def version_note(info: dict) -> str | None:
+    """A sentence when the bundle was written by another oncolens version than the one loading it."""
+    from packaging.version import InvalidVersion, Version
+
+    written = info.get("oncolens_version")
+    try:
+        if written is None or Version(written).release == Version(__version__).release:
+            return None
+        newer = Version(written) > Version(__version__)
+    except InvalidVersion:
+        return f"written by oncolens {written!r} (not a version this one can compare), loaded by {__version__}"
+    if newer:
+        return f"written by a newer oncolens ({written}) than the one loading it ({__version__}): upgrade oncolens"
+    return (f"written by oncolens {written}, loaded by {__version__}"
+            + (f" (migrated from bundle format {info['migrated_from_format']})" if "migrated_from_format" in info
+               else ""))
+
+
 def save_bundle(model: OncoClassifier, classes: list[str], path: str | Path, meta: dict | None = None) -> Path:
     """Write ``model`` and its metadata to the folder ``path`` (each file atomically)."""
     path = Path(path)
@@ -293,9 +376,7 @@ def save_bundle(model: OncoClassifier, classes: list[str], path: str | Path, met
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
     info = {
-        "format": BUNDLE_FORMAT,
-        "kind": "flat",
-        "oncolens_version": __version__,
+        **bundle_header("flat", meta),
         "model": {**model.config, "weights": "random"},  # rebuilt empty, then filled from the file
         "trained_from_weights": model.config.get("weights"),
         "classes": list(classes),
@@ -320,8 +401,11 @@ def read_bundle_info(path: str | Path) -> dict:
         raise BundleError(f"{info_file}: not valid JSON ({exc})") from None
     if not isinstance(info, dict):
         raise BundleError(f"{info_file}: expected a JSON object")
-    if info.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: bundle format {info.get('format')} is not supported (expected {BUNDLE_FORMAT})")
+    if info.get("format") not in (1, BUNDLE_FORMAT):
+        newer = isinstance(info.get("format"), int) and info["format"] > BUNDLE_FORMAT
+        raise BundleError(f"{path}: bundle format {info.get('format')} is not supported (this oncolens reads formats "
+                          f"1 to {BUNDLE_FORMAT})" + ("; it was written by a newer oncolens: upgrade" if newer else ""))
+    info = _migrate(info)
     kind = info.get("kind", "flat")
     if kind not in _KINDS:
         raise BundleError(f"{path}: unknown bundle kind {kind!r} (known: {', '.join(_KINDS)})")
@@ -395,6 +479,9 @@ register_bundle_kind("flat", lambda path, device, info: load_bundle(path, device
 def load_any_bundle(path: str | Path, device: str = "cpu") -> ModelBundle:
     """The bundle at ``path``, whatever its kind."""
     info = read_bundle_info(path)
+    note = version_note(info)
+    if note:
+        log.warning("%s: %s", path, note)
     bundle = _KINDS.get(info.get("kind", "flat"))(Path(path), device, info)
     if getattr(bundle, "trust", None) is None:  # a flat bundle's loader has read its calibration already
         bundle.trust = load_trust(path)

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
 from ..errors import BundleError
 from ..files import atomic_folder, atomic_write_json
-from .bundle import BUNDLE_FORMAT, Bundle, load_bundle, read_bundle_info, register_bundle_kind
+from .bundle import Bundle, bundle_header, load_bundle, read_bundle_info, register_bundle_kind
 from .factory import OncoClassifier
 
 __all__ = ["EnsembleBundle", "EnsembleClassifier", "save_ensemble_bundle", "load_ensemble_bundle"]
@@ -118,8 +117,7 @@ def save_ensemble_bundle(members: Sequence[str | Path], path: str | Path, meta: 
             shutil.copytree(member, staging / name)
             names.append(name)
         atomic_write_json(staging / "bundle.json", {
-            "format": BUNDLE_FORMAT, "kind": "ensemble", "oncolens_version": __version__,
-            "classes": loaded[0].classes, "members": names, "meta": meta})
+            **bundle_header("ensemble", meta), "classes": loaded[0].classes, "members": names, "meta": meta})
     return path
 
 

@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
-from .. import __version__
 from ..errors import BundleError, DataError
 from ..files import atomic_folder, atomic_write_json, safe_name
 from .bundle import (
-    BUNDLE_FORMAT,
     HierarchyNode,
     Level,
     ModelBundle,
+    bundle_header,
     load_bundle,
     read_bundle_info,
     register_bundle_kind,
@@ -184,7 +182,7 @@ def save_hierarchical_bundle(tree: HierarchyTree, node_bundles: Mapping[tuple[st
             if list(found) != list(classes):
                 raise BundleError(f"bundle {source} has classes {found}; node {list(prefix) or 'root'} needs {classes}")
             shutil.copytree(source, staging / "nodes" / tree.node_key(prefix))
-        info = {"format": BUNDLE_FORMAT, "kind": "hierarchical", "oncolens_version": __version__,
+        info = {**bundle_header("hierarchical", meta),
                 "levels": [{"name": lv.name, "column": lv.column} for lv in tree.levels],
                 "classes": sorted(tree.leaves.values()),
                 "leaf_paths": {name: list(p) for p, name in sorted(tree.leaves.items())},

@@ -28,7 +28,7 @@ from .. import __version__
 from ..errors import BundleError, DataError
 from ..files import atomic_write, atomic_write_json
 from ..registry import Registry
-from .bundle import HierarchyNode, Level, ModelBundle, register_bundle_kind
+from .bundle import HierarchyNode, Level, ModelBundle, bundle_header, register_bundle_kind
 
 __all__ = ["BAG_HEADS", "BagHead", "BagClassifier", "MILBundle", "save_mil_bundle", "load_mil_bundle",
            "is_bag_manifest"]
@@ -169,9 +169,9 @@ def save_mil_bundle(model: BagClassifier, classes: list[str], extractor: dict, b
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-    atomic_write_json(path / "bundle.json", {"format": 1, "kind": "mil", "oncolens_version": __version__,
-                                             "model": model.config, "classes": list(classes),
-                                             "extractor": extractor, "bag": bag, "meta": meta or {}})
+    atomic_write_json(path / "bundle.json", {**bundle_header("mil", meta), "model": model.config,
+                                             "classes": list(classes), "extractor": extractor, "bag": bag,
+                                             "meta": meta or {}})
     return path
 
 

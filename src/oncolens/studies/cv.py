@@ -137,10 +137,27 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
         summary["ensemble_bundle"] = str(bundle)
         if (out_dir / "holdout.csv").exists():
             summary["holdout"] = _evaluate_holdout(out_dir, bundle, folds, n_boot, seed)
+        _write_card(bundle, frame, manifest, config, pooled, out_dir)
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     _write_markdown(out_dir, table, pooled, summary)
     return table
+
+
+def _write_card(bundle: Path, frame: pd.DataFrame, manifest, config: TrainConfig, pooled, out_dir: Path) -> None:
+    """The fold ensemble's model card: every image the folds used, and the pooled out-of-fold accuracy as its
+    validation (each image scored by the one fold model that did not train on it)."""
+    from ..models.card import training_facts, update_model_card
+
+    grouping = out_dir / "grouping.txt"
+    facts = training_facts(frame.drop(columns="fold"), config.label_col,
+                           manifest=None if isinstance(manifest, pd.DataFrame) else manifest,
+                           grouping=grouping.read_text().strip() if grouping.exists() else None)
+    interval = pooled.intervals.get("accuracy")
+    update_model_card(bundle, name=f"{out_dir.name} (fold ensemble)", intended_use=config.intended_use,
+                      training_data=facts, validation={
+                          "accuracy": pooled.value("accuracy"), "images": pooled.n, "what": "pooled out of fold",
+                          "accuracy_ci95": list(interval) if interval else None})
 
 
 def _evaluate_holdout(out_dir: Path, ensemble: Path, folds: int, n_boot: int, seed: int) -> dict:

@@ -186,10 +186,11 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
 
 def calibrate_bundle(bundle_path: str | Path, data: str | Path | pd.DataFrame, split: str = "val",
                      fit_split: str = "train", label_col: str | None = None,
-                     config: CalibrationConfig | None = None) -> Trust:
+                     config: CalibrationConfig | None = None, intended_use: str | None = None) -> Trust:
     """Calibrate the bundle folder ``bundle_path`` on ``data``'s ``split`` rows (``all``: every row) with
     detectors fitted on its ``fit_split`` rows (``keep``: the bundle's own detectors, thresholds moved to the
-    calibration rows: recalibration on labelled images of a new source), and store the result in the folder."""
+    calibration rows: recalibration on labelled images of a new source), and store the result in the folder
+    (its model card too, with ``intended_use`` when given)."""
     from ..data import load_manifest
 
     frame = data if isinstance(data, pd.DataFrame) else load_manifest(data)
@@ -209,4 +210,7 @@ def calibrate_bundle(bundle_path: str | Path, data: str | Path | pd.DataFrame, s
     trust = calibrate(bundle_path, None if fit_split == "keep" else rows(fit_split), rows(split),
                       label_col=label_col, config=config)
     save_trust(trust, bundle_path)
+    from ..models.card import update_model_card
+
+    update_model_card(bundle_path, intended_use=intended_use)  # its calibration section, from the new files
     return trust

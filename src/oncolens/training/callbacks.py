@@ -205,6 +205,27 @@ class Calibration(Callback):
 
 
 @register_callback
+class ModelCard(Callback):
+    """``MODEL_CARD.md`` and ``model_card.json`` in the bundle (:mod:`oncolens.models.card`): intended use, the
+    training data's fingerprint and recipe, validation accuracy with its interval, calibration, provenance."""
+
+    name = "card"
+
+    def on_bundle(self, run, bundle, meta, metrics):
+        import json
+
+        from ..models.card import training_facts, update_model_card
+
+        cfg = run.config
+        recipe_file = run.run_dir / "recipe.json"
+        recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else None
+        grouping = run.run_dir / "grouping.txt"
+        facts = training_facts(run.frame, cfg.label_col, manifest=cfg.data, recipe=recipe,
+                               grouping=grouping.read_text().strip() if grouping.exists() else None)
+        update_model_card(bundle, name=run.run_dir.name, intended_use=cfg.intended_use, training_data=facts)
+
+
+@register_callback
 class Curves(Callback):
     """``curves.png``: loss and accuracy per epoch."""
 
@@ -217,7 +238,7 @@ class Curves(Callback):
 
 
 #: every run's callbacks, in the order they are called
-DEFAULT_CALLBACKS = ("history", "checkpoint", "bundle", "calibration", "metrics", "curves", "tracking")
+DEFAULT_CALLBACKS = ("history", "checkpoint", "bundle", "calibration", "card", "metrics", "curves", "tracking")
 
 
 @dataclass

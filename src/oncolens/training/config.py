@@ -106,6 +106,8 @@ class TrainConfig:
     calibrate: bool = _option(True, "after training: temperature scaling and conformal prediction sets on the "
                                     "validation images, out-of-distribution detectors from the training images")
     alpha: float = _option(0.1, "default error rate of the conformal prediction sets (coverage 1 - alpha)")
+    intended_use: str | None = _option(None, "what the model is for, in the bundle's model card (default: research "
+                                             "only, not for diagnosis)")
     tracking: str = _option("auto", "run tracking: auto (TensorBoard in <run>/tb when installed), none, "
                                     "tensorboard, mlflow (SQLite store <runs-dir>/mlflow.db), or both comma-separated")
 

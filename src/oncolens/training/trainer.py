@@ -192,6 +192,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
         save_manifest(frame, run_dir / "splits.csv")
         if grouping:
             out.print(f"split: {grouping}", markup=False, highlight=False)
+            atomic_write_text(run_dir / "grouping.txt", grouping)
     if recipe is not None and recipe.fingerprint is not None and dist.is_main:
         out.print(f"data: {recipe.fingerprint.summary()}", markup=False, highlight=False)
         seconds = recipe.estimated_seconds

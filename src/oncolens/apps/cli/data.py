@@ -135,11 +135,18 @@ def phantoms(
     lookalikes: Annotated[int, typer.Option(help="instead: write each source image with this many near-copies "
                                                  "(shifted, re-exposed, noisier) under names without patient ids, "
                                                  "a dataset that leaks when split by image")] = 0,
+    slides: Annotated[int, typer.Option(help="instead: write this many whole-slide images (pyramidal TIFFs, half "
+                                             "with a tumour region of random size) and slides.csv with one label "
+                                             "per slide, for `tile` and `features`; --size is the slide's side")] = 0,
 ) -> None:
-    """Generate synthetic histology and MRI phantoms (tumour / normal) with lesion masks."""
+    """Generate synthetic histology and MRI phantoms (tumour / normal) with lesion masks, or slides."""
     from oncolens.data import generate_phantoms
-    from oncolens.data.phantoms import generate_lookalikes
+    from oncolens.data.phantoms import generate_lookalikes, generate_slides
 
+    if slides:
+        manifest = generate_slides(out_dir, n=slides, size=size, seed=seed)
+        console.print(f"wrote {slides} slides ({size}px, seed {seed}) and {manifest}")
+        return
     if lookalikes:
         generate_lookalikes(out_dir, n=n, copies=lookalikes, size=size, seed=seed)
         console.print(f"wrote {n} phantoms ({size}px, seed {seed}) as sources with {lookalikes} near-copies each, "

@@ -251,6 +251,8 @@ def evaluate(
                                          "already scored (<out>/scores.jsonl)")] = False,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="score with N processes on this machine (through "
                                                  "torchrun; rank 0 measures and writes)")] = None,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="keep the headline numbers in the bundle's "
+                                         "model card (with --perturb: as robustness)")] = True,
 ) -> None:
     """Evaluate a bundle on a manifest: metrics with 95% CIs, plots, error gallery, report.html; for a
     calibrated bundle also the prediction sets' coverage and the share flagged out of distribution.
@@ -273,7 +275,7 @@ def evaluate(
     result = run_evaluation(bundle, data, split=None if split == "all" else split, label_map=label_map,
                             out_dir=out, label_col=label_col, n_boot=n_boot, top_k=top_k,
                             explanations=explanations, backend=backend, num_workers=workers, tta=tta,
-                            perturb=perturb, alpha=alpha, resume=resume, distributed=dist)
+                            perturb=perturb, alpha=alpha, resume=resume, distributed=dist, record=record)
     if result is None:  # another rank: rank 0 reports
         return
     print_metrics(result.report)

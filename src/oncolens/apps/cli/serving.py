@@ -1,4 +1,4 @@
-"""Commands that serve models and look after caches: serve, app, cache."""
+"""Commands that serve models, show them and look after caches: serve, card, app, cache."""
 
 from __future__ import annotations
 
@@ -77,6 +77,28 @@ def serve(
                            cors_origins=tuple(cors_origin or ()), slide_root=slide_root, slide_output=slide_output)
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, tta=tta)
     uvicorn.run(create_app(predictor, settings), host=host, port=port)
+
+
+@app.command()
+def card(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the card's fields as JSON")] = False,
+    intended_use: Annotated[Optional[str], typer.Option(help="set what the model is for (kept in the card)")] = None,
+) -> None:
+    """Print a bundle's model card: intended use, training data, metrics with CIs, calibration, robustness,
+    licences and provenance (MODEL_CARD.md and model_card.json, brought up to date with the bundle's files)."""
+    from oncolens.models.card import model_card, render_model_card, update_model_card
+
+    try:
+        made = update_model_card(bundle, intended_use=intended_use)
+    except PermissionError:  # a read-only bundle: shown as its files say, not rewritten
+        if intended_use:
+            fail(f"{bundle} is read-only: the intended use cannot be kept in its card")
+        made = model_card(bundle)
+    if as_json:
+        print(json.dumps(made, indent=2, default=str))
+    else:
+        console.print(render_model_card(made), markup=False, highlight=False)
 
 
 @app.command("app")

@@ -101,6 +101,8 @@ def calibrate(
     detector: Annotated[str, typer.Option(help="default OOD detector: msp, energy, mahalanobis, knn")] = "knn",
     knn_k: Annotated[int, typer.Option(help="neighbours of the KNN detector")] = 10,
     label_col: Annotated[Optional[str], typer.Option(help="manifest column with the true labels")] = None,
+    intended_use: Annotated[Optional[str], typer.Option(help="what the model is for, in its model card (default: "
+                                                        "as it was; research only, not for diagnosis)")] = None,
 ) -> None:
     """Calibrate a bundle: temperature scaling and conformal prediction sets on the --split images, OOD
     detectors fitted on the --fit-split images with thresholds at 95% in-distribution recall; stored in
@@ -108,7 +110,8 @@ def calibrate(
     from oncolens.training.calibrate import CalibrationConfig, calibrate_bundle
 
     config = CalibrationConfig(alpha=alpha, score=score, mondrian=mondrian, default_detector=detector, knn_k=knn_k)
-    trust = calibrate_bundle(bundle, data, split=split, fit_split=fit_split, label_col=label_col, config=config)
+    trust = calibrate_bundle(bundle, data, split=split, fit_split=fit_split, label_col=label_col, config=config,
+                             intended_use=intended_use)
     report = trust.report
     if "ece_after" in report:
         temperature = report["temperature"]
