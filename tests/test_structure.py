@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "oncolens"
 
 #: the data's path through the package; a module may import its own layer or an earlier one
-LAYERS = {"errors": 0, "_lazy": 0, "registry": 0, "files": 0, "figures": 0, "runtime": 0, "distributed": 0, "__init__": 0, "__main__": 7,
+LAYERS = {"errors": 0, "_lazy": 0, "_version": 0, "registry": 0, "files": 0, "figures": 0, "runtime": 0, "distributed": 0, "__init__": 0, "__main__": 7,
           "data": 1, "staging": 1, "models": 2, "training": 3, "evaluation": 4, "explain": 5, "studies": 6,
           "predictor": 7, "apps": 7}
 

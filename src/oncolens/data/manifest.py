@@ -20,7 +20,10 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputNotFound(f"manifest not found: {path}")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: not a manifest (it needs 'path' and 'label' columns)") from None
     if "path" not in frame.columns or "label" not in frame.columns:
         raise DataError(f"{path} is not a manifest: it needs 'path' and 'label' columns, has {list(frame.columns)}")
     base = path.resolve().parent

@@ -317,5 +317,6 @@ def generate_slides(out_dir: str | Path, n: int = 12, size: int = 1024, seed: in
         scale = float(rng.uniform(0.35, 1.0))
         path = generate_slide(out_dir / "slides" / f"slide_{i:03d}.tif", size=size, mpp=mpp, levels=levels,
                               tile=128, seed=seed * 1000 + i, tumour=tumour, tumour_size=scale)
-        rows.append({"path": str(path), "label": "tumour" if tumour else "normal", "group": f"patient_{i:03d}"})
+        rows.append({"path": str(path.resolve()), "label": "tumour" if tumour else "normal",
+                     "group": f"patient_{i:03d}"})
     return save_manifest(pd.DataFrame(rows), out_dir / "slides.csv")

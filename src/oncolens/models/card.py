@@ -64,10 +64,11 @@ def training_facts(frame, label_col: str = "label", manifest: str | Path | None 
     from ..data.split import resolve_group_column
     from .bundle import file_sha256
 
-    split = frame["split"] if "split" in frame.columns else None
-    per_split = ({str(name): {str(k): int(v) for k, v in part[label_col].astype(str).value_counts().sort_index().items()}
-                  for name, part in frame.groupby(split)} if split is not None else
-                 {"all": {str(k): int(v) for k, v in frame[label_col].astype(str).value_counts().sort_index().items()}})
+    def counts(part) -> dict:
+        return {str(k): int(v) for k, v in part[label_col].astype(str).value_counts().sort_index().items()}
+
+    per_split = ({str(name): counts(part) for name, part in frame.groupby("split")} if "split" in frame.columns
+                 else {"all": counts(frame)})
     group = resolve_group_column(frame)
     fingerprint = (recipe or {}).get("fingerprint") or {}
     facts = {"images": int(len(frame)), "classes_per_split": per_split,
@@ -208,7 +209,8 @@ def _metric_rows(records: list[dict]) -> list[str]:
         ci = r.get("accuracy_ci95")
         acc = _fmt(r.get("accuracy")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         rows.append(f"| {r.get('data', '-')} | {r.get('split') or 'all'} | {r.get('perturbation') or 'none'} | "
-                    f"{_fmt(r.get('images'))} | {acc} | {_fmt(r.get('balanced_accuracy'))} | {_fmt(r.get('coverage'))} |")
+                    f"{_fmt(r.get('images'))} | {acc} | {_fmt(r.get('balanced_accuracy'))} | "
+                    f"{_fmt(r.get('coverage'))} |")
     return rows
 
 

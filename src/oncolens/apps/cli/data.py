@@ -83,14 +83,19 @@ def split(
     grouping_config = GroupingConfig(group_by="none" if group_col == "none" else group_by, threshold=group_threshold,
                                      cache_dir=cache_dir)
     groups, column = None, group_col
-    if group_col in ("auto", "none"):
+    from oncolens.models.mil import is_bag_manifest
+
+    bags = is_bag_manifest(frame)  # a bag is a slide or image: grouped by its patient, never embedded
+    if bags and group_col in ("auto", "none"):
+        column = "group" if "group" in frame.columns and group_by != "none" and group_col != "none" else None
+    elif group_col in ("auto", "none"):
         grouping = add_lookalike_groups(frame, grouping_config, seed=seed)
         frame, column, groups = grouping.frame, grouping.column, grouping.groups
         console.print(grouping.sentence, markup=False, highlight=False)
     result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col, group_col=column)
     save_manifest(result, out)
     _print_split(result, label_col, column, near_threshold, report)
-    if group_col in ("auto", "none") and column not in ("group", "patient"):  # no patients: how close each
+    if group_col in ("auto", "none") and column not in ("group", "patient") and not bags:  # how close each
         from oncolens.training.lookalikes import embedding_leakage  # split is to training, by embedding
 
         threshold = groups.threshold if groups is not None else group_threshold

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import click
+from typing import Any
 
 __all__ = ["cli_reference"]
 
@@ -12,7 +12,7 @@ def _cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _default(param: click.Parameter) -> str:
+def _default(param: Any) -> str:
     if param.required:
         return "required"
     value = param.default
@@ -23,23 +23,24 @@ def _default(param: click.Parameter) -> str:
     return f"`{value}`"
 
 
-def _command(path: list[str], command: click.Command, out: list[str]) -> None:
+def _command(path: list[str], command: Any, out: list[str]) -> None:
+    # duck-typed: typer builds its commands on its own copy of click
     name = " ".join(path)
-    ctx = click.Context(command, info_name=name)
+    ctx = command.context_class(command, info_name=name)
     help_text = (command.help or "").strip()
     out += [f"## {name}" if len(path) > 1 else f"# {name}", "", *([help_text, ""] if help_text else []),
             "```text", f"Usage: {name} {' '.join(command.collect_usage_pieces(ctx))}", "```", ""]
-    if isinstance(command, click.Group):
+    if hasattr(command, "commands"):
         for sub_name, sub in command.commands.items():
             if not getattr(sub, "hidden", False):
                 _command([*path, sub_name], sub, out)
         return
     params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False) and p.name != "help"]
-    arguments = [p for p in params if isinstance(p, click.Argument)]
-    options = [p for p in params if isinstance(p, click.Option)]
+    arguments = [p for p in params if p.param_type_name == "argument"]
+    options = [p for p in params if p.param_type_name == "option"]
     if arguments:
         out += ["| argument | help | |", "| --- | --- | --- |"]
-        out += [f"| `{p.human_readable_name}` | {_cell(getattr(p, 'help', '') or '')} | {_default(p)} |"
+        out += [f"| `{p.name.upper()}` | {_cell(getattr(p, 'help', '') or '')} | {_default(p)} |"
                 for p in arguments]
         out.append("")
     if options:

@@ -349,6 +349,8 @@ def features(
     if dist.is_main:
         from oncolens.data import save_manifest
 
+        if not len(manifest):
+            fail(f"no bag could be made ({len(failed)} input(s) skipped, reasons above)")
         save_manifest(manifest, out / "bags.csv")
         console.print(f"{len(manifest)} bag(s) in {out}; manifest: {out / 'bags.csv'}")
 
