@@ -9,7 +9,8 @@ import pytest
 from oncolens.models import get_spec, list_models
 from oncolens.models.factory import MAX_DETECTOR_DIM, pool_features
 
-BUNDLE_FILES = {"bundle.json", "model.safetensors", "trust.json", "trust.safetensors"}
+BUNDLE_FILES = {"bundle.json", "model.safetensors", "trust.json", "trust.safetensors", "model_card.json",
+                "MODEL_CARD.md"}
 
 
 def test_pooling_a_flattened_map_per_channel_is_global_average_pooling():
@@ -37,7 +38,7 @@ def test_every_models_trust_files_are_at_most_its_weights_or_20_mb(model, phanto
                                epochs=1, batch_size=8, image_size=size, runs_dir=str(tmp_path / "runs"), name="r",
                                augment=False, recipe="off"))
     bundle = Path(result.bundle_path)
-    assert {p.name for p in bundle.iterdir()} == BUNDLE_FILES  # nothing that predicting does not need
+    assert {p.name for p in bundle.iterdir()} == BUNDLE_FILES  # what predicting needs, and the model card
     weights = (bundle / "model.safetensors").stat().st_size
     trust = sum((bundle / name).stat().st_size for name in ("trust.json", "trust.safetensors"))
     assert trust <= max(weights, 20e6), (model, trust, weights)
