@@ -97,6 +97,22 @@ def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict) -> t
 REFERENCE_ROWS = 512
 
 
+def _detectors(kept: Trust | None, fit_features, width: int, config: CalibrationConfig, classes: list[str],
+               report: dict) -> dict:
+    """The OOD detectors: ``kept``'s (their thresholds move to new calibration images), else fitted on the
+    training images' ``fit_features`` pooled to ``width``; what they were fitted on goes into ``report``."""
+    if kept is not None:
+        report.update(ood_fit_images=kept.report.get("ood_fit_images"), class_prior=kept.report.get("class_prior"))
+        return {name: kept.detectors[name] for name in config.detectors if name in kept.detectors}
+    features, logits, labels = fit_features
+    features = pool_features(features, width)  # cached training features are the backbone's full output
+    counts = np.bincount(labels, minlength=len(classes))
+    report.update(ood_fit_images=int(len(labels)),
+                  class_prior=dict(zip(classes, (counts / max(counts.sum(), 1)).round(4).tolist())))
+    return {name: (OOD_DETECTORS[name](k=config.knn_k) if name == "knn" else OOD_DETECTORS[name]()).fit(
+        features, logits, labels) for name in config.detectors}
+
+
 def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, calibration_frame: pd.DataFrame,
               label_col: str | None = None, config: CalibrationConfig | None = None,
               fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -159,18 +175,7 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
     # what the detectors read: an image model's pooled features; a bag model's bag embedding as it is
     width = detector_dim(decider.backbone) if hasattr(decider, "backbone") else cal.features[node].shape[1]
     cal_features = pool_features(cal.features[node], width)
-    if kept is not None:  # the bundle's detectors stay; their thresholds move to these calibration images
-        detectors = {name: kept.detectors[name] for name in config.detectors if name in kept.detectors}
-        report.update(ood_fit_images=kept.report.get("ood_fit_images"), class_prior=kept.report.get("class_prior"))
-    else:
-        features, logits, labels = fit_features
-        # cached training features are the backbone's full output: pooled to what the detectors read
-        features = pool_features(features, width)
-        detectors = {name: (OOD_DETECTORS[name](k=config.knn_k) if name == "knn" else OOD_DETECTORS[name]()).fit(
-            features, logits, labels) for name in config.detectors}
-        counts = np.bincount(labels, minlength=len(loaded.classes))
-        report.update(ood_fit_images=int(len(labels)),
-                      class_prior=dict(zip(loaded.classes, (counts / max(counts.sum(), 1)).round(4).tolist())))
+    detectors = _detectors(kept, fit_features, width, config, list(loaded.classes), report)
     thresholds = {name: float(np.quantile(detector.score(cal_features, cal.node_logits[node]), config.id_recall,
                                           method="higher")) for name, detector in detectors.items()}
     mix = np.bincount(proba.argmax(1), minlength=len(loaded.classes)) / max(len(proba), 1)

@@ -104,6 +104,27 @@ def _estimate(backbone: tuple, n_images: int, n_train: int, epochs: int, finetun
     return seconds
 
 
+def _pick_backbone(fp: DataFingerprint, n_images: int, n_train: int, epochs: int,
+                   finetune_possible: bool) -> tuple[str, str]:
+    """The largest offline-weight backbone whose input the images fill and whose run fits the time budget,
+    and why."""
+    available = [b for b in BACKBONES if offline_weights_available(b[0])] or [BACKBONES[0]]
+    pick = available[0]
+    for candidate in available[1:]:
+        fits = candidate[1] <= fp.median_side
+        cost = _estimate(candidate, n_images, n_train, epochs, finetune_possible)
+        if fits and cost <= TIME_BUDGET_S and n_train >= LARGER_BACKBONE_MIN_IMAGES:
+            pick = candidate
+    why = (f"ImageNet weights available offline; input {pick[1]} px "
+           f"{'<=' if pick[1] <= fp.median_side else '>'} the images' median shorter side {fp.median_side} px")
+    larger = [b[0] for b in available if b[1] > pick[1]]
+    if larger:
+        why += (f"; {', '.join(larger)} only from {LARGER_BACKBONE_MIN_IMAGES:,} training images (their probe was "
+                f"not better on the 150-600-image DEV datasets), images at least their input side and a run of "
+                f"at most {TIME_BUDGET_S / 60:.0f} min")
+    return pick[0], why
+
+
 def configure(config: TrainConfig, frame: pd.DataFrame) -> Recipe:
     """Choose every option of ``config`` left unset (None) from the fingerprint of ``frame``'s training rows.
 
@@ -140,21 +161,7 @@ def configure(config: TrainConfig, frame: pd.DataFrame) -> Recipe:
     finetune_possible = n_train >= FINETUNE_MIN_IMAGES and fp.smallest_class >= FINETUNE_MIN_PER_CLASS
     epochs = min(8, max(3, math.ceil(3000 / max(n_train, 1))))
     if config.model is None:
-        available = [b for b in BACKBONES if offline_weights_available(b[0])] or [BACKBONES[0]]
-        pick = available[0]
-        for candidate in available[1:]:
-            fits = candidate[1] <= fp.median_side
-            cost = _estimate(candidate, n_images, n_train, epochs, finetune_possible)
-            if fits and cost <= TIME_BUDGET_S and n_train >= LARGER_BACKBONE_MIN_IMAGES:
-                pick = candidate
-        why = (f"ImageNet weights available offline; input {pick[1]} px "
-               f"{'<=' if pick[1] <= fp.median_side else '>'} the images' median shorter side {fp.median_side} px")
-        larger = [b[0] for b in available if b[1] > pick[1]]
-        if larger:
-            why += (f"; {', '.join(larger)} only from {LARGER_BACKBONE_MIN_IMAGES:,} training images (their probe was "
-                    f"not better on the 150-600-image DEV datasets), images at least their input side and a run of "
-                    f"at most {TIME_BUDGET_S / 60:.0f} min")
-        choose("model", pick[0], why)
+        choose("model", *_pick_backbone(fp, n_images, n_train, epochs, finetune_possible))
     spec = get_spec(config.model)
     pretrained = config.weights not in ("random",) and (config.weights != "auto" or spec.imagenet_offline)
     frozen_ok = config.freeze in ("auto", "frozen")
