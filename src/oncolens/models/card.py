@@ -83,13 +83,13 @@ def training_facts(frame, label_col: str = "label", manifest: str | Path | None 
 
 
 def _interval(accuracy: float | None, n: int | None) -> list[float] | None:
-    """Wilson's 95% interval of an accuracy over ``n`` images."""
+    """Wilson's 95% interval of an accuracy over ``n`` images (scipy's)."""
     if accuracy is None or not n or not math.isfinite(accuracy):
         return None
-    z, p = 1.959964, float(accuracy)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(accuracy * n)), n).proportion_ci(0.95, method="wilson")
+    return [round(float(ci.low), 4), round(float(ci.high), 4)]
 
 
 def _calibration(folder: Path) -> dict | None:
@@ -137,6 +137,7 @@ def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
         validation = {"accuracy": meta["val_accuracy"], "loss": meta.get("val_loss"), "images": n_val,
                       "accuracy_ci95": _interval(meta["val_accuracy"], n_val)}
     evaluations = kept.get("evaluations") or []
+    calibration = _calibration(folder)
     return {
         "card_format": 1,
         "name": kept.get("name") or folder.name,
@@ -150,11 +151,11 @@ def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
         "validation": validation or None,
         "evaluations": [e for e in evaluations if not e.get("perturbation")],
         "robustness": [e for e in evaluations if e.get("perturbation")],
-        "calibration": _calibration(folder),
+        "calibration": calibration,
         "licences": {"code": CODE_LICENCE, "weights": weights_licence(name, started)},
         "provenance": info.get("provenance"),
         "version_note": version_note(info),
-        "limitations": _limitations(kept.get("training_data") or {}, _calibration(folder)),
+        "limitations": _limitations(kept.get("training_data") or {}, calibration),
     }
 
 
