@@ -3,10 +3,13 @@
 ``collect_cv.py ROOT``: one row per ``ROOT/<dataset>/cv/summary.json`` (scripts/results_linear_probe_cv.sh).
 ``collect_cv.py --compare ROOT``: per dataset, the linear probe (``probe/``) against the self-configured default
 (``default/``) from scripts/results_default_cv.sh: pooled out-of-fold accuracy, fold ensembles on the held-out
-images, the accuracy lost under re-encoding, which stage the default kept, and wall times."""
+images, the accuracy lost under re-encoding, which stage the default kept, and wall times.
+``collect_cv.py --bags ROOT``: per dataset, the 224 px default (``default/``) against native-resolution bags with
+each bag head (scripts/results_mil_dev.sh): pooled out-of-fold accuracy and macro ROC-AUC with CIs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -67,9 +70,38 @@ def compare(root: Path) -> None:
               + f" | {times[0]} s / {times[1]} s / {times[2]} s |")
 
 
+def bags(root: Path) -> None:
+    print("| dataset | images / groups | folds grouped by | model | pooled OOF accuracy [95% CI] | "
+          "mean +- sd over folds | pooled OOF ROC-AUC [95% CI] | wall time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        extraction = folder / "bags" / "seconds.txt"
+        with open(folder / "manifest.csv", newline="") as handle:
+            groups = len({row.get("group") for row in csv.DictReader(handle)})
+        for variant in ("default", "abmil", "clam-sb", "mean", "max"):
+            summary = _summary(folder / variant)
+            if not summary:
+                continue
+            pooled = MetricsReport.from_dict(summary["pooled_out_of_fold"])
+            seconds = (folder / variant / "seconds.txt").read_text().strip()
+            if variant == "default":
+                name = "default (whole image at 224 px)"
+            else:
+                name = f"bags of native 224 px crops + whole image, {variant}"
+                seconds = f"{seconds} s (+ {extraction.read_text().strip()} s features)"
+            seconds = seconds if "features" in seconds else f"{seconds} s"
+            mean, sd = summary["mean"]["accuracy"], summary["sd"]["accuracy"]
+            print(f"| {folder.name} | {summary['images']} / {groups} | "
+                  f"{summary.get('grouped_by', '?')} | {name} | {pooled.format_value('accuracy')} | "
+                  f"{format_metric(mean)} +- {format_metric(sd)} | {pooled.format_value('roc_auc_macro')} | "
+                  f"{seconds} |")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args and args[0] == "--compare":
         compare(Path(args[1] if len(args) > 1 else "results/default_cv"))
+    elif args and args[0] == "--bags":
+        bags(Path(args[1] if len(args) > 1 else "results/mil_dev"))
     else:
         single(Path(args[0] if args else "results/linear_probe_cv"))

@@ -49,17 +49,11 @@ def dicom_file(path: Path, size: int = 32, patient_id: str = "PAT-1", seed: int 
     """A 16-bit MONOCHROME2 DICOM with a patient id and a window; ``frames`` > 1 makes a multi-frame
     file whose frame k is filled with the value 100 * k; ``claimed`` (frames, rows, columns) writes a
     header claiming that size over the small pixel data (a decompression-bomb header)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    from oncolens.data.phantoms import dicom_dataset
+
+    ds = dicom_dataset(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     ds.PatientID = patient_id
     ds.Modality = modality
     ds.Rows = ds.Columns = size
@@ -209,17 +203,14 @@ def deflated_dicom(path: Path, rows: int = 32, cols: int = 32, frames: int = 1, 
     """A DICOM in the deflated transfer syntax (the whole dataset raw-deflated). Small sizes get random 16-bit
     pixels; large ones (a decompression bomb) zeros, compressed as a stream so nothing large is held here.
     ``pixel_bytes`` writes that much pixel data whatever the header claims (a file that lies)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    from oncolens.data.phantoms import dicom_dataset
+
+    ds = dicom_dataset(SecondaryCaptureImageStorage, DeflatedExplicitVRLittleEndian)
+    meta = ds.file_meta
     ds.PatientID, ds.Modality = "PAT-D", "CT"
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

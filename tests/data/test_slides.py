@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("openslide")
 
 from oncolens.data.phantoms import generate_slide  # noqa: E402
+from tests.helpers import dicom_file  # noqa: E402
 from oncolens.data.slides import open_slide, slide_info, tile_grid, tissue_mask  # noqa: E402
 from oncolens.errors import DataError  # noqa: E402
 
@@ -172,3 +173,61 @@ def test_an_aperio_svs_is_read_with_its_vendor_levels_and_mpp(tmp_path):
     tiles = tile_grid(slide, path, size=64, mpp=1.996, min_tissue=0.5)  # 4x coarser: level 2 exactly
     assert tiles and {t.level for t in tiles} == {2}
     assert np.asarray(tiles[0].load()).shape == (64, 64, 3)
+
+
+def test_an_ome_tiff_is_read_with_its_mpp_from_the_ome_xml(tmp_path):
+    """An OME-TIFF as Bio-Formats writes it (the MPP in the OME-XML only, the pyramid in SubIFDs): OpenSlide
+    reads it as a generic TIFF (level 0), the MPP comes from PhysicalSizeX, and tiles at a coarser target
+    are cut from level 0 and resized."""
+    path = generate_slide(tmp_path / "scan.ome.tif", size=1024, levels=3, tile=128, mpp=0.25, vendor="ome")
+    slide = open_slide(path)
+    info = slide_info(slide, path)
+    assert info.vendor == "generic-tiff" and info.mpp == pytest.approx(0.25)
+    assert "openslide.mpp-x" not in slide.properties  # the number comes from the OME-XML, not OpenSlide
+    assert info.dimensions == (1024, 1024)
+    tiles = tile_grid(slide, path, size=64, mpp=1.0, min_tissue=0.5)  # 4x coarser than level 0
+    assert tiles and all(t.read_size == 256 and t.level == 0 for t in tiles)
+    tile = np.asarray(tiles[len(tiles) // 2].load())
+    assert tile.shape == (64, 64, 3) and tile.std() > 5  # tissue, not glass
+
+
+@pytest.mark.parametrize("description,expected", [
+    ('<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+     '<Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm" SizeX="8" SizeY="8"/></Image></OME>', 0.25),
+    ('<?xml version="1.0"?><OME><Image><Pixels PhysicalSizeX="0.5"/></Image></OME>', 0.5),  # default unit: um
+    ('<?xml version="1.0"?><OME><Image><Pixels PhysicalSizeX="-1"/></Image></OME>', None),
+    ('<?xml version="1.0"?><OME><Image><Pixels PhysicalSizeX="1" PhysicalSizeXUnit="parsec"/></Image></OME>', None),
+    ('<?xml version="1.0"?><OME><broken', None),
+    ("Aperio Image Library v12", None),
+])
+def test_the_ome_xml_mpp_reader_takes_units_and_refuses_what_it_cannot_read(description, expected):
+    from oncolens.data.slides import _ome_mpp
+
+    assert _ome_mpp(description) == (pytest.approx(expected) if expected else None)
+
+
+def test_a_dicom_wsi_series_is_read_with_its_levels_and_mpp(tmp_path):
+    """A DICOM-WSI series written with pydicom (VL Whole Slide Microscopy Image, TILED_FULL, JPEG frames, one
+    instance per level): OpenSlide 4 reads it through any instance, with the pyramid and the pixel spacing;
+    `is_slide` tells it from a radiology DICOM; bags are made of the series once."""
+    from oncolens.data.slides import is_slide
+    from oncolens.models.bags import bag_inputs
+
+    path = generate_slide(tmp_path / "tumour" / "case1", size=1024, levels=3, tile=256, mpp=0.5, vendor="dicom")
+    assert path.name == "level-0.dcm" and len(list(path.parent.glob("*.dcm"))) == 3
+    slide = open_slide(path)
+    info = slide_info(slide, path)
+    assert info.vendor == "dicom" and info.mpp == pytest.approx(0.5)
+    assert info.level_dimensions == ((1024, 1024), (512, 512), (256, 256))
+    tiles = tile_grid(slide, path, size=64, mpp=2.0, min_tissue=0.5)  # level 2 exactly
+    assert tiles and {t.level for t in tiles} == {2}
+    pixels = np.asarray(tiles[len(tiles) // 2].load()).astype(int)
+    assert pixels.shape == (64, 64, 3) and pixels[..., 0].mean() > pixels[..., 1].mean()  # pink/purple tissue
+    assert is_slide(path) and is_slide(path.parent / "level-2.dcm")
+    dicom_file(tmp_path / "ct.dcm")
+    assert not is_slide(tmp_path / "ct.dcm") and not is_slide(tmp_path / "missing.dcm")
+    inputs = bag_inputs(tmp_path / "tumour")
+    assert inputs.empty or list(inputs["label"]) == [""]
+    inputs = bag_inputs(tmp_path)
+    slides = inputs[inputs["path"].str.endswith("level-0.dcm")]
+    assert len(slides) == 1 and slides["label"].iloc[0] == "tumour"  # the series once, labelled by its folder

@@ -2,6 +2,7 @@
 `train` (the bags stage), `evaluate`, `predict` and `slide` (attention), against mean pooling."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,49 @@ def test_patient_grouped_cross_validation_runs_on_bags(slides, tmp_path):
     assert summary["grouped_by"] == "patient" and summary["images"] == len(bags)
     assert any("no fold ensemble" in note for note in summary["notes"])
     assert summary["pooled_out_of_fold"]["n"] == len(bags)
+
+
+@pytest.mark.slow
+def test_the_api_scores_a_slide_with_a_mil_bundle_and_serves_attention_and_qupath_objects(slides, tmp_path):
+    """A slide job with a bag classifier: progress over the slide's instances, the bag's probabilities and
+    most attended tiles in the result, both heatmaps and the QuPath GeoJSON (attention as a measurement)."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from oncolens.apps.api import ApiSettings, create_app
+    from oncolens.predictor import Predictor
+
+    root, bags = slides
+    bundle = root / "runs" / "abmil" / "bundle"
+    if not bundle.exists():
+        _train(root, "abmil")
+    tumour = bags[(bags["split"] == "test") & (bags["label"] == "tumour")]["bag_source"].iloc[0]
+    seen: list[tuple] = []
+    client = TestClient(create_app(Predictor.from_bundle(bundle),
+                                   ApiSettings(slide_root=root / "slides", slide_output=tmp_path / "jobs")))
+    assert client.get("/model").json()["classes"] == ["normal", "tumour"]
+    job = client.post("/slides", json={"path": Path(tumour).name}).json()["job"]
+    deadline = time.monotonic() + 120
+    while (state := client.get(f"/slides/{job}").json())["status"] in ("queued", "running"):
+        seen.append((state["tiles_done"], state["tiles_total"]))
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert state["status"] == "done", state
+    summary = state["summary"]
+    assert summary["kind"] == "bag" and summary["label"] == "tumour" and summary["probabilities"]["tumour"] > 0.5
+    assert state["tiles_done"] == state["tiles_total"] > 0  # progress counts the bag's instances
+    assert summary["slide"]["path"] == Path(tumour).name  # the server's folders are not shown
+    top = summary["top_attention_tiles"]
+    assert len(top) >= 3 and top[0]["attention"] >= top[-1]["attention"]
+    assert set(state["files"]) == {"heatmap.png", "heatmap_weighted.png", "tiles.geojson", "tiles.csv"}
+    for name in ("heatmap.png", "heatmap_weighted.png"):
+        answer = client.get(f"/slides/{job}/files/{name}")
+        assert answer.status_code == 200 and answer.content[:8] == b"\x89PNG\r\n\x1a\n"
+    geojson = client.get(f"/slides/{job}/files/tiles.geojson").json()
+    detections = [f for f in geojson["features"] if f["properties"]["objectType"] == "detection"]
+    assert len(detections) == state["tiles_total"]
+    attention = [f["properties"]["measurements"]["attention"] for f in detections]
+    assert sum(attention) == pytest.approx(1.0, abs=1e-3)
+    assert client.get(f"/slides/{job}/files/secret.txt").status_code == 404
+    assert client.get(f"/slides/{job}/files/..%2Fbundle.json").status_code == 404

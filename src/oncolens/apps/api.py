@@ -287,6 +287,11 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
     return app
 
 
+#: what a finished slide job serves by name, and its media type (QuPath imports the GeoJSON: File > Import objects)
+SLIDE_JOB_FILES = {"heatmap.png": "image/png", "heatmap_weighted.png": "image/png",
+                   "tiles.geojson": "application/geo+json", "tiles.csv": "text/csv"}
+
+
 class SlideJobRequest(BaseModel):
     """A slide on the server, relative to its slide folder, and how to tile it."""
 
@@ -298,8 +303,10 @@ class SlideJobRequest(BaseModel):
 
 def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guarded: list) -> None:
     """POST /slides starts scoring a slide that is already on the server (never a multi-GB upload), GET
-    /slides/{job} reports progress and, when done, the slide-level scores; /slides/{job}/heatmap is the PNG.
-    Only paths inside ``settings.slide_root`` are read; one slide is scored at a time."""
+    /slides/{job} reports progress and, when done, the slide-level scores; /slides/{job}/heatmap is the PNG and
+    /slides/{job}/files/{name} any of the job's outputs (:data:`SLIDE_JOB_FILES`: the QuPath GeoJSON, the tile
+    table, a bag classifier's attention-weighted heatmap). Only paths inside ``settings.slide_root`` are read;
+    one slide is scored at a time."""
     import tempfile
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -360,7 +367,8 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
                                  progress=progress)
             summary = {**result.summary, "slide": {**result.summary["slide"], "path": request.path}}
             finish(job_id, status="done", summary=json.loads(public(json.dumps(summary))),
-                   heatmap=str(result.heatmap) if result.heatmap else None)
+                   heatmap=str(result.heatmap) if result.heatmap else None,
+                   files=sorted(name for name in SLIDE_JOB_FILES if (output / job_id / name).is_file()))
         except OncolensError as exc:
             finish(job_id, status="failed", error=public(str(exc))[:500])
         except Exception as exc:  # a bug: logged with its traceback, reported by id
@@ -419,3 +427,15 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
         if state["status"] != "done" or not state.get("heatmap"):
             raise HTTPException(status_code=409, detail=f"job {job_id} is {state['status']}: no heatmap yet")
         return Response(content=Path(state["heatmap"]).read_bytes(), media_type="image/png")
+
+    @app.get("/slides/{job_id}/files/{name}", dependencies=guarded, responses={
+        **_errors(401, 404, 409), 200: {"description": "one of the finished job's files (SLIDE_JOB_FILES)"}})
+    async def slide_file(job_id: str, name: str) -> Response:
+        state = job(job_id)
+        if name not in SLIDE_JOB_FILES:
+            raise HTTPException(status_code=404, detail=f"no such job file; one of {sorted(SLIDE_JOB_FILES)}")
+        if state["status"] != "done":
+            raise HTTPException(status_code=409, detail=f"job {job_id} is {state['status']}: no files yet")
+        if name not in state.get("files", []):
+            raise HTTPException(status_code=404, detail=f"job {job_id} wrote no {name}")
+        return Response(content=(output / job_id / name).read_bytes(), media_type=SLIDE_JOB_FILES[name])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -26,9 +27,13 @@ from skimage.draw import ellipse
 from ..errors import ConfigError
 from .layouts import MASK_SUFFIX
 from .layouts.phantoms import MARKER_FILE
+from .slides import WSI_SOP_CLASS
+
+if TYPE_CHECKING:
+    import pydicom
 
 __all__ = ["PhantomConfig", "generate", "generate_lookalikes", "generate_slide", "in_tumour_zone", "FAMILIES",
-           "MARKER_FILE", "render_phantom"]
+           "MARKER_FILE", "render_phantom", "dicom_dataset"]
 
 FAMILIES = ("histo", "mri")
 
@@ -246,18 +251,34 @@ def in_tumour_zone(x, y, size: int, tumour_size: float = 1.0):
 
 def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, levels: int = 3, seed: int = 0,
                    tumour: bool = True, tile: int = 256, vendor: str = "generic", tumour_size: float = 1.0) -> Path:
-    """Write a small pyramidal tiled TIFF that OpenSlide reads as a slide: white glass, an elliptical piece
-    of H&E-like tissue (pink stroma, purple nuclei), and, with ``tumour``, a region of crowded dark nuclei
-    in its upper left part (``tumour_size`` scales its radii). ``levels`` halvings; ``mpp`` microns per level-0 pixel in the TIFF resolution
-    tags (None: no resolution, as some exports do). ``vendor="aperio"`` writes it as an Aperio SVS does: an
-    ImageDescription in Aperio's format on every level (OpenSlide recognises the vendor by it and reads the
-    MPP and magnification from it) and a stripped thumbnail after level 0 (an associated image)."""
-    if vendor not in ("generic", "aperio"):
-        raise ConfigError(f"vendor must be generic or aperio, got {vendor!r}")
-    import tifffile
+    """Write a small pyramidal slide that OpenSlide reads: white glass, an elliptical piece of H&E-like
+    tissue (pink stroma, purple nuclei), and, with ``tumour``, a region of crowded dark nuclei in its upper
+    left part (``tumour_size`` scales its radii); ``levels`` halvings, ``mpp`` microns per level-0 pixel.
+    Answers the file to open. ``vendor`` says how it is written, as scanners and converters do:
 
+    - ``generic``: a tiled TIFF, the MPP in its resolution tags (None: none, as some exports do);
+    - ``aperio``: an Aperio SVS: Aperio's ImageDescription on every level (OpenSlide recognises the vendor
+      by it and reads the MPP and magnification from it) and a stripped thumbnail after level 0;
+    - ``ome``: an OME-TIFF as Bio-Formats' converters write it: the MPP in the OME-XML only (PhysicalSizeX),
+      the lower levels in SubIFDs of level 0;
+    - ``dicom``: a DICOM-WSI series (VL Whole Slide Microscopy Image, TILED_FULL, JPEG baseline frames), one
+      instance per level in the folder ``path``; answers its level-0 instance."""
+    writers = {"generic": _write_tiff, "aperio": _write_tiff, "ome": _write_ome_tiff, "dicom": _write_dicom_wsi}
+    if vendor not in writers:
+        raise ConfigError(f"vendor must be one of {sorted(writers)}, got {vendor!r}")
     if size < tile * 2 ** (levels - 1):
         raise ConfigError(f"a {levels}-level slide needs at least {tile * 2 ** (levels - 1)} px, got {size}")
+    image = _slide_image(size, seed, tumour, tumour_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pyramid = [image]
+    for _ in range(levels - 1):
+        pyramid.append(np.ascontiguousarray(pyramid[-1][::2, ::2]))
+    return writers[vendor](path, pyramid, mpp, tile, vendor)
+
+
+def _slide_image(size: int, seed: int, tumour: bool, tumour_size: float) -> np.ndarray:
+    """The level-0 pixels of :func:`generate_slide`."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     tissue = ((yy - 0.5) / 0.36) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1.0
@@ -276,11 +297,15 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
         shade = rng.integers(-10, 10, (size, size, 1))
         purple = np.clip(np.array([96, 52, 142]) + shade, 0, 255).astype(np.uint8)
         image[nuclei] = purple[nuclei]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return image
+
+
+def _write_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str) -> Path:
+    import tifffile
+
+    size = pyramid[0].shape[0]
     with tifffile.TiffWriter(path) as writer:
-        level = image
-        for i in range(levels):
+        for i, level in enumerate(pyramid):
             extra = {} if mpp is None or vendor == "aperio" else {"resolution": (1e4 / (mpp * 2 ** i),) * 2,
                                                                   "resolutionunit": "CENTIMETER"}
             if vendor == "aperio":  # the MPP is in the description only, as Aperio writes it
@@ -292,12 +317,88 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
             writer.write(level, tile=(tile, tile), photometric="rgb", compression="zlib",
                          subfiletype=0 if i == 0 else 1, **extra)
             if vendor == "aperio" and i == 0:  # Aperio's thumbnail: a stripped (untiled) image after level 0
-                thumb = np.ascontiguousarray(image[:: max(1, size // 256), :: max(1, size // 256)])
+                thumb = np.ascontiguousarray(level[:: max(1, size // 256), :: max(1, size // 256)])
                 writer.write(thumb, photometric="rgb", compression="zlib", metadata=None,
                              description=f"Aperio Image Library v12.0.15 \r\n{size}x{size} -> "
                                          f"{thumb.shape[1]}x{thumb.shape[0]} - ")
-            level = np.ascontiguousarray(level[::2, ::2])
     return path
+
+
+def _write_ome_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str) -> Path:
+    import tifffile
+
+    physical = {} if mpp is None else {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+                                       "PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeYUnit": "\u00b5m"}
+    options = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        writer.write(pyramid[0], subifds=len(pyramid) - 1, metadata={"axes": "YXS", **physical}, **options)
+        for level in pyramid[1:]:
+            writer.write(level, subfiletype=1, **options)
+    return path
+
+
+def dicom_dataset(sop_class: str, transfer_syntax: str) -> "pydicom.Dataset":
+    """A new DICOM dataset of ``sop_class`` with its file meta (fresh instance UID, ``transfer_syntax``)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def _write_dicom_wsi(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str) -> Path:
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate
+    from pydicom.sequence import Sequence
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    path.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    spacing = (mpp or 0.5) / 1000  # millimetres per level-0 pixel
+    for i, level in enumerate(pyramid):
+        height, width = level.shape[:2]
+        ds = dicom_dataset(WSI_SOP_CLASS, JPEGBaseline8Bit)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.Modality, ds.PatientID, ds.PatientName, ds.InstanceNumber = "SM", "phantom", "Phantom", i + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if i == 0 else \
+            ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+        ds.Rows = ds.Columns = tile
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
+        ds.DimensionOrganizationType, ds.TotalPixelMatrixFocalPlanes, ds.NumberOfOpticalPaths = "TILED_FULL", 1, 1
+        measures = Dataset()
+        measures.PixelSpacing, measures.SliceThickness = [spacing * 2 ** i] * 2, 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = Sequence([measures])
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = width * spacing * 2 ** i, \
+            height * spacing * 2 ** i, 0.001
+        optical = Dataset()
+        optical.OpticalPathIdentifier = "1"
+        ds.OpticalPathSequence = Sequence([optical])
+        frames = []
+        for y in range(0, height, tile):  # TILED_FULL: row-major frames, the last row and column padded white
+            for x in range(0, width, tile):
+                frame = np.full((tile, tile, 3), 255, np.uint8)
+                part = level[y:y + tile, x:x + tile]
+                frame[:part.shape[0], :part.shape[1]] = part
+                encoded = io.BytesIO()
+                Image.fromarray(frame).save(encoded, format="JPEG", quality=92)
+                frames.append(encoded.getvalue())
+        ds.NumberOfFrames = len(frames)
+        ds.PixelData = encapsulate(frames)
+        ds["PixelData"].VR = "OB"
+        pydicom.dcmwrite(path / f"level-{i}.dcm", ds, enforce_file_format=True)
+    return path / "level-0.dcm"
 
 
 def generate_slides(out_dir: str | Path, n: int = 12, size: int = 1024, seed: int = 0, mpp: float = 0.5) -> Path:

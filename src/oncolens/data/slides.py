@@ -3,7 +3,9 @@
 Slides are read through OpenSlide (``openslide-python`` with the ``openslide-bin`` wheel, the ``slides``
 extra): one library for Aperio .svs, Hamamatsu .ndpi, MIRAX, generic tiled TIFF and DICOM-WSI, with the
 pyramid and the microns-per-pixel from each vendor's metadata. (tiffslide reads only the TIFF-based
-formats; OpenSlide's wheel now installs without system packages.)
+formats; OpenSlide's wheel now installs without system packages.) OpenSlide reads an OME-TIFF as a generic
+TIFF: its level 0 only (pyramid levels in SubIFDs are not seen, so coarse tiles and thumbnails are read from
+level 0 in strips), its microns per pixel from the OME-XML when the resolution tags give none.
 
 Tissue is found on a low-resolution level: Otsu's threshold on the saturation channel (stained tissue is
 coloured, glass and background are grey or white), then a morphological opening and closing and the
@@ -23,10 +25,31 @@ from ..errors import DataError
 from ..files import inside, safe_name
 from .imageio import LazyImage, UnreadableImage
 
-__all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "tissue_mask", "tile_grid", "write_tiles",
+__all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "is_slide", "WSI_SOP_CLASS", "tissue_mask", "tile_grid", "write_tiles",
            "read_geojson_regions", "read_csv_regions", "SLIDE_EXTENSIONS"]
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+
+#: the DICOM SOP class of whole-slide images (VL Whole Slide Microscopy Image Storage)
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def is_slide(path: str | Path) -> bool:
+    """Whether ``path`` is read as a whole-slide image: a slide's extension and, for DICOM, a whole-slide
+    instance (a CT or MRI .dcm stays an image)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SLIDE_EXTENSIONS:
+        return False
+    if suffix != ".dcm":
+        return True
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:  # the file meta group only: never the pixels
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except (OSError, InvalidDicomError, ValueError, EOFError):
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "")) == WSI_SOP_CLASS
 
 
 def _openslide():
@@ -78,10 +101,36 @@ def slide_info(slide, path: str | Path = "") -> SlideInfo:
             mpp = float(np.mean([x, y])) if np.isfinite(y) and y > 0 else x
     except ValueError:
         mpp = None
+    if mpp is None:
+        mpp = _ome_mpp(props.get("tiff.ImageDescription", ""))
     return SlideInfo(path=str(path), dimensions=tuple(slide.dimensions),
                      level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
                      level_downsamples=tuple(float(d) for d in slide.level_downsamples), mpp=mpp,
                      vendor=str(props.get("openslide.vendor", "unknown")))
+
+
+#: microns per unit of OME's PhysicalSizeXUnit
+_OME_UNITS = {"\u00b5m": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _ome_mpp(description: str) -> float | None:
+    """Microns per pixel of the first image of an OME-XML description (None: not OME, or it does not say)."""
+    if not description.lstrip().startswith("<?xml") or "<OME" not in description[:4096]:
+        return None
+    import xml.etree.ElementTree as ElementTree  # entities are not expanded beyond the document's own
+
+    try:
+        root = ElementTree.fromstring(description)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    try:
+        size = float(pixels.get("PhysicalSizeX", "nan")) * _OME_UNITS[pixels.get("PhysicalSizeXUnit", "\u00b5m")]
+    except (KeyError, ValueError):
+        return None
+    return size if np.isfinite(size) and size > 0 else None
 
 
 def _rgb(region: Image.Image) -> Image.Image:

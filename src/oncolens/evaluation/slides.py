@@ -93,7 +93,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     if target not in loaded.classes:
         raise DataError(f"class {target!r} is not one of the bundle's classes {loaded.classes}")
     if hasattr(loaded, "attention"):  # a bag classifier: the slide is one bag, explained by attention
-        return _score_slide_bag(loaded, slide_path, out_dir, target, top_k, batch_size, num_workers)
+        return _score_slide_bag(loaded, slide_path, out_dir, target, top_k, batch_size, num_workers, progress)
     check_tiling(loaded.preprocessing.size, mpp, slide_mpp, min_tissue)
     slide = open_slide(slide_path)
     info = slide_info(slide, slide_path)
@@ -155,13 +155,14 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
 
 
 def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str, top_k: int, batch_size: int,
-                     num_workers: int | None) -> SlideResult:
+                     num_workers: int | None, progress: Callable[[int, int], None] | None) -> SlideResult:
     """A slide through a bag classifier: its bag (tiles as the bundle cuts them), the slide's probabilities,
     and per tile its attention and the attention-weighted score of ``target``; ``tiles.csv``, heatmaps of
     both over the thumbnail, ``tiles.geojson`` (attention as a measurement) and ``summary.json``."""
     slide = open_slide(slide_path)
     info = slide_info(slide, slide_path)
-    bag = loaded.attention(str(slide_path), batch_size=max(batch_size, 32), num_workers=num_workers)
+    bag = loaded.attention(str(slide_path), batch_size=max(batch_size, 32), num_workers=num_workers,
+                           progress=progress)
     attention, index = bag["attention"], loaded.classes.index(target)
     weighted = attention * bag["instance_probabilities"][:, index]
     coords = bag["coords"]

@@ -15,13 +15,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from ..data.imageio import LazyImage, UnreadableImage, read_image
-from ..data.slides import SLIDE_EXTENSIONS, open_slide, tile_grid
+from ..data.slides import is_slide, open_slide, tile_grid
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, safe_name
 
@@ -65,10 +65,6 @@ class ImageCrop(LazyImage):
         if self.box is None:
             return image.resize((self.size, self.size), Image.BILINEAR)
         return image.crop(self.box)
-
-
-def is_slide(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in SLIDE_EXTENSIONS and Path(path).suffix.lower() not in (".dcm",)
 
 
 def bag_instances(path: str | Path, config: BagConfig) -> tuple[list[LazyImage], np.ndarray, np.ndarray]:
@@ -138,17 +134,25 @@ def load_extractor(bundle: str | Path | None = None, model: str = "tf_efficientn
 
 
 def extract_bag(extractor: Extractor, path: str | Path, config: BagConfig, batch_size: int = 32,
-                num_workers: int | None = None) -> dict[str, np.ndarray]:
+                num_workers: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """``features``, ``coords`` and ``tissue`` of one slide or image (instances that cannot be read are left
-    out; a bag with none is an error)."""
+    out; a bag with none is an error); ``progress(done, total)`` after every batch of instances."""
     items, boxes, tissue = bag_instances(path, config)
-    scores = extractor.bundle.score(items, features=True, batch_size=batch_size, num_workers=num_workers,
-                                    tta="none")
-    if not len(scores):
+    features, positions, done = [], [], 0
+    for batch in extractor.bundle.iter_scores(items, features=True, batch_size=batch_size,
+                                              num_workers=num_workers, tta="none"):
+        if len(batch):
+            features.append(next(iter(batch.features.values())))
+            positions.append(batch.positions)
+        done += len(batch) + len(batch.unreadable)
+        if progress is not None:
+            progress(done, len(items))
+    if not features:
         raise UnreadableImage(f"none of its {len(items)} instances could be read", path)
-    features = next(iter(scores.features.values()))
-    return {"features": np.ascontiguousarray(features, dtype=np.float32),
-            "coords": boxes[scores.positions], "tissue": tissue[scores.positions]}
+    kept = np.concatenate(positions)
+    return {"features": np.ascontiguousarray(np.concatenate(features), dtype=np.float32),
+            "coords": boxes[kept], "tissue": tissue[kept]}
 
 
 def bag_file(out_dir: str | Path, source: str | Path, extractor: Extractor, config: BagConfig) -> Path:
@@ -195,10 +199,18 @@ def bag_inputs(inputs: str | Path) -> "pd.DataFrame":
         return load_manifest(inputs)
     if not inputs.is_dir():
         raise DataError(f"{inputs} is neither a manifest CSV nor a folder")
-    files = sorted(p for p in inputs.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and (is_slide(p) or p.suffix.lower() in IMAGE_EXTENSIONS) and not p.name.endswith(".mask.png"))
-    return pd.DataFrame({"path": [str(p) for p in files],
-                         "label": [p.parent.name if p.parent != inputs else "" for p in files]})
+    files, series = [], set()
+    for p in sorted(inputs.rglob("*")):
+        if not p.is_file() or p.name.startswith(".") or p.name.endswith(".mask.png"):
+            continue
+        if p.suffix.lower() in (".dcm", ".dicom") and is_slide(p):  # a DICOM-WSI series: its folder is the slide
+            if p.parent not in series:
+                series.add(p.parent)
+                files.append((p, p.parent.parent))
+        elif is_slide(p) or p.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append((p, p.parent))
+    return pd.DataFrame({"path": [str(p) for p, _ in files],
+                         "label": [folder.name if folder != inputs else "" for _, folder in files]})
 
 
 def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, config: BagConfig,

@@ -259,7 +259,8 @@ class MILBundle(ModelBundle):
                 raise DataError(f"{source} was made by another extractor ({made_by}) than this bundle's")
             return arrays
         return extract_bag(self.extractor(), source, BagConfig(**self.bag_spec),
-                           batch_size=options.get("batch_size") or 32, num_workers=options.get("num_workers"))
+                           batch_size=options.get("batch_size") or 32, num_workers=options.get("num_workers"),
+                           progress=options.get("progress"))
 
     def forward_bag(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Logits (C,), attention (n,) and embedding of one bag."""
