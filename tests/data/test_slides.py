@@ -175,20 +175,69 @@ def test_an_aperio_svs_is_read_with_its_vendor_levels_and_mpp(tmp_path):
     assert np.asarray(tiles[0].load()).shape == (64, 64, 3)
 
 
-def test_an_ome_tiff_is_read_with_its_mpp_from_the_ome_xml(tmp_path):
-    """An OME-TIFF as Bio-Formats writes it (the MPP in the OME-XML only, the pyramid in SubIFDs): OpenSlide
-    reads it as a generic TIFF (level 0), the MPP comes from PhysicalSizeX, and tiles at a coarser target
-    are cut from level 0 and resized."""
+def test_a_pyramidal_ome_tiff_is_read_with_its_levels_and_mpp(tmp_path):
+    """An OME-TIFF as Bio-Formats writes it (the MPP in the OME-XML only, the pyramid in SubIFDs, which
+    OpenSlide does not see): read with its three levels and the MPP from PhysicalSizeX; coarse tiles come
+    from the coarse level; regions match the stored pixels and are transparent beyond the image."""
+    import tifffile
+
     path = generate_slide(tmp_path / "scan.ome.tif", size=1024, levels=3, tile=128, mpp=0.25, vendor="ome")
     slide = open_slide(path)
     info = slide_info(slide, path)
-    assert info.vendor == "generic-tiff" and info.mpp == pytest.approx(0.25)
-    assert "openslide.mpp-x" not in slide.properties  # the number comes from the OME-XML, not OpenSlide
-    assert info.dimensions == (1024, 1024)
-    tiles = tile_grid(slide, path, size=64, mpp=1.0, min_tissue=0.5)  # 4x coarser than level 0
-    assert tiles and all(t.read_size == 256 and t.level == 0 for t in tiles)
+    assert info.vendor == "ome-tiff" and info.mpp == pytest.approx(0.25)
+    assert info.level_dimensions == ((1024, 1024), (512, 512), (256, 256))
+    assert info.level_downsamples == (1.0, 2.0, 4.0)
+    stored = [level.asarray() for level in tifffile.TiffFile(path).series[0].levels]
+    region = np.asarray(slide.read_region((200, 328), 1, (150, 70)))  # level-0 corner, level-1 pixels
+    assert region.shape == (70, 150, 4) and (region[..., 3] == 255).all()
+    assert np.array_equal(region[..., :3], stored[1][164:234, 100:250])
+    edge = np.asarray(slide.read_region((960, 960), 0, (128, 128)))
+    assert np.array_equal(edge[:64, :64, :3], stored[0][960:, 960:]) and (edge[64:, :, 3] == 0).all()
+    tiles = tile_grid(slide, path, size=64, mpp=1.0, min_tissue=0.5)  # 4x coarser: level 2 exactly
+    assert tiles and {t.level for t in tiles} == {2}
     tile = np.asarray(tiles[len(tiles) // 2].load())
     assert tile.shape == (64, 64, 3) and tile.std() > 5  # tissue, not glass
+    mask, downsample = tissue_mask(slide)
+    assert downsample == pytest.approx(1.0) and 0.3 < mask.mean() < 0.7  # from a level, not level-0 strips
+
+
+def test_an_ome_tiff_with_jpeg_tiles_and_a_forked_reader(tmp_path):
+    """JPEG tiles (what converters usually write) decode through imagecodecs; a reader forked after the
+    slide was opened reads through its own file handle (a shared offset would mix up the tiles)."""
+    import multiprocessing
+
+    import tifffile
+
+    pytest.importorskip("imagecodecs")
+    rng = np.random.default_rng(0)
+    image = np.repeat(np.repeat(rng.integers(0, 255, (32, 48, 3), np.uint8), 16, 0), 16, 1)  # smooth blocks
+    path = tmp_path / "jpeg.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        options = {"tile": (128, 128), "photometric": "rgb", "compression": "jpeg"}
+        writer.write(image, subifds=1, metadata={"axes": "YXS", "PhysicalSizeX": 0.5}, **options)
+        writer.write(np.ascontiguousarray(image[::2, ::2]), subfiletype=1, **options)
+    slide = open_slide(path)
+    assert slide.level_count == 2 and slide.properties["openslide.mpp-x"] == "0.5"
+    region = np.asarray(slide.read_region((256, 128), 0, (256, 256)))[..., :3].astype(int)
+    error = np.abs(region - image[128:384, 256:512])
+    assert np.median(error) <= 1 and error.mean() < 8  # JPEG: close, not equal (colour edges are subsampled)
+    assert np.abs(region - image[144:400, 256:512]).mean() > 4 * error.mean()  # and in the right place
+    _OPENED["slide"] = slide  # the child inherits the open slide by fork, as DataLoader workers do
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        forked, reopened = pool.apply(_read_region_in_a_child)
+    assert reopened and np.array_equal(forked, np.asarray(slide.read_region((0, 0), 1, (100, 100))))
+
+
+_OPENED: dict = {}
+
+
+def _read_region_in_a_child():
+    import os
+
+    slide = _OPENED["slide"]
+    handle = slide._tiff
+    region = np.asarray(slide.read_region((0, 0), 1, (100, 100)))
+    return region, slide._tiff is not handle and slide._pid == os.getpid()
 
 
 @pytest.mark.parametrize("description,expected", [
@@ -201,9 +250,9 @@ def test_an_ome_tiff_is_read_with_its_mpp_from_the_ome_xml(tmp_path):
     ("Aperio Image Library v12", None),
 ])
 def test_the_ome_xml_mpp_reader_takes_units_and_refuses_what_it_cannot_read(description, expected):
-    from oncolens.data.slides import _ome_mpp
+    from oncolens.data.ome_tiff import ome_mpp
 
-    assert _ome_mpp(description) == (pytest.approx(expected) if expected else None)
+    assert ome_mpp(description) == (pytest.approx(expected) if expected else None)
 
 
 def test_a_dicom_wsi_series_is_read_with_its_levels_and_mpp(tmp_path):

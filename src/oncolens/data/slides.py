@@ -3,9 +3,9 @@
 Slides are read through OpenSlide (``openslide-python`` with the ``openslide-bin`` wheel, the ``slides``
 extra): one library for Aperio .svs, Hamamatsu .ndpi, MIRAX, generic tiled TIFF and DICOM-WSI, with the
 pyramid and the microns-per-pixel from each vendor's metadata. (tiffslide reads only the TIFF-based
-formats; OpenSlide's wheel now installs without system packages.) OpenSlide reads an OME-TIFF as a generic
-TIFF: its level 0 only (pyramid levels in SubIFDs are not seen, so coarse tiles and thumbnails are read from
-level 0 in strips), its microns per pixel from the OME-XML when the resolution tags give none.
+formats; OpenSlide's wheel now installs without system packages.) A pyramidal OME-TIFF, whose levels OpenSlide
+does not see, is read with its pyramid by :class:`oncolens.data.ome_tiff.OmeTiffSlide` (tifffile); the
+microns per pixel of any OME-TIFF come from its OME-XML when the resolution tags give none.
 
 Tissue is found on a low-resolution level: Otsu's threshold on the saturation channel (stained tissue is
 coloured, glass and background are grey or white), then a morphological opening and closing and the
@@ -24,6 +24,7 @@ from PIL import Image
 from ..errors import DataError
 from ..files import inside, safe_name
 from .imageio import LazyImage, UnreadableImage
+from .ome_tiff import OmeTiffSlide, is_pyramidal_ome_tiff, ome_mpp
 
 __all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "is_slide", "WSI_SOP_CLASS", "tissue_mask", "tile_grid", "write_tiles",
            "read_geojson_regions", "read_csv_regions", "SLIDE_EXTENSIONS"]
@@ -62,11 +63,15 @@ def _openslide():
 
 
 def open_slide(path: str | Path):
-    """An ``openslide.OpenSlide`` of ``path``; a clear :class:`DataError` when it cannot be read."""
+    """An ``openslide.OpenSlide`` of ``path`` (for a pyramidal OME-TIFF, an
+    :class:`~oncolens.data.ome_tiff.OmeTiffSlide` with the same interface); a clear :class:`DataError` when it
+    cannot be read."""
     openslide = _openslide()
     path = Path(path)
     if not path.exists():
         raise DataError(f"slide not found: {path}")
+    if is_pyramidal_ome_tiff(path):  # OpenSlide would see its level 0 only
+        return OmeTiffSlide(path)
     try:
         return openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as exc:
@@ -102,35 +107,11 @@ def slide_info(slide, path: str | Path = "") -> SlideInfo:
     except ValueError:
         mpp = None
     if mpp is None:
-        mpp = _ome_mpp(props.get("tiff.ImageDescription", ""))
+        mpp = ome_mpp(props.get("tiff.ImageDescription", ""))
     return SlideInfo(path=str(path), dimensions=tuple(slide.dimensions),
                      level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
                      level_downsamples=tuple(float(d) for d in slide.level_downsamples), mpp=mpp,
                      vendor=str(props.get("openslide.vendor", "unknown")))
-
-
-#: microns per unit of OME's PhysicalSizeXUnit
-_OME_UNITS = {"\u00b5m": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
-
-
-def _ome_mpp(description: str) -> float | None:
-    """Microns per pixel of the first image of an OME-XML description (None: not OME, or it does not say)."""
-    if not description.lstrip().startswith("<?xml") or "<OME" not in description[:4096]:
-        return None
-    import xml.etree.ElementTree as ElementTree  # entities are not expanded beyond the document's own
-
-    try:
-        root = ElementTree.fromstring(description)
-    except ElementTree.ParseError:
-        return None
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return None
-    try:
-        size = float(pixels.get("PhysicalSizeX", "nan")) * _OME_UNITS[pixels.get("PhysicalSizeXUnit", "\u00b5m")]
-    except (KeyError, ValueError):
-        return None
-    return size if np.isfinite(size) and size > 0 else None
 
 
 def _rgb(region: Image.Image) -> Image.Image:
