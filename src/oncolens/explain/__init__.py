@@ -1,7 +1,7 @@
 """Explanations: CAMs (pytorch-grad-cam), attributions (captum), contours, trust metrics, panels."""
 
 from .._lazy import lazy_package
-from . import attributions, cams  # noqa: F401  (registers the built-in methods)
+from . import attention, attributions, cams  # noqa: F401  (registers the built-in methods)
 
 __all__ = [
     "Composition",

@@ -26,7 +26,7 @@ from ..models.scoring import to_device
 from .layers import find_target_layer, get_layer
 
 __all__ = ["ExplainOptions", "Explanation", "Method", "register_method", "get_method", "list_methods", "explain",
-           "to_relevance"]
+           "to_relevance", "target_indices"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class Method:
     needs_layer: bool = False
     #: True when ``attribute`` accepts ``targets=None`` (explain the predicted class) and returns logits
     handles_predicted: bool = False
+    #: True for a method that explains bag classifiers (multiple-instance learning), False for image models
+    bags: bool = False
 
     def attribute(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None, *,
                   layer: nn.Module | None, preprocessing: Preprocessing,
@@ -96,8 +98,25 @@ def get_method(name: str) -> Method:
     return _METHODS.get(name)
 
 
-def list_methods() -> list[str]:
-    return _METHODS.names()
+def list_methods(bags: bool | None = False) -> list[str]:
+    """The methods for image models (default), for bag classifiers (``bags=True``) or all (None)."""
+    return [name for name in _METHODS.names() if bags is None or _METHODS.get(name).bags == bags]
+
+
+def target_indices(target: str | int, classes: Sequence[str], predicted: np.ndarray) -> np.ndarray:
+    """The class index to explain per image: ``predicted``, a class index or a class name."""
+    classes = list(classes)
+    if target == "predicted":
+        targets = np.asarray(predicted)
+    elif isinstance(target, int) or (isinstance(target, str) and target.isdigit() and target not in classes):
+        targets = np.full(len(predicted), int(target))
+    elif target in classes:
+        targets = np.full(len(predicted), classes.index(target))
+    else:
+        raise DataError(f"target must be 'predicted', a class index or one of {classes}, got {target!r}")
+    if (targets >= len(classes)).any() or (targets < 0).any():
+        raise DataError(f"target index out of range for {len(classes)} classes")
+    return targets
 
 
 def to_relevance(raw: np.ndarray, kind: str) -> np.ndarray:
@@ -158,6 +177,16 @@ def explain(
         if not 0 <= level < depth:
             raise ConfigError(f"level must be between 0 and {depth - 1} for this bundle ({depth} level(s)), "
                               f"got {level}")
+    chosen = get_method(method)
+    is_bag = getattr(model_or_bundle, "kind", None) == "mil"
+    if chosen.bags != is_bag:
+        raise ConfigError(f"{method!r} explains {'bag classifiers' if chosen.bags else 'image models'}, and this is "
+                          f"{'a bag classifier' if is_bag else 'an image model'}: use one of "
+                          f"{', '.join(list_methods(bags=is_bag))}")
+    if is_bag:
+        from .attention import explain_bags
+
+        return explain_bags(model_or_bundle, images, target)
     if isinstance(model_or_bundle, ModelBundle) and not model_or_bundle.single_classifier:
         # a tree of classifiers: explain each image with the one that decides it
         return _explain_tree(model_or_bundle, images, method, target, target_layer, batch_size, options, level,
@@ -165,7 +194,6 @@ def explain(
     model, bundle_classes = _as_model(model_or_bundle)
     classes = list(classes or bundle_classes)
     options = options or ExplainOptions()
-    chosen = get_method(method)
     model.eval()
     device = next(model.parameters()).device
     channels_last = prefers_channels_last(model.name, device)
@@ -194,17 +222,7 @@ def explain(
             continue
         with torch.no_grad():
             proba = torch.softmax(model(x).float(), 1).cpu().numpy()
-        predicted = proba.argmax(1)
-        if target == "predicted":
-            targets = predicted
-        elif isinstance(target, int) or (isinstance(target, str) and target.isdigit() and target not in classes):
-            targets = np.full(len(x), int(target))
-        elif target in classes:
-            targets = np.full(len(x), classes.index(target))
-        else:
-            raise DataError(f"target must be 'predicted', a class index or one of {classes}, got {target!r}")
-        if (targets >= len(classes)).any() or (targets < 0).any():
-            raise DataError(f"target index out of range for {len(classes)} classes")
+        targets = target_indices(target, classes, proba.argmax(1))
         with torch.enable_grad():
             raw = chosen.attribute(model, x, torch.as_tensor(targets, device=device), layer=layer,
                                    preprocessing=model.preprocessing, options=options)

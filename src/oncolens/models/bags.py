@@ -50,27 +50,29 @@ class BagConfig:
 
 
 class ImageCrop(LazyImage):
-    """A ``box`` (left, top, right, bottom) of an image file at its native resolution, or the whole image
+    """A ``box`` (left, top, right, bottom) of a decoded image at its native resolution, or the whole image
     resized to ``size`` (``box`` None)."""
 
-    def __init__(self, path: str, box: tuple[int, int, int, int] | None, size: int):
-        self.path, self.box, self.size = path, box, size
+    def __init__(self, image: Image.Image, box: tuple[int, int, int, int] | None, size: int, name: str):
+        self.image, self.box, self.size, self.name = image, box, size, name
 
     @property
     def source(self) -> str:
-        return f"{self.path}#{'whole' if self.box is None else 'x={},y={}'.format(*self.box[:2])}"
+        return f"{self.name}#{'whole' if self.box is None else 'x={},y={}'.format(*self.box[:2])}"
 
     def load(self) -> Image.Image:
-        image = read_image(self.path).image
         if self.box is None:
-            return image.resize((self.size, self.size), Image.BILINEAR)
-        return image.crop(self.box)
+            return self.image.resize((self.size, self.size), Image.BILINEAR)
+        return self.image.crop(self.box)
 
 
-def bag_instances(path: str | Path, config: BagConfig) -> tuple[list[LazyImage], np.ndarray, np.ndarray]:
-    """The instances of one slide or image, their level-0 boxes (x, y, width, height) and tissue shares."""
-    path = str(path)
-    if is_slide(path):
+def bag_instances(source: "str | Path | Image.Image", config: BagConfig) -> tuple[list[LazyImage], np.ndarray,
+                                                                                   np.ndarray]:
+    """The instances of one slide, image file or decoded image, their level-0 boxes (x, y, width, height) and
+    tissue shares. A slide's tiles are read when scored; an image is decoded once (within the image reader's
+    pixel limit) and cut into crops of it."""
+    if not isinstance(source, Image.Image) and is_slide(source):
+        path = str(source)
         slide = open_slide(path)
         tiles = tile_grid(slide, path, size=config.size, mpp=config.mpp, min_tissue=config.min_tissue)
         downsamples = slide.level_downsamples
@@ -79,19 +81,21 @@ def bag_instances(path: str | Path, config: BagConfig) -> tuple[list[LazyImage],
         items: list[LazyImage] = list(tiles)
         tissue = np.array([t.tissue for t in tiles], dtype=np.float32)
     else:
-        with Image.open(path) as probe:  # the size only: the pixels are read per crop, in the workers
-            width, height = probe.size
+        name = "<image>" if isinstance(source, Image.Image) else str(source)
+        image = source if isinstance(source, Image.Image) else read_image(source).image
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        width, height = image.size
         s = config.size
-        corners = [(x, y) for y in range(0, max(height - s, 0) + 1, s) for x in range(0, max(width - s, 0) + 1, s)]
-        items = [ImageCrop(path, (x, y, x + s, y + s), s) for x, y in corners if x + s <= width and y + s <= height]
-        boxes = np.array([[x, y, s, s] for x, y in corners if x + s <= width and y + s <= height],
-                         dtype=np.float32).reshape(-1, 4)
+        corners = [(x, y) for y in range(0, height - s + 1, s) for x in range(0, width - s + 1, s)]
+        items = [ImageCrop(image, (x, y, x + s, y + s), s, name) for x, y in corners]
+        boxes = np.array([[x, y, s, s] for x, y in corners], dtype=np.float32).reshape(-1, 4)
         if config.whole or not items:
-            items.append(ImageCrop(path, None, s))
+            items.append(ImageCrop(image, None, s, name))
             boxes = np.concatenate([boxes, np.array([[0, 0, width, height]], dtype=np.float32)])
         tissue = np.ones(len(items), dtype=np.float32)
+        source = name
     if not items:
-        raise DataError(f"{path}: no instance (no tissue tile at {config.mpp} um/px with {config.min_tissue:.0%} "
+        raise DataError(f"{source}: no instance (no tissue tile at {config.mpp} um/px with {config.min_tissue:.0%} "
                         "tissue)")
     if len(items) > config.max_instances:  # an evenly spaced subset keeps memory bounded
         keep = np.linspace(0, len(items) - 1, config.max_instances).round().astype(int)
@@ -133,12 +137,14 @@ def load_extractor(bundle: str | Path | None = None, model: str = "tf_efficientn
     return Extractor(bundle=loaded, spec=spec)
 
 
-def extract_bag(extractor: Extractor, path: str | Path, config: BagConfig, batch_size: int = 32,
+def extract_bag(extractor: Extractor, path: "str | Path | Image.Image", config: BagConfig, batch_size: int = 32,
                 num_workers: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """``features``, ``coords`` and ``tissue`` of one slide or image (instances that cannot be read are left
     out; a bag with none is an error); ``progress(done, total)`` after every batch of instances."""
     items, boxes, tissue = bag_instances(path, config)
+    if isinstance(items[0], ImageCrop):  # crops of an image already decoded: workers would only copy it
+        num_workers = 0
     features, positions, done = [], [], 0
     for batch in extractor.bundle.iter_scores(items, features=True, batch_size=batch_size,
                                               num_workers=num_workers, tta="none"):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from .. import __version__
@@ -247,11 +248,12 @@ class MILBundle(ModelBundle):
             self._extractor = Extractor(bundle=made.bundle, spec=spec)
         return self._extractor
 
-    def bag_of(self, source: str, **options: Any) -> dict[str, np.ndarray]:
-        """The bag of one input: a bag file as stored, or a slide/image through the extractor."""
+    def bag_of(self, source: "str | Image.Image", **options: Any) -> dict[str, np.ndarray]:
+        """The bag of one input: a bag file as stored, or a slide, image file or decoded image through the
+        extractor."""
         from .bags import BagConfig, extract_bag, read_bag
 
-        if str(source).endswith(".safetensors"):
+        if isinstance(source, (str, Path)) and str(source).endswith(".safetensors"):
             arrays, metadata = read_bag(source)
             made_by = metadata.get("extractor")
             if made_by is not None and {k: v for k, v in made_by.items() if k != "preprocessing"} != \
@@ -286,15 +288,18 @@ class MILBundle(ModelBundle):
         from .scoring import Scores
         from .trust import softmax
 
-        sources = inputs["path"].astype(str).tolist() if hasattr(inputs, "columns") else [str(p) for p in inputs]
+        items = inputs["path"].astype(str).tolist() if hasattr(inputs, "columns") else list(inputs)
         temperature = self.trust.temperatures.get("root", 1.0) if self.trust is not None else 1.0
-        for position, source in enumerate(sources):
+        for position, item in enumerate(items):
+            decoded = isinstance(item, Image.Image)  # an image in memory (an upload): its crops are the bag
+            source = "" if decoded else str(item)
             try:
-                logits, _, embedding = self.forward_bag(self.bag_of(source, **options))
+                logits, _, embedding = self.forward_bag(self.bag_of(item if decoded else source, **options))
             except DataError as exc:
                 yield Scores(classes=list(self.classes), probabilities=np.zeros((0, len(self.classes))),
                              decided=np.zeros(0, int), node_probabilities={}, node_logits={},
-                             positions=np.zeros(0, int), sources=[], unreadable={source: str(exc)})
+                             positions=np.zeros(0, int), sources=[],
+                             unreadable={source or f"image {position}": str(exc)})
                 continue
             p = softmax(logits[None] / temperature)
             yield Scores(classes=list(self.classes), probabilities=p, decided=p.argmax(1),
