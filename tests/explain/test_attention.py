@@ -88,3 +88,18 @@ def test_the_api_predicts_and_explains_an_upload_with_a_bag_classifier(mil_bundl
     assert body["method"] == "attention" and body["explained_by"]["instances"] == 13
     refused = client.post("/explain?method=gradcam", files=upload)
     assert 400 <= refused.status_code < 500 and "bag classifier" in refused.text
+
+
+def test_the_explain_command_writes_attention_maps_and_names_the_methods_that_fit(mil_bundle, image, tmp_path):
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    image.save(tmp_path / "big.png")
+    runner = CliRunner()
+    done = runner.invoke(app, ["explain", str(mil_bundle), str(tmp_path / "big.png"), "--method", "attention",
+                               "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"big.attention.heatmap.png", "big.attention.contours.png"}
+    refused = runner.invoke(app, ["explain", str(mil_bundle), str(tmp_path / "big.png"), "--out", str(tmp_path / "o")])
+    assert refused.exit_code == 2 and "attention" in refused.output and "Traceback" not in refused.output
