@@ -250,7 +250,8 @@ def in_tumour_zone(x, y, size: int, tumour_size: float = 1.0):
 
 
 def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, levels: int = 3, seed: int = 0,
-                   tumour: bool = True, tile: int = 256, vendor: str = "generic", tumour_size: float = 1.0) -> Path:
+                   tumour: bool = True, tile: int = 256, vendor: str = "generic", tumour_size: float = 1.0,
+                   compression: str = "zlib") -> Path:
     """Write a small pyramidal slide that OpenSlide reads: white glass, an elliptical piece of H&E-like
     tissue (pink stroma, purple nuclei), and, with ``tumour``, a region of crowded dark nuclei in its upper
     left part (``tumour_size`` scales its radii); ``levels`` halvings, ``mpp`` microns per level-0 pixel.
@@ -262,19 +263,24 @@ def generate_slide(path: str | Path, size: int = 4096, mpp: float | None = 0.5, 
     - ``ome``: an OME-TIFF as Bio-Formats' converters write it: the MPP in the OME-XML only (PhysicalSizeX),
       the lower levels in SubIFDs of level 0;
     - ``dicom``: a DICOM-WSI series (VL Whole Slide Microscopy Image, TILED_FULL, JPEG baseline frames), one
-      instance per level in the folder ``path``; answers its level-0 instance."""
+      instance per level in the folder ``path``; answers its level-0 instance.
+
+    ``compression`` of the TIFF tiles: ``zlib`` (lossless) or ``jpeg`` (what scanners write; needs imagecodecs,
+    in the ``slides`` extra)."""
     writers = {"generic": _write_tiff, "aperio": _write_tiff, "ome": _write_ome_tiff, "dicom": _write_dicom_wsi}
     if vendor not in writers:
         raise ConfigError(f"vendor must be one of {sorted(writers)}, got {vendor!r}")
     if size < tile * 2 ** (levels - 1):
         raise ConfigError(f"a {levels}-level slide needs at least {tile * 2 ** (levels - 1)} px, got {size}")
+    if compression not in ("zlib", "jpeg"):
+        raise ConfigError(f"compression must be zlib or jpeg, got {compression!r}")
     image = _slide_image(size, seed, tumour, tumour_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pyramid = [image]
     for _ in range(levels - 1):
         pyramid.append(np.ascontiguousarray(pyramid[-1][::2, ::2]))
-    return writers[vendor](path, pyramid, mpp, tile, vendor)
+    return writers[vendor](path, pyramid, mpp, tile, vendor, compression)
 
 
 def _slide_image(size: int, seed: int, tumour: bool, tumour_size: float) -> np.ndarray:
@@ -300,7 +306,8 @@ def _slide_image(size: int, seed: int, tumour: bool, tumour_size: float) -> np.n
     return image
 
 
-def _write_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str) -> Path:
+def _write_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str,
+                compression: str) -> Path:
     import tifffile
 
     size = pyramid[0].shape[0]
@@ -312,9 +319,10 @@ def _write_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: 
                 fields = "|AppMag = 20" + ("" if mpp is None else f"|MPP = {mpp:.4f}") + "|ScanScope ID = ONCOLENS"
                 shape = f"{size}x{size} [0,0 {size}x{size}] ({tile}x{tile})" if i == 0 else \
                     f"{size}x{size} -> {level.shape[1]}x{level.shape[0]}"
-                extra["description"] = f"Aperio Image Library v12.0.15 \r\n{shape} zlib/RGB{fields}"
+                codec = "JPEG/RGB Q=90" if compression == "jpeg" else "zlib/RGB"
+                extra["description"] = f"Aperio Image Library v12.0.15 \r\n{shape} {codec}{fields}"
                 extra["metadata"] = None
-            writer.write(level, tile=(tile, tile), photometric="rgb", compression="zlib",
+            writer.write(level, tile=(tile, tile), photometric="rgb", compression=compression,
                          subfiletype=0 if i == 0 else 1, **extra)
             if vendor == "aperio" and i == 0:  # Aperio's thumbnail: a stripped (untiled) image after level 0
                 thumb = np.ascontiguousarray(level[:: max(1, size // 256), :: max(1, size // 256)])
@@ -324,12 +332,13 @@ def _write_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: 
     return path
 
 
-def _write_ome_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str) -> Path:
+def _write_ome_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str,
+                    compression: str) -> Path:
     import tifffile
 
     physical = {} if mpp is None else {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
                                        "PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeYUnit": "\u00b5m"}
-    options = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
+    options = {"tile": (tile, tile), "photometric": "rgb", "compression": compression}
     with tifffile.TiffWriter(path, ome=True) as writer:
         writer.write(pyramid[0], subifds=len(pyramid) - 1, metadata={"axes": "YXS", **physical}, **options)
         for level in pyramid[1:]:
@@ -351,7 +360,8 @@ def dicom_dataset(sop_class: str, transfer_syntax: str) -> "pydicom.Dataset":
     return ds
 
 
-def _write_dicom_wsi(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str) -> Path:
+def _write_dicom_wsi(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: int, vendor: str,
+                     compression: str) -> Path:
     import io
 
     import pydicom
