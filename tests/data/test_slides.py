@@ -284,3 +284,9 @@ def test_a_dicom_wsi_series_is_read_with_its_levels_and_mpp(tmp_path):
     inputs = bag_inputs(tmp_path)
     slides = inputs[inputs["path"].str.endswith("level-0.dcm")]
     assert len(slides) == 1 and slides["label"].iloc[0] == "tumour"  # the series once, labelled by its folder
+    from oncolens.data.slides import slide_name, write_tiles
+
+    assert slide_name(path) == slide_name(path.parent / "level-1.dcm") == "case1"  # the series, not the level
+    assert slide_name(tmp_path / "scan.ome.tif") == "scan" and slide_name("a/b.svs") == "b"
+    manifest = write_tiles([path], tmp_path / "tiles", size=64, mpp=2.0, slide_labels={"case1": {"label": "tumour"}})
+    assert len(manifest) == len(tiles) and set(manifest["slide"]) == {"case1"} and set(manifest["label"]) == {"tumour"}

@@ -26,8 +26,8 @@ from ..files import inside, safe_name
 from .imageio import LazyImage, UnreadableImage
 from .ome_tiff import OmeTiffSlide, is_pyramidal_ome_tiff, ome_mpp
 
-__all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "is_slide", "WSI_SOP_CLASS", "tissue_mask", "tile_grid", "write_tiles",
-           "read_geojson_regions", "read_csv_regions", "SLIDE_EXTENSIONS"]
+__all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "is_slide", "slide_name", "WSI_SOP_CLASS",
+           "tissue_mask", "tile_grid", "write_tiles", "read_geojson_regions", "read_csv_regions", "SLIDE_EXTENSIONS"]
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
@@ -51,6 +51,17 @@ def is_slide(path: str | Path) -> bool:
     except (OSError, InvalidDicomError, ValueError, EOFError):
         return False
     return str(meta.get("MediaStorageSOPClassUID", "")) == WSI_SOP_CLASS
+
+
+def slide_name(path: str | Path) -> str:
+    """The name a slide goes by (output folders, tile names, annotation and label lookups): its file name
+    without the extension (``scan.ome.tif``: ``scan``); for an instance of a DICOM-WSI series, the series'
+    folder, since every level's file is the same slide."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm" and path.parent.name and is_slide(path):
+        return path.parent.name
+    stem = path.stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
 
 
 def _openslide():
@@ -368,7 +379,7 @@ def read_csv_regions(path: str | Path) -> dict[str, list[Region]]:
     out: dict[str, list[Region]] = {}
     for row in frame.itertuples():
         x0, y0, x1, y1 = row.x, row.y, row.x + row.width, row.y + row.height
-        out.setdefault(Path(str(row.slide)).stem, []).append(
+        out.setdefault(slide_name(str(row.slide)), []).append(
             Region(_label_text(row.label), ((x0, y0), (x1, y0), (x1, y1), (x0, y1))))
     return out
 
@@ -387,7 +398,7 @@ def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: f
     rows = []
     for path in slides:
         slide = open_slide(path)
-        stem = Path(path).stem
+        stem = slide_name(path)
         own = (regions or {}).get(stem)
         meta = (slide_labels or {}).get(stem, {})
         for tile in tile_grid(slide, path, size=size, mpp=mpp, slide_mpp=slide_mpp, min_tissue=min_tissue):

@@ -204,7 +204,7 @@ def tile(
     import pandas as pd
 
     from oncolens.data import save_manifest
-    from oncolens.data.slides import read_csv_regions, read_geojson_regions, write_tiles
+    from oncolens.data.slides import read_csv_regions, read_geojson_regions, slide_name, write_tiles
 
     regions = None
     if annotations is not None:
@@ -213,7 +213,7 @@ def tile(
         elif annotations.suffix.lower() == ".csv":
             regions = read_csv_regions(annotations)
         elif len(slides) == 1:
-            regions = {slides[0].stem: read_geojson_regions(annotations)}
+            regions = {slide_name(slides[0]): read_geojson_regions(annotations)}
         else:
             fail("one GeoJSON file annotates one slide: give a folder of <slide>.geojson files for several")
     labels = None
@@ -221,7 +221,7 @@ def tile(
         frame = pd.read_csv(slide_labels, dtype=str, keep_default_na=False)
         if not {"slide", "label"} <= set(frame.columns):
             fail(f"{slide_labels} needs the columns slide and label (and optionally patient)")
-        labels = {Path(r["slide"]).stem: r for r in frame.to_dict("records")}
+        labels = {slide_name(r["slide"]): r for r in frame.to_dict("records")}
     manifest = write_tiles(slides, out, size=size, mpp=mpp or None, slide_mpp=slide_mpp, min_tissue=min_tissue,
                            regions=regions, slide_labels=labels)
     if manifest.empty:

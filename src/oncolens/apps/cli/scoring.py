@@ -177,6 +177,7 @@ def slide(
     """Score whole-slide images tile by tile: tissue found on a low-resolution level, a grid at --mpp, tiles
     read and scored in batches; per slide tiles.csv, heatmap.png, summary.json (slide-level scores) and
     top_tiles.png (the top-k tiles for the class with their explanation)."""
+    from oncolens.data.slides import slide_name
     from oncolens.evaluation.slides import score_slide
     from oncolens.explain.panels import top_tile_panel
     from oncolens.files import safe_name
@@ -187,7 +188,7 @@ def slide(
     for col in ("slide", "tiles", "tissue", "mean", "top-k mean", "tissue above", "unlike training"):
         table.add_column(col)
     for path in slides:
-        result = score_slide(loaded, path, out / safe_name(path.stem), mpp=mpp or None, slide_mpp=slide_mpp,
+        result = score_slide(loaded, path, out / safe_name(slide_name(path)), mpp=mpp or None, slide_mpp=slide_mpp,
                              min_tissue=min_tissue, target=target, top_k=top_k, threshold=threshold,
                              batch_size=batch_size, num_workers=workers, resume=resume)
         summary = result.summary
