@@ -290,3 +290,18 @@ def test_a_dicom_wsi_series_is_read_with_its_levels_and_mpp(tmp_path):
     assert slide_name(tmp_path / "scan.ome.tif") == "scan" and slide_name("a/b.svs") == "b"
     manifest = write_tiles([path], tmp_path / "tiles", size=64, mpp=2.0, slide_labels={"case1": {"label": "tumour"}})
     assert len(manifest) == len(tiles) and set(manifest["slide"]) == {"case1"} and set(manifest["label"]) == {"tumour"}
+
+
+def test_a_tiff_is_a_slide_only_when_openslide_reads_it_as_one(tmp_path):
+    """A stripped TIFF (a microscope's 1388 x 1040 export) is an image; a tiled or pyramidal one a slide."""
+    import tifffile
+
+    from oncolens.data.slides import is_slide
+
+    pixels = np.random.default_rng(0).integers(0, 255, (260, 347, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "stripped.tif", pixels, photometric="rgb")
+    tifffile.imwrite(tmp_path / "tiled.tiff", pixels, photometric="rgb", tile=(128, 128))
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    assert not is_slide(tmp_path / "stripped.tif") and is_slide(tmp_path / "tiled.tiff")
+    assert not is_slide(tmp_path / "broken.tif") and not is_slide(tmp_path / "missing.tif")
+    assert is_slide(generate_slide(tmp_path / "p.ome.tif", size=512, levels=2, tile=128, vendor="ome"))

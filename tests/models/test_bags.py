@@ -48,3 +48,12 @@ def test_features_makes_a_bag_per_image_skips_a_corrupt_file_and_resumes(folder,
 def test_an_image_smaller_than_an_instance_is_one_whole_image_instance():
     items, boxes, tissue = bag_instances(Image.new("RGB", (20, 30)), BagConfig(size=32, whole=False))
     assert len(items) == 1 and boxes.tolist() == [[0, 0, 20, 30]] and items[0].load().size == (32, 32)
+
+
+def test_a_stripped_tiff_is_cut_like_any_image(tmp_path):
+    """A microscope's TIFF export (stripped, not tiled) is a large image, not a slide: crops at its pixels."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "field.tif", np.zeros((100, 150, 3), np.uint8), photometric="rgb")
+    items, boxes, _ = bag_instances(tmp_path / "field.tif", BagConfig(size=32))
+    assert len(items) == 13 and boxes[-1].tolist() == [0, 0, 150, 100]

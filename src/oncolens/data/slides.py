@@ -36,11 +36,21 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
 def is_slide(path: str | Path) -> bool:
-    """Whether ``path`` is read as a whole-slide image: a slide's extension and, for DICOM, a whole-slide
-    instance (a CT or MRI .dcm stays an image)."""
+    """Whether ``path`` is read as a whole-slide image: a slide's extension; for TIFF, a file OpenSlide
+    recognises (tiled or pyramidal: a stripped microscopy TIFF of 1388 x 1040 stays an image); for DICOM, a
+    whole-slide instance (a CT or MRI .dcm stays an image)."""
     suffix = Path(path).suffix.lower()
     if suffix not in SLIDE_EXTENSIONS:
         return False
+    if suffix in (".tif", ".tiff"):
+        try:
+            import openslide
+        except ImportError:  # without the slides extra every TIFF is an image
+            return False
+        try:
+            return openslide.OpenSlide.detect_format(str(path)) is not None or is_pyramidal_ome_tiff(path)
+        except (OSError, openslide.OpenSlideError):
+            return False
     if suffix != ".dcm":
         return True
     import pydicom
