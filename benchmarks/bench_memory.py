@@ -38,8 +38,13 @@ BUDGETS: dict[str, tuple[float, float | None]] = {
     "explain one image (Grad-CAM)": (1536, None),
     "explain (Grad-CAM, 8 images)": (1536, None),
     "serve (idle)": (1024, None),
+    "features (12 slides, Lite0)": (1536, None),
+    "train (bags, abmil)": (1536, None),
+    "slide (MIL bundle: attention, GeoJSON)": (1536, None),
     "make demo (whole run)": (3072, 480.0),
 }
+#: the rows that need OpenSlide (the ``slides`` extra)
+SLIDE_ROWS = {"features (12 slides, Lite0)", "train (bags, abmil)", "slide (MIL bundle: attention, GeoJSON)"}
 
 #: runs a module as ``python -m`` would and prints its own peak memory and time as it exits
 CHILD = """
@@ -148,8 +153,17 @@ def serve_idle(bundle: Path, cwd: Path) -> Measurement:
     return Measurement("serve (idle)", rss, ready)
 
 
-def measure(work: Path, n: int = 200, demo: bool = False, demo_n: int = 400, log=print) -> list[Measurement]:
-    """Every budgeted measurement on ``n`` phantoms made in ``work`` (the demo on its own ``demo_n``)."""
+def has_openslide() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openslide") is not None
+
+
+def measure(work: Path, n: int = 200, demo: bool = False, demo_n: int = 400, log=print,
+            slides: bool | None = None) -> list[Measurement]:
+    """Every budgeted measurement on ``n`` phantoms made in ``work`` (the demo on its own ``demo_n``); the
+    slide rows when OpenSlide is installed (``slides`` None) or when asked."""
+    slides = has_openslide() if slides is None else slides
     work.mkdir(parents=True, exist_ok=True)
     out: list[Measurement] = []
 
@@ -185,6 +199,17 @@ def measure(work: Path, n: int = 200, demo: bool = False, demo_n: int = 400, log
     record(run_module("explain (Grad-CAM, 8 images)", "oncolens", ["explain", bundle, *one[:8], "--out", "explain8"],
                       work, work / "explain8"))
     record(serve_idle(bundle, work))
+    if slides:  # multiple-instance learning: bags of slide tiles, a bag head, a slide explained by attention
+        run_module("phantom slides", "oncolens", ["phantoms", "slides", "--slides", 12, "--size", 1024], work)
+        record(run_module("features (12 slides, Lite0)", "oncolens",
+                          ["features", "slides/slides.csv", "--out", "bags", "--mpp", 1.0, "--size", 64], work,
+                          work / "bags"))
+        record(run_module("train (bags, abmil)", "oncolens",
+                          ["train", "bags/bags.csv", "--name", "abmil", "--runs-dir", "runs"], work, work / "runs" / "abmil"))
+        first = sorted((work / "slides").rglob("*.tif"))[0]
+        record(run_module("slide (MIL bundle: attention, GeoJSON)", "oncolens",
+                          ["slide", work / "runs" / "abmil" / "bundle", first, "--out", "slide_out"], work,
+                          work / "slide_out"))
     if demo:
         record(run_module("make demo (whole run)", "oncolens.apps.demo", ["--out", "demo_out", "--n", demo_n], work,
                           work / "demo_out"))

@@ -23,7 +23,8 @@ def _bench():
 def test_every_demo_command_stays_within_its_memory_budget(tmp_path):
     bench = _bench()
     rows = bench.measure(tmp_path, n=60, demo=True, demo_n=120, log=lambda *_: None)
-    assert {m.name for m in rows} == set(bench.BUDGETS)  # every budget measured
+    expected = set(bench.BUDGETS) - (set() if bench.has_openslide() else bench.SLIDE_ROWS)
+    assert {m.name for m in rows} == expected  # every budget measured
     over = [f"{m.name}: {m.rss_mb:.0f} MB > 1.25 x {m.budget[0]:.0f} MB" for m in rows
             if m.rss_mb > 1.25 * m.budget[0]]
     assert not over, over

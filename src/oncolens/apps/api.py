@@ -240,7 +240,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
 
     @app.get("/model", dependencies=guarded, responses=_errors(401))
     async def model_info() -> dict:
-        return {**info, "explanation_methods": list_methods(bags=predictor.bundle.kind == "mil")}
+        return {**info, "explanation_methods": list_methods(bags=predictor.bundle.bag_classifier)}
 
     @app.post("/predict", dependencies=guarded, responses=_errors(400, 401, 413, 415, 422, 503))
     async def predict(file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM image"),

@@ -108,7 +108,7 @@ def main() -> None:
             st.write(f"hierarchical: {' > '.join(names)} ({len(info['nodes'])} classifiers)")
             choice = st.selectbox("Explain the classifier of level", ["deepest on the route", *names])
             level = None if choice == "deepest on the route" else names.index(choice)
-        methods = list_methods(bags=predictor.bundle.kind == "mil")  # a bag classifier is explained by attention
+        methods = list_methods(bags=predictor.bundle.bag_classifier)  # a bag classifier is explained by attention
         method = st.selectbox("Explanation method", methods,
                               index=methods.index("gradcam") if "gradcam" in methods else 0)
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)

@@ -92,7 +92,7 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     target = target or loaded.classes[-1]
     if target not in loaded.classes:
         raise DataError(f"class {target!r} is not one of the bundle's classes {loaded.classes}")
-    if hasattr(loaded, "attention"):  # a bag classifier: the slide is one bag, explained by attention
+    if loaded.bag_classifier:  # the slide is one bag, explained by attention
         return _score_slide_bag(loaded, slide_path, out_dir, target, top_k, batch_size, num_workers, progress)
     check_tiling(loaded.preprocessing.size, mpp, slide_mpp, min_tissue)
     slide = open_slide(slide_path)

@@ -178,7 +178,7 @@ def explain(
             raise ConfigError(f"level must be between 0 and {depth - 1} for this bundle ({depth} level(s)), "
                               f"got {level}")
     chosen = get_method(method)
-    is_bag = getattr(model_or_bundle, "kind", None) == "mil"
+    is_bag = bool(getattr(model_or_bundle, "bag_classifier", False))
     if chosen.bags != is_bag:
         raise ConfigError(f"{method!r} explains {'bag classifiers' if chosen.bags else 'image models'}, and this is "
                           f"{'a bag classifier' if is_bag else 'an image model'}: use one of "

@@ -90,6 +90,9 @@ class ModelBundle:
     trust: Trust | None = None
 
     kind: str = "abstract"
+    #: True for a bag classifier (multiple-instance learning): one decision per bag of instances, explained by
+    #: its attention rather than by an image method
+    bag_classifier: bool = False
 
     # --- the tree ---------------------------------------------------------------------------
     def nodes(self) -> Iterator[HierarchyNode]:

@@ -206,6 +206,7 @@ class MILBundle(ModelBundle):
     """
 
     kind = "mil"
+    bag_classifier = True
 
     def __init__(self, model: BagClassifier, classes: list[str], extractor: dict, bag: dict, meta: dict,
                  path: Path | None, trust=None):
