@@ -209,11 +209,12 @@ def bag_inputs(inputs: str | Path) -> "pd.DataFrame":
     for p in sorted(inputs.rglob("*")):
         if not p.is_file() or p.name.startswith(".") or p.name.endswith(".mask.png"):
             continue
-        if p.suffix.lower() in (".dcm", ".dicom") and is_slide(p):  # a DICOM-WSI series: its folder is the slide
+        slide = is_slide(p)  # reads a header at most once per file
+        if slide and p.suffix.lower() == ".dcm":  # a DICOM-WSI series: its folder is the slide
             if p.parent not in series:
                 series.add(p.parent)
                 files.append((p, p.parent.parent))
-        elif is_slide(p) or p.suffix.lower() in IMAGE_EXTENSIONS:
+        elif slide or p.suffix.lower() in IMAGE_EXTENSIONS:
             files.append((p, p.parent))
     return pd.DataFrame({"path": [str(p) for p, _ in files],
                          "label": [folder.name if folder != inputs else "" for _, folder in files]})
