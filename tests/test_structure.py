@@ -79,7 +79,7 @@ def test_no_global_side_effects_in_library_code():
                 line = text[: match.start()].count("\n") + 1
                 found.append(f"{'/'.join(parts)}:{line}: {match.group(0)}")
     allowed = {  # inside a context manager that restores the global state (see the code at that line)
-        "training/trainer", "data/dataset", "explain/attributions",
+        "training/seeding", "data/dataset", "explain/attributions",
     }
     assert [f for f in found if f.split(":")[0] not in allowed] == []
 
@@ -209,3 +209,37 @@ def test_the_command_line_is_thin():
             if isinstance(node, ast.FunctionDef) and (decorated or node.name == "command") and n > 40:
                 long_commands[f"{path.name}:{node.name}"] = n
     assert not long_commands, long_commands
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Sibling modules of ``path``'s package that it imports at run time (``if TYPE_CHECKING:`` blocks are
+    annotations only)."""
+    tree = ast.parse(path.read_text())
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(n) for n in ast.walk(node))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in skipped:
+            found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+    return found
+
+
+def test_no_import_cycle_inside_training():
+    """trainer -> loop -> stages/callbacks -> state: the training package's modules form no cycle."""
+    folder = PACKAGE / "training"
+    graph = {p.stem: _runtime_imports(p) & {q.stem for q in folder.glob("*.py")} for p in folder.glob("*.py")}
+    cycles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        for target in graph.get(node, ()):
+            if target in trail:
+                cycles.append(trail[trail.index(target):] + [target])
+            elif len(trail) < 12:
+                visit(target, trail + [target])
+
+    for module in graph:
+        if module != "__init__":
+            visit(module, [module])
+    assert not cycles, cycles[:3]

@@ -45,8 +45,10 @@ def _fake_entry(root, name: str, megabytes: float, age_days: float, about: dict 
     import os
     import time
 
-    folder = root / name
-    folder.mkdir(parents=True)
+    from oncolens.data.cache_marks import make_entry, mark_cache_root
+
+    mark_cache_root(root.parent if root.name == "images" else root)
+    folder = make_entry(root / name, "images" if root.name == "images" else "features")
     (folder / "shard.safetensors").write_bytes(b"\0" * int(megabytes * 1e6))
     if about is not None:
         (folder / ("info.json" if "shape" in about else "about.json")).write_text(json.dumps(about))
@@ -87,10 +89,10 @@ def test_cache_info_and_clear_from_the_command_line(tmp_path):
     assert data["bytes"] >= 3e6 and [e["what"] for e in data["entries"]] == ["resnet50", "seed_cnn"]
     cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path), "--older-than", "7d"])
     assert cleared.exit_code == 0 and "removed 1 entries" in cleared.output
-    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".oncolens-cache") == ["b"]
     assert runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path), "--older-than", "soon"]).exit_code == 2
-    assert runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path)]).exit_code == 0
-    assert not list(tmp_path.iterdir())
+    assert runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path), "--yes"]).exit_code == 0
+    assert [p.name for p in tmp_path.iterdir()] == [".oncolens-cache"]
 
 
 def test_a_run_removes_other_entries_beyond_cache_max_gb(phantom_manifest, tmp_path):

@@ -4,7 +4,7 @@ with its source."""
 from oncolens.data import split
 from oncolens.training import TrainConfig
 from oncolens.training.config import PLAIN_DEFAULTS
-from oncolens.training.planner import plan_run
+from oncolens.training.tasks import plan_run
 
 SETTLED = ("weights", "freeze", "device", "feature_cache", "num_workers", "name", *PLAIN_DEFAULTS)
 

@@ -216,7 +216,7 @@ def test_bad_configuration_is_one_clear_line(split_csv, tmp_path, text, message)
     result = CliRunner().invoke(app, ["train", str(split_csv), "--config", str(config)])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["train", str(split_csv), "--epochs", "0"])
-    assert result.exit_code == 2 and "'epochs' must be at least 1" in result.output
+    assert result.exit_code == 2 and "--epochs must be at least 1" in result.output
 
 
 def test_feature_cache_keeps_reporting_unreadable_images_on_later_runs(phantom_manifest, tmp_path):
@@ -248,13 +248,13 @@ def test_a_callback_sees_the_run_and_adds_to_its_bundle_and_metrics(phantom_mani
         def __init__(self):
             self.seen = []
 
-        def on_epoch_end(self, run, row, epoch):
+        def on_epoch_end(self, state, row, epoch):
             self.seen.append((row["stage"], epoch))
-            (run.run_dir / "val_loss.txt").open("a").write(f"{row['val_loss']}\n")
+            (state.run_dir / "val_loss.txt").open("a").write(f"{row['val_loss']}\n")
 
-        def on_bundle(self, run, bundle, meta, metrics):
-            metrics["val_loss_epochs"] = len(self.seen)
-            (bundle / "NOTE.txt").write_text("written by a callback")
+        def on_bundle(self, state, bundle, metrics):
+            (bundle.path / "NOTE.txt").write_text("written by a callback")
+            return {"val_loss_epochs": len(self.seen)}
 
     csv = save_manifest(split(phantom_manifest, test=0.2, val=0.25, seed=0), tmp_path / "s.csv")
     log = ValLossLog()
@@ -288,36 +288,33 @@ def test_runs_are_stages_chosen_from_the_configuration(phantom_manifest, tmp_pat
 
 
 def test_a_new_stage_is_one_registered_class(phantom_manifest, tmp_path):
-    """The goal's example: "train the head on cached features with mixup" after the probe, in one class."""
-    import torch
+    """A stage that trains the probe's head on cached features with its own loss (label smoothing): one class;
+    the loop gives it the batches, the optimizer and the schedule."""
     from torch import nn
 
+    from oncolens.training.batches import FeatureInputs
     from oncolens.training.stages import Stage, register_stage
 
     @register_stage
-    class MixupHead(Stage):
-        name = "mixup-head-test"
-        inputs = "features"
+    class SmoothedHead(Stage):
+        name = "smoothed-head-test"
 
-        def train_epoch(self, loop, epoch, progress):
-            x, y = loop.features.train_views[0]
-            mate = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
-            share = 0.7
-            loop.model.head.train()
-            loop.optimizer.zero_grad()
-            logits = loop.model.head(share * x + (1 - share) * x[mate])
-            loss = share * nn.functional.cross_entropy(logits, y) + (1 - share) * nn.functional.cross_entropy(
-                logits, y[mate])
-            loss.backward()
-            loop.optimizer.step()
-            return float(loss), float((logits.argmax(1) == y).float().mean()), len(y)
+        def __init__(self, run):
+            super().__init__(run)
+            self.inputs = FeatureInputs()
+            self.losses = []
+
+        def loss(self, state, logits, batch):
+            loss = nn.functional.cross_entropy(logits.float(), batch.target, label_smoothing=0.2)
+            self.losses.append(float(loss))
+            return loss
 
     csv = save_manifest(split(phantom_manifest, test=0.2, val=0.25, seed=0), tmp_path / "s.csv")
     result = train(TrainConfig(data=str(csv), model="tf_efficientnet_lite0", weights="imagenet", image_size=32,
-                               head="logreg", freeze="frozen", stages="probe,mixup-head-test", epochs=2, lr=1e-3,
+                               head="logreg", freeze="frozen", stages="probe,smoothed-head-test", epochs=2, lr=1e-3,
                                patience=5, runs_dir=str(tmp_path / "runs"), name="mix", augment=False, recipe="off",
                                cache_dir=str(tmp_path / "cache")))
-    assert result.history["stage"].tolist() == ["probe", "mixup-head-test", "mixup-head-test"]
+    assert result.history["stage"].tolist() == ["probe", "smoothed-head-test", "smoothed-head-test"]
     assert result.history["lr"].tolist()[1:] == [1e-3, 1e-3] and (result.bundle_path / "trust.json").exists()
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert metrics["best_stage"] in ("probe", "mixup-head-test") and metrics["feature_cache"] is True
+    assert metrics["best_stage"] in ("probe", "smoothed-head-test") and metrics["feature_cache"] is True

@@ -8,8 +8,10 @@ the same files) only map it and apply the random augmentation and normalisation:
 the uncached path gives.
 
 One file per set of images (a namespace hashed from the files' identities and the preprocessing), so
-a run on other images or at another size never reads stale pixels. Disk: channels x size^2 bytes per
-image (150 KB at 224 px RGB; 130,000 images = 20 GB). DataLoader workers share the mapping.
+a run on other images or at another size never reads stale pixels; the folder carries the cache's entry
+mark (:mod:`oncolens.data.cache_marks`), as only marked folders are ever evicted or cleared. Disk:
+channels x size^2 bytes per image (150 KB at 224 px RGB; 130,000 images = 20 GB). DataLoader workers
+share the mapping.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write_json
+from .cache_marks import make_entry
 from .transforms import Preprocessing, build_resize
 
 __all__ = ["DecodedImageCache", "image_key"]
@@ -47,8 +50,7 @@ class DecodedImageCache:
         self.resize = build_resize(pre)
         keys = [image_key(str(p)) for p in paths]
         namespace = hashlib.sha256(json.dumps([pre.size, pre.channels, keys]).encode()).hexdigest()[:24]
-        self.folder = Path(directory) / namespace
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = make_entry(Path(directory) / namespace, "images")
         os.utime(self.folder)  # its last use, for the cache's least-recently-used eviction
         shape = (len(keys), pre.channels, pre.size, pre.size)
         images, filled = self.folder / "images.u8", self.folder / "filled.u8"

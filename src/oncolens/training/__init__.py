@@ -27,7 +27,7 @@ lazy_package(__name__, {
     "compute_features": ".feature_cache",
     "EpochState": ".callbacks",
     "RunResult": ".trainer",
-    "plot_training_curves": ".trainer",
+    "plot_training_curves": ".callbacks",
     "resume": ".trainer",
     "train": ".trainer",
 })

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -19,24 +19,27 @@ from safetensors.torch import load_file, save_file
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_bytes
 
+if TYPE_CHECKING:
+    from .state import LoopState
+
 __all__ = ["save_checkpoint", "load_checkpoint", "save_best", "load_best", "read_checkpoint", "FORMAT"]
 
 #: the layout version written now (1: the flat layout before stages, which carried no version)
 FORMAT = 2
 
 
-def save_best(loop: Any) -> None:
+def save_best(loop: LoopState) -> None:
     """The loop's model as the run's best weights (rank 0)."""
     if loop.dist.is_main:
         state = {k: v.detach().cpu().contiguous() for k, v in loop.model.state_dict().items()}
         atomic_write(loop.run_dir / "best.safetensors", lambda tmp: save_file(state, str(tmp)))
 
 
-def load_best(loop: Any) -> None:
+def load_best(loop: LoopState) -> None:
     loop.model.load_state_dict(load_file(str(loop.run_dir / "best.safetensors")))
 
 
-def save_checkpoint(loop: Any, epoch: int) -> None:
+def save_checkpoint(loop: LoopState, epoch: int) -> None:
     """``checkpoint.pt`` after ``epoch`` of the loop's stage: its index and state, and the loop's counters."""
     state = {"optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict()} \
         if loop.optimizer is not None else {}
@@ -49,7 +52,7 @@ def save_checkpoint(loop: Any, epoch: int) -> None:
     atomic_write_bytes(loop.run_dir / "checkpoint.pt", buffer.getvalue())
 
 
-def load_checkpoint(loop: Any) -> None:
+def load_checkpoint(loop: LoopState) -> None:
     """Put the loop where ``checkpoint.pt`` left it (this layout, or the one written before stages): the
     model, counters and history now; the stage's state when the loop starts that stage."""
     state = read_checkpoint(loop.run_dir / "checkpoint.pt", [s.name for s in loop.stages], loop.device)

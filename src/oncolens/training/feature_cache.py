@@ -7,6 +7,8 @@ keyed by everything that shapes them (model, weights, preprocessing, augmentatio
 changed file, model or transform never reuses stale features. Labels are never cached: they come from
 the dataset each time. On disk, each computation adds one safetensors shard (features plus the image
 keys in its metadata) written atomically; unreadable images are remembered so they are not retried.
+The cache folder and each namespace folder carry the cache's marks (:mod:`oncolens.data.cache_marks`):
+eviction and ``oncolens cache clear`` only ever remove marked folders, never following symbolic links.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..data.cache_marks import (ROOT_MARK, is_cache_root, is_entry, is_real_folder, make_entry, mark_cache_root,
+                                remove_entry)
 from ..data.dataset import IndexedDataset, ManifestDataset
 from ..data.image_cache import image_key
 from ..errors import ConfigError, DataError
@@ -32,7 +36,8 @@ from ..files import atomic_write
 from ..models.scoring import forward_batches, to_device
 
 __all__ = ["FeatureCache", "backbone_namespace", "file_stamp", "compute_features", "image_key", "namespace_key", "CacheEntry", "cache_entries",
-           "default_cache_limit", "enforce_cache_limit", "clear_cache", "DEFAULT_CACHE_FRACTION"]
+           "default_cache_limit", "enforce_cache_limit", "clear_cache", "check_cache_root", "stale_entries",
+           "remove_entries", "DEFAULT_CACHE_FRACTION"]
 
 
 def namespace_key(descriptor: dict) -> str:
@@ -128,8 +133,8 @@ class FeatureCache:
         if self.mode == "memory":
             self._memory.setdefault(namespace, []).append((keys, unreadable, features))
             return
-        folder = self.directory / namespace
-        folder.mkdir(parents=True, exist_ok=True)
+        mark_cache_root(self.directory)
+        folder = make_entry(self.directory / namespace, "features")
         if about is not None and not (folder / "about.json").exists():
             atomic_write(folder / "about.json", lambda tmp: tmp.write_text(json.dumps(about, default=str)))
         name = hashlib.sha256(json.dumps([keys, unreadable]).encode()).hexdigest()[:16]
@@ -187,45 +192,84 @@ class CacheEntry:
     """One namespace of a cache folder: a frozen model's features of a set of images, or one set of decoded images."""
 
     path: Path
-    content: str  # "features" or "images"
+    content: str  # "features" or "images" ("link" for a symbolic link, listed but never followed)
     bytes: int
     files: int
     last_used: float  # seconds since the epoch
     about: dict
+    marked: bool = True  # made by the cache (holds its mark): the only entries ever evicted or cleared
 
     @property
     def what(self) -> str:
+        if not self.marked:
+            return "symbolic link (not followed)" if self.content == "link" else "unmarked folder (left alone)"
         if self.content == "images":
             shape = self.about.get("shape") or []
             return f"{shape[0]} images at {shape[-1]} px" if len(shape) == 4 else "decoded images"
         return str(self.about.get("model", "unknown model"))
 
 
-def _entry(folder: Path, content: str) -> CacheEntry:
+def _tree_size(folder: Path) -> tuple[int, int]:
+    """Bytes and number of the regular files under ``folder``, never following a symbolic link."""
     size = files = 0
-    for item in folder.rglob("*"):
-        if item.is_file():
-            size, files = size + item.stat().st_size, files + 1
+    stack = [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as items:
+                for item in items:
+                    try:
+                        if item.is_dir(follow_symlinks=False):
+                            stack.append(Path(item.path))
+                        elif item.is_file(follow_symlinks=False):
+                            size, files = size + item.stat(follow_symlinks=False).st_size, files + 1
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return size, files
+
+
+def _entry(folder: Path, content: str) -> CacheEntry:
+    if not is_real_folder(folder):  # a symbolic link: listed, never followed, never counted
+        return CacheEntry(folder, "link", 0, 0, os.lstat(folder).st_mtime, {}, marked=False)
+    size, files = _tree_size(folder)
     about_file = folder / ("info.json" if content == "images" else "about.json")
     try:
-        about = json.loads(about_file.read_text()) if about_file.is_file() else {}
+        about = json.loads(about_file.read_text()) if about_file.is_file() and not about_file.is_symlink() else {}
     except (OSError, ValueError):
         about = {}
-    return CacheEntry(folder, content, size, files, folder.stat().st_mtime, about if isinstance(about, dict) else {})
+    return CacheEntry(folder, content, size, files, os.lstat(folder).st_mtime, about if isinstance(about, dict)
+                      else {}, marked=is_entry(folder))
 
 
-def cache_entries(root: str | Path) -> list[CacheEntry]:
-    """Every entry of the cache folder ``root`` (features in ``root/<namespace>``, decoded images in
-    ``root/images/<namespace>``), least recently used first."""
+def _folders(folder: Path) -> list[Path]:
+    """The folders and symbolic links in ``folder`` (not followed), by name."""
+    try:
+        with os.scandir(folder) as items:
+            return sorted(Path(i.path) for i in items if i.is_symlink() or i.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def cache_entries(root: str | Path, unmarked: bool = False) -> list[CacheEntry]:
+    """The entries of the cache folder ``root`` (features in ``root/<namespace>``, decoded images in
+    ``root/images/<namespace>``), least recently used first.
+
+    Only entries the cache made (holding its mark, in a folder holding the cache's mark) unless ``unmarked``:
+    then every folder where an entry could be, with ``marked`` saying which are the cache's, and symbolic
+    links as entries of no size (never followed).
+    """
     root = Path(root)
+    if not unmarked and not is_cache_root(root):
+        return []
     entries = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if not folder.is_dir():
-            continue
-        if folder.name == "images":
-            entries += [_entry(sub, "images") for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    for folder in _folders(root) if root.is_dir() else []:
+        if folder.name == "images" and is_real_folder(folder) and not is_entry(folder):
+            entries += [_entry(sub, "images") for sub in _folders(folder)]
         else:
             entries.append(_entry(folder, "features"))
+    if not unmarked:
+        entries = [e for e in entries if e.marked]
     return sorted(entries, key=lambda e: e.last_used)
 
 
@@ -238,13 +282,47 @@ def default_cache_limit(root: str | Path) -> int:
     return int(held + DEFAULT_CACHE_FRACTION * shutil.disk_usage(probe).free)
 
 
-def _remove(entry: CacheEntry) -> None:
-    shutil.rmtree(entry.path, ignore_errors=True)
+def _looks_like_old_cache(root: Path) -> bool:
+    """Whether ``root`` holds only what an oncolens cache from before the marks held: folders named by a
+    24-digit hash, and ``images`` with such folders."""
+    def hashed(path: Path) -> bool:
+        return len(path.name) == 24 and all(c in "0123456789abcdef" for c in path.name) and is_real_folder(path)
+
+    try:
+        names = list(root.iterdir())
+        return bool(names) and all(hashed(p) or (p.name == "images" and is_real_folder(p)
+                                                 and all(hashed(q) for q in p.iterdir())) for p in names)
+    except OSError:
+        return False
+
+
+def check_cache_root(root: str | Path) -> None:
+    """Refuse (:class:`~oncolens.errors.ConfigError`, nothing removed) a folder that is not an oncolens cache."""
+    root = Path(root)
+    if is_cache_root(root):
+        return
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder: no cache there, nothing removed")
+    if _looks_like_old_cache(root):
+        raise ConfigError(f"{root} looks like a cache written by an earlier oncolens, from before caches were marked "
+                          f"(no {ROOT_MARK} file): nothing removed; if you no longer need it, remove it by hand "
+                          f"(rm -r {root}), runs recompute what they need")
+    hint = next((f"; did you mean --cache-dir {c}?" for c in (root / ".feature_cache", root / "runs/.feature_cache")
+                 if is_cache_root(c)), "")
+    raise ConfigError(f"{root} is not an oncolens cache folder (no {ROOT_MARK} file, which the cache writes): "
+                      f"nothing removed; give the folder train's --cache-dir names (default runs/.feature_cache)"
+                      f"{hint}")
+
+
+def remove_entries(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
+    """Remove the marked ``entries`` that still are cache entries; returns those removed."""
+    return [e for e in entries if e.marked and remove_entry(e.path)]
 
 
 def enforce_cache_limit(root: str | Path, max_bytes: int, keep: Iterable[str | Path] = ()) -> list[CacheEntry]:
     """Remove the least recently used entries under ``root`` until it holds at most ``max_bytes`` (entries in
-    ``keep``, the ones a running job uses, are never removed); returns what was removed."""
+    ``keep``, the ones a running job uses, are never removed); returns what was removed. Only entries the
+    cache made are counted or removed (see :func:`cache_entries`)."""
     kept = {Path(k).resolve() for k in keep}
     entries = cache_entries(root)
     total = sum(e.bytes for e in entries)
@@ -254,16 +332,21 @@ def enforce_cache_limit(root: str | Path, max_bytes: int, keep: Iterable[str | P
             break
         if entry.path.resolve() in kept:
             continue
-        _remove(entry)
-        total -= entry.bytes
-        removed.append(entry)
+        if remove_entries([entry]):
+            total -= entry.bytes
+            removed.append(entry)
     return removed
+
+
+def stale_entries(root: str | Path, older_than: float | None = None) -> list[CacheEntry]:
+    """The cache's entries under ``root`` (all, or those unused for more than ``older_than`` seconds), after
+    :func:`check_cache_root`."""
+    check_cache_root(root)
+    now = time.time()
+    return [e for e in cache_entries(root) if older_than is None or now - e.last_used > older_than]
 
 
 def clear_cache(root: str | Path, older_than: float | None = None) -> list[CacheEntry]:
-    """Remove every entry under ``root`` (or those unused for more than ``older_than`` seconds); returns them."""
-    now = time.time()
-    removed = [e for e in cache_entries(root) if older_than is None or now - e.last_used > older_than]
-    for entry in removed:
-        _remove(entry)
-    return removed
+    """Remove every entry the cache made under ``root`` (or those unused for more than ``older_than``
+    seconds); returns them. A folder that is not an oncolens cache is refused and nothing is removed."""
+    return remove_entries(stale_entries(root, older_than))

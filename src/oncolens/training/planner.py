@@ -14,7 +14,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import PLAIN_DEFAULTS, TrainConfig
 from .recipe import Recipe, configure
@@ -22,7 +22,7 @@ from .recipe import Recipe, configure
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Plan", "plan_run", "plan_bag_run", "resolve_config", "training_workers", "BAG_DEFAULTS"]
+__all__ = ["Plan", "plan_image_run", "plan_bag_run", "resolve_config", "training_workers", "BAG_DEFAULTS"]
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Plan:
     config: TrainConfig
     reasons: dict[str, str] = field(default_factory=dict)
     recipe: Recipe | None = None
+    #: the task the run learns (:mod:`.tasks`), set by :func:`~.tasks.plan_run`
+    task: Any = None
 
     def to_dict(self) -> dict:
         """What ``recipe.json`` holds: the recipe's choices and fingerprint, and every other settled option."""
@@ -90,12 +92,9 @@ def plan_bag_run(config: TrainConfig) -> Plan:
     return Plan(config=config, reasons=reasons, recipe=None)
 
 
-def plan_run(config: TrainConfig, frame: pd.DataFrame) -> Plan:
-    """The plan of a run on ``frame`` (its train/val rows are the recipe's evidence; never the test rows)."""
-    from ..models.mil import is_bag_manifest
-
-    if is_bag_manifest(frame):
-        return plan_bag_run(config)
+def plan_image_run(config: TrainConfig, frame: pd.DataFrame) -> Plan:
+    """The plan of a run on the images of ``frame`` (its train/val rows are the recipe's evidence; never the
+    test rows)."""
     recipe = configure(config, frame)
     reasons = {name: f"recipe: {why}" for name, why in recipe.reasons.items()}
     return Plan(config=resolve_config(recipe.config, reasons), reasons=reasons, recipe=recipe)

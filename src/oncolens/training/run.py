@@ -9,7 +9,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,13 +17,18 @@ import torch
 from torch import nn
 
 from ..data import Augmentation, ManifestDataset, build_transforms
+from ..data.cache_marks import mark_cache_root
 from ..data.image_cache import DecodedImageCache
 from ..errors import ConfigError, DataError
 from ..models import OncoClassifier, create_model
 from ..models.registry import prefers_channels_last
+from .batches import BagInputs, FeatureInputs, ImageInputs, Inputs
 from .config import TrainConfig
 from .feature_cache import (FeatureCache, backbone_namespace, compute_features, default_cache_limit,
                             enforce_cache_limit, image_key)
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 __all__ = ["TrainingRun", "CachedFeatures", "BagDataset", "build_run", "build_bag_run"]
 
@@ -40,12 +45,15 @@ class CachedFeatures:
 
 @dataclass
 class TrainingRun:
-    """Everything a run trains and validates on (see :func:`build_run`)."""
+    """Everything a run trains and validates on (see :func:`build_run`): its task (images or bags) made it, and
+    its ``inputs`` are what its gradient stages train on unless a stage says otherwise."""
 
+    task: Task
     config: TrainConfig
     frame: pd.DataFrame
     classes: list[str]
-    model: OncoClassifier
+    model: nn.Module
+    inputs: Inputs
     device: torch.device
     channels_last: bool
     augmentation: Augmentation
@@ -87,11 +95,14 @@ class BagDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(arrays["features"], dtype=np.float32)), self.targets[index]
 
 
-def build_bag_run(config: TrainConfig, frame: pd.DataFrame) -> TrainingRun:
+def build_bag_run(task: Task, config: TrainConfig, frame: pd.DataFrame) -> TrainingRun:
     """A run on bags: a bag classifier (``config.model``: a bag head) over the bags' instance features."""
     from ..models.bags import read_bag
     from ..models.mil import BagClassifier
 
+    if config.label_col not in frame.columns:
+        raise DataError(f"label column {config.label_col!r} not in the bag manifest ({list(frame.columns)})")
+    frame = frame.assign(label=frame[config.label_col].astype(str))
     classes = sorted(frame["label"].unique())
     arrays, about = read_bag(frame["path"].iloc[0])
     model = BagClassifier(config.model, int(arrays["features"].shape[1]), len(classes))
@@ -102,7 +113,8 @@ def build_bag_run(config: TrainConfig, frame: pd.DataFrame) -> TrainingRun:
         targets = [classes.index(v) for v in frame.loc[frame["split"] == "train", "label"]]
         weight = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(classes)), y=targets),
                               dtype=torch.float32)
-    run = TrainingRun(config=config, frame=frame, classes=classes, model=model, device=torch.device(config.device),
+    run = TrainingRun(task=task, config=config, frame=frame, classes=classes, model=model, inputs=BagInputs(),
+                      device=torch.device(config.device),
                       channels_last=False, augmentation=Augmentation(enabled=False),
                       train_set=BagDataset(frame, "train", classes), val_set=BagDataset(frame, "val", classes),
                       criterion=nn.CrossEntropyLoss(weight=weight),
@@ -112,17 +124,12 @@ def build_bag_run(config: TrainConfig, frame: pd.DataFrame) -> TrainingRun:
     return run
 
 
-def build_run(config: TrainConfig, frame: pd.DataFrame, stages: list[str], console: Any, dist: Any) -> TrainingRun:
-    """The run's parts; features are cached (computed or read) when a stage in ``stages`` trains on them:
-    the probe always, a ``train`` stage when the backbone is frozen and ``feature_cache`` allows. A bag
-    manifest makes a bag classifier's run (:func:`build_bag_run`)."""
-    from ..models.mil import is_bag_manifest
-
+def build_run(task: Task, config: TrainConfig, frame: pd.DataFrame, stages: list[str], console: Any,
+              dist: Any) -> TrainingRun:
+    """A run on images: the model and its parts; features are cached (computed or read) when a stage in
+    ``stages`` trains on them: the probe always, a ``train`` stage when the backbone is frozen and
+    ``feature_cache`` allows."""
     cfg = config
-    if is_bag_manifest(frame):
-        if cfg.label_col not in frame.columns:
-            raise DataError(f"label column {cfg.label_col!r} not in the bag manifest ({list(frame.columns)})")
-        return build_bag_run(cfg, frame.assign(label=frame[cfg.label_col].astype(str)))
     if cfg.label_col not in frame.columns:
         raise DataError(f"label column {cfg.label_col!r} not in the manifest ({list(frame.columns)})")
     frame = frame.copy()
@@ -152,12 +159,14 @@ def build_run(config: TrainConfig, frame: pd.DataFrame, stages: list[str], conso
 
         weight = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(classes)),
                                                    y=np.array(sets[0].targets)), dtype=torch.float32, device=device)
-    run = TrainingRun(config=cfg, frame=frame, classes=classes, model=model, device=device,
+    run = TrainingRun(task=task, config=cfg, frame=frame, classes=classes, model=model, inputs=ImageInputs(),
+                      device=device,
                       channels_last=channels_last, augmentation=augmentation, train_set=sets[0], val_set=sets[1],
                       criterion=nn.CrossEntropyLoss(weight=weight),
                       val_criterion=nn.CrossEntropyLoss(weight=weight, reduction="sum"),
                       cache_root=Path(cfg.cache_dir or Path(cfg.runs_dir) / ".feature_cache"))
     if cfg.image_cache:  # decoded once, then mapped (see oncolens.data.image_cache)
+        mark_cache_root(run.cache_root)
         for dataset in sets:
             dataset.image_cache = DecodedImageCache(run.cache_root / "images", dataset.paths, pre)
             run.cache_used.append(dataset.image_cache.folder)
@@ -165,6 +174,7 @@ def build_run(config: TrainConfig, frame: pd.DataFrame, stages: list[str], conso
     if probe or ("train" in stages and model.backbone_frozen and cfg.feature_cache in ("disk", "memory")
                  and (not cfg.augment or cfg.cache_views > 0)):
         run.features = cached_features(run, augment=cfg.augment and not probe, console=console, dist=dist)
+        run.inputs = FeatureInputs()
     if run.cache_used and dist.is_main:
         _limit_caches(run, console)
     return run

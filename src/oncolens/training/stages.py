@@ -16,49 +16,73 @@ stages come from ``TrainConfig.stages`` (default: from ``--head`` and ``--finetu
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .batches import FeatureInputs, ImageInputs, Inputs
 from .config import TrainConfig
+from .state import Batch
+
+if TYPE_CHECKING:
+    from .run import TrainingRun
+    from .state import LoopState
 
 __all__ = ["Stage", "ProbeStage", "TrainStage", "FinetuneStage", "BagStage", "STAGES", "register_stage", "default_stages",
-           "stage_names", "make_optimizer"]
+           "stage_names", "make_optimizer", "EpochResult", "GradientSteps"]
+
+#: what one epoch of a stage gives the loop: (mean loss, accuracy, images seen)
+EpochResult = tuple[float, float, int]
+#: the loop's epoch of gradient steps over a stage's batches (with the batch events, AMP and DDP)
+GradientSteps = Callable[["Stage", int], EpochResult]
 
 
 class Stage:
-    """One stage of a run, built from the run (:class:`~.trainer.TrainingRun`) it belongs to."""
+    """One stage of a run, built from the run (:class:`~.run.TrainingRun`) it belongs to: what it trains, on
+    which :class:`~.batches.Inputs`, for which epochs, and its loss."""
 
     name = "stage"
-    #: "features": the frozen backbone's cached features, trained on rank 0 alone; "images": every rank
-    inputs = "images"
 
-    def __init__(self, run: Any):
+    def __init__(self, run: TrainingRun):
         self.config: TrainConfig = run.config
+        #: what the stage trains on (default: the run's own inputs: images, cached features or bags)
+        self.inputs: Inputs = run.inputs
 
     @property
     def distributed(self) -> bool:
         """Whether every rank of a distributed run takes part (stages on cached features run on rank 0)."""
-        return self.inputs == "images"
+        return self.inputs.distributed
 
-    def epochs(self, loop: Any) -> range:
+    def epochs(self, state: LoopState) -> range:
         """The epoch numbers this stage runs (history rows are these + 1)."""
         return range(0, self.config.epochs)
 
-    def start(self, loop: Any) -> torch.optim.Optimizer | None:
+    def start(self, state: LoopState) -> torch.optim.Optimizer | None:
         """Prepare the model for this stage; the optimizer the loop steps (None: nothing to step)."""
-        return make_optimizer(loop.model, self.config)
+        return make_optimizer(state.model, self.config)
 
-    def train_mode(self, loop: Any) -> None:
+    def train_mode(self, state: LoopState) -> None:
         """Put the model's modules in the mode this stage trains them in."""
-        loop.model.train()
+        state.model.train()
 
-    def train_epoch(self, loop: Any, epoch: int, progress: Any) -> tuple[float, float, int]:
-        """Train one epoch: (mean loss, accuracy, images seen)."""
-        return loop.gradient_epoch(self, epoch, progress)
+    def forward(self, state: LoopState, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of this stage's inputs."""
+        return self.inputs.forward(state, x)
+
+    def loss(self, state: LoopState, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The training loss of a batch: cross-entropy against its target, plus the head's own extra loss (e.g.
+        CLAM's instance clustering)."""
+        loss = state.run.criterion(logits.float(), batch.target)
+        extra = getattr(state.model.head, "extra_loss", lambda target: None)(batch.y[0])
+        return loss if extra is None else loss + extra
+
+    def train_epoch(self, state: LoopState, epoch: int, steps: GradientSteps) -> EpochResult:
+        """Train one epoch: by default the loop's gradient steps over this stage's batches."""
+        return steps(self, epoch)
 
 
 #: name -> stage class (built with the run)
@@ -96,40 +120,40 @@ class ProbeStage(Stage):
     later stages it is epoch 0 of the history, their starting point."""
 
     name = "probe"
-    inputs = "features"
 
     def __init__(self, run):
         super().__init__(run)
+        self.inputs = FeatureInputs()
         if run.model.head.head_name != "logreg" or not run.model.backbone_frozen:
             raise ConfigError("the probe stage fits a logistic regression on frozen features: use --head logreg "
                               "--freeze frozen")
 
-    def epochs(self, loop):
-        first = -1 if loop.stages[-1] is not self else 0
+    def epochs(self, state):
+        first = -1 if state.stages[-1] is not self else 0
         return range(first, first + 1)
 
-    def start(self, loop):
+    def start(self, state):
         return None
 
-    def train_epoch(self, loop, epoch, progress):
+    def train_epoch(self, state, epoch, steps):
         from .linear_probe import fit_linear_probe, load_probe_into
 
-        cfg, features = self.config, loop.features
+        cfg, features = self.config, state.run.features
         x, y = features.train_views[0]
-        frame = loop.train_set.frame.iloc[features.train_kept]
+        frame = state.run.train_set.frame.iloc[features.train_kept]
         groups = frame["group"].astype(str).tolist() if "group" in frame.columns else None
-        fit = fit_linear_probe(x.numpy(), y.numpy(), len(loop.classes), groups, seed=cfg.seed,
+        fit = fit_linear_probe(x.numpy(), y.numpy(), len(state.classes), groups, seed=cfg.seed,
                                class_weight="balanced" if cfg.class_weights else None)
-        load_probe_into(loop.model.head, fit)
-        loop.model.eval()
+        load_probe_into(state.model.head, fit)
+        state.model.eval()
         with torch.no_grad():
-            logits = loop.model.head(x.to(loop.device)).float()
-            loss = float(nn.functional.cross_entropy(logits, y.to(loop.device)))
+            logits = state.model.head(x.to(state.device)).float()
+            loss = float(nn.functional.cross_entropy(logits, y.to(state.device)))
             accuracy = float((logits.argmax(1).cpu() == y).float().mean())
-        loop.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds, "grouped_by_patient": fit.grouped,
-                                              "cv_log_loss_by_C": fit.cv_log_loss}
-        loop.console.print(f"linear probe: C={fit.C:.3g} chosen by {fit.folds}-fold "
-                           f"{'patient-grouped ' if fit.grouped else ''}cross-validation on {len(y)} training images")
+        state.run.extra_metrics["linear_probe"] = {"C": fit.C, "cv_folds": fit.folds,
+                                                   "grouped_by_patient": fit.grouped, "cv_log_loss_by_C": fit.cv_log_loss}
+        state.console.print(f"linear probe: C={fit.C:.3g} chosen by {fit.folds}-fold "
+                            f"{'patient-grouped ' if fit.grouped else ''}cross-validation on {len(y)} training images")
         return loss, accuracy, len(y)
 
 
@@ -140,14 +164,10 @@ class TrainStage(Stage):
 
     name = "train"
 
-    def __init__(self, run):
-        super().__init__(run)
-        self.inputs = "features" if run.features is not None else "images"
-
-    def train_mode(self, loop):
-        loop.model.train()
-        if self.inputs == "features":
-            loop.model.backbone.eval()
+    def train_mode(self, state):
+        state.model.train()
+        if self.inputs.cached:  # the backbone's part was computed once, in eval mode
+            state.model.backbone.eval()
 
 
 @register_stage
@@ -159,35 +179,35 @@ class FinetuneStage(Stage):
 
     def __init__(self, run):
         super().__init__(run)
+        self.inputs = ImageInputs()
         if self.config.finetune in (None, "off"):
             raise ConfigError("the finetune stage unfreezes --finetune last-N blocks: set --finetune")
 
-    def start(self, loop):
+    def start(self, state):
         from ..models.factory import apply_freeze
 
-        apply_freeze(loop.model, self.config.finetune)
-        trainable = sum(p.numel() for p in loop.model.parameters() if p.requires_grad)
-        loop.console.print(f"fine-tuning {self.config.finetune} ({trainable:,} parameters) at lr "
-                           f"{self.config.lr:g}; an epoch is kept only if its validation loss beats the best so far "
-                           f"({loop.best_val:.4f})")
-        return super().start(loop)
+        apply_freeze(state.model, self.config.finetune)
+        trainable = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
+        state.console.print(f"fine-tuning {self.config.finetune} ({trainable:,} parameters) at lr "
+                            f"{self.config.lr:g}; an epoch is kept only if its validation loss beats the best so far "
+                            f"({state.best_val:.4f})")
+        return super().start(state)
 
-    def train_mode(self, loop):
-        loop.model.train()
+    def train_mode(self, state):
+        state.model.train()
         # batch-norm statistics stay those the probe was fitted on: batch statistics of small augmented
         # batches would shift the features under the probe's head (its affine weights still train)
-        for module in loop.model.backbone.modules():
+        for module in state.model.backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
 
 @register_stage
-class BagStage(Stage):
-    """Epochs of a bag classifier (multiple-instance learning) on bags of instance features, one bag per
-    step; a bag head's own extra loss (CLAM's instance clustering) is added to the bag's cross-entropy."""
+class BagStage(TrainStage):
+    """Epochs of a bag classifier on its bags (the name runs on bags recorded before bags became the bag
+    task's inputs of the ``train`` stage; kept so that they resume)."""
 
     name = "bags"
-    inputs = "bags"
 
 
 def default_stages(config: TrainConfig) -> list[str]:

@@ -7,15 +7,11 @@ run resumed after a crash continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
 
 from ..data import load_manifest, save_manifest
@@ -23,16 +19,17 @@ from ..data import split as split_manifest
 from ..distributed import Distributed
 from ..errors import ConfigError, DataError, InputNotFound, OutputExists
 from ..files import atomic_write_json, atomic_write_text
-from .callbacks import CALLBACKS, DEFAULT_CALLBACKS, Callback, EpochFunction, EpochState
+from .callbacks import CALLBACKS, DEFAULT_CALLBACKS, Callback, EpochFunction, EpochState, plot_training_curves
 from .checkpoint import load_best, load_checkpoint
 from .config import TrainConfig, load_config
 from .loop import Loop
-from .planner import plan_run, resolve_config
-from .run import build_run
+from .planner import resolve_config
+from .seeding import run_state, seed_everything
 from .stages import STAGES, stage_names
+from .tasks import plan_run, task_for
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
-           "run_state"]
+           "run_state", "plot_training_curves"]
 
 
 @dataclass
@@ -45,38 +42,6 @@ class RunResult:
     val_accuracy: float
     classes: list[str]
     config: TrainConfig
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (inside :func:`run_state` only)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def run_state(config: TrainConfig) -> Iterator[None]:
-    """The process-wide settings a run needs (thread count, deterministic algorithms, cuDNN flags, seeded
-    global generators), set for the run and restored afterwards."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic, random.getstate(), np.random.get_state())
-    with torch.random.fork_rng(devices=[]):
-        try:
-            if config.threads:
-                torch.set_num_threads(config.threads)
-            if config.deterministic:
-                torch.use_deterministic_algorithms(True, warn_only=True)
-                torch.backends.cudnn.benchmark = False
-                torch.backends.cudnn.deterministic = True
-            yield
-        finally:
-            threads, det, warn_only, benchmark, cudnn_det, py_state, np_state = saved
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(det, warn_only=warn_only)
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_det
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, str | None]:
@@ -107,7 +72,7 @@ def _loop(config: TrainConfig, frame: pd.DataFrame, callbacks: Sequence[Callback
           console: Console, dist: Distributed) -> Loop:
     """The run's parts, stages and callbacks (the run's own, then the caller's) in one loop."""
     names = stage_names(config)
-    run = build_run(config, frame, names, console, dist)
+    run = task_for(frame).build(config, frame, names, console, dist)
     stages = [STAGES.get(name)(run) for name in names]
     hooks = ([CALLBACKS.get(name)() for name in DEFAULT_CALLBACKS]
              + [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks])
@@ -116,51 +81,35 @@ def _loop(config: TrainConfig, frame: pd.DataFrame, callbacks: Sequence[Callback
 
 def _finish(loop: Loop, stopped: bool) -> RunResult:
     """The best weights, validated again, become the bundle; the callbacks write and report the rest."""
-    if not (loop.run_dir / "best.safetensors").exists():
-        raise DataError(f"no epoch of {loop.run_dir} reached a finite validation loss, so there is no model to "
+    state = loop.state
+    if not (state.run_dir / "best.safetensors").exists():
+        raise DataError(f"no epoch of {state.run_dir} reached a finite validation loss, so there is no model to "
                         "save; lower the learning rate or check the validation images")
-    load_best(loop)
+    load_best(state)
     val_loss, val_acc = loop.evaluate()
-    history = pd.DataFrame(loop.history)
-    metrics = {"best_epoch": loop.best_epoch + 1, "best_stage": loop.best_stage, "epochs_run": len(history),
+    history = pd.DataFrame(state.history)
+    run = state.run
+    metrics = {"best_epoch": state.best_epoch + 1, "best_stage": state.best_stage, "epochs_run": len(history),
                "stopped_early": stopped, "val_loss": val_loss, "val_accuracy": val_acc,
-               "n_train": len(loop.train_set), "n_val": len(loop.val_set), "feature_cache": loop.stage.inputs == "features",
+               "n_train": len(run.train_set), "n_val": len(run.val_set), "feature_cache": state.stage.inputs.cached,
                "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
-               "unreadable_files": {**loop.train_set.bad_files, **loop.val_set.bad_files}, **loop.extra_metrics}
-    loop.event("on_train_end", metrics)  # the bundle callback writes the bundle
-    loop.event("on_bundle", loop.bundle_path, loop.meta, metrics)  # calibration adds its report
+               "unreadable_files": {**run.train_set.bad_files, **run.val_set.bad_files}, **run.extra_metrics}
+    state.bundle = next(made for made in loop.event("on_train_end", metrics) if made is not None)
+    for added in loop.event("on_bundle", state.bundle, metrics):  # calibration adds its report
+        metrics.update(added or {})
     loop.event("on_finish", metrics)  # metrics.json, curves, tracking
-    console = loop.console
-    console.print(f"best epoch {loop.best_epoch + 1} ({loop.best_stage}): val_accuracy {val_acc:.4f}  "
+    console = state.console
+    console.print(f"best epoch {state.best_epoch + 1} ({state.best_stage}): val_accuracy {val_acc:.4f}  "
                   f"val_loss {val_loss:.4f}")
-    guess = math.log(max(len(loop.classes), 2))  # the loss of predicting every class alike
+    guess = math.log(max(len(state.classes), 2))  # the loss of predicting every class alike
     if math.isfinite(val_loss) and val_loss > 10 * guess:
         console.print(f"warning: the best validation loss {val_loss:.3g} is over 10x that of guessing ({guess:.3g}): "
-                      f"this model is not usable as it is; check --lr ({loop.config.lr:g}) and the data",
+                      f"this model is not usable as it is; check --lr ({state.config.lr:g}) and the data",
                       style="bold yellow", markup=False, highlight=False)
-    console.print(f"bundle: {loop.bundle_path}")
-    return RunResult(run_dir=loop.run_dir, bundle_path=loop.bundle_path, history=history,
-                     best_epoch=loop.best_epoch + 1, val_loss=val_loss, val_accuracy=val_acc, classes=loop.classes,
-                     config=loop.config)
-
-
-def plot_training_curves(history: pd.DataFrame, out: Path) -> Path | None:
-    """Loss and accuracy per epoch, train against validation."""
-    if history.empty:
-        return None
-    from ..figures import save_figure, subplots
-
-    fig, axes = subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.plot(history["epoch"], history[f"train_{metric}"], marker="o", label="train")
-        ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save_figure(fig, out)
-    return out
+    console.print(f"bundle: {state.bundle.path}")
+    return RunResult(run_dir=state.run_dir, bundle_path=state.bundle.path, history=history,
+                     best_epoch=state.best_epoch + 1, val_loss=val_loss, val_accuracy=val_acc, classes=state.classes,
+                     config=state.config)
 
 
 def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochState], None]] = (),
@@ -188,7 +137,14 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
         raise OutputExists(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
     out = _console(console, dist)
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from .tracking import check_trackers
+
+        check_trackers(config.tracking, Path(config.runs_dir), run_dir)  # refused before the run folder exists
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:
+            raise ConfigError(f"cannot make the run folder {run_dir} ({exc.filename}: permission denied): choose "
+                              "a writable --runs-dir") from None
         save_manifest(frame, run_dir / "splits.csv")
         if grouping:
             out.print(f"split: {grouping}", markup=False, highlight=False)
@@ -209,7 +165,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
         seed_everything(config.seed)
         loop = _loop(config, frame, callbacks, out, dist)
         if dist.is_main:
-            atomic_write_json(run_dir / "classes.json", loop.classes)
+            atomic_write_json(run_dir / "classes.json", loop.state.classes)
         stopped = loop.fit()
         return _finish(loop, stopped) if dist.is_main else None
 
@@ -242,8 +198,9 @@ def resume(run_dir: str | Path, callbacks: Sequence[Callback | Callable[[EpochSt
         seed_everything(config.seed)
         loop = _loop(config, load_manifest(run_dir / "splits.csv"), callbacks, out, dist)
         if checkpoint.exists():
-            load_checkpoint(loop)
-            out.print(f"resuming {run_dir} after epoch {loop.history[-1]['epoch'] if loop.history else 0}")
+            load_checkpoint(loop.state)
+            history = loop.state.history
+            out.print(f"resuming {run_dir} after epoch {history[-1]['epoch'] if history else 0}")
         else:
             out.print(f"{run_dir} stopped before its first epoch ended: starting it from epoch 1")
         stopped = loop.fit()

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._base import app, BACKEND_HELP, console, fail, UserErrors
+from ._base import app, BACKEND_HELP, console, fail, print_notes, UserErrors
 
 
 
@@ -148,39 +148,96 @@ def _duration(text: str) -> float:
 @cache_app.command("info")
 def cache_info(cache_dir: _CACHE_DIR = Path("runs/.feature_cache"),
                json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
-    """Size and entries of the cache, per model, least recently used first."""
+    """Size and entries of the cache, per model, least recently used first.
+
+    Folders the cache did not make (no mark: an older oncolens's cache) are listed, never counted nor cleared.
+
+    Symbolic links are listed as links, never followed.
+    """
     import time
 
+    from oncolens.data.cache_marks import ROOT_MARK, is_cache_root
     from oncolens.training.feature_cache import cache_entries, default_cache_limit
 
-    entries = cache_entries(cache_dir)
+    listed = cache_entries(cache_dir, unmarked=True)
+    entries = [e for e in listed if e.marked]
     rows = [{"entry": e.path.name, "content": e.content, "what": e.what, "megabytes": round(e.bytes / 1e6, 1),
-             "files": e.files, "days_unused": round((time.time() - e.last_used) / 86400, 1)} for e in entries]
+             "files": e.files, "days_unused": round((time.time() - e.last_used) / 86400, 1), "marked": e.marked}
+            for e in listed]
     total = sum(e.bytes for e in entries)
+    marked_root = is_cache_root(cache_dir)
     if json_out:
-        console.print_json(json.dumps({"cache_dir": str(cache_dir), "bytes": total, "entries": rows,
-                                       "default_limit_bytes": default_cache_limit(cache_dir)}))
+        console.print_json(json.dumps({"cache_dir": str(cache_dir), "marked": marked_root, "bytes": total,
+                                       "entries": rows, "default_limit_bytes": default_cache_limit(cache_dir)}))
         return
     table = Table(title=f"{cache_dir}: {total / 1e6:.1f} MB in {len(entries)} entries")
-    for col in ("entry", "content", "what", "megabytes", "files", "days_unused"):
+    columns = ("entry", "content", "what", "megabytes", "files", "days_unused")
+    for col in columns:
         table.add_column(col.replace("_", " "))
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("entry", "content", "what", "megabytes", "files", "days_unused")))
+        table.add_row(*(str(r[c]) for c in columns))
     console.print(table)
     per_model: dict[str, int] = {}
     for e in entries:
         per_model[e.what] = per_model.get(e.what, 0) + e.bytes
     for what, size in sorted(per_model.items(), key=lambda kv: -kv[1]):
         console.print(f"{what}: {size / 1e6:.1f} MB", markup=False, highlight=False)
+    if cache_dir.is_dir() and not marked_root:
+        print_notes([f"{cache_dir} is not marked as an oncolens cache (no {ROOT_MARK} file): `oncolens cache clear` "
+                     "refuses it. A cache written by an older oncolens has no mark: remove it by hand if you no "
+                     "longer need it; runs recompute what they need"])
+    elif len(listed) > len(entries):
+        print_notes([f"{len(listed) - len(entries)} folder(s) or link(s) above were not made by the cache (no mark, "
+                     "e.g. written by an older oncolens): not counted, never cleared; remove them by hand if unneeded"])
+
+
+def _interactive() -> bool:
+    """Whether someone at a terminal can answer a question."""
+    return sys.stdin.isatty()
 
 
 @cache_app.command("clear")
 def cache_clear(cache_dir: _CACHE_DIR = Path("runs/.feature_cache"),
                 older_than: Annotated[Optional[str], typer.Option("--older-than", help="only entries unused for "
-                                                                  "longer than this (7d, 12h, 30m)")] = None) -> None:
-    """Remove cache entries (all, or those unused for longer than --older-than); runs recompute what they need."""
-    from oncolens.training.feature_cache import clear_cache
+                                                                  "longer than this (7d, 12h, 30m); without a "
+                                                                  "terminal this runs without --yes (scheduled "
+                                                                  "clean-ups)")] = None,
+                yes: Annotated[bool, typer.Option("--yes", "-y", help="remove without asking")] = False) -> None:
+    """Remove cache entries (all, or those unused for longer than --older-than); runs recompute what they need.
 
-    removed = clear_cache(cache_dir, None if older_than is None else _duration(older_than))
+    Only what the cache made goes: a folder without its mark (a run folder, `.`, `~`) is refused, links never followed.
+
+    It lists what it will remove, then asks on a terminal; --yes does not ask (scripts).
+
+    Without a terminal, clearing every entry needs --yes; --older-than (scheduled clean-ups) does not.
+    """
+    import time
+
+    from oncolens.training.feature_cache import cache_entries, remove_entries, stale_entries
+
+    if not os.path.lexists(cache_dir):
+        console.print(f"no cache at {cache_dir}: nothing removed", markup=False, highlight=False)
+        return
+    chosen = stale_entries(cache_dir, None if older_than is None else _duration(older_than))
+    unmarked = [e for e in cache_entries(cache_dir, unmarked=True) if not e.marked]
+    if chosen:
+        console.print(f"will remove {len(chosen)} entries, {sum(e.bytes for e in chosen) / 1e6:.1f} MB from "
+                      f"{cache_dir}:", markup=False, highlight=False)
+        for e in chosen:
+            console.print(f"  {e.path.name}  {e.content}  {e.what}  {e.bytes / 1e6:.1f} MB  "
+                          f"{(time.time() - e.last_used) / 86400:.1f} days unused", markup=False, highlight=False)
+        if not yes:
+            if _interactive():
+                if not typer.confirm("remove them?", default=False):
+                    console.print("nothing removed", markup=False, highlight=False)
+                    raise typer.Exit(1)
+            elif older_than is None:
+                fail(f"clearing every entry of {cache_dir} asks first, and there is no terminal to ask on: pass "
+                     "--yes to remove them; nothing removed")
+    removed = remove_entries(chosen)
     console.print(f"removed {len(removed)} entries, {sum(e.bytes for e in removed) / 1e6:.1f} MB from {cache_dir}",
                   markup=False, highlight=False)
+    if unmarked:
+        print_notes([f"left {len(unmarked)} folder(s) or link(s) the cache did not make (no mark; a cache written "
+                     "by an older oncolens has none): remove them by hand if you no longer need them: "
+                     + ", ".join(str(e.path) for e in unmarked[:5]) + (" ..." if len(unmarked) > 5 else "")])
