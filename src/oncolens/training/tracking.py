@@ -3,6 +3,10 @@
 
 Both are optional extras (``pip install 'oncolens[tracking]'``); without them training works unchanged.
 A tracker is added in one place: subclass :class:`Tracker` and :func:`register_tracker` it.
+
+A store that cannot keep the records (an unwritable runs folder, a read-only or damaged ``mlflow.db``, a full
+disk) is refused by :func:`check_trackers` before the run folder is made: one :class:`ConfigError` naming the
+file and what to do, and nothing left behind.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["Tracker", "TRACKERS", "register_tracker", "open_trackers", "available"]
+__all__ = ["Tracker", "TRACKERS", "register_tracker", "open_trackers", "check_trackers", "available"]
 
 
 class Tracker:
@@ -26,6 +30,16 @@ class Tracker:
 
     def __init__(self, run_dir: Path, runs_dir: Path, run_name: str):
         self.run_dir, self.runs_dir, self.run_name = run_dir, runs_dir, run_name
+
+    @classmethod
+    def store(cls, run_dir: Path, runs_dir: Path) -> Path:
+        """Where this tracker keeps its records (named in errors)."""
+        return run_dir
+
+    @classmethod
+    def check_store(cls, runs_dir: Path) -> None:
+        """Raise (any exception) when the records could not be kept under ``runs_dir``; called before the
+        run folder exists. Trackers that write inside the run folder have nothing to check."""
 
     def params(self, params: dict) -> None:
         pass
@@ -65,6 +79,10 @@ def _numbers(values: dict) -> dict[str, float]:
 class TensorBoard(Tracker):
     name, module = "tensorboard", "tensorboard"
 
+    @classmethod
+    def store(cls, run_dir: Path, runs_dir: Path) -> Path:
+        return run_dir / "tb"
+
     def __init__(self, run_dir: Path, runs_dir: Path, run_name: str):
         super().__init__(run_dir, runs_dir, run_name)
         from torch.utils.tensorboard import SummaryWriter
@@ -93,16 +111,29 @@ class TensorBoard(Tracker):
 class MLflow(Tracker):
     name, module = "mlflow", "mlflow"
 
-    def __init__(self, run_dir: Path, runs_dir: Path, run_name: str):
-        super().__init__(run_dir, runs_dir, run_name)
+    @classmethod
+    def store(cls, run_dir: Path, runs_dir: Path) -> Path:
+        return runs_dir / "mlflow.db"  # MLflow no longer takes the plain file store by default: SQLite
+
+    @classmethod
+    def _experiment(cls, runs_dir: Path):
+        """A client of the store under ``runs_dir`` and the id of its ``oncolens`` experiment (both made
+        when missing)."""
         from mlflow.tracking import MlflowClient
 
-        # MLflow no longer takes the plain file store by default: a SQLite file beside the runs
-        self.uri = f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
-        self.client = MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name("oncolens")
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+        client = MlflowClient(tracking_uri=f"sqlite:///{cls.store(runs_dir, runs_dir).resolve()}")
+        experiment = client.get_experiment_by_name("oncolens")
+        return client, experiment.experiment_id if experiment else client.create_experiment(
             "oncolens", artifact_location=(runs_dir / "mlflow-artifacts").resolve().as_uri())
+
+    @classmethod
+    def check_store(cls, runs_dir: Path) -> None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        cls._experiment(runs_dir)  # opens (or makes) the database and writes to it
+
+    def __init__(self, run_dir: Path, runs_dir: Path, run_name: str):
+        super().__init__(run_dir, runs_dir, run_name)
+        self.client, experiment_id = self._experiment(runs_dir)
         self.run_id = self.client.create_run(experiment_id, run_name=run_name,
                                              tags={"run_dir": str(run_dir)}).info.run_id
 
@@ -124,13 +155,13 @@ class MLflow(Tracker):
         self.client.set_terminated(self.run_id)
 
 
-def open_trackers(setting: str, run_dir: Path, runs_dir: Path, run_name: str) -> list[Tracker]:
-    """The trackers ``setting`` names (comma-separated; ``auto`` = TensorBoard when installed, ``none``)."""
+def _named(setting: str) -> list[str]:
+    """The trackers ``setting`` names (``auto``: TensorBoard when installed), checked to exist and be installed."""
     setting = (setting or "none").strip().lower()
     if setting == "none":
         return []
     if setting == "auto":
-        return [TRACKERS["tensorboard"](run_dir, runs_dir, run_name)] if available("tensorboard") else []
+        return ["tensorboard"] if available("tensorboard") else []
     names = [n.strip() for n in setting.split(",") if n.strip()]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
@@ -138,23 +169,67 @@ def open_trackers(setting: str, run_dir: Path, runs_dir: Path, run_name: str) ->
     missing = [n for n in names if not available(n)]
     if missing:
         raise ConfigError(f"tracking with {', '.join(missing)} needs its package: pip install 'oncolens[tracking]'")
-    trackers = []
-    for n in names:
+    return names
+
+
+def check_trackers(setting: str, runs_dir: Path, run_dir: Path | None = None) -> None:
+    """Refuse, before a run folder is made, the trackers ``setting`` names when they are unknown, not
+    installed, or cannot keep their records under ``runs_dir``: one :class:`ConfigError` naming the file and
+    what to do (only the tracker's own store, e.g. ``mlflow.db``, may be made here)."""
+    for name in _named(setting):
         try:
-            trackers.append(TRACKERS[n](run_dir, runs_dir, run_name))
-        except Exception as exc:  # an unwritable folder or a read-only store: said before training, not after
-            if isinstance(exc, ConfigError) or not _is_storage_error(exc):
+            TRACKERS[name].check_store(Path(runs_dir))
+        except Exception as exc:
+            error = _store_error(name, Path(runs_dir), run_dir or Path(runs_dir), exc)
+            if error is exc:
                 raise
-            raise ConfigError(f"--tracking {n} cannot keep its records under {runs_dir} "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); make the folder writable "
-                              "or use --tracking none") from None
+            raise error from None
+
+
+def open_trackers(setting: str, run_dir: Path, runs_dir: Path, run_name: str) -> list[Tracker]:
+    """The trackers ``setting`` names (comma-separated; ``auto`` = TensorBoard when installed, ``none``)."""
+    trackers = []
+    for name in _named(setting):
+        try:
+            trackers.append(TRACKERS[name](run_dir, runs_dir, run_name))
+        except Exception as exc:  # an unwritable folder or a read-only store: a clear line, not a traceback
+            error = _store_error(name, runs_dir, run_dir, exc)
+            if error is exc:
+                raise
+            raise error from None
     return trackers
 
 
-def _is_storage_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (from a tracker's store) means the files cannot be written: permissions, a read-only
-    database, a damaged one, a full disk (MLflow wraps SQLAlchemy's errors in its own exception types)."""
-    text = f"{type(exc).__name__} {exc}".lower()
-    return isinstance(exc, OSError) or any(word in text for word in ("readonly", "read-only", "permission",
-                                                                     "unable to open database", "disk",
-                                                                     "operationalerror", "not a database"))
+#: (words in a store's error, what is wrong with the file, what to do)
+_STORE_PROBLEMS = (
+    (("readonly", "read-only", "read only", "permission", "access is denied"), "it is read-only or its folder is "
+     "not writable", "make it and its folder writable, or choose another --runs-dir"),
+    (("not a database", "malformed", "file is encrypted"), "it is not a usable SQLite database (damaged, or another "
+     "kind of file)", "move it away (a new one is made) or choose another --runs-dir"),
+    (("unable to open database", "no such file or directory", "not a directory", "is a directory"),
+     "it cannot be opened or made there", "choose a writable --runs-dir"),
+    (("disk is full", "no space left", "disk i/o", "quota"), "the disk is full or failing", "free some space"),
+    (("database is locked",), "another process holds it locked", "wait for that process or stop it"),
+)
+
+
+def _store_error(name: str, runs_dir: Path, run_dir: Path, exc: BaseException) -> BaseException:
+    """``exc`` (raised while a tracker opened or checked its store) as one line naming the file and what
+    to do, without the database library's text; ``exc`` itself when it is not about the store (a bug)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    store = TRACKERS[name].store(run_dir, runs_dir)
+    text = f"{type(exc).__name__} {exc} {exc.__cause__ or ''} {exc.__context__ or ''}".lower()
+    found = next(((what, todo) for words, what, todo in _STORE_PROBLEMS if any(w in text for w in words)), None)
+    if isinstance(exc, OSError) and exc.filename and Path(exc.filename) != store:  # e.g. the runs folder itself
+        found = (f"{exc.filename}: {(exc.strerror or type(exc).__name__).lower()}", "choose a writable --runs-dir")
+    elif found is None and isinstance(exc, OSError):
+        found = (f"it cannot be written ({(exc.strerror or type(exc).__name__).lower()})", "choose a writable "
+                 "--runs-dir")
+    elif found is None and any(w in text for w in ("operationalerror", "databaseerror", "sqlite")):
+        found = ("its database answered an error", "move it away (a new one is made) or choose another --runs-dir")
+    if found is None:
+        return exc
+    where = f"at {store}" if store.suffix else f"in {store}"
+    return ConfigError(f"--tracking {name} cannot keep its records {where}: {found[0]}; {found[1]}, or train "
+                       "with --tracking none")
