@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from oncolens.data import UnreadableImage
@@ -34,9 +34,11 @@ from oncolens.errors import DataError, OncolensError
 from oncolens.explain import list_methods
 from oncolens.predictor import Predictor, png_bytes
 
-__all__ = ["create_app", "ApiSettings", "DEFAULT_MAX_UPLOAD", "LOOPBACK_HOSTS"]
+__all__ = ["create_app", "ApiSettings", "DEFAULT_MAX_UPLOAD", "LOOPBACK_HOSTS", "MAX_SLIDE_PATH"]
 
 DEFAULT_MAX_UPLOAD = 20 * 2**20
+#: the longest slide path (characters) a slide job takes; a path holds no NUL byte either
+MAX_SLIDE_PATH = 4096
 #: Host headers accepted by default: the loopback names (``testserver`` is the test client's).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")
 
@@ -216,6 +218,14 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         return JSONResponse(status_code=500, content={"detail": f"internal error (request id {request_id})",
                                                       "request_id": request_id})
 
+    def upload(what: str = "") -> Any:
+        """The ``file`` form field, with what the server accepts in the schema (the checks are in
+        :func:`read_upload` and :func:`decoded`)."""
+        return File(..., description=f"{what}a non-empty image file (PNG, JPEG, TIFF, BMP or DICOM) of at most "
+                                     f"{settings.max_upload_bytes} bytes and {settings.max_pixels} pixels: an empty "
+                                     "upload gets 400, a larger one 413, bytes that are not such an image 415",
+                    json_schema_extra={"minLength": 1, "maxLength": settings.max_upload_bytes})
+
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) == 0:
@@ -243,7 +253,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         return {**info, "explanation_methods": list_methods(bags=predictor.bundle.bag_classifier)}
 
     @app.post("/predict", dependencies=guarded, responses=_errors(400, 401, 413, 415, 422, 503))
-    async def predict(file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM image"),
+    async def predict(file: UploadFile = upload(),
                       top_k: int = Query(3, ge=1, le=100),
                       alpha: float | None = Query(None, gt=0.0, lt=1.0,
                                                   description="error rate of the prediction set (calibrated "
@@ -260,7 +270,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
     @app.post("/explain", dependencies=guarded, responses={
         **_errors(400, 401, 413, 415, 503, 504),
         200: {"content": {"image/png": {}}, "description": "JSON, or the overlay PNG with Accept: image/png"}})
-    async def explain(request: Request, file: UploadFile = File(...),
+    async def explain(request: Request, file: UploadFile = upload("the image to explain: "),
                       method: Method = Query("gradcam", description="explanation method"),
                       opacity: float = Query(0.45, ge=0.0, le=1.0, description="heatmap opacity"),
                       alpha: float | None = Query(None, ge=0.0, le=1.0, deprecated=True,
@@ -295,10 +305,12 @@ SLIDE_JOB_FILES = {"heatmap.png": "image/png", "heatmap_weighted.png": "image/pn
 class SlideJobRequest(BaseModel):
     """A slide on the server, relative to its slide folder, and how to tile it."""
 
-    path: str
-    mpp: float = 0.5
-    min_tissue: float = 0.5
-    target: str | None = None
+    path: str = Field(min_length=1, max_length=MAX_SLIDE_PATH, pattern=r"^[^\x00]*$",
+                      description=f"the slide's path, relative to the server's slide folder: at most "
+                                  f"{MAX_SLIDE_PATH} characters, without a NUL byte")
+    mpp: float = Field(0.5, gt=0, le=100, description="microns per pixel of the tiles")
+    min_tissue: float = Field(0.5, ge=0, le=1, description="share of a tile that must be tissue for it to be scored")
+    target: str | None = Field(None, description="the class the heatmap shows (default: the bundle's last class)")
 
 
 def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guarded: list) -> None:
@@ -321,6 +333,10 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
     temporary = settings.slide_output is None
     output = settings.slide_output or Path(tempfile.mkdtemp(prefix="oncolens-slides-"))
     root = Path(settings.slide_root).resolve() if settings.slide_root is not None else None
+    # this bundle's classes in the schema, so that a schema-valid target is one the job can use
+    JobRequest = create_model("SlideJobRequest", __base__=SlideJobRequest, __doc__=SlideJobRequest.__doc__, target=(
+        Optional[Literal[tuple(predictor.classes)]],
+        Field(None, description="the class the heatmap shows (default: the bundle's last class)")))
 
     def public(text: str) -> str:
         """A message without the server's own folders (clients name slides relative to the slide folder)."""
@@ -354,7 +370,7 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
 
     app.router.on_shutdown.append(shutdown)
 
-    def run(job_id: str, path: Path, request: SlideJobRequest) -> None:
+    def run(job_id: str, path: Path, request: JobRequest) -> None:
         from oncolens.evaluation.slides import score_slide
 
         def progress(done: int, total: int) -> None:
@@ -383,24 +399,23 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
             return dict(jobs[job_id])
 
     @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404, 503))
-    async def start_slide(request: SlideJobRequest) -> dict:
-        """Start scoring a slide in the server's slide folder; answers the job id to poll."""
+    async def start_slide(request: JobRequest) -> dict:
+        """Start scoring a slide in the server's slide folder; answers the job id to poll. The request's
+        fields are checked as the schema says (422 otherwise) before the path is looked at."""
         if root is None:
             raise HTTPException(status_code=403, detail="slide jobs are off: start the server with --slide-root")
-        if "\0" in request.path or len(request.path) > 4096:
-            raise HTTPException(status_code=400, detail="the slide path holds a NUL byte or is too long")
         try:
             path = (root / request.path).resolve()
         except (OSError, ValueError, RuntimeError):
             raise HTTPException(status_code=400, detail="the slide path cannot be resolved") from None
         if not path.is_relative_to(root):
             raise HTTPException(status_code=403, detail="the slide path must be inside the server's slide folder")
-        if not path.is_file():
-            raise HTTPException(status_code=404, detail=f"no slide {request.path!r} in the server's slide folder")
-        if not 0 < request.mpp <= 100 or not 0 <= request.min_tissue <= 1:
-            raise HTTPException(status_code=400, detail="mpp must be in (0, 100] and min_tissue in [0, 1]")
-        if request.target is not None and request.target not in predictor.classes:
-            raise HTTPException(status_code=400, detail=f"class {request.target!r} is not one of {predictor.classes}")
+        try:
+            found = path.is_file()
+        except OSError:  # e.g. a name longer than the file system allows: schema-valid, and no such slide
+            found = False
+        if not found:
+            raise HTTPException(status_code=404, detail=f"no slide {request.path[:200]!r} in the server's slide folder")
         prune()
         job_id = uuid.uuid4().hex[:12]
         with lock:
