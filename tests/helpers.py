@@ -127,6 +127,29 @@ def make_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
     return expected
 
 
+#: the hostile corpus of model cards: ``model_card.json`` contents a bundle may carry (id -> bytes), each
+#: damaged in another way; a huge card is made by :func:`huge_card`
+DAMAGED_CARDS = {
+    "not-json": b'{"name": "cut off here", ',
+    "a-list": b"[1, 2, 3]",
+    "a-string": b'"just text"',
+    "not-utf8": b'{"name": "\xff\xfe"}',
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "wrong-shapes": b'{"training_data": [1, 2], "evaluations": "none"}',
+    "wrong-inner-shapes": b'{"training_data": {"images": "many", "classes_per_split": {"train": 3}}}',
+}
+
+
+def huge_card(path: Path, size: int = 200 * 2**20) -> Path:
+    """A ``size``-byte ``model_card.json`` written in an instant (sparse: a JSON string of NUL bytes)."""
+    with open(path, "wb") as stream:
+        stream.write(b'{"name": "')
+        stream.truncate(size - 2)
+        stream.seek(size - 2)
+        stream.write(b'"}')
+    return path
+
+
 class LoopbackServer:
     """An ASGI app served by uvicorn on 127.0.0.1 in a thread (``with LoopbackServer(app) as base_url``)."""
 

@@ -8,6 +8,7 @@ of a tree of classifiers carry the decision at every level.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from .models.trust import Assessment
 
 if TYPE_CHECKING:
     from .explain import ExplainOptions
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "Predictor", "ExplainedPrediction"]
 
@@ -180,6 +183,7 @@ class Predictor:
             raise ConfigError(f"alpha (the prediction sets' error rate) must be between 0 and 1, got {alpha}")
         self.alpha = alpha if alpha is not None else (self.trust.default_alpha if self.trust else None)
         self.detector = detector
+        self._card_warned = False
         if self.trust is not None:
             self.trust.check(detector)
         # penultimate features come from the same forward pass; only feature detectors need them
@@ -197,12 +201,23 @@ class Predictor:
 
     @property
     def info(self) -> dict:
-        from .models.card import model_card
-
         calibration = self.trust.describe() if self.trust is not None else None
-        path = getattr(self.bundle, "path", None)
         return {**self.bundle.info(), "backend": self.backend, "tta": self.tta, "forward_passes_per_image": self.passes,
-                "calibration": calibration, "model_card": model_card(path) if path is not None else None}
+                "calibration": calibration, "model_card": self._model_card()}
+
+    def _model_card(self) -> dict | None:
+        """The bundle's model card; None when it has no folder, or (with one warning per predictor) when its
+        card is damaged: a card documents a model and never stops it from scoring or serving."""
+        from .models.card import card_or_none
+
+        path = getattr(self.bundle, "path", None)
+        if path is None:
+            return None
+        card, problem = card_or_none(path)
+        if problem is not None and not getattr(self, "_card_warned", False):
+            self._card_warned = True
+            log.warning("%s; going on without a model card", problem)
+        return card
 
     def score(self, inputs: Any) -> Scores:
         """The bundle's :class:`Scores` of images or image files (see ``ModelBundle.score``)."""

@@ -7,12 +7,21 @@ model, classes, provenance; ``trust.json``: calibration, prediction sets, OOD de
 only the writer knew, kept in the JSON between updates: the intended use, the training data's fingerprint, the
 recipe and its reasons, and every evaluation recorded on the bundle (``oncolens evaluate``; with
 ``--perturb``, its robustness numbers). Rewriting the card after any of these changes keeps it current.
+
+A card documents a model and never disables it: a damaged ``model_card.json`` (not JSON, not an object, facts of
+the wrong shape, or larger than :data:`CARD_MAX_BYTES`) stops only ``oncolens card`` (which says what is wrong);
+scoring and serving warn and go on without a card (:func:`card_or_none`). Every string a user or a file could
+have chosen is written into ``MODEL_CARD.md`` through :func:`markdown_text`, which makes it inert (no HTML, no
+links or images) in any Markdown viewer.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +29,15 @@ from ..errors import BundleError
 from ..files import atomic_write_json, atomic_write_text
 from .bundle import read_bundle_info, version_note
 
-__all__ = ["CARD_JSON", "CARD_MD", "DEFAULT_INTENDED_USE", "model_card", "update_model_card", "render_model_card",
-           "training_facts", "weights_licence"]
+__all__ = ["CARD_JSON", "CARD_MD", "CARD_MAX_BYTES", "DEFAULT_INTENDED_USE", "model_card", "card_or_none",
+           "read_card", "update_model_card", "render_model_card", "markdown_text", "training_facts",
+           "weights_licence"]
+
+log = logging.getLogger(__name__)
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
+#: the largest ``model_card.json`` read (a card holds a few kB); a larger file is damaged and is never read
+CARD_MAX_BYTES = 2**20
 DEFAULT_INTENDED_USE = ("Research only: studying and comparing image classifiers on data like the training data. "
                         "Not for diagnosis, screening, triage or any decision about a patient's care.")
 OUT_OF_SCOPE = [
@@ -111,13 +125,71 @@ def _calibration(folder: Path) -> dict | None:
             "ood_in_distribution_recall": settings.get("id_recall")}
 
 
-def _read(folder: Path) -> dict:
+def _damaged(path: Path, what: str) -> BundleError:
+    return BundleError(f"{path} is damaged ({what}); delete it and run `oncolens card {path.parent}` to write a "
+                       "new card")
+
+
+#: the kept facts' expected types (None is allowed for each: the card then shows its default)
+_FACT_TYPES = {"name": str, "intended_use": str, "out_of_scope_use": list, "training_data": dict,
+               "validation": dict, "evaluations": list}
+
+
+def _check_facts(kept: dict, path: Path) -> dict:
+    """``kept`` when every fact the card uses has the shape the card needs, else a :class:`BundleError`."""
+    for key, kind in _FACT_TYPES.items():
+        if kept.get(key) is not None and not isinstance(kept[key], kind):
+            raise _damaged(path, f"'{key}' is a JSON {type(kept[key]).__name__}, not a {kind.__name__}")
+    if not all(isinstance(x, str) for x in kept.get("out_of_scope_use") or []):
+        raise _damaged(path, "'out_of_scope_use' holds something other than text")
+    if not all(isinstance(x, dict) for x in kept.get("evaluations") or []):
+        raise _damaged(path, "'evaluations' holds something other than records")
+    data = kept.get("training_data") or {}
+    images = data.get("images")
+    if images is not None and (isinstance(images, bool) or not isinstance(images, int)):
+        raise _damaged(path, "'training_data.images' is not a whole number")
+    for key in ("classes_per_split", "recipe"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())):
+            raise _damaged(path, f"'training_data.{key}' is not a mapping of mappings")
+    if data.get("manifest") is not None and not isinstance(data["manifest"], dict):
+        raise _damaged(path, "'training_data.manifest' is not a mapping")
+    return kept
+
+
+def read_card(bundle: str | Path) -> dict:
+    """The facts kept in the bundle folder's ``model_card.json`` (``{}`` when it has none); a
+    :class:`BundleError` saying what is wrong when the file is damaged: larger than :data:`CARD_MAX_BYTES`
+    (checked before reading), unreadable, not JSON, not a JSON object, or holding facts of the wrong shape."""
+    path = Path(bundle) / CARD_JSON
     try:
-        return json.loads((folder / CARD_JSON).read_text())
+        size = path.stat().st_size
+        if size > CARD_MAX_BYTES:
+            raise _damaged(path, f"{size:,} bytes, more than a card's limit of {CARD_MAX_BYTES:,}")
+        with path.open("rb") as stream:
+            raw = stream.read(CARD_MAX_BYTES + 1)  # bounded even if the file grew since its size was read
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{folder / CARD_JSON}: unreadable ({exc}); delete it to write a new card") from None
+    except OSError as exc:
+        raise _damaged(path, f"unreadable: {exc.strerror or exc}") from None
+    if len(raw) > CARD_MAX_BYTES:
+        raise _damaged(path, f"more than a card's limit of {CARD_MAX_BYTES:,} bytes")
+    try:
+        kept = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _damaged(path, f"not valid JSON: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(kept, dict):
+        raise _damaged(path, f"a JSON {type(kept).__name__}, not an object")
+    return _check_facts(kept, path)
+
+
+def card_or_none(bundle: str | Path) -> tuple[dict | None, str | None]:
+    """``(card, None)``, or ``(None, what is wrong)`` when the bundle's card is damaged: for scoring and
+    serving, which go on without a card (a card documents a model and never disables it)."""
+    try:
+        return model_card(bundle), None
+    except BundleError as exc:
+        return None, str(exc)
 
 
 def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
@@ -125,7 +197,7 @@ def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
     brought up to date with its files."""
     folder = Path(bundle)
     info = read_bundle_info(folder)
-    kept = _read(folder) if kept is None else kept
+    kept = read_card(folder) if kept is None else kept
     meta = info.get("meta") or {}
     model = info.get("model") or {}
     name = model.get("name") or model.get("head") or info.get("kind")
@@ -159,14 +231,16 @@ def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
     }
 
 
-def _limitations(data: dict, calibration: dict | None) -> list[str]:
+def _limitations(data: dict, calibration: dict | None, text=str) -> list[str]:
+    """What the card warns about; ``text`` renders the facts that came from the data (:func:`markdown_text`)."""
     out = []
     if data and not data.get("patients"):
         out.append("the training data name no patients: splits were grouped by look-alike images "
-                   f"({data.get('grouping') or 'embedding/duplicate groups'}), which bounds but may not remove "
+                   f"({text(data.get('grouping') or 'embedding/duplicate groups')}), which bounds but may not remove "
                    "leakage between images of one patient")
-    if data and data.get("images", 0) < 1000:
-        out.append(f"trained on {data.get('images')} images: estimates carry wide intervals")
+    images = data.get("images") if data else None
+    if isinstance(images, int) and images < 1000:
+        out.append(f"trained on {images} images: estimates carry wide intervals")
     if calibration is None:
         out.append("not calibrated: no prediction sets or out-of-distribution gate (run `oncolens calibrate`)")
     out.append("prediction sets cover at their designed rate only on images exchangeable with the calibration "
@@ -180,7 +254,7 @@ def update_model_card(bundle: str | Path, **facts: Any) -> dict:
     card and rewrite ``model_card.json`` and ``MODEL_CARD.md``; returns the card."""
     folder = Path(bundle)
     read_bundle_info(folder)  # a bundle, or a clear error
-    kept = _read(folder)
+    kept = read_card(folder)
     evaluation = facts.pop("evaluation", None)
     kept.update({k: v for k, v in facts.items() if v is not None})
     if evaluation is not None:
@@ -195,63 +269,87 @@ def update_model_card(bundle: str | Path, **facts: Any) -> dict:
     return card
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_MARKDOWN = re.compile(r"([\\`\[\]|])")  # backslash, code spans, link/image brackets, table cells
+_BLOCK_START = re.compile(r"^(\s*)([#=+*-])")  # a heading, rule or list if it began a line
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as inert Markdown text, for every string a user or a file chose (class names, paths, the
+    intended use, dataset and site names): on one line, HTML-escaped, and with the characters of links,
+    images, code spans and table cells backslash-escaped, so a viewer shows it and renders nothing of it."""
+    text = _CONTROL.sub(" ", str(value))
+    text = html.escape(_MARKDOWN.sub(r"\\\1", text), quote=False)
+    return _BLOCK_START.sub(r"\1\\\2", text)
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value)
+    return markdown_text(value)
+
+
+def _ci(ci: Any, prefix: str = "") -> str:
+    """`` [low, high]`` of a 95% interval (nothing when it is not two numbers)."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in ci):
+        return f" [{prefix}{ci[0]:.3f}, {ci[1]:.3f}]"
+    return ""
 
 
 def _metric_rows(records: list[dict]) -> list[str]:
     rows = ["| data | split | perturbation | images | accuracy [95% CI] | balanced accuracy | coverage |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
-        ci = r.get("accuracy_ci95")
-        acc = _fmt(r.get("accuracy")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-        rows.append(f"| {r.get('data', '-')} | {r.get('split') or 'all'} | {r.get('perturbation') or 'none'} | "
-                    f"{_fmt(r.get('images'))} | {acc} | {_fmt(r.get('balanced_accuracy'))} | "
-                    f"{_fmt(r.get('coverage'))} |")
+        acc = _fmt(r.get("accuracy")) + _ci(r.get("accuracy_ci95"))
+        rows.append(f"| {_fmt(r.get('data'))} | {_fmt(r.get('split') or 'all')} | "
+                    f"{_fmt(r.get('perturbation') or 'none')} | {_fmt(r.get('images'))} | {acc} | "
+                    f"{_fmt(r.get('balanced_accuracy'))} | {_fmt(r.get('coverage'))} |")
     return rows
 
 
 def render_model_card(card: dict) -> str:
-    """The card as Markdown."""
+    """The card as Markdown (every value from the bundle's files or its user through :func:`markdown_text`)."""
     model, data, cal, prov = card["model"], card.get("training_data") or {}, card.get("calibration"), \
         card.get("provenance") or {}
-    lines = [f"# Model card: {card['name']}", "", "## Intended use", "", card["intended_use"], "",
-             "## Out-of-scope use", "", *(f"- {x}" for x in card["out_of_scope_use"]), "", "## Model", "",
-             f"- kind: {model['kind']}; architecture: {model['architecture']}; head: {_fmt(model.get('head'))}; "
-             f"input size: {_fmt(model.get('input_size'))} px",
+    md = markdown_text
+    out_of_scope = [x if x in OUT_OF_SCOPE else md(x) for x in card["out_of_scope_use"]]  # ours are Markdown
+    classes = model.get("classes")
+    lines = [f"# Model card: {md(card['name'])}", "", "## Intended use", "", md(card["intended_use"]), "",
+             "## Out-of-scope use", "", *(f"- {x}" for x in out_of_scope), "", "## Model", "",
+             f"- kind: {_fmt(model['kind'])}; architecture: {_fmt(model['architecture'])}; head: "
+             f"{_fmt(model.get('head'))}; input size: {_fmt(model.get('input_size'))} px",
              f"- started from weights: {_fmt(model.get('started_from_weights'))}; test-time augmentation: "
              f"{_fmt(model.get('tta'))}",
-             f"- classes: {', '.join(model.get('classes') or [])}", "", "## Training data", ""]
+             "- classes: " + (", ".join(md(c) for c in classes) if isinstance(classes, list) else _fmt(classes)),
+             "", "## Training data", ""]
     if data:
-        lines += [f"- {data['images']} images; patients: {_fmt(data.get('patients'))}"
-                  + (f" (column {data['patient_column']})" if data.get("patient_column") else "")
+        lines += [f"- {_fmt(data.get('images'))} images; patients: {_fmt(data.get('patients'))}"
+                  + (f" (column {md(data['patient_column'])})" if data.get("patient_column") else "")
                   + f"; modality: {_fmt(data.get('modality'))}; median shorter side: "
                   f"{_fmt(data.get('median_shorter_side_px'))} px",
-                  *(f"- {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-                    for split, counts in data["classes_per_split"].items())]
+                  *(f"- {md(split)}: " + ", ".join(f"{md(k)} {_fmt(v)}" for k, v in counts.items())
+                    for split, counts in (data.get("classes_per_split") or {}).items())]
         if data.get("grouping"):
-            lines.append(f"- split grouping: {data['grouping']}")
+            lines.append(f"- split grouping: {md(data['grouping'])}")
         if data.get("manifest"):
-            lines.append(f"- manifest: `{data['manifest']['path']}` (SHA-256 `{data['manifest']['sha256']}`)")
+            lines.append(f"- manifest: {_fmt(data['manifest'].get('path'))} (SHA-256 "
+                         f"{_fmt(data['manifest'].get('sha256'))})")
         if data.get("recipe"):
             lines += ["", "Recipe (options chosen from the data, with their reasons):", ""]
             by_reason: dict[str, list[str]] = {}
             for k, v in data["recipe"].items():
-                by_reason.setdefault(str(v.get("reason")), []).append(f"{k} = {_fmt(v.get('value'))}")
-            lines += [f"- {', '.join(names)}: {why}" for why, names in by_reason.items()]
+                by_reason.setdefault(str(v.get("reason")), []).append(f"{md(k)} = {_fmt(v.get('value'))}")
+            lines += [f"- {', '.join(names)}: {md(why)}" for why, names in by_reason.items()]
     else:
         lines.append("not recorded (a bundle assembled from others, or written before model cards)")
     lines += ["", "## Performance", ""]
     val = card.get("validation")
     if val:
-        ci = val.get("accuracy_ci95")
-        lines.append(f"- validation: accuracy {_fmt(val.get('accuracy'))}"
-                     + (f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" on {_fmt(val.get('images'))} images "
-                     "(the images that chose the best epoch: optimistic)")
+        lines.append(f"- validation: accuracy {_fmt(val.get('accuracy'))}" + _ci(val.get("accuracy_ci95"), "95% CI ")
+                     + f" on {_fmt(val.get('images'))} images (the images that chose the best epoch: optimistic)")
     if card["evaluations"]:
         lines += ["", *_metric_rows(card["evaluations"])]
     else:
@@ -261,8 +359,9 @@ def render_model_card(card: dict) -> str:
         "not measured: run `oncolens evaluate BUNDLE --data test.csv --perturb stain-strong,jpeg50`"]
     lines += ["", "## Calibration and uncertainty", ""]
     if cal:
-        temperatures = ", ".join(f"{v:.3f}" if len(cal.get("temperatures") or {}) == 1 else f"{k} {v:.3f}"
-                                 for k, v in (cal.get("temperatures") or {}).items()) or "-"
+        found = cal.get("temperatures") if isinstance(cal.get("temperatures"), dict) else {}
+        temperatures = ", ".join(_fmt(v) if len(found) == 1 else f"{md(k)} {_fmt(v)}"
+                                 for k, v in found.items()) or "-"
         lines += [f"- calibrated on {_fmt(cal.get('calibration_images'))} held-out images; temperature "
                   f"{temperatures}; ECE {_fmt(cal.get('ece_before'))} before, "
                   f"{_fmt(cal.get('ece_after'))} after",
@@ -274,16 +373,16 @@ def render_model_card(card: dict) -> str:
                   "calibration images pass)"]
     else:
         lines.append("not calibrated")
-    lines += ["", "## Limitations", "", *(f"- {x}" for x in card["limitations"]), "", "## Licences", "",
-              f"- code: {card['licences']['code']}", f"- pretrained weights: {card['licences']['weights']}", "",
+    lines += ["", "## Limitations", "", *(f"- {x}" for x in _limitations(data, cal, text=md)), "", "## Licences", "",
+              f"- code: {card['licences']['code']}", f"- pretrained weights: {md(card['licences']['weights'])}", "",
               "## Provenance", "",
               f"- oncolens {_fmt(prov.get('oncolens'))}, commit {_fmt(prov.get('commit'))}; Python "
-              f"{_fmt(prov.get('python'))}; " + ", ".join(f"{k} {v}" for k, v in (prov.get("libraries") or {}).items()
-                                                         if v)]
-    if prov.get("manifest"):
-        lines.append(f"- training manifest SHA-256 `{prov['manifest']['sha256']}`")
+              f"{_fmt(prov.get('python'))}; " + ", ".join(f"{md(k)} {md(v)}"
+                                                         for k, v in (prov.get("libraries") or {}).items() if v)]
+    if isinstance(prov.get("manifest"), dict):
+        lines.append(f"- training manifest SHA-256 {_fmt(prov['manifest'].get('sha256'))}")
     if prov.get("note"):
-        lines.append(f"- {prov['note']}")
+        lines.append(f"- {md(prov['note'])}")
     if card.get("version_note"):
-        lines.append(f"- {card['version_note']}")
+        lines.append(f"- {md(card['version_note'])}")
     return "\n".join(lines) + "\n"
