@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = ["Neighbours", "LookalikeGroups", "nearest_neighbours", "choose_threshold", "lookalike_groups",
-           "SplitProximity", "split_proximity", "NEIGHBOURS", "PROJECTED_DIM", "MAX_SHARE"]
+           "SplitProximity", "split_proximity", "NEIGHBOURS", "PROJECTED_DIM", "MAX_SHARE", "IDENTICAL"]
 
 #: neighbours per image: the profile runs from an image's own look-alikes out to unrelated images
 NEIGHBOURS = 30
@@ -31,6 +31,8 @@ NEIGHBOURS = 30
 PROJECTED_DIM = 64
 #: the largest look-alike group may hold at most this share of the images (a test fold's: 1 of 5)
 MAX_SHARE = 0.2
+#: images at least this similar are the same image (a copy): always one group, whatever the threshold
+IDENTICAL = 0.9999
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -82,14 +84,15 @@ def nearest_neighbours(embeddings: np.ndarray, k: int = NEIGHBOURS, reference: n
 
 
 def _components(neighbours: Neighbours, threshold: float | None, also: np.ndarray | None = None) -> np.ndarray:
-    """Connected components of the neighbour pairs at least ``threshold`` similar (and of ``also``'s groups)."""
+    """Connected components of the neighbour pairs at least ``threshold`` similar (identical ones, at least
+    :data:`IDENTICAL`, even without a threshold) and of ``also``'s groups."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(neighbours.index)
     rows, cols = [np.zeros(0, int)], [np.zeros(0, int)]
-    if threshold is not None:
-        close = neighbours.similarity >= threshold
+    if len(neighbours.index):
+        close = neighbours.similarity >= (IDENTICAL if threshold is None else min(threshold, IDENTICAL))
         rows.append(np.repeat(np.arange(n), close.sum(1)))
         cols.append(neighbours.index[close])
     if also is not None:  # chain each given group's members

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +14,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 from ..errors import DataError
 
 __all__ = ["SplitError", "LeakageReport", "split", "leakage_report", "default_group_column", "resolve_group_column",
-           "split_warnings", "assign_folds", "duplicate_clusters", "check_labels", "GROUP_COLUMNS"]
+           "split_warnings", "assign_folds", "duplicate_clusters", "check_labels", "file_hashes", "with_file_hashes",
+           "GROUP_COLUMNS"]
 
 
 class SplitError(DataError):
@@ -214,6 +218,36 @@ class LeakageReport:
 
 def _phash_bits(hex_hashes: pd.Series) -> np.ndarray:
     return np.array([int(h, 16) if h and h != "nan" else 0 for h in hex_hashes], dtype=np.uint64)
+
+
+def file_hashes(paths: Sequence[str | Path], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The SHA-256 of each file's bytes as it is now ("" for a file that cannot be read); ``progress(done,
+    total)`` every 256 files and at the end."""
+    out = np.full(len(paths), "", dtype=object)
+    for i, path in enumerate(paths):
+        try:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            out[i] = digest.hexdigest()
+        except OSError:
+            pass
+        if progress is not None and ((i + 1) % 256 == 0 or i + 1 == len(paths)):
+            progress(i + 1, len(paths))
+    return out
+
+
+def with_file_hashes(manifest: pd.DataFrame, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """A copy of ``manifest`` whose ``sha256`` column holds its files' hashes as they are now, not as a scan
+    once found them (a file replaced since has its stale ``phash`` blanked): what duplicate checks trust."""
+    frame = manifest.reset_index(drop=True).copy()
+    fresh = file_hashes(frame["path"].astype(str).tolist(), progress=progress)
+    if "phash" in frame.columns:
+        stale = frame["sha256"].astype(str).to_numpy() != fresh if "sha256" in frame.columns else fresh == ""
+        frame.loc[stale, "phash"] = ""
+    frame["sha256"] = fresh
+    return frame
 
 
 def duplicate_clusters(manifest: pd.DataFrame, near_threshold: int = 4) -> np.ndarray:

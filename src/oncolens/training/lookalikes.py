@@ -7,6 +7,7 @@ is calibrated) and the studies group look-alikes with :func:`add_lookalike_group
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.lookalike import LookalikeGroups, lookalike_groups, split_proximity
-from ..data.split import default_group_column_safe, duplicate_clusters
+from ..data.split import default_group_column_safe, duplicate_clusters, with_file_hashes
 from ..errors import ConfigError, DataError
 
 __all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "grouped", "grouped_split", "manifest_embeddings", "add_lookalike_groups", "embedding_leakage",
@@ -24,6 +25,8 @@ __all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "grouped", 
 EMBEDDING_MODEL = "tf_efficientnet_lite0"
 #: how images without patient ids are grouped
 GROUP_BY = ("auto", "embedding", "phash", "none")
+#: ``progress(what, done, total)``: how far a long step (hashing the files, embedding the images) has come
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -79,9 +82,11 @@ def grouped_split(frame: pd.DataFrame, config, test: float, val: float = 0.0, se
     return parts, grouping.sentence
 
 
-def manifest_embeddings(frame: pd.DataFrame, config: GroupingConfig) -> tuple[np.ndarray, list[int]]:
+def manifest_embeddings(frame: pd.DataFrame, config: GroupingConfig,
+                        progress: Progress | None = None) -> tuple[np.ndarray, list[int]]:
     """Pooled features of ``frame``'s readable images (rows ``kept``) from ``config.model``, through the
-    feature cache; the positions of the rows they belong to."""
+    feature cache; the positions of the rows they belong to. ``progress("embedding images", done, total)``
+    after every batch the cache did not hold."""
     import torch
 
     from ..data import ManifestDataset, build_transforms
@@ -102,8 +107,17 @@ def manifest_embeddings(frame: pd.DataFrame, config: GroupingConfig) -> tuple[np
     keys = [image_key(p) for p in dataset.paths]
 
     def compute(indices: list[int]):
+        done = 0
+
+        def step(count: int) -> None:
+            nonlocal done
+            done += count
+            progress("embedding images", done, len(indices))
+
+        if progress is not None:
+            progress("embedding images", 0, len(indices))
         return compute_features(model.backbone, dataset, indices, batch_size=config.batch_size, device=device,
-                                channels_last=channels_last)
+                                channels_last=channels_last, progress=step if progress is not None else None)
 
     features, kept = FeatureCache(Path(config.cache_dir), mode="disk").features(
         namespace, keys, compute, about={"model": config.model, "weights": config.weights, "size": pre.size})
@@ -121,33 +135,33 @@ class Grouping:
     sentence: str
 
 
-def add_lookalike_groups(frame: pd.DataFrame, config: GroupingConfig, seed: int = 0) -> Grouping:
+def add_lookalike_groups(frame: pd.DataFrame, config: GroupingConfig, seed: int = 0,
+                         progress: Progress | None = None) -> Grouping:
     """How a split of ``frame`` is grouped: by the manifest's patients when it names them (unless ``none``);
     else by look-alike groups (``auto``/``embedding``: a ``lookalike`` column, embedding groups joined with
-    exact/perceptual duplicates), duplicates only (``phash``: ``dup_cluster``) or not at all (``none``)."""
+    exact/perceptual duplicates), duplicates only (``phash``: ``dup_cluster``) or not at all (``none``).
+    Exact duplicates are found from the files' bytes as they are now (the returned frame's ``sha256``), not
+    from the manifest's column. ``progress(what, done, total)`` reports the hashing and the embedding."""
     frame = frame.reset_index(drop=True)
     patients = default_group_column_safe(frame)
     if patients in ("group", "patient") and config.group_by != "none":  # the data say who the patient is
         return Grouping(frame, patients, None, f"grouped by the manifest's patients ({patients!r})")
     if config.group_by == "none":
         return Grouping(frame, None, None, "not grouped: split by image (--group-by none)")
-    duplicates = duplicate_clusters(frame) if {"sha256", "phash"} & set(frame.columns) else None
+    frame = with_file_hashes(frame, progress=None if progress is None else
+                             lambda done, total: progress("hashing files", done, total))
+    duplicates = duplicate_clusters(frame)
     if config.group_by == "phash":
-        if duplicates is None:
-            return Grouping(frame, None, None, "not grouped: the manifest has no sha256/phash (run `oncolens scan`)")
         return Grouping(frame.assign(dup_cluster=duplicates), "dup_cluster", None,
                         "grouped by exact and perceptual duplicates")
     try:
-        embeddings, kept = manifest_embeddings(frame, config)
+        embeddings, kept = manifest_embeddings(frame, config, progress=progress)
     except DataError:  # no image could be read: the split reports unreadable images where they are used
         kept = []
     if len(kept) < 3:
-        if duplicates is None:
-            return Grouping(frame, None, None, "not grouped: fewer than 3 readable images")
         return Grouping(frame.assign(dup_cluster=duplicates), "dup_cluster", None,
                         "grouped by exact and perceptual duplicates: fewer than 3 readable images to embed")
-    groups = lookalike_groups(embeddings, threshold=config.threshold, seed=seed,
-                              also=None if duplicates is None else duplicates[kept])
+    groups = lookalike_groups(embeddings, threshold=config.threshold, seed=seed, also=duplicates[kept])
     labels = np.array([f"unread-{i}" for i in range(len(frame))], dtype=object)  # unreadable: alone
     labels[kept] = groups.labels
     return Grouping(frame.assign(lookalike=labels), "lookalike", groups, groups.summary())

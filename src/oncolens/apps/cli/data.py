@@ -89,7 +89,7 @@ def split(
     if bags and group_col in ("auto", "none"):
         column = "group" if "group" in frame.columns and group_by != "none" and group_col != "none" else None
     elif group_col in ("auto", "none"):
-        grouping = add_lookalike_groups(frame, grouping_config, seed=seed)
+        grouping = add_lookalike_groups(frame, grouping_config, seed=seed, progress=_ProgressLines())
         frame, column, groups = grouping.frame, grouping.column, grouping.groups
         console.print(grouping.sentence, markup=False, highlight=False)
     result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col, group_col=column)
@@ -102,6 +102,34 @@ def split(
         for part in embedding_leakage(result, grouping_config, threshold=threshold, seed=seed):
             console.print(part.sentence(), markup=False, highlight=False)
     console.print(f"splits: {out}")
+
+
+class _ProgressLines:
+    """``progress(what, done, total)`` of a long library step as lines on the console: when the step starts,
+    at most every ``every`` seconds while it runs (with an estimate of the time left), and when it ends."""
+
+    def __init__(self, every: float = 10.0):
+        self.every, self.started, self.shown = every, {}, {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if what not in self.started or done == 0:
+            self.started[what] = self.shown[what] = now
+            console.print(f"{what}: {total:,} to do", markup=False, highlight=False)
+            if done == 0:
+                return
+        elapsed = now - self.started[what]
+        if done >= total:
+            rate = f" ({1000 * elapsed / max(done, 1):.1f} s per 1,000)" if elapsed >= 1 else ""
+            console.print(f"{what}: {done:,} of {total:,} done in {elapsed:.0f} s{rate}", markup=False,
+                          highlight=False)
+        elif now - self.shown[what] >= self.every:
+            self.shown[what] = now
+            left = elapsed * (total - done) / max(done, 1)
+            console.print(f"{what}: {done:,} of {total:,} ({done / total:.0%}, {elapsed:.0f} s; about {left:.0f} s "
+                          "left)", markup=False, highlight=False)
 
 
 def _print_split(result, label_col: str, column: str | None, near_threshold: int, report: Path | None) -> None:
