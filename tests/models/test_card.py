@@ -76,7 +76,7 @@ def test_evaluations_and_robustness_are_recorded(carded, tmp_path):
     clean = evaluate(bundle, csv, out_dir=tmp_path / "clean", n_boot=50, record=True)
     evaluate(bundle, csv, out_dir=tmp_path / "jpeg", n_boot=50, perturb="jpeg50", record=True)
     evaluate(bundle, csv, out_dir=tmp_path / "again", n_boot=50, record=True)  # replaces, not appends
-    evaluate(bundle, csv, out_dir=tmp_path / "unrecorded", n_boot=50, split="val")  # record is opt-in
+    evaluate(bundle, csv, out_dir=tmp_path / "unrecorded", n_boot=50, split="val", record=False)
     card = model_card(bundle)
     assert len(card["evaluations"]) == 1 and len(card["robustness"]) == 1
     row = card["evaluations"][0]

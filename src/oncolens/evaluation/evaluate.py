@@ -168,7 +168,7 @@ def evaluate(
     alpha: float | None = None,
     resume: bool = False,
     distributed: Distributed | None = None,
-    record: bool = False,
+    record: bool = True,
 ) -> EvaluationResult | None:
     """Evaluate ``bundle`` on the ``split`` rows of ``data``; write metrics, plots and ``report.html``.
 
@@ -183,8 +183,8 @@ def evaluate(
     Images are scored batch by batch into ``<out_dir>/scores.jsonl`` (memory stays bounded: features are
     reduced to the detector's score at once); ``resume`` continues a killed evaluation after the rows already
     written. Under torchrun each rank scores its shard and rank 0 measures and writes (the others return
-    None). ``record`` keeps the headline numbers in the bundle's model card (its own classes only; with
-    ``perturb``, as robustness).
+    None). ``record`` (the default, as ``oncolens evaluate``) keeps the headline numbers in the bundle's model
+    card (its own classes only; with ``perturb``, as robustness; a bundle in memory has no card to keep them).
     """
     loaded = as_bundle(bundle)
     lm = None if label_map is None else (label_map if isinstance(label_map, LabelMap) else load_label_map(label_map))
