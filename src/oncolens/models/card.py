@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import math
 import re
 from pathlib import Path
@@ -32,8 +31,6 @@ from .bundle import read_bundle_info, version_note
 __all__ = ["CARD_JSON", "CARD_MD", "CARD_MAX_BYTES", "DEFAULT_INTENDED_USE", "model_card", "card_or_none",
            "read_card", "update_model_card", "render_model_card", "markdown_text", "training_facts",
            "weights_licence"]
-
-log = logging.getLogger(__name__)
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
 #: the largest ``model_card.json`` read (a card holds a few kB); a larger file is damaged and is never read
