@@ -243,3 +243,23 @@ def test_no_import_cycle_inside_training():
         if module != "__init__":
             visit(module, [module])
     assert not cycles, cycles[:3]
+
+
+#: code that asks whether the data or a model is a bag (multiple-instance learning) rather than asking its task
+_BAG_QUESTIONS = re.compile(r"is_bag_manifest\(|bag_classifier|\binputs\s*[!=]=|[!=]=\s*[\"']bags?[\"']|"
+                            r"[\"']bags?[\"']\s*[!=]=|hasattr\([^)]*[\"']explain[\"']\)|\[[\"']kind[\"']\]\s*[!=]=")
+
+
+def test_only_the_task_modules_ask_whether_something_is_a_bag():
+    """The plan chooses the task (images or bags) once; everything that differs is the task's (training/tasks.py,
+    and the bag model's own module, models/mil.py). Elsewhere at most 2 places may ask (registries keyed by a
+    bundle's task do not count: they look up, they do not branch)."""
+    owners = {"training/tasks", "models/mil"}
+    found = []
+    for path, parts in _modules():
+        if "/".join(parts) in owners:
+            continue
+        text = path.read_text()
+        for match in _BAG_QUESTIONS.finditer(text):
+            found.append(f"{'/'.join(parts)}:{text[: match.start()].count(chr(10)) + 1}: {match.group(0)}")
+    assert len(found) <= 2, found

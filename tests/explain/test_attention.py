@@ -65,7 +65,7 @@ def test_attention_is_the_explanation_of_a_bag_classifier(mil_bundle, image, tin
         explain(loaded, [image], method="gradcam")
     with pytest.raises(ConfigError, match="bag classifiers"):
         explain(load_any_bundle(tiny_bundle), [image], method="attention")
-    assert "attention" not in list_methods() and list_methods(bags=True) == ["attention"]
+    assert "attention" not in list_methods() and list_methods("bags") == ["attention"]
 
 
 def test_attention_maps_are_bounded_in_size_and_leave_the_whole_image_instance_out():

@@ -188,7 +188,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         settings = replace(settings, **limits)
     info = predictor.info
     n_levels = len(info.get("levels") or [None])
-    Method = enum.Enum("Method", {name: name for name in list_methods(bags=None)}, type=str)  # an enum in the schema
+    Method = enum.Enum("Method", {name: name for name in list_methods(None)}, type=str)  # an enum in the schema
     app = FastAPI(title="oncolens", version=info["version"],
                   description="Cancer image classification with explanations. Research use only.")
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 64 * 1024)  # + room for the form's framing
@@ -250,7 +250,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
 
     @app.get("/model", dependencies=guarded, responses=_errors(401))
     async def model_info() -> dict:
-        return {**info, "explanation_methods": list_methods(bags=predictor.bundle.bag_classifier)}
+        return {**info, "explanation_methods": list_methods(predictor.bundle)}
 
     @app.post("/predict", dependencies=guarded, responses=_errors(400, 401, 413, 415, 422, 503))
     async def predict(file: UploadFile = upload(),

@@ -108,7 +108,7 @@ def main() -> None:
             st.write(f"hierarchical: {' > '.join(names)} ({len(info['nodes'])} classifiers)")
             choice = st.selectbox("Explain the classifier of level", ["deepest on the route", *names])
             level = None if choice == "deepest on the route" else names.index(choice)
-        methods = list_methods(bags=predictor.bundle.bag_classifier)  # a bag classifier is explained by attention
+        methods = list_methods(predictor.bundle)  # the methods of the bundle's task (a bag classifier: attention)
         method = st.selectbox("Explanation method", methods,
                               index=methods.index("gradcam") if "gradcam" in methods else 0)
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
@@ -173,20 +173,17 @@ def show_slides() -> None:
     if summary.get("tiles_unlike_training"):
         st.warning(f"{summary['tiles_unlike_training']:.0%} of the tiles are unlike the training images: do not "
                    "trust their scores.")
-    bag = summary.get("kind") == "bag"  # a bag classifier: one decision per slide, explained by attention
-    if bag:
+    if "probabilities" in summary:  # one decision for the whole slide (a multiple-instance model)
         st.metric(f"P({target}) for the slide (multiple-instance model)", f"{summary['probabilities'][target]:.3f}")
-    if (out / "heatmap.png").exists():
-        st.image(str(out / "heatmap.png"), caption="attention per tile (where the slide's decision comes from)" if bag
-                 else f"P({target}) per tile over the slide's thumbnail")
-    if bag and (out / "heatmap_weighted.png").exists():
-        st.image(str(out / "heatmap_weighted.png"), caption=f"attention x each tile's own P({target})")
-    if (out / "top_tiles.png").exists():
-        st.image(str(out / "top_tiles.png"), caption="the most attended tiles" if bag
-                 else "the tiles most likely of the class, with their explanation")
+    views = summary.get("views") or [{"file": "heatmap.png", "caption": f"P({target}) per tile"},
+                                     {"file": "top_tiles.png", "caption": "the top tiles"}]
+    for view in views:  # the figures the slide's scorer made, in its order, each said in words
+        if (out / Path(view["file"]).name).exists():
+            st.image(str(out / Path(view["file"]).name), caption=view["caption"])
     if (out / "tiles.csv").exists():
         tiles = pd.read_csv(out / "tiles.csv")
-        st.dataframe(tiles.sort_values("attention" if bag else f"prob_{target}", ascending=False).head(20),
+        rank = summary.get("rank_tiles_by", f"prob_{target}")
+        st.dataframe(tiles.sort_values(rank, ascending=False).head(20) if rank in tiles.columns else tiles.head(20),
                      hide_index=True)
 
 

@@ -20,8 +20,9 @@ from ..errors import DataError
 from ..files import atomic_write_json, read_rows
 from ..models.bundle import ModelBundle, as_bundle
 from ..models.scoring_job import ScoringJob
+from ..registry import Registry
 
-__all__ = ["SlideResult", "score_slide", "slide_summary"]
+__all__ = ["SlideResult", "score_slide", "slide_summary", "SLIDE_SCORERS"]
 
 
 @dataclass
@@ -92,8 +93,22 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     target = target or loaded.classes[-1]
     if target not in loaded.classes:
         raise DataError(f"class {target!r} is not one of the bundle's classes {loaded.classes}")
-    if loaded.bag_classifier:  # the slide is one bag, explained by attention
-        return _score_slide_bag(loaded, slide_path, out_dir, target, top_k, batch_size, num_workers, progress)
+    options = dict(mpp=mpp, slide_mpp=slide_mpp, min_tissue=min_tissue, top_k=top_k, threshold=threshold,
+                   batch_size=batch_size, num_workers=num_workers, resume=resume, progress=progress)
+    return SLIDE_SCORERS.get(loaded.task)(loaded, slide_path, out_dir, target, **options)
+
+
+#: a bundle's task -> how a slide is scored by it (tiles one by one, or the slide as one bag)
+SLIDE_SCORERS: Registry[Callable[..., SlideResult]] = Registry("slide scorer")
+
+
+@SLIDE_SCORERS.decorator("images")
+def _score_slide_tiles(loaded: ModelBundle, slide_path: str | Path, out_dir: Path, target: str, *,
+                       mpp: float | None, slide_mpp: float | None, min_tissue: float, top_k: int, threshold: float,
+                       batch_size: int, num_workers: int | None, resume: bool,
+                       progress: Callable[[int, int], None] | None) -> SlideResult:
+    """A slide through an image model: each tissue tile scored (resumable row file), the per-tile heatmap,
+    the tiles and the thresholded region for QuPath."""
     check_tiling(loaded.preprocessing.size, mpp, slide_mpp, min_tissue)
     slide = open_slide(slide_path)
     info = slide_info(slide, slide_path)
@@ -140,7 +155,10 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     for column in table.columns:
         if column not in ("tile", "label", "out_of_distribution"):
             table[column] = pd.to_numeric(table[column])
-    summary = {"slide": info.to_dict(), "target": target, "mpp": mpp, "min_tissue": min_tissue,
+    views = [{"file": "heatmap.png", "caption": f"P({target}) per tile over the slide's thumbnail"},
+             {"file": "top_tiles.png", "caption": "the tiles most likely of the class, with their explanation"}]
+    summary = {"slide": info.to_dict(), "target": target, "task": loaded.task, "rank_tiles_by": f"prob_{target}",
+               "views": views, "mpp": mpp, "min_tissue": min_tissue,
                "tissue_fraction_of_slide": float(mask[0].mean()), "tiles_in_grid": len(tiles),
                "unreadable_tiles": unreadable, **slide_summary(table, loaded.classes, top_k, threshold)}
     heatmap = _heatmap(slide, table, info, f"prob_{target}", out_dir / "heatmap.png",
@@ -154,8 +172,9 @@ def score_slide(bundle: str | Path | ModelBundle, slide_path: str | Path, out_di
     return SlideResult(info=info, tiles=table, summary=summary, out_dir=out_dir, heatmap=heatmap, tile_objects=tiles)
 
 
-def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str, top_k: int, batch_size: int,
-                     num_workers: int | None, progress: Callable[[int, int], None] | None) -> SlideResult:
+@SLIDE_SCORERS.decorator("bags")
+def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str, *, top_k: int, batch_size: int,
+                     num_workers: int | None, progress: Callable[[int, int], None] | None, **_: object) -> SlideResult:
     """A slide through a bag classifier: its bag (tiles as the bundle cuts them), the slide's probabilities,
     and per tile its attention and the attention-weighted score of ``target``; ``tiles.csv``, heatmaps of
     both over the thumbnail, ``tiles.geojson`` (attention as a measurement) and ``summary.json``."""
@@ -175,7 +194,11 @@ def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str,
     table.to_csv(out_dir / "tiles.csv", index=False)
     probabilities = dict(zip(loaded.classes, map(float, bag["probabilities"])))
     order = np.argsort(-attention)[:top_k]
-    summary = {"slide": info.to_dict(), "target": target, "kind": "bag", "probabilities": probabilities,
+    views = [{"file": "heatmap.png", "caption": "attention per tile (where the slide's decision comes from)"},
+             {"file": "heatmap_weighted.png", "caption": f"attention x each tile's own P({target})"},
+             {"file": "top_tiles.png", "caption": "the most attended tiles"}]
+    summary = {"slide": info.to_dict(), "target": target, "task": loaded.task, "rank_tiles_by": "attention",
+               "views": views, "probabilities": probabilities,
                "label": max(probabilities, key=probabilities.get),
                "tissue_fraction_of_slide": float(tissue_mask(slide)[0].mean()), "unreadable_tiles": {},
                "top_attention_tiles": table.iloc[order][["x", "y", "attention"]].to_dict("records"),

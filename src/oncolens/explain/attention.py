@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..data import read_image
@@ -30,10 +31,13 @@ class AttentionMethod(Method):
     """A bag classifier's attention over its instances (gated attention, CLAM; uniform for mean pooling)."""
 
     kind = "magnitude"
-    bags = True
+    task = "bags"
 
-    def attribute(self, model, x, targets, *, layer, preprocessing, options):
-        raise ConfigError("attention explains bag classifiers through oncolens.explain.explain, not image tensors")
+    def explain(self, model_or_bundle, images, target, target_layer, batch_size, options, classes, level, routing):
+        if isinstance(images, torch.Tensor):
+            raise ConfigError("attention explains a bag classifier on images or image files (the bag of their "
+                              "crops), not on image tensors")
+        return explain_bags(model_or_bundle, images, target)
 
 
 def attention_map(coords: np.ndarray, weights: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:

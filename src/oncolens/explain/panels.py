@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..evaluation.plots import plot_gallery
 from ..evaluation.select import select_rows
 from ..files import safe_name
 from ..models.bundle import ModelBundle
+from ..registry import Registry
 from .outputs import compose
 from .registry import ExplainOptions, explain
 
@@ -87,12 +89,21 @@ def top_tile_panel(bundle: ModelBundle, result, method: str = "gradcam", top_k: 
     from ..figures import save_figure, subplots
 
     target = result.summary["target"]
-    attended = "attention" in result.tiles.columns  # a bag classifier: its attention is the explanation
-    best = result.tiles.sort_values("attention" if attended else f"prob_{target}", ascending=False).head(top_k)
+    best = result.tiles.sort_values(result.summary.get("rank_tiles_by", f"prob_{target}"), ascending=False).head(top_k)
     tiles = {f"{t.x},{t.y}": t for t in result.tile_objects}
     images = [tiles[row.tile].load() for row in best.itertuples()]
-    if attended:
-        return _attention_panel(result, best, images, target)
+    return TILE_PANELS.get(result.summary.get("task", "images"))(bundle, result, best, images, target, method)
+
+
+#: a bundle's task -> the panel of a slide's top tiles (each with its explanation; a bag classifier's attention)
+TILE_PANELS: Registry[Callable[..., Path]] = Registry("top-tile panel")
+
+
+@TILE_PANELS.decorator("images")
+def _explained_panel(bundle: ModelBundle, result, best, images, target: str, method: str) -> Path:
+    """The tiles most likely of ``target``, each above its explanation overlay by ``method``."""
+    from ..figures import save_figure, subplots
+
     explained = explain(bundle, images, method=method, target=target) if images else []
     fig, axes = subplots(2, max(len(best), 1), figsize=(2.2 * max(len(best), 1), 4.6), squeeze=False)
     for column, (row, image, e) in enumerate(zip(best.itertuples(), images, explained)):
@@ -108,7 +119,8 @@ def top_tile_panel(bundle: ModelBundle, result, method: str = "gradcam", top_k: 
     return out
 
 
-def _attention_panel(result, best, images, target: str) -> Path:
+@TILE_PANELS.decorator("bags")
+def _attention_panel(bundle: ModelBundle, result, best, images, target: str, method: str) -> Path:
     """The most attended tiles of a bag classifier's slide, each with its attention and its own P(target)."""
     from ..figures import save_figure, subplots
 

@@ -1,7 +1,9 @@
 """One verb across explanation methods: ``explain(model, images, method, target)``.
 
 A method is a small class registered by name (as pytorch-grad-cam subclasses one base CAM); adding
-one is a subclass with ``attribute()`` and ``@register_method``.
+one is a subclass with ``attribute()`` and ``@register_method``. Each method explains the models of one
+task (``images``: a backbone and a head; ``bags``: a bag classifier, explained by its attention); a bundle
+says its task, and a method of another task is refused naming the ones that fit.
 """
 
 from __future__ import annotations
@@ -70,14 +72,21 @@ class Method:
     needs_layer: bool = False
     #: True when ``attribute`` accepts ``targets=None`` (explain the predicted class) and returns logits
     handles_predicted: bool = False
-    #: True for a method that explains bag classifiers (multiple-instance learning), False for image models
-    bags: bool = False
+    #: the task of the models it explains (a bundle's ``task``): "images" or "bags"
+    task: str = "images"
 
     def attribute(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None, *,
                   layer: nn.Module | None, preprocessing: Preprocessing,
                   options: ExplainOptions) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
         """Raw maps ``(B, H, W)``, or ``(maps, logits)`` when the method ran the forward pass itself."""
         raise NotImplementedError
+
+    def explain(self, model_or_bundle, images: Sequence | torch.Tensor, target: str | int, target_layer: str | None,
+                batch_size: int, options: ExplainOptions, classes: Sequence[str] | None, level: int | None,
+                routing: Mapping[str, np.ndarray] | None) -> list[Explanation]:
+        """One explanation per image (see :func:`explain`): an image model's maps from :meth:`attribute`."""
+        return _explain_images(self, model_or_bundle, images, target, target_layer, batch_size, options, classes,
+                               level, routing)
 
 
 _METHODS: Registry[Method] = Registry("explanation method")
@@ -98,9 +107,20 @@ def get_method(name: str) -> Method:
     return _METHODS.get(name)
 
 
-def list_methods(bags: bool | None = False) -> list[str]:
-    """The methods for image models (default), for bag classifiers (``bags=True``) or all (None)."""
-    return [name for name in _METHODS.names() if bags is None or _METHODS.get(name).bags == bags]
+#: a task's models in words (one, several), for messages
+_MODELS_OF = {"images": ("an image model", "image models"), "bags": ("a bag classifier", "bag classifiers")}
+
+
+def task_of(model_or_bundle) -> str:
+    """The task of a bundle (its ``task``); a bare model is an image model."""
+    return getattr(model_or_bundle, "task", "images")
+
+
+def list_methods(task: "str | ModelBundle | None" = "images") -> list[str]:
+    """The methods that explain models of ``task`` (a task name, or a bundle: its task; default: image
+    models), or every method (None)."""
+    wanted = task if task is None or isinstance(task, str) else task_of(task)
+    return [name for name in _METHODS.names() if wanted is None or _METHODS.get(name).task == wanted]
 
 
 def target_indices(target: str | int, classes: Sequence[str], predicted: np.ndarray) -> np.ndarray:
@@ -178,15 +198,19 @@ def explain(
             raise ConfigError(f"level must be between 0 and {depth - 1} for this bundle ({depth} level(s)), "
                               f"got {level}")
     chosen = get_method(method)
-    is_bag = bool(getattr(model_or_bundle, "bag_classifier", False))
-    if chosen.bags != is_bag:
-        raise ConfigError(f"{method!r} explains {'bag classifiers' if chosen.bags else 'image models'}, and this is "
-                          f"{'a bag classifier' if is_bag else 'an image model'}: use one of "
-                          f"{', '.join(list_methods(bags=is_bag))}")
-    if is_bag:
-        from .attention import explain_bags
+    task = task_of(model_or_bundle)
+    if chosen.task != task:
+        raise ConfigError(f"{method!r} explains {_MODELS_OF.get(chosen.task, (chosen.task,) * 2)[1]}, and this is "
+                          f"{_MODELS_OF.get(task, (task,) * 2)[0]}: use one of {', '.join(list_methods(task)) or 'none'}")
+    return chosen.explain(model_or_bundle, images, target, target_layer, batch_size, options or ExplainOptions(),
+                          classes, level, routing)
 
-        return explain_bags(model_or_bundle, images, target)
+
+def _explain_images(chosen: Method, model_or_bundle, images, target: str | int, target_layer: str | None,
+                    batch_size: int, options: ExplainOptions, classes: Sequence[str] | None, level: int | None,
+                    routing: Mapping[str, np.ndarray] | None) -> list[Explanation]:
+    """An image model's explanations by ``chosen``'s maps, batch by batch."""
+    method = chosen.name
     if isinstance(model_or_bundle, ModelBundle) and not model_or_bundle.single_classifier:
         # a tree of classifiers: explain each image with the one that decides it
         return _explain_tree(model_or_bundle, images, method, target, target_layer, batch_size, options, level,

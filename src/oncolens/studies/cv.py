@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..evaluation import MetricsReport, compute_metrics, evaluate, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.ensemble import save_ensemble_bundle
-from ..models.mil import is_bag_manifest
+from ..training.tasks import task_for
 from ..training import TrainConfig
 from ..training.lookalikes import grouped
 from .runner import Job, run_jobs
@@ -126,9 +126,10 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
                "pooled_out_of_fold": pooled.to_dict(), "notes": notes}
     if perturb:
         summary["robustness"] = _robustness(out_dir, frame, predictions, list(perturb), groups, n_boot, seed)
-    if ensemble and is_bag_manifest(frame):  # an ensemble averages image classifiers' heads, not bag heads
-        notes.append("no fold ensemble: the fold models are bag classifiers (multiple-instance learning), which "
-                     "fold ensembles do not combine yet; each fold's bundle is in runs/")
+    task = task_for(frame)
+    if ensemble and not task.ensembles:  # an ensemble averages image classifiers' heads
+        notes.append(f"no fold ensemble: the fold models learn from {task.row}s, which fold ensembles do not "
+                     "combine yet; each fold's bundle is in runs/")
         ensemble = False
     if ensemble:
         bundle = save_ensemble_bundle([runs / f"fold_{k}" / "bundle" for k in range(1, folds + 1)],

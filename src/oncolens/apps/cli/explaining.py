@@ -46,9 +46,9 @@ def explain(
     from oncolens.explain import explain_to_files, list_methods
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in list_methods(bags=None)]
+    unknown = [m for m in methods if m not in list_methods(None)]
     if unknown:
-        fail(f"unknown method(s) {unknown}; available: {', '.join(list_methods(bags=None))}")
+        fail(f"unknown method(s) {unknown}; available: {', '.join(list_methods(None))}")
     paths = expand_image_paths(images)
     records, failed = explain_to_files(bundle, paths, methods, out, target=target, target_layer=layer,
                                        threshold=threshold, percentile=percentile,
