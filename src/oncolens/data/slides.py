@@ -421,7 +421,8 @@ def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: f
             else:
                 label = _label_text(meta.get("label") or "unlabelled")
             # labels and slide names come from annotation files: made safe (the manifest keeps them as they are)
-            target = inside(out_dir, out_dir / safe_name(label) / f"{safe_name(stem)}_x{tile.x}_y{tile.y}.png")
+            name = Path(safe_name(label)) / f"{safe_name(stem)}_x{tile.x}_y{tile.y}.png"  # the manifest's path
+            target = inside(out_dir, out_dir / name)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 tile.load().save(target)
@@ -429,7 +430,7 @@ def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: f
                 rows.append({"path": "", "label": label, "slide": stem, "error": exc.reason})
                 continue
             patient = str(meta.get("patient") or "")
-            rows.append({"path": str(target.relative_to(out_dir)), "label": label, "group": patient or stem,
+            rows.append({"path": name.as_posix(), "label": label, "group": patient or stem,
                          "patient": patient, "slide": stem, "x": tile.x, "y": tile.y, "mpp": tile.mpp,
                          "tissue_fraction": round(tile.tissue, 4), "width": size, "height": size})
     frame = pd.DataFrame(rows)

@@ -95,8 +95,8 @@ def bag_instances(source: "str | Path | Image.Image", config: BagConfig) -> tupl
         tissue = np.ones(len(items), dtype=np.float32)
         source = name
     if not items:
-        raise DataError(f"{source}: no instance (no tissue tile at {config.mpp} um/px with {config.min_tissue:.0%} "
-                        "tissue)")
+        at = f"{config.mpp:g} um/px" if config.mpp else "level 0's resolution"  # --mpp 0: level 0
+        raise DataError(f"{source}: no instance (no tissue tile at {at} with {config.min_tissue:.0%} tissue)")
     if len(items) > config.max_instances:  # an evenly spaced subset keeps memory bounded
         keep = np.linspace(0, len(items) - 1, config.max_instances).round().astype(int)
         items, boxes, tissue = [items[i] for i in keep], boxes[keep], tissue[keep]
