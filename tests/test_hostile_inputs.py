@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -41,7 +42,27 @@ def corpus(tmp_path_factory):
     save(noise_image(32, seed=7), linked / "linked.png")
     (root / "cls_c").symlink_to(linked, target_is_directory=True)
     expected["linked.png"] = ("ok", "RGB")
+    if _long_ome_xml_tiff(root / "cls_a" / "long-ome-xml.ome.tif"):
+        expected["long-ome-xml.ome.tif"] = ("ok", "RGB")
     return root, expected
+
+
+def _long_ome_xml_tiff(path: Path) -> bool:
+    """A tiled OME-TIFF whose OME-XML is 5 MB of empty elements (over the 4 MiB a slide's is parsed; a 60 MB one
+    stalled `oncolens slide`): an image like any other here (tests/test_hostile_round4_sizes.py: as a slide)."""
+    try:
+        import tifffile
+    except ImportError:  # the slides extra
+        return False
+    description = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/'
+                   '2016-06">' + "<J/>" * 1_300_000 + '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder='
+                   '"XYCZT" Type="uint8" SizeX="256" SizeY="256" SizeC="3" SizeZ="1" SizeT="1" PhysicalSizeX="0.5"/>'
+                   '</Image></OME>')
+    image = np.asarray(noise_image(256, seed=8))
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(image, tile=(128, 128), photometric="rgb", compression="zlib", metadata=None,
+                     description=description.encode())
+    return True
 
 
 def test_scan_keeps_every_good_file_and_names_every_bad_one(corpus):

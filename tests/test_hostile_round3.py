@@ -50,7 +50,7 @@ def test_scan_reports_folders_it_cannot_name_or_read_and_completes(tmp_path, mon
     assert (tmp_path / "m.csv").exists()
 
 
-@pytest.mark.parametrize("option,value,words", [("--size", "0", ["tile size"]), ("--mpp", "-1", ["--mpp"]),
+@pytest.mark.parametrize("option,value,words", [("--size", "0", ["--size", "8,192"]), ("--mpp", "-1", ["--mpp"]),
                                                 ("--min-tissue", "2", ["--min-tissue"])])
 def test_tiling_options_are_checked_before_any_work(tmp_path, option, value, words):
     pytest.importorskip("openslide")

@@ -128,3 +128,27 @@ def test_auto_detect_prefers_specific_layouts(tmp_path, phantom_dir):
     assert detect_layout(phantom_dir).name == "phantoms"
     save(noise_image(32), tmp_path / "a" / "x.png")
     assert detect_layout(tmp_path).name == "folder"
+
+
+def test_layouts_known_by_file_names_share_one_detect(tmp_path):
+    """BreaKHis and IDC are told by their file names through one function: 0.9 x the share of sampled images
+    whose names fit, when over half do; nothing for a folder without images or a file."""
+    from oncolens.data.layouts.base import fit_by_names
+
+    breakhis, idc = get_layout("breakhis"), get_layout("idc")
+    names = ["SOB_B_A-14-22549AB-40-001.png", "SOB_B_A-14-22549CD-40-002.png", "SOB_M_LC-14-12204-40-001.png"]
+    for name in names:
+        save(noise_image(32), tmp_path / "bh" / name)
+    save(noise_image(32), tmp_path / "bh" / "stray.png")
+    assert breakhis.detect(tmp_path / "bh") == pytest.approx(0.9 * 3 / 4)
+    assert idc.detect(tmp_path / "bh") == 0.0
+    for i in range(2):
+        save(noise_image(32), tmp_path / "idc" / "10253" / "1" / f"10253_idx5_x{i}_y1_class1.png")
+    save(noise_image(32), tmp_path / "idc" / "10253" / "2" / "10253_idx5_x9_y1_class1.png")  # no such class folder
+    assert idc.detect(tmp_path / "idc") == pytest.approx(0.9 * 2 / 3)
+    save(noise_image(32), tmp_path / "idc" / "x.png")
+    save(noise_image(32), tmp_path / "idc" / "y.png")
+    assert idc.detect(tmp_path / "idc") == 0.0  # 2 of 5: not over half
+    (tmp_path / "empty").mkdir()
+    assert fit_by_names(tmp_path / "empty", lambda p: True) == 0.0
+    assert fit_by_names(tmp_path / "bh" / "stray.png", lambda p: True) == 0.0

@@ -24,7 +24,9 @@ from PIL import Image
 from ..errors import DataError
 from ..files import inside, safe_name
 from .imageio import LazyImage, UnreadableImage
-from .ome_tiff import OmeTiffSlide, is_pyramidal_ome_tiff, ome_mpp
+from .limits import check_count
+from .ome_tiff import MAX_DESCRIPTION, OmeTiffSlide, check_tiff_metadata, is_pyramidal_ome_tiff, ome_mpp, \
+    tiff_description_bytes
 
 __all__ = ["SlideInfo", "SlideTile", "Region", "open_slide", "slide_info", "is_slide", "slide_name", "WSI_SOP_CLASS",
            "tissue_mask", "tile_grid", "write_tiles", "read_geojson_regions", "read_csv_regions", "SLIDE_EXTENSIONS"]
@@ -38,7 +40,8 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 def is_slide(path: str | Path) -> bool:
     """Whether ``path`` is read as a whole-slide image: a slide's extension; for TIFF, a file OpenSlide
     recognises (tiled or pyramidal: a stripped microscopy TIFF of 1388 x 1040 stays an image); for DICOM, a
-    whole-slide instance (a CT or MRI .dcm stays an image)."""
+    whole-slide instance (a CT or MRI .dcm stays an image). A TIFF whose metadata is too long to read is a slide
+    (:func:`open_slide` refuses it, saying why), without asking OpenSlide, which would read it whole."""
     suffix = Path(path).suffix.lower()
     if suffix not in SLIDE_EXTENSIONS:
         return False
@@ -47,6 +50,8 @@ def is_slide(path: str | Path) -> bool:
             import openslide
         except ImportError:  # without the slides extra every TIFF is an image
             return False
+        if tiff_description_bytes(path) > MAX_DESCRIPTION:
+            return True
         try:
             return openslide.OpenSlide.detect_format(str(path)) is not None or is_pyramidal_ome_tiff(path)
         except (OSError, openslide.OpenSlideError):
@@ -91,6 +96,7 @@ def open_slide(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise DataError(f"slide not found: {path}")
+    check_tiff_metadata(path)  # before OpenSlide or tifffile read it
     if is_pyramidal_ome_tiff(path):  # OpenSlide would see its level 0 only
         return OmeTiffSlide(path)
     try:
@@ -128,7 +134,7 @@ def slide_info(slide, path: str | Path = "") -> SlideInfo:
     except ValueError:
         mpp = None
     if mpp is None:
-        mpp = ome_mpp(props.get("tiff.ImageDescription", ""))
+        mpp = ome_mpp(props.get("tiff.ImageDescription", ""), path)
     return SlideInfo(path=str(path), dimensions=tuple(slide.dimensions),
                      level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
                      level_downsamples=tuple(float(d) for d in slide.level_downsamples), mpp=mpp,
@@ -269,8 +275,7 @@ def check_tiling(size: int, mpp: float | None, slide_mpp: float | None, min_tiss
     """A clear :class:`DataError` for tiling options no slide can satisfy (checked before any work)."""
     import math
 
-    if not isinstance(size, int) or not 1 <= size <= 8192:
-        raise DataError(f"the tile size must be 1 to 8,192 pixels, got {size}")
+    check_count(size, "size", "the tile size", error=DataError)
     for name, value in (("--mpp", mpp), ("--slide-mpp", slide_mpp)):
         if value is not None and not (math.isfinite(value) and 0 < value <= 1000):
             raise DataError(f"{name} must be a resolution in microns per pixel above 0, got {value}")

@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
+from .limits import check_count
 
 __all__ = ["Preprocessing", "Augmentation", "build_transforms", "build_resize", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -31,8 +32,7 @@ class Preprocessing:
             raise ConfigError(f"channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
-        if not 1 <= self.size <= 8192:
-            raise ConfigError(f"the input size must be 1 to 8,192 pixels, got {self.size}")
+        check_count(self.size, "size", "the input size")
         if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(math.isfinite(m) for m in self.mean):
             raise ConfigError(f"std must be positive and mean finite, got mean {self.mean}, std {self.std}")
 

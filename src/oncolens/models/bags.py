@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from ..data.imageio import LazyImage, UnreadableImage, read_image
-from ..data.slides import is_slide, open_slide, tile_grid
+from ..data.limits import check_count
+from ..data.slides import check_tiling, is_slide, open_slide, tile_grid
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, safe_name
 
@@ -43,6 +44,11 @@ class BagConfig:
     min_tissue: float = 0.5
     whole: bool = True
     max_instances: int = 4096
+
+    def __post_init__(self) -> None:  # before any image is cut or resized (a bundle's bag is checked at load)
+        check_count(self.size, "size", "bag.size")
+        check_count(self.max_instances, "max_instances", "bag.max_instances")
+        check_tiling(self.size, self.mpp, None, self.min_tissue)
 
     def to_dict(self) -> dict:
         return {"size": self.size, "mpp": self.mpp, "min_tissue": self.min_tissue, "whole": self.whole,
@@ -232,7 +238,10 @@ def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, 
 
     dist = dist or Distributed.current()
     out_dir = Path(out_dir).resolve()  # the manifest names bag files wherever it is read from
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(out_dir, exc) from None
     rows, failed = {}, {}
     metadata = {"extractor": extractor.spec, "bag": config.to_dict()}
     for index in dist.shard(len(frame)):
@@ -244,7 +253,10 @@ def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, 
             except DataError as exc:  # reported and skipped: one bad slide never ends the job
                 failed[source] = str(exc)
                 continue
-            write_bag(target, arrays, {**metadata, "source": source})
+            try:
+                write_bag(target, arrays, {**metadata, "source": source})
+            except OSError as exc:  # a read-only folder, a full disk: one line, not a traceback
+                raise _unwritable(out_dir, exc) from None
         if progress is not None:
             progress(source)
     dist.barrier()
@@ -256,3 +268,7 @@ def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, 
                            **{c: frame[c].iloc[index] for c in ("label", "group") if c in frame.columns}}
     manifest = pd.DataFrame([rows[i] for i in sorted(rows)])
     return manifest, failed
+
+
+def _unwritable(out_dir: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot write bags to {out_dir}: {exc.strerror or exc}; choose a writable --out")

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __commit_id__, __version__
+from ..data.limits import check_count
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, ConfigError, InputNotFound
 from ..files import atomic_write, atomic_write_json
@@ -435,10 +436,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     try:
         cfg = info["model"]
         preprocessing = Preprocessing.from_dict(info["preprocessing"])
-        if not 1 <= int(cfg["input_size"]) <= 8192:
-            raise ConfigError(f"model input_size {cfg['input_size']} is not 1 to 8,192 pixels")
-        model = create_model(cfg["name"], num_classes=int(cfg["num_classes"]), weights="random", freeze="full",
-                             head=cfg["head"], input_size=int(cfg["input_size"]), channels=int(cfg["channels"]))
+        input_size = check_count(int(cfg["input_size"]), "input_size", "model input_size")
+        num_classes = check_count(int(cfg["num_classes"]), "num_classes", "model num_classes")
+        model = create_model(cfg["name"], num_classes=num_classes, weights="random", freeze="full",
+                             head=cfg["head"], input_size=input_size, channels=int(cfg["channels"]))
     except ConfigError as exc:
         raise BundleError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

@@ -26,7 +26,8 @@ from PIL import Image
 from torch import nn
 
 from .. import __version__
-from ..errors import BundleError, DataError
+from ..data.limits import check_count
+from ..errors import BundleError, ConfigError, DataError
 from ..files import atomic_write, atomic_write_json
 from ..registry import Registry
 from .bundle import HierarchyNode, Level, ModelBundle, bundle_header, register_bundle_kind
@@ -179,12 +180,26 @@ def save_mil_bundle(model: BagClassifier, classes: list[str], extractor: dict, b
 def load_mil_bundle(path: str | Path, device: str = "cpu", info: dict | None = None) -> "MILBundle":
     from safetensors.torch import load_file
 
+    from .bags import BagConfig
+
     path = Path(path)
     info = info or json.loads((path / "bundle.json").read_text())
-    try:
+    where = path / "bundle.json"
+    try:  # every size is checked before a layer or a bag is made of it
         config = info["model"]
-        model = BagClassifier(config["head"], int(config["in_dim"]), int(config["num_classes"]),
-                              int(config.get("hidden", 128)), float(config.get("dropout", 0.25)))
+        sizes = {key: check_count(int(config[key]), key, f"model.{key}") for key in ("in_dim", "num_classes")}
+        sizes["hidden"] = check_count(int(config.get("hidden", 128)), "hidden", "model.hidden")
+        BagConfig(**info.get("bag", {}))  # its instances' size and count, its slides' mpp and tissue share
+        input_size = info.get("extractor", {}).get("input_size")
+        if input_size is not None:
+            check_count(input_size, "input_size", "extractor.input_size")
+    except (ConfigError, DataError) as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: not a loadable MIL bundle ({type(exc).__name__}: {exc})") from None
+    try:
+        model = BagClassifier(config["head"], sizes["in_dim"], sizes["num_classes"], sizes["hidden"],
+                              float(config.get("dropout", 0.25)))
         model.load_state_dict(load_file(str(path / "model.safetensors")))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
         raise BundleError(f"{path}: not a loadable MIL bundle ({type(exc).__name__}: {exc})") from None

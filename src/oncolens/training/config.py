@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.limits import LIMITS, check_count
 from ..errors import ConfigError, InputNotFound
 
 __all__ = ["TrainConfig", "load_config", "PLAIN_DEFAULTS"]
@@ -132,9 +133,8 @@ class TrainConfig:
         return Path(self.runs_dir) / (self.name or "run")
 
 
-#: fields that must be at least 1 / at least 0
-_POSITIVE = ("epochs", "batch_size", "patience", "lr_patience")
-_NON_NEGATIVE = ("hed", "weight_decay", "cache_max_gb", "cache_views", "num_workers", "rotation", "zoom", "contrast", "colour")
+#: fields that must be at least 0 (sizes and counts: :data:`~oncolens.data.limits.LIMITS`)
+_NON_NEGATIVE = ("hed", "weight_decay", "cache_max_gb", "rotation", "zoom", "contrast", "colour")
 
 
 def _field_types() -> dict[str, tuple[type, bool]]:
@@ -176,8 +176,8 @@ def _checked(name: str, value, where: str):
         raise ConfigError(f"{where}option {name!r} must be a {base.__name__}, got {value!r}")
     if base is float and not math.isfinite(value):
         raise ConfigError(f"{where}option {name!r} must be a finite number, got {value!r}")
-    if name in _POSITIVE and value < 1:
-        raise ConfigError(f"{where}option {name!r} must be at least 1, got {value!r}")
+    if name in LIMITS:
+        check_count(value, name, f"{where}option {name!r}")
     if (name in _NON_NEGATIVE or name == "lr") and value < 0 or name == "lr" and value == 0:
         raise ConfigError(f"{where}option {name!r} must be {'positive' if name == 'lr' else 'at least 0'}, got {value!r}")
     if name == "tta" and value not in _tta_views():

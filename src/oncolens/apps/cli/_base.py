@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from oncolens.data.limits import LIMITS, check_count
 from oncolens.errors import OncolensError
-
 
 
 class UserErrors(TyperGroup):
@@ -29,7 +29,38 @@ class UserErrors(TyperGroup):
             fail(str(exc))
 
 
-app = typer.Typer(
+def limit_name(param) -> str | None:
+    """The :data:`~oncolens.data.limits.LIMITS` entry an option is checked against (its long name: ``--batch-size``
+    is ``batch_size``), or None."""
+    if not isinstance(param, TyperOption):
+        return None
+    flag = next((o for o in param.opts if o.startswith("--")), "")
+    name = flag[2:].replace("-", "_")
+    return name if name in LIMITS else None
+
+
+class CheckedCommand(TyperCommand):
+    """A command whose size and count options (every one named in :data:`~oncolens.data.limits.LIMITS`) are
+    checked before it runs: ``--size 0`` or ``--batch-size 100000`` is one clear error, never a traceback or an
+    allocation."""
+
+    def invoke(self, ctx):
+        for param in self.params:
+            name = limit_name(param)
+            if name and ctx.params.get(param.name) is not None:
+                ctx.params[param.name] = check_count(ctx.params[param.name], name, param.opts[0])
+        return super().invoke(ctx)
+
+
+class Commands(typer.Typer):
+    """A typer app whose commands are :class:`CheckedCommand`."""
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", CheckedCommand)
+        return super().command(*args, **kwargs)
+
+
+app = Commands(
     name="oncolens",
     help="Train, evaluate and explain deep-learning classifiers for cancer images.",
     no_args_is_help=True,
@@ -63,9 +94,12 @@ OldWorkers = Annotated[Optional[int], typer.Option("--workers", hidden=True, hel
 
 
 def renamed(new_value, old_value, old: str, new: str):
-    """The value of an option given under its old name (with a deprecation warning), else the new one's."""
+    """The value of an option given under its old name (with a deprecation warning, checked as the new one
+    when that is a size or count), else the new one's."""
     if old_value is None:
         return new_value
+    if new[2:].replace("-", "_") in LIMITS:
+        check_count(old_value, new[2:].replace("-", "_"), f"{old} (the old spelling of {new})")
     Console(stderr=True).print(Text.assemble(("warning:", "yellow"), f" {old} is now {new} here; the old "
                                              "spelling goes in the next release"))
     return old_value

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._base import (app, config_options, console, fail, Jobs, join_ranks, OldWorkers, perturbation_names, relaunched,
-                    renamed, train_config_class, UserErrors, with_options)
+from ._base import (app, Commands, config_options, console, fail, Jobs, join_ranks, OldWorkers, perturbation_names,
+                    relaunched, renamed, train_config_class, UserErrors, with_options)
 
 
 
@@ -129,7 +129,7 @@ def calibrate(
 
 
 
-study_app = typer.Typer(help="The seeds' studies as one-command experiments.", no_args_is_help=True, cls=UserErrors)
+study_app = Commands(help="The seeds' studies as one-command experiments.", no_args_is_help=True, cls=UserErrors)
 app.add_typer(study_app, name="study")
 
 # options every study shares (typer reads them from each command's signature); the training options are

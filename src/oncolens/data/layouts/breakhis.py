@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Candidate, Layout, LayoutOptions, iter_image_files, register_layout, sample_files
+from .base import Candidate, Layout, LayoutOptions, fit_by_names, iter_image_files, register_layout
 
 BREAKHIS_NAME = re.compile(
     r"^SOB_(?P<tumor>[BM])_(?P<subtype>[A-Z]+)-(?P<year>\d+)-(?P<slide>(?P<patient>\d+)[A-Z]*)-(?P<mag>\d+)-(?P<seq>\d+)\.\w+$",
@@ -50,13 +50,7 @@ class BreakhisLayout(Layout):
     description = "BreaKHis filenames (benign/malignant, 8 subtypes, patient, magnification)"
 
     def detect(self, root: Path) -> float:
-        if not root.is_dir():
-            return 0.0
-        files = sample_files(root)
-        if not files:
-            return 0.0
-        hits = sum(parse_breakhis_name(p.name) is not None for p in files)
-        return 0.9 * hits / len(files) if hits / len(files) > 0.5 else 0.0
+        return fit_by_names(root, lambda p: parse_breakhis_name(p.name) is not None)
 
     def columns(self, root: Path, options: LayoutOptions) -> list[str]:
         return ["label", "tumor_class", "subtype", "patient", "slide", "group", "magnification"]

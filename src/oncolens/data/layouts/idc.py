@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Candidate, Layout, LayoutOptions, iter_image_files, register_layout, sample_files
+from .base import Candidate, Layout, LayoutOptions, fit_by_names, iter_image_files, register_layout
 
 IDC_NAME = re.compile(r"_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])\.\w+$")
 IDC_LABELS = {"0": "idc_negative", "1": "idc_positive"}
@@ -17,13 +17,7 @@ class IdcLayout(Layout):
     description = "IDC patches <patient>/<0|1>/<...>_class<0|1>.png (patient-grouped)"
 
     def detect(self, root: Path) -> float:
-        if not root.is_dir():
-            return 0.0
-        files = sample_files(root)
-        if not files:
-            return 0.0
-        hits = sum(bool(IDC_NAME.search(p.name)) and p.parent.name in ("0", "1") for p in files)
-        return 0.9 * hits / len(files) if hits / len(files) > 0.5 else 0.0
+        return fit_by_names(root, lambda p: bool(IDC_NAME.search(p.name)) and p.parent.name in IDC_LABELS)
 
     def columns(self, root: Path, options: LayoutOptions) -> list[str]:
         return ["label", "patient", "group", "x", "y"]
