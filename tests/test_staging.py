@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from oncolens.staging import TNMError, parse_tnm, stage_column, stage_group
+from oncolens.staging import TNMError, parse_tnm, tnm_stage, tnm_stage_column
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -34,17 +34,17 @@ def test_parse_invalid(text, message):
     ("TX N0 M0", None, None), ("T2 N0 MX", None, None), ("T0 N0 M0", None, None),
 ])
 def test_stage_rules(text, ajcc, generic):
-    assert stage_group(text, "ajcc") == ajcc
-    assert stage_group(text, "generic") == generic
+    assert tnm_stage(text, "ajcc") == ajcc
+    assert tnm_stage(text, "generic") == generic
 
 
 def test_unknown_rule():
     with pytest.raises(ValueError, match="rule"):
-        stage_group("T1 N0 M0", "tnm9")
+        tnm_stage("T1 N0 M0", "tnm9")
 
 
 def test_stage_column_accepts_tnm_and_stages_and_reports_problems():
-    stages, problems = stage_column(pd.Series(["T1 N0 M0", "Stage III", "IV", "T9 N0 M0", "TX NX MX"]))
+    stages, problems = tnm_stage_column(pd.Series(["T1 N0 M0", "Stage III", "IV", "T9 N0 M0", "TX NX MX"]))
     assert stages.tolist() == ["I", "III", "IV", "", ""]
     assert set(problems) == {"T9 N0 M0", "TX NX MX"}
 
@@ -68,3 +68,20 @@ def test_staging_classifier_end_to_end(phantom_manifest, tmp_path):
     import json
 
     assert json.loads((tmp_path / "runs" / "s" / "classes.json").read_text()) == ["0", "II"]
+
+
+def test_tnm_names_say_tnm_and_the_old_ones_warn():
+    """A stage of the TNM module is a TNM stage group: its public names say so, so none reads like a training
+    stage (``oncolens.training.stages.STAGES`` is the registry of those); the old names work for one release."""
+    import oncolens.staging as staging
+
+    assert not [name for name in staging.__all__ if "stage" in name.lower() and "tnm" not in name.lower()]
+    for old, new in (("stage_group", "tnm_stage"), ("stage_column", "tnm_stage_column"), ("STAGES", "TNM_STAGES"),
+                     ("RULES", "TNM_RULES")):
+        with pytest.warns(DeprecationWarning, match=f"{old} is now {new}"):
+            assert getattr(staging, old) is getattr(staging, new)
+    with pytest.warns(DeprecationWarning):
+        from oncolens.staging import stage_group
+    assert stage_group("T1 N0 M0") == "I"
+    with pytest.raises(AttributeError):
+        staging.no_such_name

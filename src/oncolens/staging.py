@@ -1,5 +1,8 @@
 """TNM strings to stage groups (seed 003): parse, validate, and map to stage 0, I, II, III or IV.
 
+Every public name says ``tnm``: a stage here is a TNM stage group, never a training stage
+(:mod:`oncolens.training.stages`).
+
 Two rules:
 
 * ``generic`` -- seed 003's Table 2 (after the NCI): Tis N0 M0 is stage 0 (abnormal cells, no
@@ -26,16 +29,18 @@ An unknown part (TX, NX, MX) gives no stage unless M1 decides it; T0 N0 M0 (no t
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import pandas as pd
 
 from .errors import ConfigError, DataError
 
-__all__ = ["TNM", "TNMError", "parse_tnm", "stage_group", "stage_column", "STAGES", "RULES"]
+__all__ = ["TNM", "TNMError", "parse_tnm", "tnm_stage", "tnm_stage_column", "TNM_STAGES", "TNM_RULES"]
 
-STAGES = ("0", "I", "II", "III", "IV")
-RULES = ("generic", "ajcc")
+#: the stage groups of the AJCC rule (the generic rule's "I-III" stands for I, II or III)
+TNM_STAGES = ("0", "I", "II", "III", "IV")
+TNM_RULES = ("generic", "ajcc")
 
 _TNM = re.compile(
     r"^\s*(?P<prefix>c|p|yc|yp|r|a)?\s*"
@@ -97,10 +102,10 @@ def parse_tnm(text: str) -> TNM:
                prefix=(match["prefix"] or "").lower())
 
 
-def stage_group(tnm: TNM | str, rule: str = "ajcc") -> str | None:
+def tnm_stage(tnm: TNM | str, rule: str = "ajcc") -> str | None:
     """The stage group of a TNM (``0``, ``I``..``IV``; ``I-III`` under the generic rule), or None if undeterminable."""
-    if rule not in RULES:
-        raise ConfigError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule not in TNM_RULES:
+        raise ConfigError(f"rule must be one of {TNM_RULES}, got {rule!r}")
     tnm = parse_tnm(tnm) if isinstance(tnm, str) else tnm
     if tnm.m == "1":
         return "IV"
@@ -123,16 +128,16 @@ def stage_group(tnm: TNM | str, rule: str = "ajcc") -> str | None:
     return "I" if t == 1 else "II"
 
 
-def stage_column(values: pd.Series, rule: str = "ajcc") -> tuple[pd.Series, dict[str, str]]:
+def tnm_stage_column(values: pd.Series, rule: str = "ajcc") -> tuple[pd.Series, dict[str, str]]:
     """Stages for a column of TNM strings (or stages already); ``{value: reason}`` for those without one."""
     stages, problems = [], {}
     for value in values.astype(str):
         text = value.strip()
-        if text.upper().removeprefix("STAGE ").strip() in STAGES + ("I-III",):
+        if text.upper().removeprefix("STAGE ").strip() in TNM_STAGES + ("I-III",):
             stages.append(text.upper().removeprefix("STAGE ").strip())
             continue
         try:
-            stage = stage_group(text, rule)
+            stage = tnm_stage(text, rule)
         except TNMError as exc:
             problems[value] = str(exc)
             stages.append("")
@@ -141,3 +146,14 @@ def stage_column(values: pd.Series, rule: str = "ajcc") -> tuple[pd.Series, dict
             problems[value] = "stage cannot be determined (unknown T/N/M, or no tumour)"
         stages.append(stage or "")
     return pd.Series(stages, index=values.index), problems
+
+
+#: the old names, kept for one release: ``stage``/``STAGES`` also name the training stages
+_RENAMED = {"stage_group": "tnm_stage", "stage_column": "tnm_stage_column", "STAGES": "TNM_STAGES", "RULES": "TNM_RULES"}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        warnings.warn(f"oncolens.staging.{name} is now {_RENAMED[name]}", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

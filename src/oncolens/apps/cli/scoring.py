@@ -380,8 +380,8 @@ def check(
         raise typer.Exit(3)
 
 
-@app.command()
-def stage(
+@app.command("stage")
+def tnm_stage_command(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV with a TNM (or stage) column")],
     tnm_col: Annotated[str, typer.Option(help="column of TNM strings such as 'T2 N1 M0'")] = "tnm",
     rule: Annotated[str, typer.Option(help="ajcc (0, I-IV; simplified) or generic (seed 003: 0, I-III, IV)")] = "ajcc",
@@ -389,12 +389,12 @@ def stage(
 ) -> None:
     """Add a 'stage' column from TNM strings, to train a staging classifier with --label-col stage."""
     from oncolens.data import load_manifest, save_manifest
-    from oncolens.staging import stage_column
+    from oncolens.staging import tnm_stage_column
 
     frame = load_manifest(manifest)
     if tnm_col not in frame.columns:
         fail(f"column {tnm_col!r} not in the manifest ({list(frame.columns)})")
-    frame["stage"], problems = stage_column(frame[tnm_col], rule)
+    frame["stage"], problems = tnm_stage_column(frame[tnm_col], rule)
     staged = frame[frame["stage"] != ""]
     save_manifest(staged, out)
     console.print(staged["stage"].value_counts().sort_index().to_string())
