@@ -91,9 +91,9 @@ class ModelBundle:
     trust: Trust | None = None
 
     kind: str = "abstract"
-    #: True for a bag classifier (multiple-instance learning): one decision per bag of instances, explained by
-    #: its attention rather than by an image method
-    bag_classifier: bool = False
+    #: what the bundle's model learnt from (:mod:`oncolens.training.tasks`): "images", or "bags" for a bag
+    #: classifier (multiple-instance learning: one decision per bag of instances, explained by its attention)
+    task: str = "images"
 
     # --- the tree ---------------------------------------------------------------------------
     def nodes(self) -> Iterator[HierarchyNode]:

@@ -221,7 +221,7 @@ class MILBundle(ModelBundle):
     """
 
     kind = "mil"
-    bag_classifier = True
+    task = "bags"
 
     def __init__(self, model: BagClassifier, classes: list[str], extractor: dict, bag: dict, meta: dict,
                  path: Path | None, trust=None):
