@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import shutil
+import time
 import traceback
 from pathlib import Path
 
@@ -63,6 +64,12 @@ def _copy_images(source: Path, target: Path, n: int) -> None:
     for path in images:
         (target / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / path.parent.name / path.name)
+
+
+def _has(*modules: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def test_the_issue_s_tile_command_runs_from_the_slide_s_folder(tmp_path, monkeypatch):
@@ -155,12 +162,6 @@ def test_readme_commands_run_as_typed_with_relative_paths(tmp_path, monkeypatch)
     oncolens(["oncolens", "predict", "../runs/lite0/bundle", "../scan.png"])
 
 
-def _has(*modules: str) -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in modules)
-
-
 @pytest.mark.slow
 def test_readme_slide_commands_run_as_typed_with_relative_paths(tmp_path, monkeypatch):
     pytest.importorskip("openslide")
@@ -247,3 +248,50 @@ def test_tiling_at_level_0_is_level_0_not_none(tmp_path, monkeypatch):
     assert len(manifest) and "None" not in Path("tiles/manifest.csv").read_text()
     result = runner.invoke(app, shlex.split("tile s.tif --out none --size 1024 --mpp 0 --min-tissue 1"))
     assert result.exit_code == 1 and "None" not in result.output and "no tile was written" in result.output
+
+
+def test_serve_and_app_take_relative_paths(tiny_bundle, tmp_path, monkeypatch):
+    """`serve BUNDLE --onnx onnx/ --slide-root slides --slide-output jobs` and `app BUNDLE --slides slides/` with
+    paths relative to where they are started (servers are built, not started: uvicorn.run and execv are caught)."""
+    pytest.importorskip("openslide")
+    import os
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from oncolens.data.phantoms import generate_slide
+    from tests.helpers import noise_image, save
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_bundle, "bundle")
+    save(noise_image(48), Path("x.png"))
+    generate_slide("slides/case1.tif", size=1024, levels=3, tile=128, seed=3)
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.setdefault("app", app))
+    if _has("onnx", "onnxruntime"):
+        oncolens(["oncolens", "export", "bundle", "--onnx", "onnx/"])
+        oncolens(["oncolens", "serve", "bundle", "--backend", "onnx", "--onnx", "onnx/", "--slide-root", "slides",
+                  "--slide-output", "jobs"])
+    else:
+        oncolens(["oncolens", "serve", "bundle", "--slide-root", "slides", "--slide-output", "jobs"])
+    Path("elsewhere").mkdir()
+    monkeypatch.chdir("elsewhere")  # what the server was told stays what it meant
+    client = TestClient(started["app"])
+    with open("../x.png", "rb") as image:
+        assert client.post("/predict", files={"file": ("x.png", image, "image/png")}).status_code == 200
+    answer = client.post("/slides", json={"path": "case1.tif", "mpp": 4.0})
+    assert answer.status_code == 202, answer.text
+    job, deadline = answer.json()["job"], time.monotonic() + 120
+    while (state := client.get(f"/slides/{job}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert state["status"] == "done", state
+    assert client.get(f"/slides/{job}/heatmap").status_code == 200
+    assert (tmp_path / "jobs" / job).is_dir()
+    monkeypatch.chdir(tmp_path)
+    command = {}
+    monkeypatch.setattr(os, "execv", lambda exe, argv: command.setdefault("argv", argv))
+    oncolens(["oncolens", "app", "bundle", "--slides", "slides/"])
+    bundle = command["argv"][command["argv"].index("--bundle") + 1]
+    assert Path(bundle).is_absolute() and (Path(bundle) / "bundle.json").is_file()
+    assert Path(os.environ["ONCOLENS_SLIDES"]).is_absolute() and Path(os.environ["ONCOLENS_SLIDES"]).is_dir()

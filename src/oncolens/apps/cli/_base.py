@@ -47,7 +47,8 @@ class CheckedCommand(TyperCommand):
     def invoke(self, ctx):
         for param in self.params:
             name = limit_name(param)
-            if name and ctx.params.get(param.name) is not None:
+            # only numbers: an option may share a count's name (`app --slides` is a folder, `phantoms --slides` a count)
+            if name and isinstance(ctx.params.get(param.name), (int, float)):
                 ctx.params[param.name] = check_count(ctx.params[param.name], name, param.opts[0])
         return super().invoke(ctx)
 

@@ -74,7 +74,8 @@ def serve(
         fail(f"--slide-root {slide_root} is not a folder")
     settings = ApiSettings(max_upload_bytes=int(max_upload_mb * 2**20), token=token, max_running=max_running,
                            max_waiting=max_waiting, explain_timeout=explain_timeout, allowed_hosts=hosts,
-                           cors_origins=tuple(cors_origin or ()), slide_root=slide_root, slide_output=slide_output)
+                           cors_origins=tuple(cors_origin or ()), slide_root=slide_root,
+                           slide_output=slide_output.resolve() if slide_output is not None else None)  # fixed at start
     predictor = Predictor.from_bundle(bundle, backend=backend, onnx_path=onnx, tta=tta)
     uvicorn.run(create_app(predictor, settings), host=host, port=port)
 
