@@ -166,7 +166,8 @@ def shift_report(trust, classes: list[str], features: np.ndarray, probabilities:
     distance = 0.5 * float(np.nansum(np.abs(mix - np.array([reference_mix.get(c, 0.0) for c in classes]))))
     report = ShiftReport(images=len(probabilities), nearest_similarity=_quantiles(new_near),
                          reference_nearest_similarity=_quantiles(ref_near), mmd=mmd, mmd_p_value=p_value,
-                         flagged=flagged, flagged_fraction=flagged / max(len(probabilities), 1), expected_fraction=expected,
+                         flagged=flagged, flagged_fraction=flagged / max(len(probabilities), 1),
+                         expected_fraction=expected,
                          flagged_p_value=flagged_p, expected_basis=f"the threshold's rank among {n_cal} calibration images",
                          predicted_mix=dict(zip(classes, mix.round(4).tolist())),
                          reference_mix=reference_mix, mix_distance=distance, copies=copies,
