@@ -59,3 +59,16 @@ def test_hierarchical_onnx_backend_matches_torch(hierarchical_bundle, predictor,
     again = Predictor.from_bundle(hierarchical_bundle, backend="onnx", onnx_path=exported)
     assert {p.name: p.stat().st_mtime_ns for p in exported.glob("*.onnx")} == stamps
     assert np.abs(again.predict_proba(images) - reused.predict_proba(images)).max() == 0
+
+
+def test_explain_says_opacity_as_the_command_line_does(predictor, images):
+    """The heatmap's opacity is ``opacity`` (``--opacity``); ``alpha`` is the prediction sets' error rate, and as
+    the old name of the opacity it still works for one release, with a DeprecationWarning."""
+    image = images[0]
+    clear = predictor.explain(image, opacity=0.0)
+    np.testing.assert_array_equal(clear.heatmap_overlay, np.asarray(image))  # nothing of the heatmap shows
+    opaque = predictor.explain(image, opacity=1.0)
+    assert np.abs(opaque.heatmap_overlay.astype(int) - np.asarray(image)).max() > 50
+    with pytest.warns(DeprecationWarning, match=r"Predictor.explain\(alpha=...\) is now opacity="):
+        old = predictor.explain(image, alpha=1.0)
+    np.testing.assert_array_equal(old.heatmap_overlay, opaque.heatmap_overlay)

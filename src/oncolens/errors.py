@@ -5,7 +5,10 @@ any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["OncolensError", "DataError", "ConfigError", "BundleError", "InputNotFound", "OutputExists", "WeightsError"]
+import warnings
+
+__all__ = ["OncolensError", "DataError", "ConfigError", "BundleError", "InputNotFound", "OutputExists", "WeightsError",
+           "renamed_keyword"]
 
 
 class OncolensError(Exception):
@@ -34,3 +37,13 @@ class OutputExists(OncolensError, FileExistsError):
 
 class WeightsError(OncolensError, RuntimeError):
     """Pretrained weights cannot be had on this machine."""
+
+
+def renamed_keyword(function: str, old: str, new: str, old_value, new_value):
+    """The value of a keyword argument given under its old name ``old`` (with a DeprecationWarning pointing at
+    the caller of ``function``), else the value given as ``new``. Old names stay accepted for one release."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{function}({old}=...) is now {new}=...; the old name goes in the next release",
+                  DeprecationWarning, stacklevel=3)
+    return old_value

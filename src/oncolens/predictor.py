@@ -21,7 +21,7 @@ from PIL import Image
 
 from .data import decode_image
 from .distributed import Distributed
-from .errors import ConfigError
+from .errors import ConfigError, renamed_keyword
 from .models.bundle import ModelBundle, load_any_bundle
 from .models.scoring import SCORING_BATCH, Backend, Scores, tta_views
 from .models.scoring_job import ScoringJob
@@ -297,16 +297,20 @@ class Predictor:
         return decode_image(data, max_pixels=max_pixels, name=name).image
 
     def explain(self, image: Image.Image, method: str = "gradcam", target: str | int = "predicted",
-                alpha: float = 0.45, threshold: str = "otsu", options: ExplainOptions | None = None,
-                source: str = "", level: int | None = None, set_alpha: float | None = None) -> ExplainedPrediction:
+                opacity: float = 0.45, threshold: str = "otsu", options: ExplainOptions | None = None,
+                source: str = "", level: int | None = None, set_alpha: float | None = None, *,
+                alpha: float | None = None) -> ExplainedPrediction:
         """Prediction, explanation heatmap, heatmap overlay and green contour/box overlay of one image.
 
         One classifier: the prediction comes from the explanation's own forward pass. A tree: the nodes
         are scored once (to route), and the map comes from the classifier at ``level`` on the routed
-        path (default: the deepest); ``explained_by`` names it. ``alpha`` is the overlay's opacity;
+        path (default: the deepest); ``explained_by`` names it. ``opacity`` is the heatmap overlay's
+        (``alpha`` its deprecated name: alpha is the prediction sets' error rate everywhere else);
         ``set_alpha`` the error rate of the prediction set (calibrated bundles).
         """
         from .explain import compose, explain  # imported when first asked: predicting alone does not need it
+
+        opacity = renamed_keyword("Predictor.explain", "alpha", "opacity", alpha, opacity)
 
         scores = None
         with self._lock.exclusive():
@@ -319,7 +323,7 @@ class Predictor:
             prediction = Prediction(dict(zip(self.classes, map(float, e.probabilities))), source=source)
         else:
             prediction = self.predictions(scores, [source], alpha=set_alpha)[0]
-        composed = compose(image, e.heatmap, alpha, threshold)
+        composed = compose(image, e.heatmap, opacity, threshold)
         return ExplainedPrediction(prediction=prediction, method=method, heatmap=e.heatmap,
                                    heatmap_overlay=composed.heatmap_overlay, contour_overlay=composed.contour_overlay,
                                    regions=[r.to_dict() for r in composed.localisation.regions],

@@ -128,3 +128,20 @@ def test_a_bug_is_a_500_with_a_request_id_in_the_log(bundle, phantom_manifest, c
     assert response.status_code == 500 and "ZeroDivision" not in response.text
     request_id = response.json()["request_id"]
     assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+def test_explain_opacity_reaches_the_overlay_and_old_alpha_still_works(client, phantom_manifest):
+    """``/explain?opacity=`` is the heatmap's opacity all the way down (the library says opacity too, so no
+    deprecation warning on the way); the old ``alpha`` query parameter still means it for one release."""
+    import warnings
+
+    original = np.asarray(Image.open(phantom_manifest["path"][0]).convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        clear = client.post("/explain?overlay=heatmap&opacity=0", files=image_upload(phantom_manifest),
+                            headers={"Accept": "image/png"})
+    assert clear.status_code == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(clear.content)).convert("RGB")), original)
+    old = client.post("/explain?overlay=heatmap&alpha=0", files=image_upload(phantom_manifest),
+                      headers={"Accept": "image/png"})
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(old.content)).convert("RGB")), original)

@@ -73,3 +73,19 @@ def test_deletion_insertion_prefers_faithful_map():
     assert good.deletion_auc < rand.deletion_auc
     assert good.insertion_auc > rand.insertion_auc
     assert len(good.deletion_curve) == 17
+
+
+def test_overlay_and_composition_say_opacity():
+    """``opacity`` everywhere the heatmap is blended (as ``--opacity``); the old ``alpha=`` warns for one release."""
+    from oncolens.explain import compose
+
+    image = np.full((64, 64, 3), 128, dtype=np.uint8)
+    heatmap = two_blobs()
+    np.testing.assert_array_equal(overlay_heatmap(image, heatmap, opacity=0.0), image)
+    assert (overlay_heatmap(image, heatmap, opacity=1.0) != image).any()
+    with pytest.warns(DeprecationWarning, match=r"overlay_heatmap\(alpha=...\) is now opacity="):
+        old = overlay_heatmap(image, heatmap, alpha=1.0)
+    np.testing.assert_array_equal(old, overlay_heatmap(image, heatmap, opacity=1.0))
+    np.testing.assert_array_equal(compose(image, heatmap, opacity=0.0).heatmap_overlay, image)
+    with pytest.warns(DeprecationWarning, match=r"compose\(alpha=...\) is now opacity="):
+        np.testing.assert_array_equal(compose(image, heatmap, alpha=0.0).heatmap_overlay, image)

@@ -283,7 +283,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                                                             "explained (0 = top; default: the deepest)")):
         data, name = await read_upload(file), file.filename or ""
         result = await queue.run(lambda: predictor.explain(decoded(data, name), method=getattr(method, "value", method),
-                                                           alpha=opacity if alpha is None else alpha, source=name,
+                                                           opacity=opacity if alpha is None else alpha, source=name,
                                                            level=level),
                                  timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):

@@ -49,9 +49,9 @@ def example_image():
     return Image.fromarray(image)
 
 
-def show_result(predictor: Predictor, name: str, image, method: str, alpha: float, level: int | None = None,
-                set_alpha: float | None = None) -> None:
-    result = predictor.explain(image, method=method, alpha=alpha, source=name, level=level, set_alpha=set_alpha)
+def show_result(predictor: Predictor, name: str, image, method: str, opacity: float, level: int | None = None,
+                alpha: float | None = None) -> None:
+    result = predictor.explain(image, method=method, opacity=opacity, source=name, level=level, set_alpha=alpha)
     p = result.prediction
     st.subheader(f"{name}")
     if p.warning:  # before anything else: the prediction below is not to be trusted
@@ -111,13 +111,13 @@ def main() -> None:
         methods = list_methods(predictor.bundle)  # the methods of the bundle's task (a bag classifier: attention)
         method = st.selectbox("Explanation method", methods,
                               index=methods.index("gradcam") if "gradcam" in methods else 0)
-        alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
-        set_alpha = None
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
+        alpha = None
         if predictor.trust is None:
             st.warning("This bundle has no calibration: no prediction sets and no out-of-distribution check "
                        "(`oncolens calibrate` adds them).")
         else:
-            set_alpha = st.slider("Prediction-set error rate (alpha)", 0.01, 0.5, float(predictor.alpha), 0.01)
+            alpha = st.slider("Prediction-set error rate (alpha)", 0.01, 0.5, float(predictor.alpha), 0.01)
         use_example = st.button("Try an example image")
         if info.get("model_card"):
             from oncolens.models.card import render_model_card
@@ -139,7 +139,7 @@ def main() -> None:
         items.append(("example-mri-phantom.png", example_image()))
     for name, image in items:
         try:
-            show_result(predictor, name, image, method, alpha, level, set_alpha)
+            show_result(predictor, name, image, method, opacity, level, alpha)
         except OncolensError as exc:  # e.g. an alpha too small for the calibration images
             st.error(f"{name}: {exc}")
     if not items:

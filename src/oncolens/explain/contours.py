@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from skimage.filters import threshold_otsu
 
-from ..errors import ConfigError
+from ..errors import ConfigError, renamed_keyword
 
 __all__ = ["Region", "threshold_map", "extract_regions", "draw_regions", "overlay_heatmap", "to_rgb_array"]
 
@@ -74,18 +74,21 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def overlay_heatmap(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The heatmap (resized to the image) blended over it with the jet colormap pytorch-grad-cam uses.
+def overlay_heatmap(image: Image.Image | np.ndarray, heatmap: np.ndarray, opacity: float = 0.45, *,
+                    alpha: float | None = None) -> np.ndarray:
+    """The heatmap (resized to the image) blended over it at ``opacity`` with the jet colormap pytorch-grad-cam
+    uses (``alpha`` is the deprecated name of ``opacity``).
 
     Blended in uint8 with OpenCV rather than with ``show_cam_on_image``'s float arrays: the same picture
     (within one grey level) at a quarter of the cost, which matters on the one-image explain path.
     """
+    opacity = renamed_keyword("overlay_heatmap", "alpha", "opacity", alpha, opacity)
     rgb = to_rgb_array(image)
     colours = cv2.applyColorMap(np.uint8(255 * np.clip(np.asarray(heatmap, dtype=np.float32), 0, 1)),
                                 cv2.COLORMAP_JET)  # coloured at map size, then resized: 5x fewer pixels to map
     colours = cv2.resize(cv2.cvtColor(colours, cv2.COLOR_BGR2RGB), (rgb.shape[1], rgb.shape[0]),
                          interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(colours, alpha, rgb, 1.0 - alpha, 0.0)
+    return cv2.addWeighted(colours, opacity, rgb, 1.0 - opacity, 0.0)
 
 
 def draw_regions(image: Image.Image | np.ndarray, regions: list[Region], map_shape: tuple[int, int],

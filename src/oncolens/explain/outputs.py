@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import UnreadableImage, read_image
+from ..errors import renamed_keyword
 from ..files import atomic_write, atomic_write_json, safe_name
 from ..models.bundle import as_bundle
 from .contours import Region, draw_regions, extract_regions, overlay_heatmap, threshold_map
@@ -53,11 +54,13 @@ class Composition:
     localisation: Localisation
 
 
-def compose(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45, threshold: str = "otsu",
-            percentile: float = 90.0) -> Composition:
-    """Map -> overlay -> regions: the one composition used by the CLI, the Predictor, panels and reports."""
+def compose(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.45, threshold: str = "otsu",
+            percentile: float = 90.0, *, alpha: float | None = None) -> Composition:
+    """Map -> overlay (at ``opacity``; ``alpha`` is its deprecated name) -> regions: the one composition used by
+    the CLI, the Predictor, panels and reports."""
+    opacity = renamed_keyword("compose", "alpha", "opacity", alpha, opacity)
     where = localise(heatmap, threshold, percentile)
-    return Composition(heatmap_overlay=overlay_heatmap(image, heatmap, alpha),
+    return Composition(heatmap_overlay=overlay_heatmap(image, heatmap, opacity),
                        contour_overlay=draw_regions(image, where.regions, heatmap.shape), localisation=where)
 
 
@@ -80,14 +83,17 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str], out_dir: str | Path,
                      target: str | int = "predicted", target_layer: str | None = None, threshold: str = "otsu",
-                     percentile: float = 90.0, alpha: float = 0.45, batch_size: int = 16,
-                     options: ExplainOptions | None = None, level: int | None = None) -> tuple[list[dict], dict[str, str]]:
+                     percentile: float = 90.0, opacity: float = 0.45, batch_size: int = 16,
+                     options: ExplainOptions | None = None, level: int | None = None, *,
+                     alpha: float | None = None) -> tuple[list[dict], dict[str, str]]:
     """Explain image files with each method; write outputs per image and method; return records and failures.
 
     Images are read and explained ``batch_size`` at a time (memory does not grow with the number of
-    files); ``explanations.json`` is written last, atomically. ``level`` picks the classifier of a tree
-    of classifiers (0 = top; default: the deepest on the route).
+    files); ``explanations.json`` is written last, atomically. ``opacity`` is the heatmap overlay's
+    (``alpha`` its deprecated name). ``level`` picks the classifier of a tree of classifiers (0 = top;
+    default: the deepest on the route).
     """
+    opacity = renamed_keyword("explain_to_files", "alpha", "opacity", alpha, opacity)
     loaded = as_bundle(bundle)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,7 @@ def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str]
                                                       options=options, level=level)
             for image, source, base, e in zip(images, sources, chunk_stems, explanations):
                 stem = f"{base}.{method}"
-                composed = compose(image, e.heatmap, alpha, threshold, percentile)
+                composed = compose(image, e.heatmap, opacity, threshold, percentile)
                 atomic_write(out_dir / f"{stem}.npy", lambda tmp: _save_npy(tmp, e.raw))
                 Image.fromarray(composed.heatmap_overlay).save(out_dir / f"{stem}.heatmap.png")
                 Image.fromarray(composed.contour_overlay).save(out_dir / f"{stem}.contours.png")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import read_image
-from ..errors import DataError
+from ..errors import DataError, renamed_keyword
 from ..evaluation.plots import plot_gallery
 from ..evaluation.select import select_rows
 from ..files import safe_name
@@ -39,14 +39,17 @@ def select_cases(frame: pd.DataFrame, proba: np.ndarray, classes: list[str], per
 
 
 def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataFrame, out_dir: str | Path,
-                   per_class: int = 3, method: str = "gradcam", split: str | None = "test", alpha: float = 0.45,
-                   options: ExplainOptions | None = None, notes: list[str] | None = None) -> list[Path]:
-    """One PNG grid per class: N correct and N wrong cases, each as heatmap and contour overlays.
+                   per_class: int = 3, method: str = "gradcam", split: str | None = "test", opacity: float = 0.45,
+                   options: ExplainOptions | None = None, notes: list[str] | None = None, *,
+                   alpha: float | None = None) -> list[Path]:
+    """One PNG grid per class: N correct and N wrong cases, each as heatmap (at ``opacity``; ``alpha`` is its
+    deprecated name) and contour overlays.
 
     For a tree of classifiers, classes are its leaves, predictions are routed, and each map comes from
     the classifier that made the last decision on the route. Rows left out (labels outside the model's
     classes, unreadable files) are appended to ``notes`` when a list is given.
     """
+    opacity = renamed_keyword("explain_panels", "alpha", "opacity", alpha, opacity)
     selection = select_rows(bundle, data, split)
     loaded, frame = selection.bundle, selection.frame
     if frame.empty:
@@ -71,7 +74,7 @@ def explain_panels(bundle: str | Path | ModelBundle, data: str | Path | pd.DataF
         explanations = explain(loaded, images, method=method, options=options, routing=routing)
         tiles, titles = [], []
         for image, row, e in zip(images, rows.itertuples(), explanations):
-            composed = compose(image, e.heatmap, alpha)
+            composed = compose(image, e.heatmap, opacity)
             tiles += [composed.heatmap_overlay, composed.contour_overlay]
             head = f"{row.case.upper()}: true {row.label}\npred {row.pred} ({row.confidence:.2f})"
             titles += [f"{head}\n{method}", f"{head}\ncontours"]

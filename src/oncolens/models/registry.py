@@ -6,8 +6,6 @@ builds them.
 
 from __future__ import annotations
 
-import warnings
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +13,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import renamed_keyword
 from ..registry import Registry
 
 __all__ = ["ModelSpec", "register_model", "get_spec", "prefers_channels_last", "list_models"]
@@ -64,9 +63,7 @@ def prefers_channels_last(model_name: str, device: str | torch.device) -> bool:
 def register_model(spec: ModelSpec, override: bool = False, *, replace: bool | None = None) -> ModelSpec:
     """Make ``spec`` available to ``create_model`` under ``spec.name``; an existing name is refused
     unless ``override`` says the overwrite is meant (``replace`` is its old, deprecated name)."""
-    if replace is not None:
-        warnings.warn("register_model(replace=...) is now override=...", DeprecationWarning, stacklevel=2)
-        override = override or replace
+    override = override or renamed_keyword("register_model", "replace", "override", replace, override)
     return _MODELS.register(spec.name, spec, override)
 
 

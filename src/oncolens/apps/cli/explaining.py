@@ -52,7 +52,7 @@ def explain(
     paths = expand_image_paths(images)
     records, failed = explain_to_files(bundle, paths, methods, out, target=target, target_layer=layer,
                                        threshold=threshold, percentile=percentile,
-                                       alpha=renamed(opacity, alpha, "--alpha (heatmap opacity)", "--opacity"),
+                                       opacity=renamed(opacity, alpha, "--alpha (heatmap opacity)", "--opacity"),
                                        batch_size=batch_size, options=_explain_options(internal_batch_size, n_samples),
                                        level=level)
     table = Table(title=f"{len(records)} explanation(s) in {out}")
