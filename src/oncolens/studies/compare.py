@@ -14,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import load_manifest, save_manifest
+from ..errors import renamed_keyword
 from ..evaluation import MetricsReport, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_text
 from ..models import WeightsUnavailable, create_model, load_bundle
-from ..training.lookalikes import grouped_split
+from ..training.tasks import grouped_split
 from .cv import cross_validate
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
@@ -44,7 +45,7 @@ def _weights_available(model: str, weights: str, config) -> str | None:
 
 
 def _cv_variants(variants: dict[str, dict], manifest, out_dir: Path, base, folds: int, seed: int, n_boot: int,
-                 workers: int) -> pd.DataFrame:
+                 jobs: int) -> pd.DataFrame:
     """Each variant cross-validated on the same folds: pooled out-of-fold metrics with CIs (and mean +- sd)."""
     from ..training import TrainConfig
 
@@ -56,7 +57,7 @@ def _cv_variants(variants: dict[str, dict], manifest, out_dir: Path, base, folds
             rows.append({"run": name, **overrides, "status": f"unavailable: {problem}"})
             continue
         folder = out_dir / "cv" / name
-        cross_validate(manifest, folder, folds=folds, train_config=cfg, seed=seed, n_boot=n_boot, workers=workers,
+        cross_validate(manifest, folder, folds=folds, train_config=cfg, seed=seed, n_boot=n_boot, jobs=jobs,
                        ensemble=False)
         summary = json.loads((folder / "summary.json").read_text())
         pooled = MetricsReport.from_dict(summary["pooled_out_of_fold"])
@@ -73,29 +74,29 @@ def _cv_variants(variants: dict[str, dict], manifest, out_dir: Path, base, folds
     return pd.DataFrame(rows)
 
 
-def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val, seed, n_boot, workers,
+def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val, seed, n_boot, jobs,
                   folds: int | None = None) -> pd.DataFrame:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if folds:
-        return _cv_variants(variants, manifest, out_dir, base, folds, seed, n_boot, workers)
+        return _cv_variants(variants, manifest, out_dir, base, folds, seed, n_boot, jobs)
     data = _prepare(manifest, out_dir, test, val, seed, base)
     runs = out_dir / "runs"
     config = asdict(base)
-    rows, jobs, evals = [], [], []
+    rows, train_jobs, eval_jobs = [], [], []
     for name, overrides in variants.items():
         cfg = {**config, **overrides, "data": str(data), "runs_dir": str(runs), "name": name, "seed": seed}
         problem = _weights_available(cfg["model"], cfg["weights"], cfg) if cfg["weights"] == "imagenet" else None
         if problem:
             rows.append({"run": name, **overrides, "status": f"unavailable: {problem}"})
             continue
-        jobs.append(Job(f"train {name}", _train_job, {"config": cfg}, done=runs / name / ".done"))
-        evals.append(Job(f"evaluate {name}", _eval_job, {"bundle": str(runs / name / "bundle"), "data": str(data),
-                                                        "out_dir": str(out_dir / "evals" / name), "n_boot": n_boot},
-                         done=out_dir / "evals" / name / ".done"))
+        train_jobs.append(Job(f"train {name}", _train_job, {"config": cfg}, done=runs / name / ".done"))
+        eval_jobs.append(Job(f"evaluate {name}", _eval_job, {"bundle": str(runs / name / "bundle"), "data": str(data),
+                                                            "out_dir": str(out_dir / "evals" / name), "n_boot": n_boot},
+                             done=out_dir / "evals" / name / ".done"))
         rows.append({"run": name, **overrides, "status": "ok"})
-    run_jobs(jobs, workers)
-    run_jobs(evals, workers)
+    run_jobs(train_jobs, jobs)
+    run_jobs(eval_jobs, jobs)
     for row in rows:
         if row["status"] != "ok":
             continue
@@ -128,13 +129,16 @@ def _write(table: pd.DataFrame, out_dir: Path, title: str, columns: list[str]) -
 
 
 def compare_models(manifest, out_dir, models: list[str], base=None, test: float = 0.2, val: float = 0.1,
-                   seed: int = 42, n_boot: int = 200, workers: int = 1, folds: int | None = None) -> pd.DataFrame:
+                   seed: int = 42, n_boot: int = 200, jobs: int = 1, folds: int | None = None, *,
+                   workers: int | None = None) -> pd.DataFrame:
     """Train and evaluate each model on one split (or, with ``folds``, cross-validate each on the same
-    patient-grouped folds: pooled out-of-fold metrics); rows sorted by ROC-AUC, then F1."""
+    patient-grouped folds: pooled out-of-fold metrics); rows sorted by ROC-AUC, then F1. ``jobs`` runs train
+    or evaluate at a time (``workers`` is its deprecated name)."""
     from ..training import TrainConfig
 
+    jobs = renamed_keyword("compare_models", "workers", "jobs", workers, jobs)
     base = base or TrainConfig(epochs=10, lr=1e-3, augment=False, recipe="off")
-    table = _run_variants({m: {"model": m} for m in models}, manifest, out_dir, base, test, val, seed, n_boot, workers,
+    table = _run_variants({m: {"model": m} for m in models}, manifest, out_dir, base, test, val, seed, n_boot, jobs,
                           folds)
     if "roc_auc" in table.columns:
         table = table.sort_values(["roc_auc", "f1"], ascending=False, na_position="last").reset_index(drop=True)
@@ -145,14 +149,16 @@ def compare_models(manifest, out_dir, models: list[str], base=None, test: float 
 
 
 def compare_pretraining(manifest, out_dir, models: list[str] = ("alexnet", "vgg16"), base=None, test: float = 0.2,
-                        val: float = 0.1, seed: int = 42, n_boot: int = 200, workers: int = 1,
-                        folds: int | None = None) -> pd.DataFrame:
-    """Each model from random and from ImageNet weights (fine-tuned fully); the gain pretraining gives."""
+                        val: float = 0.1, seed: int = 42, n_boot: int = 200, jobs: int = 1,
+                        folds: int | None = None, *, workers: int | None = None) -> pd.DataFrame:
+    """Each model from random and from ImageNet weights (fine-tuned fully); the gain pretraining gives. ``jobs``
+    runs train or evaluate at a time (``workers`` is its deprecated name)."""
     from ..training import TrainConfig
 
+    jobs = renamed_keyword("compare_pretraining", "workers", "jobs", workers, jobs)
     base = base or TrainConfig(epochs=10, lr=1e-4, augment=False, recipe="off")
     variants = {f"{m}-{w}": {"model": m, "weights": w, "freeze": "full"} for m in models for w in ("random", "imagenet")}
-    table = _run_variants(variants, manifest, out_dir, base, test, val, seed, n_boot, workers, folds)
+    table = _run_variants(variants, manifest, out_dir, base, test, val, seed, n_boot, jobs, folds)
     gains = []
     for m in models:
         rows = table[table["model"] == m].set_index("weights")

@@ -4,7 +4,7 @@ bundle (the k models averaged).
 
 Folds come from the split module's rules (stratified by label, grouped by patient when the manifest
 names patients; :func:`oncolens.data.split.assign_folds`); each fold's training part carves its own
-validation split the same way. Runs are independent jobs (parallel workers, resumable, sharing the
+validation split the same way. Runs are independent jobs (``jobs`` at a time, resumable, sharing the
 feature cache).
 """
 
@@ -19,13 +19,12 @@ import pandas as pd
 
 from ..data import load_manifest, save_manifest
 from ..data.split import assign_folds, leakage_report, resolve_group_column, split
-from ..errors import DataError
+from ..errors import DataError, renamed_keyword
 from ..evaluation import MetricsReport, compute_metrics, evaluate, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.ensemble import save_ensemble_bundle
-from ..training.tasks import task_for
+from ..training.tasks import grouped, task_for
 from ..training import TrainConfig
-from ..training.lookalikes import grouped
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
 
@@ -42,8 +41,8 @@ def _fold_manifest(frame: pd.DataFrame, fold: int) -> pd.DataFrame:
 
 def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, folds: int = 5,
                    train_config: TrainConfig | None = None, seed: int = 42, n_boot: int = 1000,
-                   workers: int = 1, ensemble: bool = True, perturb: Sequence[str] = (),
-                   holdout: float = 0.0) -> pd.DataFrame:
+                   jobs: int = 1, ensemble: bool = True, perturb: Sequence[str] = (),
+                   holdout: float = 0.0, *, workers: int | None = None) -> pd.DataFrame:
     """Run a ``folds``-fold cross-validation into ``out_dir``; return the per-fold table.
 
     Writes ``folds.csv`` (every image's fold), ``oof_predictions.csv``, ``results.csv`` / ``results.md``
@@ -53,8 +52,10 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
     after that perturbation: the pooled out-of-fold accuracy it costs, with a paired bootstrap CI.
     ``holdout`` > 0 first sets that fraction aside (grouped like the folds, in ``holdout.csv``); the folds
     split the rest, and the fold ensemble and each fold model are then evaluated on the held-out images,
-    which no run has seen (``holdout/``).
+    which no run has seen (``holdout/``). ``jobs`` runs train or evaluate at a time, each in a process of its
+    own (``workers`` is the deprecated name of ``jobs``).
     """
+    jobs = renamed_keyword("cross_validate", "workers", "jobs", workers, jobs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = train_config or TrainConfig()
@@ -89,8 +90,8 @@ def cross_validate(manifest: str | Path | pd.DataFrame, out_dir: str | Path, fol
         eval_jobs.append(Job(f"evaluate fold {k}", _eval_job, {"bundle": str(runs / f"fold_{k}" / "bundle"),
                                                                "data": str(data), "out_dir": str(evals / f"fold_{k}"),
                                                                "n_boot": 0}, done=evals / f"fold_{k}" / ".done"))
-    run_jobs(train_jobs, workers)
-    run_jobs(eval_jobs, workers)
+    run_jobs(train_jobs, jobs)
+    run_jobs(eval_jobs, jobs)
     rows, oof, unreadable = [], [], 0
     for k in range(1, folds + 1):
         result = load_evaluation(evals / f"fold_{k}")

@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 
 from ..data import load_manifest, save_manifest
-from ..errors import DataError
+from ..errors import DataError, renamed_keyword
 from ..evaluation import MetricsReport, format_metric, load_evaluation
 from ..evaluation.levels import level_metrics
 from ..figures import save_figure, subplots
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle
 from ..training import TrainConfig
-from ..training.lookalikes import grouped_split
+from ..training.tasks import grouped_split
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
 
@@ -97,11 +97,13 @@ def _fmt(value, ci) -> str:
 
 def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[str] = ("binary", "subtype"),
                     train_config: TrainConfig | None = None, test: float = 0.2, val: float = 0.15, seed: int = 42,
-                    n_boot: int = 200, workers: int = 1) -> pd.DataFrame:
+                    n_boot: int = 200, jobs: int = 1, *, workers: int | None = None) -> pd.DataFrame:
     """Train the tree's classifiers and a flat leaf model; write the hierarchical bundle and level tables.
 
     Returns the level table: one row per level (the last is end to end), hierarchical vs flat metrics.
+    ``jobs`` runs train or evaluate at a time (``workers`` is its deprecated name).
     """
+    jobs = renamed_keyword("hierarchy_study", "workers", "jobs", workers, jobs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed, train_config or TrainConfig())
@@ -118,7 +120,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
         plan[run] = (data, resolved[len(prefix)].column)
     run_jobs([Job(f"train {run}", _train_job, {"config": {**base, "data": str(data), "label_col": label_col,
                                                          "runs_dir": str(runs), "name": run, "seed": seed}},
-                  done=runs / run / ".done") for run, (data, label_col) in plan.items()], workers)
+                  done=runs / run / ".done") for run, (data, label_col) in plan.items()], jobs)
     bundle_path = out_dir / "hierarchical_bundle"
     if not (bundle_path / "bundle.json").exists():
         save_hierarchical_bundle(tree, {p: runs / _node_run(tree, p) / "bundle" for p in tree.nodes},
@@ -130,7 +132,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     targets["hierarchical"] = (bundle_path, plan["flat"][0])
     run_jobs([Job(f"evaluate {name}", _eval_job, {"bundle": str(bundle), "data": str(data),
                                                   "out_dir": str(evals / name), "n_boot": n_boot},
-                  done=evals / name / ".done") for name, (bundle, data) in targets.items()], workers)
+                  done=evals / name / ".done") for name, (bundle, data) in targets.items()], jobs)
     data = plan["flat"][0]
 
     level_names_ = [lv.name for lv in resolved]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import load_manifest, save_manifest
-from ..errors import DataError
+from ..errors import DataError, renamed_keyword
 from ..evaluation import evaluate, load_evaluation, load_label_map
 from ..figures import save_figure, subplots
 from ..files import atomic_write, atomic_write_text, safe_name
 from ..training import TrainConfig, train
-from ..training.lookalikes import grouped_split
+from ..training.tasks import grouped_split
 from .runner import Job, run_jobs
 
 __all__ = ["transfer_matrix"]
@@ -58,8 +58,10 @@ def _plot(matrix: pd.DataFrame, title: str, out: Path) -> Path:
 def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str = "cancer_type",
                     label_map: str | dict = "normal-vs-tumor", train_config: TrainConfig | None = None,
                     test: float = 0.25, val: float = 0.15, seed: int = 42, n_boot: int = 200,
-                    workers: int = 1) -> pd.DataFrame:
-    """Train per ``domain_col`` value on the mapped labels; return the long table of source x target results."""
+                    jobs: int = 1, *, workers: int | None = None) -> pd.DataFrame:
+    """Train per ``domain_col`` value on the mapped labels; return the long table of source x target results.
+    ``jobs`` runs train or evaluate at a time (``workers`` is its deprecated name)."""
+    jobs = renamed_keyword("transfer_matrix", "workers", "jobs", workers, jobs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = load_manifest(manifest)
@@ -86,13 +88,13 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
     train_jobs = [Job(f"train {d}", _train_job, {"config": {**base, "data": str(splits[d]), "runs_dir": str(runs),
                                                            "name": folder[d], "seed": seed}},
                       done=runs / folder[d] / ".done") for d in domains]
-    run_jobs(train_jobs, workers)
+    run_jobs(train_jobs, jobs)
     evals = {(s, t): out_dir / "evals" / f"{folder[s]}__{folder[t]}" for s in domains for t in domains}
     eval_jobs = [Job(f"evaluate {s} -> {t}", _eval_job, {"bundle": str(runs / folder[s] / "bundle"),
                                                         "data": str(splits[t]), "out_dir": str(evals[s, t]),
                                                         "n_boot": n_boot},
                      done=evals[s, t] / ".done") for s in domains for t in domains]
-    run_jobs(eval_jobs, workers)
+    run_jobs(eval_jobs, jobs)
     rows = []
     for s in domains:
         for t in domains:

@@ -18,7 +18,7 @@ from ..data.lookalike import LookalikeGroups, lookalike_groups, split_proximity
 from ..data.split import default_group_column_safe, duplicate_clusters, with_file_hashes
 from ..errors import ConfigError, DataError
 
-__all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "grouped", "grouped_split", "manifest_embeddings", "add_lookalike_groups", "embedding_leakage",
+__all__ = ["GroupingConfig", "Grouping", "GROUP_BY", "grouping_for", "manifest_embeddings", "add_lookalike_groups", "embedding_leakage",
            "EMBEDDING_MODEL"]
 
 #: the backbone whose pooled features embed images for grouping: ImageNet weights that ship offline
@@ -31,11 +31,14 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class GroupingConfig:
-    """How to group images when the manifest names no patients: ``auto``/``embedding`` (look-alike groups
-    of embeddings, with exact and perceptual duplicates), ``phash`` (duplicates only), ``none`` (by image).
+    """How a split groups a manifest's rows: ``column`` names the patient column (``auto``: ``group``/``patient``
+    when the manifest has one; ``none``: by row); without patients, ``group_by`` says how images are grouped:
+    ``auto``/``embedding`` (look-alike groups of embeddings, with exact and perceptual duplicates; ``auto``
+    also keeps a ``lookalike`` column an earlier split added), ``phash`` (duplicates only), ``none`` (by image).
     ``threshold``: cosine similarity that makes two images look-alikes (None: chosen from the data)."""
 
     group_by: str = "auto"
+    column: str = "auto"
     threshold: float | None = None
     model: str = EMBEDDING_MODEL
     weights: str = "imagenet"
@@ -53,33 +56,6 @@ def grouping_for(config) -> GroupingConfig:
     """The grouping a training configuration asks for (its feature cache holds the embeddings)."""
     return GroupingConfig(group_by=config.group_by, threshold=config.group_threshold,
                           cache_dir=config.cache_dir or Path(config.runs_dir) / ".feature_cache")
-
-
-def grouped(frame: pd.DataFrame, config) -> Grouping:
-    """``frame`` grouped for a split as a training configuration asks: an existing group column (patients, or
-    look-alike groups a previous split added) is kept unless ``group_by`` says otherwise."""
-    from ..models.mil import is_bag_manifest
-
-    existing = default_group_column_safe(frame)
-    if is_bag_manifest(frame):  # a bag is a slide or an image: grouped by patient when the manifest says
-        patients = existing if existing in ("group", "patient") else None
-        return Grouping(frame.reset_index(drop=True), patients, None,
-                        f"bags grouped by {patients!r}" if patients else "bags: one group per bag")
-    if existing in ("group", "patient", "lookalike") and config.group_by == "auto":
-        return Grouping(frame.reset_index(drop=True), existing, None, f"grouped by the manifest's {existing!r} column")
-    return add_lookalike_groups(frame, grouping_for(config), seed=config.seed)
-
-
-def grouped_split(frame: pd.DataFrame, config, test: float, val: float = 0.0, seed: int | None = None,
-                  label_col: str | None = None) -> tuple[pd.DataFrame, str]:
-    """:func:`oncolens.data.split` of ``frame`` grouped as ``config`` (a TrainConfig) asks (see
-    :func:`grouped`), and the sentence saying how: what `train`, `cv` and the studies split with."""
-    from ..data.split import split
-
-    grouping = grouped(frame, config)
-    parts = split(grouping.frame, test=test, val=val, seed=config.seed if seed is None else seed,
-                  label_col=label_col or config.label_col, group_col=grouping.column)
-    return parts, grouping.sentence
 
 
 def manifest_embeddings(frame: pd.DataFrame, config: GroupingConfig,

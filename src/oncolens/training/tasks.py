@@ -10,6 +10,7 @@ A new task (say, multi-label or a regression of stage) is one :class:`Task` subc
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +18,15 @@ import pandas as pd
 
 from ..registry import Registry
 from .config import TrainConfig
-from .lookalikes import Grouping, grouped
+from ..data.split import default_group_column_safe, split
+from .lookalikes import Grouping, GroupingConfig, Progress, add_lookalike_groups, grouping_for
 from .planner import Plan, plan_bag_run, plan_image_run
 from .run import TrainingRun, build_bag_run, build_run
 
 if TYPE_CHECKING:
     from ..models.bundle import ModelBundle
 
-__all__ = ["Task", "ImageTask", "BagTask", "TASKS", "task_for", "plan_run"]
+__all__ = ["Task", "ImageTask", "BagTask", "TASKS", "task_for", "plan_run", "group_rows", "grouped", "grouped_split"]
 
 
 class Task:
@@ -35,6 +37,8 @@ class Task:
     ensembles = True
     #: what a row of its manifests is, in messages ("image", "bag")
     row = "row"
+    #: whether its rows are images a frozen backbone can embed (look-alike grouping, leakage by embedding)
+    embeds = False
 
     def accepts(self, frame: pd.DataFrame) -> bool:
         """Whether ``frame``'s rows are this task's inputs."""
@@ -57,9 +61,10 @@ class Task:
         """The bundle just written at ``path``, as it will be loaded (what calibration scores)."""
         raise NotImplementedError
 
-    def group(self, frame: pd.DataFrame, config: Any) -> Grouping:
-        """``frame``'s rows grouped for a split (no group on both sides of it)."""
-        return grouped(frame, config)
+    def group(self, frame: pd.DataFrame, policy: GroupingConfig, seed: int = 0,
+              progress: Progress | None = None) -> Grouping:
+        """``frame``'s rows grouped for a split as ``policy`` says (no group on both sides of it)."""
+        raise NotImplementedError
 
 
 #: name -> task; :func:`task_for` asks them in registration order
@@ -103,6 +108,16 @@ class BagTask(Task):
 
         return load_mil_bundle(path)
 
+    def group(self, frame, policy, seed=0, progress=None):
+        # a bag is a slide or an image: grouped by its patient when the manifest says, never embedded
+        frame = frame.reset_index(drop=True)
+        if policy.column not in ("auto", "none"):
+            return Grouping(frame, policy.column, None, f"bags grouped by {policy.column!r}")
+        existing = default_group_column_safe(frame)
+        patients = existing if existing in ("group", "patient") and "none" not in (policy.column, policy.group_by) \
+            else None
+        return Grouping(frame, patients, None, f"bags grouped by {patients!r}" if patients else "bags: one group per bag")
+
 
 @_register
 class ImageTask(Task):
@@ -111,6 +126,7 @@ class ImageTask(Task):
 
     name = "images"
     row = "image"
+    embeds = True
 
     def accepts(self, frame):
         return True
@@ -137,6 +153,17 @@ class ImageTask(Task):
                                     else torch.contiguous_format)
         return Bundle(model=model, classes=run.classes, preprocessing=run.model.preprocessing, meta=meta, path=path)
 
+    def group(self, frame, policy, seed=0, progress=None):
+        frame = frame.reset_index(drop=True)
+        if policy.column not in ("auto", "none"):  # the user named the patient column
+            return Grouping(frame, policy.column, None, f"grouped by the manifest's {policy.column!r} column")
+        if policy.column == "auto" and policy.group_by == "auto" and \
+                default_group_column_safe(frame) == "lookalike":  # an earlier split's look-alike groups
+            return Grouping(frame, "lookalike", None, "grouped by the manifest's 'lookalike' column")
+        if policy.column == "none":
+            policy = dataclasses.replace(policy, group_by="none")
+        return add_lookalike_groups(frame, policy, seed=seed, progress=progress)
+
 
 def task_for(frame: pd.DataFrame) -> Task:
     """The task whose inputs ``frame``'s rows are (the first registered that accepts them)."""
@@ -150,3 +177,25 @@ def plan_run(config: TrainConfig, frame: pd.DataFrame) -> Plan:
     plan = task.plan(config, frame)
     plan.task = task
     return plan
+
+
+def group_rows(frame: pd.DataFrame, policy: GroupingConfig, seed: int = 0,
+               progress: Progress | None = None) -> Grouping:
+    """How a split of ``frame`` is grouped, as its task groups its rows: the one grouping of ``split``,
+    ``train`` (its validation part), ``cv`` and the studies."""
+    return task_for(frame).group(frame, policy, seed=seed, progress=progress)
+
+
+def grouped(frame: pd.DataFrame, config: TrainConfig) -> Grouping:
+    """``frame`` grouped as a training configuration asks (:func:`group_rows` with its grouping options)."""
+    return group_rows(frame, grouping_for(config), seed=config.seed)
+
+
+def grouped_split(frame: pd.DataFrame, config: TrainConfig, test: float, val: float = 0.0, seed: int | None = None,
+                  label_col: str | None = None) -> tuple[pd.DataFrame, str]:
+    """:func:`oncolens.data.split` of ``frame`` grouped as ``config`` asks (see :func:`grouped`), and the
+    sentence saying how: what `train`, `cv` and the studies split with."""
+    grouping = grouped(frame, config)
+    parts = split(grouping.frame, test=test, val=val, seed=config.seed if seed is None else seed,
+                  label_col=label_col or config.label_col, group_col=grouping.column)
+    return parts, grouping.sentence

@@ -26,7 +26,7 @@ from .loop import Loop
 from .planner import resolve_config
 from .seeding import run_state, seed_everything
 from .stages import STAGES, stage_names
-from .tasks import plan_run, task_for
+from .tasks import grouped, grouped_split, plan_run, task_for
 
 __all__ = ["RunResult", "EpochState", "train", "resume", "prepare_splits", "resolve_config", "seed_everything",
            "run_state", "plot_training_curves"]
@@ -49,8 +49,6 @@ def prepare_splits(frame: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFra
     the training rows when there is none. New parts are grouped by patient, or without patient ids as
     ``config.group_by`` says (look-alike groups by default: the bundle is calibrated on the validation
     part, which must not hold look-alikes of training images). Also: what the grouping was, when made."""
-    from .lookalikes import grouped, grouped_split
-
     if "split" not in frame.columns or (frame["split"] == "").all():
         return grouped_split(frame, config, test=config.test_fraction, val=config.val_fraction)
     if (frame["split"] == "val").any():
@@ -127,7 +125,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
         raise ConfigError("no data: set `data` to a manifest CSV (from `oncolens scan` / `oncolens split`)")
     frame, grouping = prepare_splits(load_manifest(config.data), config)
     plan = plan_run(config, frame)  # every option settled once, with its reason
-    config, recipe = plan.config, plan.recipe
+    config, recipe = _absolute_files(plan.config), plan.recipe
     dist = distributed or Distributed.current()
     config.name = dist.broadcast(config.name)  # a name made from the clock: rank 0's
     run_dir = config.run_dir
@@ -168,6 +166,22 @@ def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[EpochSta
             atomic_write_json(run_dir / "classes.json", loop.state.classes)
         stopped = loop.fit()
         return _finish(loop, stopped) if dist.is_main else None
+
+
+def _absolute_files(config: TrainConfig) -> TrainConfig:
+    """``config`` with the files it reads again on ``--resume`` (weights, the stain target, the cache folder) named
+    by absolute paths, so that its run resumes from any folder; names of files that do not exist stay as given."""
+    import dataclasses
+
+    changes = {}
+    if config.weights not in ("auto", "random", "imagenet", "") and Path(config.weights).exists():
+        changes["weights"] = str(Path(config.weights).resolve())
+    method, _, target = (config.stain_norm or "").partition(":")
+    if target and Path(target).exists():
+        changes["stain_norm"] = f"{method}:{Path(target).resolve()}"
+    if config.cache_dir:
+        changes["cache_dir"] = str(Path(config.cache_dir).resolve())
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def resume(run_dir: str | Path, callbacks: Sequence[Callback | Callable[[EpochState], None]] = (),

@@ -73,33 +73,27 @@ def split(
     look-alike images), deterministic; report leakage, including how close each split is to training."""
     from oncolens.data import load_manifest, save_manifest
     from oncolens.data import split as split_manifest
-    from oncolens.training.lookalikes import GroupingConfig, add_lookalike_groups
+    from oncolens.training.lookalikes import GroupingConfig
+    from oncolens.training.tasks import group_rows, task_for
 
     frame = load_manifest(manifest)
     if label_col in frame.columns:  # said before any image is embedded
         from oncolens.data.split import check_labels
 
         check_labels(frame[label_col].astype(str), needed=2 + (val > 0))
-    grouping_config = GroupingConfig(group_by="none" if group_col == "none" else group_by, threshold=group_threshold,
-                                     cache_dir=cache_dir)
-    groups, column = None, group_col
-    from oncolens.models.mil import is_bag_manifest
-
-    bags = is_bag_manifest(frame)  # a bag is a slide or image: grouped by its patient, never embedded
-    if bags and group_col in ("auto", "none"):
-        column = "group" if "group" in frame.columns and group_by != "none" and group_col != "none" else None
-    elif group_col in ("auto", "none"):
-        grouping = add_lookalike_groups(frame, grouping_config, seed=seed, progress=_ProgressLines())
-        frame, column, groups = grouping.frame, grouping.column, grouping.groups
+    policy = GroupingConfig(group_by=group_by, column=group_col, threshold=group_threshold, cache_dir=cache_dir)
+    grouping = group_rows(frame, policy, seed=seed, progress=_ProgressLines())  # as train, cv and the studies group
+    if group_col in ("auto", "none"):
         console.print(grouping.sentence, markup=False, highlight=False)
-    result = split_manifest(frame, test=test, val=val, seed=seed, label_col=label_col, group_col=column)
+    result = split_manifest(grouping.frame, test=test, val=val, seed=seed, label_col=label_col,
+                            group_col=grouping.column)
     save_manifest(result, out)
-    _print_split(result, label_col, column, near_threshold, report)
-    if group_col in ("auto", "none") and column not in ("group", "patient") and not bags:  # how close each
-        from oncolens.training.lookalikes import embedding_leakage  # split is to training, by embedding
+    _print_split(result, label_col, grouping.column, near_threshold, report)
+    if group_col in ("auto", "none") and grouping.column not in ("group", "patient") and task_for(frame).embeds:
+        from oncolens.training.lookalikes import embedding_leakage  # how close each split is to training
 
-        threshold = groups.threshold if groups is not None else group_threshold
-        for part in embedding_leakage(result, grouping_config, threshold=threshold, seed=seed):
+        threshold = grouping.groups.threshold if grouping.groups is not None else group_threshold
+        for part in embedding_leakage(result, policy, threshold=threshold, seed=seed):
             console.print(part.sentence(), markup=False, highlight=False)
     console.print(f"splits: {out}")
 
