@@ -295,3 +295,30 @@ def test_serve_and_app_take_relative_paths(tiny_bundle, tmp_path, monkeypatch):
     bundle = command["argv"][command["argv"].index("--bundle") + 1]
     assert Path(bundle).is_absolute() and (Path(bundle) / "bundle.json").is_file()
     assert Path(os.environ["ONCOLENS_SLIDES"]).is_absolute() and Path(os.environ["ONCOLENS_SLIDES"]).is_dir()
+
+
+def test_a_run_started_with_relative_files_resumes_from_any_folder(tiny_bundle, phantom_manifest, tmp_path,
+                                                                   monkeypatch):
+    """`train --weights bundle --stain-norm macenko:ref.png --cache-dir cache` recorded the paths as typed: `train
+    --resume` from another folder then could not find the weights."""
+    from oncolens.data import save_manifest, split
+    from oncolens.training import load_config
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_bundle, "bundle")
+    save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), Path("splits.csv"))
+    histo = next(p for p in phantom_manifest["path"] if "histo" in Path(p).name)
+    shutil.copy(histo, "ref.png")
+    oncolens(["oncolens", "train", "splits.csv", "--model", "seed_cnn", "--weights", "bundle", "--image-size", "32",
+              "--epochs", "1", "--batch-size", "8", "--no-augment", "--no-calibrate", "--name", "ft"])
+    oncolens(["oncolens", "train", "splits.csv", "--model", "seed_cnn", "--channels", "3", "--image-size", "32",
+              "--epochs", "1", "--batch-size", "8", "--no-augment", "--no-calibrate", "--stain-norm",
+              "macenko:ref.png", "--cache-dir", "cache", "--name", "stained"])
+    Path("elsewhere").mkdir()
+    monkeypatch.chdir("elsewhere")
+    for run in ("ft", "stained"):
+        assert "bundle: ../runs" in oncolens(["oncolens", "train", "--resume", f"../runs/{run}", "--epochs", "2"])
+    assert not any(Path(".").iterdir())  # nothing written where it was resumed from
+    saved = load_config(tmp_path / "runs/stained/config.yaml")
+    assert saved.stain_norm == f"macenko:{(tmp_path / 'ref.png').resolve()}"
+    assert saved.cache_dir == str((tmp_path / "cache").resolve())
