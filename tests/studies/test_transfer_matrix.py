@@ -34,9 +34,9 @@ def test_transfer_matrix_errors(phantom_manifest, tmp_path):
         transfer_matrix(manifest, tmp_path / "y", domain_col="organ", label_map={"a": ["histo_normal"], "b": ["mri_tumor"]})
 
 
-def test_parallel_workers_give_the_same_matrix(phantom_manifest, tmp_path):
+def test_parallel_jobs_give_the_same_matrix(phantom_manifest, tmp_path):
     manifest = save_manifest(phantom_manifest, tmp_path / "m.csv")
     config = TrainConfig(model="seed_cnn", image_size=32, epochs=1, batch_size=8, augment=False)
     serial = transfer_matrix(manifest, tmp_path / "a", domain_col="organ", train_config=config, n_boot=10)
-    parallel = transfer_matrix(manifest, tmp_path / "b", domain_col="organ", train_config=config, n_boot=10, workers=2)
+    parallel = transfer_matrix(manifest, tmp_path / "b", domain_col="organ", train_config=config, n_boot=10, jobs=2)
     pd.testing.assert_frame_equal(serial[["source", "target", "accuracy"]], parallel[["source", "target", "accuracy"]])

@@ -1,4 +1,4 @@
-"""Run a study's independent jobs, in parallel worker processes if asked; finished jobs are skipped,
+"""Run a study's independent jobs, several at a time in processes of their own if asked; finished jobs are skipped,
 so an interrupted study resumes where it stopped. A job is finished when its ``done`` marker exists:
 the runner writes it (atomically) only after the job returned, so a job killed half-way reruns."""
 
@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import renamed_keyword
 from ..files import atomic_write_json
 
 __all__ = ["Job", "run_jobs"]
@@ -44,20 +45,23 @@ def _run_in_worker(job: Job, threads: int):
     return job.fn(**job.kwargs)
 
 
-def run_jobs(jobs: Sequence[Job], workers: int = 1, log: Callable[[str], None] = print) -> dict[str, object]:
-    """Run the unfinished jobs (``workers`` processes; 1 runs them here, in order); return their results."""
-    pending = [job for job in jobs if not job.finished]
-    for job in jobs:
+def run_jobs(queue: Sequence[Job], jobs: int = 1, log: Callable[[str], None] = print, *,
+             workers: int | None = None) -> dict[str, object]:
+    """Run the unfinished jobs of ``queue``, ``jobs`` at a time (a process each; 1 runs them here, in order), as
+    ``--jobs`` says (``workers`` is its deprecated name: workers decode images); return their results."""
+    jobs = renamed_keyword("run_jobs", "workers", "jobs", workers, jobs)
+    pending = [job for job in queue if not job.finished]
+    for job in queue:
         if job.finished:
             log(f"skip {job.name}: already done")
     results: dict[str, object] = {}
-    if workers <= 1:
+    if jobs <= 1:
         for job in pending:
             log(f"run {job.name}")
             results[job.name] = _finish(job, job.fn(**job.kwargs))
         return results
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {job.name: (job, pool.submit(_run_in_worker, job, threads)) for job in pending}
         for name, (job, future) in futures.items():
             results[name] = _finish(job, future.result())

@@ -79,7 +79,7 @@ def cv(
 
     train_config = load_config(config, **options)
     jobs = renamed(jobs, workers, "--workers", "--jobs")
-    cross_validate(manifest, out, folds=folds, train_config=train_config, seed=seed, n_boot=n_boot, workers=jobs,
+    cross_validate(manifest, out, folds=folds, train_config=train_config, seed=seed, n_boot=n_boot, jobs=jobs,
                    ensemble=ensemble, perturb=[p.strip() for p in perturb.split(",") if p.strip()] if perturb else (),
                    holdout=holdout)
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
@@ -158,9 +158,9 @@ def _study_config(options: dict, **defaults):
     return load_config(None, **{**STUDY_DEFAULTS, **defaults, **given})
 
 
-def _run_study(run, out: Path) -> None:
-    """Run a study; print its results table, or a clear error."""
-    run()
+def _run_study(study, out: Path) -> None:
+    """Run a study (a function of no arguments); print its results table, or a clear error."""
+    study()
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
 
 
@@ -176,8 +176,8 @@ def study_transfer(
     domain_col: Annotated[str, typer.Option(help="column whose values are the source/target datasets")] = "cancer_type",
     label_map: Annotated[str, typer.Option(help="YAML label map or 'normal-vs-tumor'")] = "normal-vs-tumor",
     n_boot: Boot = 200,
-    workers: Jobs = 1,
-    old_workers: OldWorkers = None,
+    jobs: Jobs = 1,
+    workers: OldWorkers = None,
     **options,
 ) -> None:
     """Cross-cancer transfer matrix (seed 000): one model per source, tested on every target."""
@@ -186,7 +186,7 @@ def study_transfer(
     config = _study_config(options)
     _run_study(lambda: transfer_matrix(manifest, out, domain_col=domain_col, label_map=label_map, train_config=config,
                                        seed=config.seed, n_boot=n_boot,
-                                       workers=renamed(workers, old_workers, "--workers", "--jobs")), out)
+                                       jobs=renamed(jobs, workers, "--workers", "--jobs")), out)
     console.print(f"study: {out}")
 
 
@@ -199,8 +199,8 @@ def _comparison_study(name: str, run_name: str, default_models: str, doc: str, *
         models: ModelList = default_models,
         out: StudyOut = Path(f"study-{name}"),
         n_boot: Boot = 200,
-        workers: Jobs = 1,
-        old_workers: OldWorkers = None,
+        jobs: Jobs = 1,
+        workers: OldWorkers = None,
         folds: Annotated[Optional[int], typer.Option(help="cross-validate every variant on the same patient-grouped "
                                                           "folds instead of one split")] = None,
         **options,
@@ -210,7 +210,7 @@ def _comparison_study(name: str, run_name: str, default_models: str, doc: str, *
         config = _study_config(options, **defaults)
         _run_study(lambda: getattr(studies, run_name)(manifest, out, _names(models), config, seed=config.seed,
                                                       n_boot=n_boot, folds=folds,
-                                                      workers=renamed(workers, old_workers, "--workers", "--jobs")), out)
+                                                      jobs=renamed(jobs, workers, "--workers", "--jobs")), out)
 
     command.__doc__ = doc
     command.__name__ = f"study_{name}"
@@ -232,8 +232,8 @@ def study_hierarchy(
                                              "organ, tumor")] = "binary,subtype",
     out: StudyOut = Path("study-hierarchy"),
     n_boot: Boot = 200,
-    workers: Jobs = 1,
-    old_workers: OldWorkers = None,
+    jobs: Jobs = 1,
+    workers: OldWorkers = None,
     **options,
 ) -> None:
     """Hierarchical classifiers (seeds 004, 001): top model + one per branch, routed, vs one flat model."""
@@ -241,5 +241,5 @@ def study_hierarchy(
 
     config = _study_config(options)
     _run_study(lambda: hierarchy_study(manifest, out, _names(levels), train_config=config, seed=config.seed,
-                                       n_boot=n_boot, workers=renamed(workers, old_workers, "--workers", "--jobs")), out)
+                                       n_boot=n_boot, jobs=renamed(jobs, workers, "--workers", "--jobs")), out)
     console.print(f"hierarchical bundle: {out / 'hierarchical_bundle'}")
