@@ -56,3 +56,27 @@ def test_a_probe_run_calibrates_from_its_cached_features_as_rescoring_would(tmp_
         if name.endswith("randomized"):  # a uniform draw seeded by the probabilities' exact bits: redrawn here
             continue
         assert np.isclose(stored.conformal.scores[name], values, atol=1e-4).all(), name
+
+
+def test_a_calibration_whose_temperature_hits_its_bound_is_refused():
+    """Logits that say nothing about the labels (a carve of a few look-alike groups) drive the temperature to its
+    bound: near-uniform probabilities, nearly full sets. That is refused, never stored as a calibration."""
+    import numpy as np
+
+    from oncolens.errors import DataError
+    from oncolens.models.scoring import Scores
+    from oncolens.training.calibrate import TEMPERATURE_BOUND, _fit_temperatures
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(20, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=20)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    cal = Scores(classes=["a", "b", "c"], probabilities=p, decided=p.argmax(1), node_probabilities={"root": p},
+                 node_logits={"root": logits}, positions=np.arange(20), sources=[])
+    loaded = type("Flat", (), {"single_classifier": True})()
+    with pytest.raises(DataError, match="reached its bound"):
+        _fit_temperatures(loaded, cal, labels, {})
+    informative = logits + 6 * np.eye(3)[labels]
+    cal.node_logits["root"] = informative.astype(np.float32)
+    temperatures, _ = _fit_temperatures(loaded, cal, labels, {})
+    assert temperatures["root"] < TEMPERATURE_BOUND

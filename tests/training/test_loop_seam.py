@@ -81,3 +81,31 @@ def test_the_loop_has_no_back_door_to_the_run():
     from oncolens.training.loop import Loop
 
     assert "__getattr__" not in vars(Loop)
+
+
+def _loop_with_best(best_losses):
+    from rich.console import Console
+
+    from oncolens.distributed import Distributed
+    from oncolens.training.loop import Loop
+
+    loop = Loop(SimpleNamespace(device=torch.device("cpu")), [], [], console=Console(quiet=True), dist=Distributed())
+    loop.state.best_stage, loop.state.best_losses = "probe", best_losses
+    return loop
+
+
+def test_a_later_stage_replaces_the_probe_only_by_a_gain_the_validation_images_resolve():
+    from oncolens.training.loop import resolved
+
+    """Fine-tuning's epoch must beat the probe's validation loss by more than one standard error of the paired
+    per-image difference; a gain inside the noise keeps the probe (the grouped carve's 40 images)."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(40, generator=generator) + 0.5
+    finetune = SimpleNamespace(name="finetune", must_resolve=True)
+    noise = torch.randn(40, generator=generator)
+    small = probe - 0.014 + noise * 0.3  # mean gain ~0.014, per-image spread 0.3: SE ~0.05
+    assert not resolved(_loop_with_best(probe).state, finetune, float(small.mean()), small)
+    large = probe - 0.2 + noise * 0.05  # gain 0.2, SE ~0.008
+    assert resolved(_loop_with_best(probe).state, finetune, float(large.mean()), large)
+    free = SimpleNamespace(name="train", must_resolve=False)
+    assert resolved(_loop_with_best(probe).state, free, float(small.mean()), small)

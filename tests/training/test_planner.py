@@ -22,3 +22,23 @@ def test_the_plan_settles_every_option_once_with_its_reason(phantom_manifest):
     assert set(record) >= {"chosen", "fingerprint", "settled"} and "device" in record["settled"]
     plain = plan_run(TrainConfig(data="m.csv", model="seed_bn_cnn", recipe="off"), frame)
     assert plain.reasons["lr"] == "plain default" and plain.config.lr == PLAIN_DEFAULTS["lr"]
+
+
+def test_an_explicit_freeze_is_not_overruled_by_a_fine_tuning_stage(phantom_manifest, monkeypatch):
+    """`train --freeze frozen --epochs 15` keeps the backbone frozen: the recipe adds no fine-tuning stage even
+    where the data would allow one (here the threshold is lowered so the phantoms would)."""
+    from oncolens.training import recipe
+
+    monkeypatch.setattr(recipe, "FINETUNE_MIN_IMAGES", 10)
+    monkeypatch.setattr(recipe, "FINETUNE_MIN_PER_CLASS", 1)
+    frame = split(phantom_manifest, test=0.2, val=0.2, seed=0)
+    chosen = plan_run(TrainConfig(data="m.csv"), frame)
+    assert chosen.config.finetune == recipe.FINETUNE_BLOCKS and chosen.config.stages == "probe,finetune"
+    frozen = plan_run(TrainConfig(data="m.csv", freeze="frozen", epochs=15), frame)
+    assert frozen.config.finetune == "off" and frozen.config.stages == "probe" and frozen.config.epochs == 15
+    assert "--freeze frozen" in frozen.reasons["finetune"]
+
+
+def test_the_plan_names_its_task(phantom_manifest):
+    frame = split(phantom_manifest, test=0.2, val=0.2, seed=0)
+    assert plan_run(TrainConfig(data="m.csv", model="seed_cnn"), frame).task.name == "images"

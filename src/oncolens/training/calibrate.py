@@ -69,6 +69,11 @@ def _true_child(node, leaf: str) -> int | None:
     return None
 
 
+#: the largest temperature :func:`~oncolens.models.trust.fit_temperature` returns: reaching it means the
+#: calibration images say the model knows nothing, and the calibration is refused rather than stored
+TEMPERATURE_BOUND = 20.0
+
+
 def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict) -> tuple[dict[str, float], np.ndarray]:
     """Temperature scaling of each classifier on the calibration images (a tree: each node on the images whose
     true leaf lies below it), and the calibrated leaf probabilities; ECE before and after go into ``report``."""
@@ -76,6 +81,11 @@ def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict) -> t
     temperatures: dict[str, float] = {}
     if loaded.single_classifier:
         temperatures[node] = fit_temperature(cal.node_logits[node], y_cal)
+        if temperatures[node] >= TEMPERATURE_BOUND:  # near-uniform probabilities: not a calibration to trust
+            raise DataError(f"temperature scaling on {len(y_cal)} calibration images reached its bound "
+                            f"(T = {temperatures[node]:g}: near-uniform probabilities, nearly full prediction sets); "
+                            "these images cannot calibrate the model. Calibrate on more, or more varied, labelled "
+                            "images (`oncolens calibrate BUNDLE MANIFEST`), or give the run a larger --val-fraction")
         proba = softmax(cal.node_logits[node] / temperatures[node])
         report.update(temperature=temperatures[node], ece_before=expected_calibration_error(y_cal, cal.probabilities),
                       ece_after=expected_calibration_error(y_cal, proba))

@@ -46,7 +46,8 @@ def save_checkpoint(loop: LoopState, epoch: int) -> None:
     fields = dict(format=FORMAT, stage_index=loop.stage_index, stage=loop.stage.name, epoch=epoch,
                   model=loop.model.state_dict(), stage_state=state, scaler=loop.scaler.state_dict() if loop.scaler else {},
                   best_val=loop.best_val, best_epoch=loop.best_epoch, best_stage=loop.best_stage,
-                  bad_epochs=loop.bad_epochs, history_rows=len(loop.history))
+                  bad_epochs=loop.bad_epochs, history_rows=len(loop.history),
+                  best_losses=loop.best_losses if loop.best_losses is not None else torch.zeros(0))
     buffer = io.BytesIO()
     torch.save(fields, buffer)
     atomic_write_bytes(loop.run_dir / "checkpoint.pt", buffer.getvalue())
@@ -61,6 +62,8 @@ def load_checkpoint(loop: LoopState) -> None:
         loop.scaler.load_state_dict(state["scaler"])
     loop.best_val, loop.best_epoch, loop.best_stage, loop.bad_epochs = (
         state["best_val"], state["best_epoch"], state["best_stage"], state["bad_epochs"])
+    best_losses = state.get("best_losses")  # absent from checkpoints written before it was kept
+    loop.best_losses = best_losses.cpu() if best_losses is not None and len(best_losses) else None
     loop.resume_at = (state["stage_index"], state["epoch"] + 1, state["stage_state"])
     history_file = loop.run_dir / "history.csv"
     loop.history = (pd.read_csv(history_file).to_dict("records")[:state["history_rows"]]

@@ -22,7 +22,7 @@ from torch.distributed.algorithms.join import Join
 from ..distributed import Distributed
 from ..errors import DataError
 from .callbacks import Callback, check_order
-from .checkpoint import save_best
+from .checkpoint import load_best, save_best
 from .run import TrainingRun
 from .seeding import seed_everything
 from .stages import EpochResult, Stage
@@ -32,6 +32,33 @@ __all__ = ["Loop"]
 
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
+def paired_gain(before: torch.Tensor, after: torch.Tensor, dist: Distributed | None = None) -> tuple[float, float, int]:
+    """The mean per-input decrease of the loss from ``before`` to ``after`` (the same inputs, in order), its
+    standard error and the number of inputs (summed over the ranks of ``dist``)."""
+    d = (before - after).double()
+    sums = [float(d.sum()), float((d * d).sum()), len(d)]
+    total, squares, n = dist.all_sum(sums) if dist is not None else sums
+    gain = total / max(n, 1)
+    variance = max(squares / max(n, 1) - gain * gain, 0.0) * n / max(n - 1, 1)
+    return gain, (variance / max(n, 1)) ** 0.5, int(n)
+
+
+def resolved(state: LoopState, stage: Stage, val_loss: float, losses: torch.Tensor) -> bool:
+    """Whether ``stage``'s lower validation loss is a gain the validation images can resolve: always, unless
+    the stage must beat an earlier stage's best by more than one standard error of the paired per-image
+    difference (e.g. fine-tuning over the probe, on a small grouped validation carve)."""
+    best = state.best_losses
+    if not stage.must_resolve or state.best_stage in (None, stage.name) or best is None or len(best) != len(losses):
+        return True
+    gain, se, n = paired_gain(best, losses, state.dist if state.ddp is not None else None)
+    if gain > se:
+        return True
+    state.console.print(f"{stage.name}: val_loss {val_loss:.4f} is {gain:.4f} below {state.best_stage}'s, within one "
+                        f"standard error ({se:.4f}) of the {n} validation images: {state.best_stage} is kept",
+                        highlight=False)
+    return False
 
 
 class Loop:
@@ -112,13 +139,14 @@ class Loop:
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"] if state.optimizer is not None else 0.0
         train_loss, train_acc, seen = stage.train_epoch(state, epoch, self.gradient_epoch)
-        val_loss, val_acc = self.evaluate(stage)
+        val_loss, val_acc, losses = self.validate(stage)
         elapsed = time.perf_counter() - started
         if state.scheduler is not None:
             state.scheduler.step(val_loss)
-        improved = val_loss < state.best_val - 1e-7
+        improved = val_loss < state.best_val - 1e-7 and resolved(state, stage, val_loss, losses)
         if improved:
             state.best_val, state.best_epoch, state.best_stage, state.bad_epochs = val_loss, epoch, stage.name, 0
+            state.best_losses = losses
             save_best(state)
         else:
             state.bad_epochs += 1
@@ -174,21 +202,23 @@ class Loop:
         return total / max(seen, 1), correct / max(seen, 1), int(seen)
 
     @torch.inference_mode()
-    def evaluate(self, stage: Stage | None = None) -> tuple[float, float]:
-        """Validation loss and accuracy, on ``stage``'s inputs (default: the current stage's)."""
+    def validate(self, stage: Stage | None = None) -> tuple[float, float, torch.Tensor]:
+        """Validation loss, accuracy and each (of this rank's) validation input's loss."""
         state = self.state
         stage = stage or state.stage
         state.model.eval()
-        total, correct, seen = 0.0, 0, 0
+        weight = getattr(state.run.val_criterion, "weight", None)
+        losses, correct = [], 0
         for x, y in stage.inputs.val_batches(state):
             if len(y):
                 y = y.to(state.device)
                 logits = stage.forward(state, x).float()
-                total += float(state.run.val_criterion(logits, y))
+                losses.append(nn.functional.cross_entropy(logits, y, weight=weight, reduction="none").cpu())
                 correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
+        per_input = torch.cat(losses) if losses else torch.zeros(0)
+        total, seen = float(per_input.sum()), len(per_input)
         if state.ddp is not None:  # each rank scored its shard of the validation images
             total, correct, seen = state.dist.all_sum([total, correct, seen])
         if seen == 0:
             raise DataError("no readable validation images")
-        return total / seen, correct / seen
+        return total / seen, correct / seen, per_input

@@ -165,6 +165,7 @@ def configure(config: TrainConfig, frame: pd.DataFrame) -> Recipe:
     spec = get_spec(config.model)
     pretrained = config.weights not in ("random",) and (config.weights != "auto" or spec.imagenet_offline)
     frozen_ok = config.freeze in ("auto", "frozen")
+    user_froze = config.freeze == "frozen"  # an explicit --freeze frozen: no stage unfreezes blocks
 
     if pretrained and frozen_ok and config.head in (None, "logreg"):
         choose("head", "logreg", "pretrained features: a logistic-regression probe (L2 strength by grouped CV) beats "
@@ -172,7 +173,10 @@ def configure(config: TrainConfig, frame: pd.DataFrame) -> Recipe:
         if config.head == "logreg" and config.freeze == "auto":
             config.freeze = "frozen"
             recipe.reasons["freeze"] = "the probe is fitted on frozen features"
-        if finetune_possible:
+        if user_froze:
+            choose("finetune", "off", "--freeze frozen: the backbone stays frozen, so no fine-tuning stage (the "
+                                      "probe alone)")
+        elif finetune_possible:
             choose("finetune", FINETUNE_BLOCKS,
                    f"{n_train} training images, smallest class {fp.smallest_class}: enough to gain from tuning the "
                    f"last blocks after the probe (from {FINETUNE_MIN_IMAGES} images / {FINETUNE_MIN_PER_CLASS} per "

@@ -46,6 +46,9 @@ class Stage:
     which :class:`~.batches.Inputs`, for which epochs, and its loss."""
 
     name = "stage"
+    #: True: an epoch replaces the best weights of an earlier stage only when its validation loss is lower by
+    #: more than one standard error of the paired per-image difference (the validation set's resolution)
+    must_resolve = False
 
     def __init__(self, run: TrainingRun):
         self.config: TrainConfig = run.config
@@ -176,6 +179,8 @@ class FinetuneStage(Stage):
     images; an epoch is kept only if it beats the best validation loss so far (the probe's)."""
 
     name = "finetune"
+    #: its epochs replace the probe only when the gain exceeds what the validation images can resolve
+    must_resolve = True
 
     def __init__(self, run):
         super().__init__(run)

@@ -60,6 +60,8 @@ class LoopState:
     best_val: float = math.inf
     best_epoch: int = -1
     best_stage: str | None = None
+    #: each validation input's loss at the best epoch (what a later stage's gain is measured against)
+    best_losses: torch.Tensor | None = None
     bad_epochs: int = 0
     stage_index: int = 0
     optimizer: torch.optim.Optimizer | None = None

@@ -77,6 +77,21 @@ def _loop(config: TrainConfig, frame: pd.DataFrame, callbacks: Sequence[Callback
     return Loop(run, stages, hooks, console, dist)
 
 
+def _restore_best_losses(loop: Loop) -> None:
+    """A run resumed from a checkpoint that did not keep the best epoch's per-input validation losses: they
+    are computed again from ``best.safetensors``, so the resumed run decides as the uninterrupted one."""
+    state = loop.state
+    if state.best_losses is not None or state.best_stage is None or not (state.run_dir / "best.safetensors").exists():
+        return
+    stage = next((s for s in state.stages if s.name == state.best_stage), None)
+    if stage is None:
+        return
+    current = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+    load_best(state)
+    state.best_losses = loop.validate(stage)[2]
+    state.model.load_state_dict(current)
+
+
 def _finish(loop: Loop, stopped: bool) -> RunResult:
     """The best weights, validated again, become the bundle; the callbacks write and report the rest."""
     state = loop.state
@@ -84,7 +99,7 @@ def _finish(loop: Loop, stopped: bool) -> RunResult:
         raise DataError(f"no epoch of {state.run_dir} reached a finite validation loss, so there is no model to "
                         "save; lower the learning rate or check the validation images")
     load_best(state)
-    val_loss, val_acc = loop.evaluate()
+    val_loss, val_acc, _ = loop.validate()
     history = pd.DataFrame(state.history)
     run = state.run
     metrics = {"best_epoch": state.best_epoch + 1, "best_stage": state.best_stage, "epochs_run": len(history),
@@ -213,6 +228,7 @@ def resume(run_dir: str | Path, callbacks: Sequence[Callback | Callable[[EpochSt
         loop = _loop(config, load_manifest(run_dir / "splits.csv"), callbacks, out, dist)
         if checkpoint.exists():
             load_checkpoint(loop.state)
+            _restore_best_losses(loop)
             history = loop.state.history
             out.print(f"resuming {run_dir} after epoch {history[-1]['epoch'] if history else 0}")
         else:
