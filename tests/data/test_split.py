@@ -143,3 +143,24 @@ def test_without_duplicates_the_split_is_by_image_as_before():
     frame = _no_patients_with_duplicates().iloc[20:].reset_index(drop=True)
     parts = split(frame, test=0.3, seed=0)
     assert "dup_cluster" not in parts.columns
+
+
+def test_a_grouped_holdout_keeps_the_asked_size_when_groups_are_few_and_large():
+    """Look-alike groups of a CT or MRI set are a few large runs of slices: the closest stratified fold can hold
+    far fewer images than asked (here the closest fold holds 6 of the 10 asked). Whole groups are added towards
+    the size, never past it by more than the tolerance."""
+    import numpy as np
+    import pandas as pd
+
+    from oncolens.data import split
+
+    sizes = [22, 14, 6, 6, 2]
+    groups = np.repeat([f"g{i}" for i in range(len(sizes))], sizes)
+    labels = np.where(np.arange(len(groups)) % 2 == 0, "a", "b")
+    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(len(groups))], "label": labels, "group": groups})
+    for seed in range(3):
+        parts = split(frame, test=0.2, val=0.0, seed=seed, group_col="group")
+        held = parts[parts["split"] == "test"]
+        assert 8 <= len(held) <= 11, (seed, len(held))  # the fold alone held 6; 6 + 2 is as close as groups allow
+        assert not set(held["group"]) & set(parts.loc[parts["split"] == "train", "group"])
+        assert set(parts.loc[parts["split"] == "train", "label"]) == {"a", "b"}

@@ -96,7 +96,36 @@ def _group_holdout(
         )
     except ValueError as exc:
         raise SplitError(f"cannot hold out {fraction:.0%} of these patients with every class stratified: {exc}") from None
-    return best
+    return _top_up(best, labels, groups, fraction, seed)
+
+
+#: a held-out part may fall short of its asked size by this share before whole groups are added to it
+SIZE_TOLERANCE = 0.1
+
+
+def _top_up(parts: tuple[np.ndarray, np.ndarray], labels: np.ndarray, groups: np.ndarray, fraction: float,
+            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out part brought to about ``fraction`` of the images when its fold fell short (a few large
+    look-alike groups): whole groups of the kept part are added, in a seeded order, as long as they do not
+    overshoot the target and every class keeps images in the kept part."""
+    kept, held = parts
+    target = fraction * len(labels)
+    if len(held) >= (1 - SIZE_TOLERANCE) * target:
+        return kept, held
+    held_set = set(held.tolist())
+    order = np.random.default_rng(seed).permutation(np.unique(groups[kept]))
+    for group in order:
+        members = np.flatnonzero(groups == group)
+        if len(held_set) + len(members) > (1 + SIZE_TOLERANCE) * target:
+            continue
+        remaining = np.setdiff1d(kept, members)
+        if len(np.unique(labels[remaining])) < len(np.unique(labels)):
+            continue  # a class would lose its last kept images
+        held_set.update(members.tolist())
+        kept = remaining
+        if len(held_set) >= (1 - SIZE_TOLERANCE) * target:
+            break
+    return kept, np.array(sorted(held_set))
 
 
 def split(
