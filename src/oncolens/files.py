@@ -174,11 +174,13 @@ class RowLog:
 
     Rows are flushed per :meth:`write` call (a batch); a torn last line from a kill is dropped on resume.
     ``key`` names the column that identifies a row (e.g. the image path): :attr:`done` holds the keys
-    already written.
+    already written. ``keep(row)`` (on resume) drops the rows written before that no longer hold (e.g. whose
+    own output file is gone): their inputs count as not done.
     """
 
-    def __init__(self, path: str | Path, fields: list[str], key: str, resume: bool = False):
-        self.path, self.fields, self.key = Path(path), list(fields), key
+    def __init__(self, path: str | Path, fields: list[str], key: str, resume: bool = False,
+                 keep: Callable[[dict], bool] | None = None):
+        self.path, self.fields, self.key, self.keep = Path(path), list(fields), key, keep
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.jsonl = self.path.suffix == ".jsonl"
         self.done: set[str] = set()
@@ -206,24 +208,41 @@ class RowLog:
         if len(complete) != len(data):
             with open(self.partial, "r+b") as handle:
                 handle.truncate(len(complete))
+        import csv
+        import io
+
         from .errors import DataError, OutputExists
 
         try:
             text = complete.decode("utf-8")
             if self.jsonl:
-                self.done = {str(json.loads(line)[self.key]) for line in text.splitlines() if line.strip()}
-                return
-            import csv
-            import io
-
-            reader = csv.DictReader(io.StringIO(text))
-            if reader.fieldnames and list(reader.fieldnames) != self.fields:
-                raise OutputExists(f"{self.partial} has other columns than this run writes: delete it or run "
-                                   "without --resume")
-            self.done = {row[self.key] for row in reader}
+                rows: Any = (json.loads(line) for line in text.splitlines() if line.strip())
+            else:
+                rows = csv.DictReader(io.StringIO(text))
+                if rows.fieldnames and list(rows.fieldnames) != self.fields:
+                    raise OutputExists(f"{self.partial} has other columns than this run writes: delete it or run "
+                                       "without --resume")
+            if self.keep is not None:
+                rows = list(rows)
+            self.done = {str(row[self.key]) for row in rows}
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{self.partial} is not a file this run wrote ({type(exc).__name__}): delete it or run "
                             "without --resume") from None
+        if self.keep is None:
+            return
+        kept = [row for row in rows if self.keep(row)]
+        if len(kept) < len(rows):  # rewritten (atomically) without the rows that no longer hold
+            def write(tmp: Path) -> None:
+                with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                    if self.jsonl:
+                        handle.writelines(json.dumps(row, default=_jsonable) + "\n" for row in kept)
+                    else:
+                        writer = csv.DictWriter(handle, fieldnames=self.fields)
+                        writer.writeheader()
+                        writer.writerows(kept)
+
+            atomic_write(self.partial, write)
+            self.done = {str(row[self.key]) for row in kept}
 
     def write(self, rows: list[dict]) -> None:
         for row in rows:

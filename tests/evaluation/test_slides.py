@@ -83,3 +83,50 @@ def test_the_slide_command(tiny_bundle, slide_path, tmp_path):
     assert "top-k mean" in result.output
     missing = CliRunner().invoke(app, ["slide", str(tiny_bundle), str(tmp_path / "none.svs"), "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "slide not found" in missing.output
+
+
+@pytest.fixture(scope="module")
+def bag_bundle(tiny_bundle, tmp_path_factory):
+    """An untrained gated-attention bag head over the tiny bundle's backbone, bags of 32 px tiles at 4 um/px."""
+    import torch
+    from PIL import Image
+
+    from oncolens.models.bags import BagConfig, extract_bag, load_extractor
+    from oncolens.models.mil import BagClassifier, save_mil_bundle
+
+    extractor = load_extractor(bundle=tiny_bundle)
+    width = extract_bag(extractor, Image.new("RGB", (32, 32)), BagConfig(size=32, mpp=None))["features"].shape[1]
+    torch.manual_seed(0)
+    return save_mil_bundle(BagClassifier("abmil", in_dim=width, n_classes=2), ["normal", "tumour"], extractor.spec,
+                           BagConfig(size=32, mpp=4.0).to_dict(), tmp_path_factory.mktemp("mil") / "bundle")
+
+
+def test_a_slide_through_a_bag_classifier_is_a_resumable_job_whose_bag_is_made_once(bag_bundle, slide_path, tmp_path,
+                                                                                     monkeypatch):
+    """The tiles of a bag classifier's slide are the rows of a scoring job: a finished tiles.csv is not computed
+    again on resume, a killed one is completed from one bag."""
+    from oncolens.models.mil import MILBundle
+
+    bundle = load_any_bundle(bag_bundle)
+    full = score_slide(bundle, slide_path, tmp_path / "full", num_workers=0)
+    assert len(full.tiles) == len(full.tile_objects) > 0 and full.tiles["attention"].sum() == pytest.approx(1, abs=1e-4)
+    assert not (tmp_path / "full" / "tiles.csv.partial").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "tiles.csv"), full.tiles, check_dtype=False)
+    bags_made: list[str] = []
+    original = MILBundle.bag_of
+    monkeypatch.setattr(MILBundle, "bag_of", lambda self, source, **kw: bags_made.append(source) or original(
+        self, source, **kw))
+
+    again = score_slide(bundle, slide_path, tmp_path / "full", num_workers=0, resume=True)  # finished: no bag made
+    assert bags_made == []
+    pd.testing.assert_frame_equal(again.tiles, full.tiles)
+    assert again.summary["probabilities"] == full.summary["probabilities"]
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    lines = (tmp_path / "full" / "tiles.csv").read_text().splitlines(keepends=True)
+    (killed / "tiles.csv.partial").write_text("".join(lines[:3]) + lines[3][:7])  # two tiles and a torn one
+    resumed = score_slide(bundle, slide_path, killed, num_workers=0, resume=True)
+    assert len(bags_made) == 1  # the bag, made once for the rest of its tiles
+    pd.testing.assert_frame_equal(resumed.tiles, full.tiles)
+    assert resumed.summary["probabilities"] == pytest.approx(full.summary["probabilities"])

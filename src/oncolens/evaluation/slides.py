@@ -8,6 +8,7 @@ after the tiles already written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +152,7 @@ def _score_slide_tiles(loaded: ModelBundle, slide_path: str | Path, out_dir: Pat
                 progress(done, len(tiles))
 
     job.run(keys, rows_of)
-    table = pd.DataFrame(list(read_rows(out_dir / "tiles.csv")), columns=fields)
-    for column in table.columns:
-        if column not in ("tile", "label", "out_of_distribution"):
-            table[column] = pd.to_numeric(table[column])
+    table = _read_table(out_dir / "tiles.csv", fields, text=("tile", "label", "out_of_distribution"))
     views = [{"file": "heatmap.png", "caption": f"P({target}) per tile over the slide's thumbnail"},
              {"file": "top_tiles.png", "caption": "the tiles most likely of the class, with their explanation"}]
     summary = {"slide": info.to_dict(), "target": target, "task": loaded.task, "rank_tiles_by": f"prob_{target}",
@@ -172,27 +170,69 @@ def _score_slide_tiles(loaded: ModelBundle, slide_path: str | Path, out_dir: Pat
     return SlideResult(info=info, tiles=table, summary=summary, out_dir=out_dir, heatmap=heatmap, tile_objects=tiles)
 
 
+def _read_table(path: Path, fields: list[str], text: tuple[str, ...]) -> pd.DataFrame:
+    """A tile table written by a scoring job, its columns other than ``text`` as numbers."""
+    table = pd.DataFrame(list(read_rows(path)), columns=fields)
+    for column in table.columns:
+        if column not in text:
+            table[column] = pd.to_numeric(table[column])
+    return table
+
+
+def _bag_rows(bag: dict, classes: list[str], target: str) -> list[dict]:
+    """One row per instance of a slide's bag: where it is, its attention (also relative to uniform and times
+    its own P(``target``)), its own class probabilities and class."""
+    attention, instances, coords = bag["attention"], bag["instance_probabilities"], bag["coords"]
+    weighted = attention * instances[:, classes.index(target)]
+    relative = attention * len(attention)
+    decided = instances.argmax(1)
+    return [{"tile": f"{int(x)},{int(y)}", "x": int(x), "y": int(y), "extent": coords[i, 2],
+             "tissue_fraction": bag["tissue"][i], "attention": attention[i], "attention_relative": relative[i],
+             f"attention_x_prob_{target}": weighted[i], **{f"prob_{c}": instances[i, k] for k, c in enumerate(classes)},
+             "label": classes[int(decided[i])]}
+            for i, (x, y) in enumerate(coords[:, :2])]
+
+
 @SLIDE_SCORERS.decorator("bags")
 def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str, *, top_k: int, batch_size: int,
-                     num_workers: int | None, progress: Callable[[int, int], None] | None, **_: object) -> SlideResult:
+                     num_workers: int | None, resume: bool, progress: Callable[[int, int], None] | None,
+                     **_: object) -> SlideResult:
     """A slide through a bag classifier: its bag (tiles as the bundle cuts them), the slide's probabilities,
-    and per tile its attention and the attention-weighted score of ``target``; ``tiles.csv``, heatmaps of
-    both over the thumbnail, ``tiles.geojson`` (attention as a measurement) and ``summary.json``."""
+    and per tile its attention and the attention-weighted score of ``target``; ``tiles.csv`` (the tiles are
+    the rows of a scoring job: the bag is computed once, and ``resume`` after a finished table does not compute
+    it again), heatmaps of both over the thumbnail, ``tiles.geojson`` (attention as a measurement) and
+    ``summary.json``."""
     slide = open_slide(slide_path)
     info = slide_info(slide, slide_path)
-    bag = loaded.attention(str(slide_path), batch_size=max(batch_size, 32), num_workers=num_workers,
-                           progress=progress)
-    attention, index = bag["attention"], loaded.classes.index(target)
-    weighted = attention * bag["instance_probabilities"][:, index]
-    coords = bag["coords"]
-    table = pd.DataFrame({"tile": [f"{int(x)},{int(y)}" for x, y in coords[:, :2]], "x": coords[:, 0].astype(int),
-                          "y": coords[:, 1].astype(int), "extent": coords[:, 2], "tissue_fraction": bag["tissue"],
-                          "attention": attention, "attention_relative": attention * len(attention),
-                          f"attention_x_prob_{target}": weighted,
-                          **{f"prob_{c}": bag["instance_probabilities"][:, i] for i, c in enumerate(loaded.classes)}})
-    table["label"] = [loaded.classes[i] for i in bag["instance_probabilities"].argmax(1)]
-    table.to_csv(out_dir / "tiles.csv", index=False)
-    probabilities = dict(zip(loaded.classes, map(float, bag["probabilities"])))
+    fields = ["tile", "x", "y", "extent", "tissue_fraction", "attention", "attention_relative",
+              f"attention_x_prob_{target}", *(f"prob_{c}" for c in loaded.classes), "label"]
+    job = ScoringJob(out_dir / "tiles.csv", key="tile", fields=fields, resume=resume)
+
+    def bag_of_slide() -> dict:
+        return loaded.attention(str(slide_path), batch_size=max(batch_size, 32), num_workers=num_workers,
+                                progress=progress)
+
+    bag = None
+    if not (resume and job.complete):
+        bag = bag_of_slide()
+        rows = _bag_rows(bag, loaded.classes, target)
+
+        def rows_of(todo: list[int]):
+            for start in range(0, len(todo), 1024):
+                yield [rows[i] for i in todo[start:start + 1024]]
+
+        job.run([row["tile"] for row in rows], rows_of)
+    table = _read_table(out_dir / "tiles.csv", fields, text=("tile", "label"))
+    if bag is None:  # a finished table: the slide's probabilities are the summary's, else the bag's once more
+        if progress is not None:
+            progress(len(table), len(table))
+        before = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").is_file() else {}
+        probabilities = before.get("probabilities") if before.get("target") == target else None
+        probabilities = probabilities or dict(zip(loaded.classes, map(float, bag_of_slide()["probabilities"])))
+    else:
+        probabilities = dict(zip(loaded.classes, map(float, bag["probabilities"])))
+    attention = table["attention"].to_numpy(float)
+    weighted = table[f"attention_x_prob_{target}"].to_numpy(float)
     order = np.argsort(-attention)[:top_k]
     views = [{"file": "heatmap.png", "caption": "attention per tile (where the slide's decision comes from)"},
              {"file": "heatmap_weighted.png", "caption": f"attention x each tile's own P({target})"},

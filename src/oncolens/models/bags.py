@@ -23,14 +23,14 @@ from PIL import Image
 from ..data.imageio import LazyImage, UnreadableImage, read_image
 from ..data.limits import check_count
 from ..data.slides import check_tiling, is_slide, open_slide, tile_grid
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, OutputExists
 from ..files import atomic_write, safe_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BagConfig", "ImageCrop", "bag_instances", "Extractor", "load_extractor", "extract_bag", "write_bag",
-           "read_bag", "bag_file", "is_slide", "bag_inputs", "make_bags"]
+           "read_bag", "bag_file", "is_slide", "bag_inputs", "make_bags", "BAG_MANIFEST"]
 
 
 @dataclass(frozen=True)
@@ -226,15 +226,24 @@ def bag_inputs(inputs: str | Path) -> "pd.DataFrame":
                          "label": [folder.name if folder != inputs else "" for _, folder in files]})
 
 
+#: the bag manifest ``make_bags`` writes beside the bag files (the rows of its job)
+BAG_MANIFEST = "bags.csv"
+
+
 def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, config: BagConfig,
               batch_size: int = 32, num_workers: int | None = None, dist: Any = None,
               progress: Any = None) -> tuple["pd.DataFrame", dict[str, str]]:
-    """One bag file per row of ``frame`` under ``out_dir`` (kept when already made by this extractor: a
-    rerun continues), this rank's share under torchrun; the bag manifest (``path`` = the bag file,
-    ``bag_source``, ``label``, ``group``, ``instances``) and the sources that could not be read."""
+    """One bag file per row of ``frame`` under ``out_dir``, through a
+    :class:`~oncolens.models.scoring_job.ScoringJob` whose rows are the bag manifest (``path`` = the bag file,
+    ``bag_source``, ``label``, ``group``) in ``out_dir/bags.csv``: each bag is written (atomically) and its row
+    fsynced as it is made, this rank's share under torchrun (the parts merged in input order). A rerun
+    continues: an input whose row is there and whose bag file exists is not made again, and a bag file already
+    made by this extractor is kept. Returns the manifest (input order; on rank 0 under torchrun, the other
+    ranks get an empty one) and the sources this rank could not read; ``progress(source)`` after each bag."""
     import pandas as pd
 
     from ..distributed import Distributed
+    from .scoring_job import ScoringJob
 
     dist = dist or Distributed.current()
     out_dir = Path(out_dir).resolve()  # the manifest names bag files wherever it is read from
@@ -242,32 +251,56 @@ def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _unwritable(out_dir, exc) from None
-    rows, failed = {}, {}
+    columns = [c for c in ("label", "group") if c in frame.columns]
+    sources = frame["path"].astype(str).tolist()
+    rows = [{"path": str(bag_file(out_dir, source, extractor, config)), "bag_source": source,
+             **{c: frame[c].iloc[i] for c in columns}} for i, source in enumerate(sources)]
+    # a row written before holds when this frame still has it (same bag file, label and group) and its file exists
+    expected: dict[str, list[dict]] = {}
+    for row in rows:
+        expected.setdefault(row["bag_source"], []).append({k: str(v) for k, v in row.items()})
+    job = ScoringJob(out_dir / BAG_MANIFEST, key="bag_source", fields=["path", "bag_source", *columns], resume=True,
+                     dist=dist, keep=lambda row: {k: str(v) for k, v in row.items()} in expected.get(
+                         str(row["bag_source"]), []) and Path(row["path"]).is_file())
+    failed: dict[str, str] = {}
     metadata = {"extractor": extractor.spec, "bag": config.to_dict()}
-    for index in dist.shard(len(frame)):
-        source = str(frame["path"].iloc[index])
-        target = bag_file(out_dir, source, extractor, config)
-        if not target.exists():
-            try:
-                arrays = extract_bag(extractor, source, config, batch_size=batch_size, num_workers=num_workers)
-            except DataError as exc:  # reported and skipped: one bad slide never ends the job
-                failed[source] = str(exc)
-                continue
-            try:
-                write_bag(target, arrays, {**metadata, "source": source})
-            except OSError as exc:  # a read-only folder, a full disk: one line, not a traceback
-                raise _unwritable(out_dir, exc) from None
-        if progress is not None:
-            progress(source)
-    dist.barrier()
-    for index in range(len(frame)):
-        source = str(frame["path"].iloc[index])
-        target = bag_file(out_dir, source, extractor, config)
-        if target.exists():
-            rows[index] = {"path": str(target), "bag_source": source,
-                           **{c: frame[c].iloc[index] for c in ("label", "group") if c in frame.columns}}
-    manifest = pd.DataFrame([rows[i] for i in sorted(rows)])
-    return manifest, failed
+
+    def bags_of(todo: list[int]):
+        for index in todo:
+            source, target = sources[index], Path(rows[index]["path"])
+            if not target.exists():
+                try:
+                    arrays = extract_bag(extractor, source, config, batch_size=batch_size, num_workers=num_workers)
+                except DataError as exc:  # reported and skipped: one bad slide never ends the job
+                    failed[source] = str(exc)
+                    continue
+                try:
+                    write_bag(target, arrays, {**metadata, "source": source})
+                except OSError as exc:  # a read-only folder, a full disk: one line, not a traceback
+                    raise _unwritable(out_dir, exc) from None
+            if progress is not None:
+                progress(source)
+            yield [rows[index]]
+
+    try:
+        try:
+            job.run(sources, bags_of)
+        except OutputExists:  # a manifest with other columns (the inputs gained or lost a group): made anew
+            job.resume = False
+            job.run(sources, bags_of)
+    except OSError as exc:
+        if not str(exc.filename or "").startswith(str(out_dir)):
+            raise
+        raise _unwritable(out_dir, exc) from None  # the manifest's own rows cannot be written
+    if not dist.is_main:  # rank 0 merges the parts and holds the manifest
+        return pd.DataFrame([], columns=job.fields), failed
+    order: dict[str, int] = {}
+    for index, source in enumerate(sources):
+        order.setdefault(source, index)
+    made = sorted(job.rows(), key=lambda row: order.get(row["bag_source"], len(order)))
+    if not made:
+        job.out.unlink(missing_ok=True)  # no bag made: no manifest is left behind
+    return pd.DataFrame(made, columns=job.fields), failed
 
 
 def _unwritable(out_dir: Path, exc: OSError) -> ConfigError:

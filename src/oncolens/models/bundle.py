@@ -39,7 +39,7 @@ from .trust import Trust, load_trust
 
 if TYPE_CHECKING:
     import pandas as pd
-    from .scoring import Backend, Scores
+    from .scoring import Backend, Scores, ScoringInputs
 
 __all__ = ["Bundle", "ModelBundle", "Level", "HierarchyNode", "save_bundle", "load_bundle", "load_any_bundle",
            "read_bundle_info", "register_bundle_kind", "bundle_header", "provenance", "file_sha256", "BUNDLE_FORMAT"]
@@ -243,6 +243,13 @@ class ModelBundle:
         from .scoring import make_backend
 
         return make_backend(self, backend, **options)
+
+    def scoring_inputs(self, items: Sequence[Any], **options: Any) -> "ScoringInputs":
+        """What the scoring loop needs to score ``items`` with this bundle: images decoded and preprocessed
+        for each backbone group, a batch of them at a time (see :func:`oncolens.models.scoring.image_inputs`)."""
+        from .scoring import image_inputs
+
+        return image_inputs(self, items, **options)
 
     def score(self, inputs: Any, backend: "str | Backend" = "auto", **options: Any) -> "Scores":
         """Score images, image files or manifest rows: probabilities per node, the routed decision, the

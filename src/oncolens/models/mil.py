@@ -24,16 +24,18 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 
 from .. import __version__
+from ..data.dataset import Unreadable
 from ..data.limits import check_count
 from ..errors import BundleError, ConfigError, DataError
 from ..files import atomic_write, atomic_write_json
 from ..registry import Registry
 from .bundle import HierarchyNode, Level, ModelBundle, bundle_header, register_bundle_kind
 
-__all__ = ["BAG_HEADS", "BagHead", "BagClassifier", "MILBundle", "save_mil_bundle", "load_mil_bundle",
-           "is_bag_manifest"]
+__all__ = ["BAG_HEADS", "BagHead", "BagClassifier", "MILBundle", "BagHeadBackend", "save_mil_bundle",
+           "load_mil_bundle", "is_bag_manifest"]
 
 #: name -> bag head class (in_dim, n_classes, hidden, dropout)
 BAG_HEADS: Registry[type["BagHead"]] = Registry("bag head")
@@ -209,15 +211,49 @@ def load_mil_bundle(path: str | Path, device: str = "cpu", info: dict | None = N
                      info.get("meta", {}), path, load_trust(path))
 
 
-class _TorchBags:
+class BagHeadBackend:
+    """Runs a bag classifier's head (PyTorch: small, and its input is a bag of any number of instances, which no
+    exported graph takes): one bag ``(1, n, d)`` per call, its embedding ``(1, hidden)`` (what the OOD
+    detectors read) and its logits ``(1, classes)``. The ``bag-head`` back-end of the scoring loop."""
+
     name = "torch"
+
+    def __init__(self, bundle: ModelBundle):
+        model = getattr(bundle, "model", None)
+        if not isinstance(model, BagClassifier):
+            raise ConfigError("the bag-head back-end runs bag classifiers (MIL bundles) only")
+        self.model = model
+
+    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logits, _, embedding = self.model.explain(x)
+        return embedding.float().cpu()[None], [logits.float().cpu()[None]]
+
+
+class _Bags(Dataset):
+    """One bag per item: a bag file as stored, or a slide, image file or decoded image through the bundle's
+    extractor; an input that cannot be made into a bag is :class:`Unreadable` with the reason."""
+
+    def __init__(self, bundle: "MILBundle", items: list[Any], options: dict[str, Any]):
+        self.bundle, self.items, self.options = bundle, items, options
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        try:  # an image in memory (an upload): its crops are the bag
+            arrays = self.bundle.bag_of(item if isinstance(item, Image.Image) else str(item), **self.options)
+        except DataError as exc:
+            return Unreadable(index, str(exc))
+        return (torch.from_numpy(np.ascontiguousarray(arrays["features"], dtype=np.float32)),), index
 
 
 class MILBundle(ModelBundle):
     """A bag classifier and the extractor that makes its bags: scores bag files, slides or large images.
 
-    It answers the bundle interface's scoring (``score``, ``iter_scores``: one row per bag) and exposes
-    ``attention(input)`` per instance for explanations; its one node is ``root``.
+    It is scored by the one scoring loop (``score``, ``iter_scores``: one row per bag; what differs is its
+    :meth:`scoring_inputs` and its :meth:`runner`) and exposes ``attention(input)`` per instance for
+    explanations; its one node is ``root``.
     """
 
     kind = "mil"
@@ -241,9 +277,26 @@ class MILBundle(ModelBundle):
     def describe(self) -> tuple[str, dict]:
         return self.model.name, self.model.config
 
-    def runner(self, backend: str = "auto", **options: Any) -> Any:
-        """PyTorch runs the bag head (small; its input is a bag, which no exported graph takes)."""
-        return _TorchBags()
+    def runner(self, backend: Any = "auto", **options: Any) -> Any:
+        """The bag head's back-end (:class:`BagHeadBackend`) whatever back-end is named (there is no exported
+        graph of a bag head); a back-end object passes through."""
+        from .scoring import make_backend
+
+        return make_backend(self, "bag-head" if isinstance(backend, str) else backend)
+
+    def scoring_inputs(self, items: list[Any], *, batch_size: int | None = None, num_workers: int | None = None,
+                       tta: str | None = None, perturb: str | None = None, max_pixels: int | None = None,
+                       progress: Any = None) -> Any:
+        """One bag per batch (bags differ in size) and no test-time views: each input's bag (:meth:`bag_of`,
+        made with ``batch_size`` instances per batch, default 32, read by ``num_workers``; ``progress(done,
+        total)`` per batch of instances); the embedding is what the OOD detectors read. ``tta``, ``perturb``
+        and ``max_pixels`` are image options: a bag classifier scores the bag as made."""
+        from .scoring import ScoringInputs
+
+        options = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
+        return ScoringInputs(dataset=_Bags(self, list(items), options), batch_size=1, num_workers=0,
+                             groups=[[self.root]], input_of=[0],
+                             feature_width={"root": self.model.head.classifier.in_features})
 
     def shared_backbones(self) -> list:
         return []
@@ -288,45 +341,16 @@ class MILBundle(ModelBundle):
 
     def attention(self, source: str, **options: Any) -> dict[str, np.ndarray]:
         """One bag with, per instance, its ``attention`` and class ``instance_probabilities``, and the bag's
-        ``probabilities`` (calibrated): the bag's ``coords`` say where the instances are."""
-        from .trust import softmax
+        ``probabilities`` (calibrated as scoring calibrates them): the bag's ``coords`` say where the
+        instances are."""
+        from .scoring import calibrated
 
         arrays = dict(self.bag_of(source, **options))
         logits, attention, _ = self.forward_bag(arrays)
         with torch.inference_mode():
             instances = self.model.instance_probabilities(torch.from_numpy(np.asarray(arrays["features"]))).numpy()
-        temperature = self.trust.temperatures.get("root", 1.0) if self.trust is not None else 1.0
         return {**arrays, "attention": attention, "instance_probabilities": instances,
-                "probabilities": softmax(logits[None] / temperature)[0]}
-
-    def iter_scores(self, inputs: Any, backend: str = "auto", **options: Any):
-        """One :class:`~oncolens.models.scoring.Scores` per bag (``features``: the bag embeddings)."""
-        from .scoring import Scores
-        from .trust import softmax
-
-        items = inputs["path"].astype(str).tolist() if hasattr(inputs, "columns") else list(inputs)
-        temperature = self.trust.temperatures.get("root", 1.0) if self.trust is not None else 1.0
-        for position, item in enumerate(items):
-            decoded = isinstance(item, Image.Image)  # an image in memory (an upload): its crops are the bag
-            source = "" if decoded else str(item)
-            try:
-                logits, _, embedding = self.forward_bag(self.bag_of(item if decoded else source, **options))
-            except DataError as exc:
-                yield Scores(classes=list(self.classes), probabilities=np.zeros((0, len(self.classes))),
-                             decided=np.zeros(0, int), node_probabilities={}, node_logits={},
-                             positions=np.zeros(0, int), sources=[],
-                             unreadable={source or f"image {position}": str(exc)})
-                continue
-            p = softmax(logits[None] / temperature)
-            yield Scores(classes=list(self.classes), probabilities=p, decided=p.argmax(1),
-                         node_probabilities={"root": p}, node_logits={"root": logits[None].astype(np.float32)},
-                         positions=np.array([position]), sources=[source],
-                         features={"root": embedding[None].astype(np.float32)} if options.get("features") else {})
-
-    def score(self, inputs: Any, backend: str = "auto", **options: Any):
-        from .scoring import Scores
-
-        return Scores.concat(list(self.iter_scores(inputs, backend, **options)), self.classes)
+                "probabilities": calibrated(self, {"root": logits[None]})["root"][0]}
 
 
 register_bundle_kind("mil", lambda path, device, info: load_mil_bundle(path, device, info))

@@ -51,7 +51,7 @@ SCORING_BATCH = 8
 
 __all__ = ["Scores", "Backend", "TorchBackend", "OnnxBackend", "make_backend", "register_backend", "score",
            "auto_backend", "iter_scores", "forward_batches", "make_loader", "Unreadable", "default_workers",
-           "TTA_VIEWS", "tta_views"]
+           "TTA_VIEWS", "tta_views", "ScoringInputs", "image_inputs", "calibrated"]
 
 
 def default_workers(n_batches: int) -> int:
@@ -186,6 +186,15 @@ def register_backend(name: str, factory: Callable[..., Backend], override: bool 
 register_backend("auto", lambda bundle, onnx_dir=None, **_: auto_backend(bundle, onnx_dir))
 register_backend("torch", lambda bundle, **_: TorchBackend(bundle))
 register_backend("onnx", lambda bundle, onnx_dir=None, **_: OnnxBackend(bundle, onnx_dir))
+
+
+def _bag_head_backend(bundle: ModelBundle, **_: Any) -> Backend:
+    from .mil import BagHeadBackend
+
+    return BagHeadBackend(bundle)
+
+
+register_backend("bag-head", _bag_head_backend)
 
 
 def make_backend(bundle: ModelBundle, backend: "str | Backend" = "auto", **options: Any) -> Backend:
@@ -327,29 +336,38 @@ def tta_views(bundle: ModelBundle, tta: str | None = None) -> tuple[str, tuple]:
     return name, TTA_VIEWS[name]
 
 
-def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "auto", *,
-                batch_size: int = SCORING_BATCH,
-                num_workers: int | None = None, features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                onnx_dir: str | Path | None = None, tta: str | None = None,
-                perturb: str | None = None) -> Iterator[Scores]:
-    """:class:`Scores` of ``inputs`` one batch at a time (PIL images, file paths, or a manifest
-    DataFrame's ``path`` column). ``num_workers=None`` picks workers for file inputs from the core count.
-    ``tta`` (default: the bundle's setting) averages each classifier's probabilities (and features)
-    over flipped/rotated views: one forward pass per view. ``perturb`` names a robustness perturbation
-    (:mod:`oncolens.data.perturb`) applied to every decoded image first."""
-    runner = make_backend(bundle, backend, onnx_dir=onnx_dir)
+@dataclass
+class ScoringInputs:
+    """What a bundle gives the scoring loop for its inputs (:meth:`ModelBundle.scoring_inputs`): how each input
+    becomes tensors, how many go through at once, which nodes run together and how wide the features are that
+    the OOD detectors read. Everything else (back-end, views, temperature, routing, rows) is the loop's."""
+
+    dataset: Dataset  # items ((tensor, ...), index), or Unreadable(index, reason)
+    batch_size: int
+    num_workers: int
+    groups: list[list[HierarchyNode]]  # nodes run by one back-end call (``Backend.run(g, x)``)
+    input_of: list[int]  # group -> the item's tensor it reads
+    feature_width: dict[str, int]  # node key -> width of the features OOD detectors read
+    views: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = TTA_VIEWS["none"]
+
+
+def image_inputs(bundle: ModelBundle, items: Sequence[Any], *, batch_size: int | None = None,
+                 num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, tta: str | None = None,
+                 perturb: str | None = None) -> ScoringInputs:
+    """Images or image files decoded once and preprocessed for every distinct preprocessing of the bundle's
+    backbone groups, ``batch_size`` (default :data:`SCORING_BATCH`) per batch; ``num_workers=None`` picks
+    workers for file inputs from the core count. ``tta`` (default: the bundle's setting) gives the views;
+    ``perturb`` names a robustness perturbation (:mod:`oncolens.data.perturb`) applied to every decoded
+    image first."""
+    batch_size = batch_size or SCORING_BATCH
     perturbation = get_perturbation(perturb)
-    # calibrated probabilities (temperature scaling, when the bundle has it); node_logits stay raw
-    temperatures = bundle.trust.temperatures if getattr(bundle, "trust", None) is not None else {}
     _, views = tta_views(bundle, tta)
-    items, sources = _items(inputs)
     groups: list[list[HierarchyNode]] = bundle.shared_backbones()
     distinct: list = []
     for group in groups:
         pre = group[0].bundle.preprocessing
         if pre not in distinct:
             distinct.append(pre)
-    input_of = [distinct.index(g[0].bundle.preprocessing) for g in groups]
     # a perturbation acts on the image as stored: no reduced-scale JPEG decoding before it
     dataset = _Inputs(items, [build_transforms(pre, train=False) for pre in distinct], max_pixels,
                       min_size=max(pre.size for pre in distinct) if perturbation is None else None,
@@ -357,11 +375,37 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
     if num_workers is None:
         decoded = all(isinstance(item, Image.Image) for item in items)
         num_workers = 0 if decoded else default_workers(-(-len(items) // batch_size))
+    return ScoringInputs(dataset=dataset, batch_size=batch_size, num_workers=num_workers, groups=groups,
+                         input_of=[distinct.index(g[0].bundle.preprocessing) for g in groups],
+                         feature_width={node.key: detector_dim(node.model.backbone) for g in groups for node in g},
+                         views=views)
+
+
+def calibrated(bundle: ModelBundle, node_logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each node's probabilities from its ``(n, classes)`` logits: temperature-scaled when the bundle is
+    calibrated (its trust layer's temperature per node), else the plain softmax."""
+    temperatures = bundle.trust.temperatures if getattr(bundle, "trust", None) is not None else {}
+    return {k: softmax(v / temperatures.get(k, 1.0)) for k, v in node_logits.items()}
+
+
+def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "auto", *,
+                batch_size: int | None = None, num_workers: int | None = None, features: bool = False,
+                onnx_dir: str | Path | None = None, **options: Any) -> Iterator[Scores]:
+    """:class:`Scores` of ``inputs`` one batch at a time (PIL images, file paths, or a manifest
+    DataFrame's ``path`` column), whatever the bundle: what an input is to it and how its nodes run are the
+    bundle's (:meth:`ModelBundle.scoring_inputs`, :meth:`ModelBundle.runner`), the rest is done here once.
+    ``options`` go to the bundle's inputs: for images ``max_pixels``, ``tta`` (default: the bundle's
+    setting; averages each classifier's probabilities and features over flipped/rotated views, one forward
+    pass per view) and ``perturb`` (see :func:`image_inputs`); for a bag classifier, how its bags are made."""
+    runner = bundle.runner(backend, onnx_dir=onnx_dir)
+    items, sources = _items(inputs)
+    plan = bundle.scoring_inputs(items, batch_size=batch_size, num_workers=num_workers, **options)
+    groups, views = plan.groups, plan.views
 
     def forward(tensors: tuple[torch.Tensor, ...]):
         logits, feats = {}, {}
         for g, group in enumerate(groups):
-            runs = [runner.run(g, view(tensors[input_of[g]]).contiguous()) for view in views]
+            runs = [runner.run(g, view(tensors[plan.input_of[g]]).contiguous()) for view in views]
             for i, node in enumerate(group):
                 if len(runs) == 1:
                     logits[node.key] = runs[0][1][i].numpy()
@@ -374,10 +418,11 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
                     logits[node.key] = (np.log(np.clip(mean, 1e-12, None)) + scale).astype(np.float32)
                 if features:  # pooled to the width the OOD detectors read (bounded whatever the backbone)
                     feats[node.key] = pool_features(np.mean([run[0].numpy() for run in runs], axis=0),
-                                                    detector_dim(node.model.backbone))
+                                                    plan.feature_width[node.key])
         return logits, feats
 
-    for out, indices, failed in forward_batches(dataset, forward, batch_size=batch_size, num_workers=num_workers):
+    for out, indices, failed in forward_batches(plan.dataset, forward, batch_size=plan.batch_size,
+                                                num_workers=plan.num_workers):
         unreadable = {sources[f.index] or f"input {f.index}": f.reason for f in failed}
         if out is None:
             empty = Scores.concat([], bundle.classes)
@@ -385,7 +430,8 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
             yield empty
             continue
         logits, feats = out
-        node_proba = {k: softmax(v / temperatures.get(k, 1.0)) for k, v in logits.items()}
+        # calibrated probabilities (temperature scaling, when the bundle has it); node_logits stay raw
+        node_proba = calibrated(bundle, logits)
         leaf, routed = bundle.combine(node_proba)
         yield Scores(classes=list(bundle.classes), probabilities=leaf, decided=routed, node_probabilities=node_proba,
                      node_logits=logits, positions=np.asarray(indices, dtype=int),

@@ -1,10 +1,13 @@
-"""One scoring job for every command that scores many inputs into rows (``predict``, ``evaluate``, ``slide``):
-inputs -> :func:`~oncolens.models.scoring.iter_scores` (through the caller's rows) -> a row file.
+"""One job runner for every command that turns many inputs into rows, resumably: ``predict``, ``evaluate``,
+``slide`` (a slide's tiles through an image model, or the instances of its one bag through a bag classifier;
+also the API's slide jobs) and ``features`` (one bag file per input, its rows the bag manifest): inputs ->
+the caller's rows (usually through :func:`~oncolens.models.scoring.iter_scores`) -> a row file.
 
 What it owns: this rank's shard of the inputs under torchrun, the ``.partial`` file written and fsynced per
-batch (:class:`~oncolens.files.RowLog`), ``resume`` after a kill (inputs whose rows are there are not scored
-again), and the merge of the ranks' parts into one file in input order. What the caller owns: how a batch
-of inputs becomes rows (the *sink*'s columns), and what to show while it runs.
+batch (:class:`~oncolens.files.RowLog`), ``resume`` after a kill (inputs whose rows are there, and still hold,
+are not done again), and the merge of the ranks' parts into one file in input order. What the caller owns:
+how a batch of inputs becomes rows (the *sink*'s columns, and any file it writes per input), and what to show
+while it runs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class ScoringJob:
     """Rows of ``keys``' inputs into ``out`` (``.csv`` with ``fields`` as columns, or ``.jsonl``).
 
     ``key`` is the row field holding an input's key (its path, its position, a tile's ``x,y``): resuming
-    skips the inputs whose key already has a row.
+    skips the inputs whose key already has a row, and for which ``keep(row)`` holds when given (e.g. the
+    row's own output file still exists: the others are done again).
     """
 
     out: Path
@@ -33,6 +37,7 @@ class ScoringJob:
     fields: list[str] = field(default_factory=list)
     resume: bool = False
     dist: Distributed = field(default_factory=Distributed)
+    keep: Callable[[dict], bool] | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -49,7 +54,7 @@ class ScoringJob:
         ``rows_of(indices)`` yields the rows of those inputs batch by batch; each batch is written and
         fsynced before the next is asked for. Then the ranks' parts are merged (rank 0, input order)."""
         part = self.out if not self.dist.enabled else self.dist.part(self.out)
-        log = RowLog(part, self.fields, key=self.key, resume=self.resume)
+        log = RowLog(part, self.fields, key=self.key, resume=self.resume, keep=self.keep)
         self.done_before = len(log.done)
         todo = [i for i in self.dist.shard(len(keys)) if keys[i] not in log.done]
         try:
