@@ -263,3 +263,96 @@ def test_only_the_task_modules_ask_whether_something_is_a_bag():
         for match in _BAG_QUESTIONS.finditer(text):
             found.append(f"{'/'.join(parts)}:{text[: match.start()].count(chr(10)) + 1}: {match.group(0)}")
     assert len(found) <= 2, found
+
+
+#: what writes atomically (files.py): a writer handed to these gets a temporary path; their blocks are staged
+_ATOMIC_CALLS = {"atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"}
+_ATOMIC_BLOCKS = {"atomic_path", "atomic_folder"}
+#: where bytes may go without touching a final path
+_TEMPORARY = {"BytesIO", "StringIO", "mkdtemp", "mkstemp", "TemporaryDirectory", "NamedTemporaryFile"}
+
+
+def _call_name(func: ast.expr) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def _written_file(call: ast.Call) -> ast.expr | None:
+    """The expression naming the file a call writes, or None when the call writes no file."""
+    name, args, keywords = _call_name(call.func), call.args, {k.arg: k.value for k in call.keywords}
+    if name in ("write_text", "write_bytes"):
+        return call.func.value
+    if name in ("to_csv", "to_parquet", "to_json", "to_html", "savefig", "savez", "savetxt", "imwrite", "dcmwrite",
+                "TiffWriter", "save_as"):
+        return args[0] if args else keywords.get("path_or_buf") or keywords.get("fname")
+    if name == "save":  # PIL's image.save(fp), np.save(file, array); torch.save(obj, f)
+        if isinstance(call.func, ast.Attribute) and _call_name(call.func.value) == "torch":
+            return args[1] if len(args) > 1 else keywords.get("f")
+        return args[0] if args else None
+    if name in ("dump", "safe_dump", "save_file"):  # json/yaml/pickle.dump(obj, fp); safetensors' save_file(obj, path)
+        return args[1] if len(args) > 1 else keywords.get("fp") or keywords.get("stream") or keywords.get("filename")
+    if name in ("copy", "copy2", "copyfile", "copytree", "move"):
+        return args[1] if len(args) > 1 else None
+    if name == "open":  # open(path, "w") or path.open("w")
+        method = isinstance(call.func, ast.Attribute)
+        mode = keywords.get("mode") or (args[0] if method and args else args[1] if not method and len(args) > 1
+                                        else None)
+        if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+"):
+            return call.func.value if method else args[0]
+    return None
+
+
+def _plain_writes(tree: ast.Module) -> list[ast.Call]:
+    """Calls that write a file by its final name: not the temporary path an atomic writer was given, not inside an
+    atomic_path / atomic_folder block, not an in-memory buffer or a temporary file."""
+    temporary = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and any(_call_name(c.func) in _TEMPORARY for c in ast.walk(node.value) if isinstance(c, ast.Call))
+                 for target in node.targets if isinstance(target, ast.Name)}
+    writers = {arg.id for node in ast.walk(tree)  # functions handed to an atomic helper as the writer
+               if isinstance(node, ast.Call) and _call_name(node.func) in _ATOMIC_CALLS
+               for arg in node.args[1:] if isinstance(arg, ast.Name)}
+    found = []
+
+    def visit(node: ast.AST, staged: frozenset[str]) -> None:
+        if isinstance(node, ast.Call) and _call_name(node.func) in _ATOMIC_CALLS:
+            for arg in node.args[1:]:  # the writer: its parameters are the temporary path
+                visit(arg.body if isinstance(arg, ast.Lambda) else arg,
+                      staged | {a.arg for a in arg.args.args} if isinstance(arg, ast.Lambda) else staged)
+            return
+        if isinstance(node, ast.Call) and (file := _written_file(node)) is not None:
+            names = {n.id for n in ast.walk(file) if isinstance(n, ast.Name)}
+            in_memory = isinstance(file, ast.Call) and _call_name(file.func) in _TEMPORARY
+            if not (names & (staged | temporary) or in_memory):
+                found.append(node)
+        if isinstance(node, ast.FunctionDef) and node.name in writers and node.args.args:
+            staged = staged | {node.args.args[0].arg}
+        if isinstance(node, ast.With):
+            staged = staged | {item.optional_vars.id for item in node.items if isinstance(item.optional_vars, ast.Name)
+                               and isinstance(item.context_expr, ast.Call)
+                               and _call_name(item.context_expr.func) in _ATOMIC_BLOCKS}
+        for child in ast.iter_child_nodes(node):
+            visit(child, staged)
+
+    visit(tree, frozenset())
+    return found
+
+
+def test_every_file_is_written_atomically():
+    """A crash leaves the old file or the new one, never half of one: outside files.py every file is written
+    through its atomic helpers (a writer's temporary path, an atomic_path / atomic_folder block), to memory or to a
+    temporary file; never by its final name."""
+    plain = ("p.write_text('x'); p.write_bytes(b''); frame.to_csv(out / 'a.csv'); fig.savefig(out); image.save(p);"
+             "np.save(p, a); torch.save(state, p); json.dump(v, handle); open(p, 'w'); open(p, mode='a'); p.open('wb');"
+             "shutil.copy(a, b); tifffile.TiffWriter(p); pydicom.dcmwrite(p, ds); save_file(state, str(p))\n"
+             "atomic_write(p, lambda tmp: frame.to_csv(final))")
+    assert len(_plain_writes(ast.parse(plain))) == 16
+    safe = ("atomic_write(p, lambda tmp: frame.to_csv(tmp)); atomic_write(p, lambda tmp: image.save(tmp, 'PNG'))\n"
+            "with atomic_path(p) as tmp, open(tmp, 'w') as handle: handle.write('x')\n"
+            "with atomic_folder(p) as staging: (staging / 'x').write_text('1')\n"
+            "buffer = io.BytesIO(); np.save(buffer, a); torch.save(state, buffer); image.save(io.BytesIO())\n"
+            "folder = Path(tempfile.mkdtemp()); (folder / 'x').write_text('1'); open(p).read(); frame.to_csv()\n"
+            "def write(tmp):\n    tmp.write_text('x')\natomic_write(p, write)")
+    assert _plain_writes(ast.parse(safe)) == []
+    found = [f"{'/'.join(parts)}:{call.lineno}: {ast.unparse(call)[:80]}" for path, parts in _modules()
+             if parts != ("files",) for call in _plain_writes(ast.parse(path.read_text()))]
+    assert not found, found
+

@@ -14,7 +14,6 @@ with ``<stem>.mask.png`` beside each image and a ``PHANTOMS.json`` marker at the
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from scipy import ndimage
 from skimage.draw import ellipse
 
 from ..errors import ConfigError
+from ..files import atomic_path, atomic_write, atomic_write_json, atomic_write_text
 from .layouts import MASK_SUFFIX
 from .layouts.phantoms import MARKER_FILE
 from .slides import WSI_SOP_CLASS
@@ -194,11 +194,12 @@ def generate(out_dir: str | Path, n: int = 200, size: int = 128, seed: int = 0, 
             for slice_index in range(min(per_patient, count - made)):
                 image, mask = _RENDERERS[family](patient_rng, anatomy, size, tumor)
                 stem = f"{patient_id}_{slice_index + 1:02d}"
-                Image.fromarray(image).save(folder / f"{stem}.png")
-                Image.fromarray((mask * 255).astype(np.uint8)).save(folder / f"{stem}{MASK_SUFFIX}")
+                atomic_write(folder / f"{stem}.png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+                atomic_write(folder / f"{stem}{MASK_SUFFIX}",
+                             lambda tmp: Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG"))
                 made += 1
     marker = {"generator": "oncolens.data.phantoms", **asdict(PhantomConfig(n, size, seed, per_patient, tuple(families)))}
-    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+    atomic_write_json(out / MARKER_FILE, marker)
     return out
 
 
@@ -237,9 +238,10 @@ def generate_lookalikes(out_dir: str | Path, n: int = 200, copies: int = 3, size
         folder.mkdir(parents=True, exist_ok=True)
         for copy in range(copies + 1):
             name = f"{rng.integers(16**12):012x}.png"
-            Image.fromarray(image if copy == 0 else _near_copy(rng, image)).save(folder / name)
+            pixels = image if copy == 0 else _near_copy(rng, image)
+            atomic_write(folder / name, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
             rows.append(f"{folder.name}/{name},source-{index:04d}")
-    (out / ".lookalike_sources.csv").write_text("path,source\n" + "\n".join(rows) + "\n")
+    atomic_write_text(out / ".lookalike_sources.csv", "path,source\n" + "\n".join(rows) + "\n")
     return out
 
 
@@ -311,7 +313,8 @@ def _write_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, tile: 
     import tifffile
 
     size = pyramid[0].shape[0]
-    with tifffile.TiffWriter(path) as writer:
+    ome = Path(path.name.lower()).stem.endswith(".ome")  # as tifffile tells from the name (the temporary one has none)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, ome=ome) as writer:
         for i, level in enumerate(pyramid):
             extra = {} if mpp is None or vendor == "aperio" else {"resolution": (1e4 / (mpp * 2 ** i),) * 2,
                                                                   "resolutionunit": "CENTIMETER"}
@@ -339,7 +342,7 @@ def _write_ome_tiff(path: Path, pyramid: list[np.ndarray], mpp: float | None, ti
     physical = {} if mpp is None else {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
                                        "PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeYUnit": "\u00b5m"}
     options = {"tile": (tile, tile), "photometric": "rgb", "compression": compression}
-    with tifffile.TiffWriter(path, ome=True) as writer:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, ome=True) as writer:
         writer.write(pyramid[0], subifds=len(pyramid) - 1, metadata={"axes": "YXS", **physical}, **options)
         for level in pyramid[1:]:
             writer.write(level, subfiletype=1, **options)
@@ -407,7 +410,7 @@ def _write_dicom_wsi(path: Path, pyramid: list[np.ndarray], mpp: float | None, t
         ds.NumberOfFrames = len(frames)
         ds.PixelData = encapsulate(frames)
         ds["PixelData"].VR = "OB"
-        pydicom.dcmwrite(path / f"level-{i}.dcm", ds, enforce_file_format=True)
+        atomic_write(path / f"level-{i}.dcm", lambda tmp: pydicom.dcmwrite(tmp, ds, enforce_file_format=True))
     return path / "level-0.dcm"
 
 

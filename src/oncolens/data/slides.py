@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from ..files import inside, safe_name
+from ..files import atomic_write, inside, safe_name
 from .imageio import LazyImage, UnreadableImage
 from .limits import check_count
 from .ome_tiff import MAX_DESCRIPTION, OmeTiffSlide, check_tiff_metadata, is_pyramidal_ome_tiff, ome_mpp, \
@@ -430,7 +430,7 @@ def write_tiles(slides: list[Path], out_dir: str | Path, size: int = 224, mpp: f
             target = inside(out_dir, out_dir / name)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                tile.load().save(target)
+                atomic_write(target, lambda tmp: tile.load().save(tmp, format="PNG"))
             except UnreadableImage as exc:
                 rows.append({"path": "", "label": label, "slide": stem, "error": exc.reason})
                 continue

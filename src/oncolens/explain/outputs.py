@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from PIL import Image
 
 from ..data import UnreadableImage, read_image
 from ..errors import renamed_keyword
-from ..files import atomic_write, atomic_write_json, safe_name
+from ..files import atomic_write, atomic_write_bytes, atomic_write_json, safe_name
 from ..models.bundle import as_bundle
 from .contours import Region, draw_regions, extract_regions, overlay_heatmap, threshold_map
 from .registry import ExplainOptions, Explanation, explain
@@ -76,9 +77,15 @@ def output_stems(paths: Sequence[str | Path]) -> list[str]:
     return [f"{stem}-{i}" if stem in repeated else stem for i, stem in enumerate(out)]
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # np.save on a name would append ".npy" to a temporary name
-        np.save(handle, array)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (np.save on a name would append ".npy" to a temporary name)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str], out_dir: str | Path,
@@ -118,9 +125,9 @@ def explain_to_files(bundle, paths: Sequence[str | Path], methods: Sequence[str]
             for image, source, base, e in zip(images, sources, chunk_stems, explanations):
                 stem = f"{base}.{method}"
                 composed = compose(image, e.heatmap, opacity, threshold, percentile)
-                atomic_write(out_dir / f"{stem}.npy", lambda tmp: _save_npy(tmp, e.raw))
-                Image.fromarray(composed.heatmap_overlay).save(out_dir / f"{stem}.heatmap.png")
-                Image.fromarray(composed.contour_overlay).save(out_dir / f"{stem}.contours.png")
+                atomic_write_bytes(out_dir / f"{stem}.npy", _npy_bytes(e.raw))
+                _save_png(out_dir / f"{stem}.heatmap.png", composed.heatmap_overlay)
+                _save_png(out_dir / f"{stem}.contours.png", composed.contour_overlay)
                 records.append({"image": source, "method": method, "target": e.target_class,
                                 "target_probability": e.target_probability, "predicted": e.predicted_class,
                                 "predicted_probability": e.predicted_probability, "layer": e.layer,

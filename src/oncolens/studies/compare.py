@@ -8,6 +8,7 @@ as unavailable, never silently trained from random weights.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def _run_variants(variants: dict[str, dict], manifest, out_dir, base, test, val,
     return pd.DataFrame(rows)
 
 
-def _write(table: pd.DataFrame, out_dir: Path, title: str, columns: list[str]) -> None:
+def _write(table: pd.DataFrame, out_dir: Path, title: str, columns: list[str], more: Sequence[str] = ()) -> None:
+    """``results.csv`` and ``results.md`` (the table, then the lines ``more``), each written atomically."""
     atomic_write(out_dir / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
 
     def fmt(value, ci=None) -> str:
@@ -125,7 +127,7 @@ def _write(table: pd.DataFrame, out_dir: Path, title: str, columns: list[str]) -
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
         lines.append("| " + " | ".join(fmt(row.get(c), row.get(f"{c}_ci95")) for c in columns) + " |")
-    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "results.md", "\n".join([*lines, *more]) + "\n")
 
 
 def compare_models(manifest, out_dir, models: list[str], base=None, test: float = 0.2, val: float = 0.1,
@@ -168,14 +170,14 @@ def compare_pretraining(manifest, out_dir, models: list[str] = ("alexnet", "vgg1
                       "roc_auc_gain": (rows.loc["imagenet", "roc_auc"] - rows.loc["random", "roc_auc"]) if ok else None})
     gain_table = pd.DataFrame(gains)
     out_dir = Path(out_dir)
+    gain_lines = ["", "## Gain from pretraining", "", "| model | status | accuracy gain | ROC-AUC gain |",
+                  "|---|---|---|---|"]
+    for row in gains:
+        a, r = row["accuracy_gain"], row["roc_auc_gain"]
+        gain_lines.append(f"| {row['run']} | {row['status']} | {'n/a' if a is None else f'{a:+.3f}'} | "
+                          f"{'n/a' if r is None else f'{r:+.3f}'} |")
     _write(table, out_dir, "Random vs pretrained initialisation " + (f"({folds}-fold CV, pooled out of fold)" if folds
                                                                      else "(test split)"),
-           ["run", "status", "roc_auc", "f1", "accuracy", "train_seconds", "parameters"])
-    gain_table.to_csv(out_dir / "gains.csv", index=False)
-    with open(out_dir / "results.md", "a") as handle:
-        handle.write("\n## Gain from pretraining\n\n| model | status | accuracy gain | ROC-AUC gain |\n|---|---|---|---|\n")
-        for row in gains:
-            a, r = row["accuracy_gain"], row["roc_auc_gain"]
-            handle.write(f"| {row['run']} | {row['status']} | {'n/a' if a is None else f'{a:+.3f}'} | "
-                         f"{'n/a' if r is None else f'{r:+.3f}'} |\n")
+           ["run", "status", "roc_auc", "f1", "accuracy", "train_seconds", "parameters"], more=gain_lines)
+    atomic_write(out_dir / "gains.csv", lambda tmp: gain_table.to_csv(tmp, index=False))
     return table

@@ -107,7 +107,7 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
     lines = [f"# Transfer matrix ({domain_col}; labels mapped to {', '.join(mapping.classes)})", ""]
     for metric in ("accuracy", "roc_auc"):
         matrix = table.pivot(index="source", columns="target", values=metric)
-        matrix.to_csv(out_dir / f"{metric}_matrix.csv")
+        atomic_write(out_dir / f"{metric}_matrix.csv", lambda tmp, matrix=matrix: matrix.to_csv(tmp))
         _plot(matrix, f"{metric} (source model on target test split)", out_dir / f"{metric}_matrix.png")
         lines += [f"## {metric}", "", "| source \\ target | " + " | ".join(matrix.columns) + " |",
                   "|---|" + "---|" * len(matrix.columns)]

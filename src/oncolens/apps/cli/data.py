@@ -35,6 +35,7 @@ def scan(
     """Scan a dataset into a manifest CSV; print a summary and every skipped file with its reason."""
     from oncolens.data import LayoutOptions
     from oncolens.data.scan import scan_to_csv
+    from oncolens.files import atomic_write_json
 
     options = LayoutOptions(
         exclude=tuple(exclude or ()), group_regex=group_regex, path_col=path_col, label_col=label_col,
@@ -43,7 +44,7 @@ def scan(
     summary = scan_to_csv(data_dir, out, layout, options, workers=workers)
     print_scan_summary(summary)
     if summary_json:
-        summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+        atomic_write_json(summary_json, summary.to_dict())
     console.print(f"manifest: {out}")
     if summary.n_images == 0:
         fail("no usable images found", code=1)

@@ -112,5 +112,7 @@ def explain_eval_command(
                        (f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))
     console.print(view)
     if out:
-        table.to_csv(out, index=False)
+        from oncolens.files import atomic_write
+
+        atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
         console.print(f"table: {out}")
