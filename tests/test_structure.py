@@ -356,3 +356,23 @@ def test_every_file_is_written_atomically():
              if parts != ("files",) for call in _plain_writes(ast.parse(path.read_text()))]
     assert not found, found
 
+
+#: ``run`` methods still waiting for their owners' renaming (a back-end's forward pass, a scoring job's loop);
+#: remove an entry when its module says what its method does
+_RUN_PENDING = {"models/scoring", "models/mil", "models/scoring_job"}
+
+
+def test_run_names_a_training_run():
+    """``run`` is a training run (:class:`~oncolens.training.run.TrainingRun`, its folder ``run_dir``, its
+    ``RunResult``): no function or method is named ``run``, no callable is bound to the name, no import renamed to
+    it (a study, a slide job, a work queue's call and a git command say what they are)."""
+    found = []
+    for path, parts in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "run"
+                     or isinstance(node, ast.alias) and node.asname == "run"
+                     or isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda)
+                     and any(isinstance(t, ast.Name) and t.id == "run" for t in node.targets))
+            if named and "/".join(parts) not in _RUN_PENDING:
+                found.append(f"{'/'.join(parts)}:{node.lineno}")
+    assert not found, found

@@ -153,7 +153,9 @@ class WorkQueue:
             with self._lock:
                 self.admitted -= 1
 
-    async def run(self, fn, *args, timeout: float | None = None, **kwargs):
+    async def call(self, fn, *args, timeout: float | None = None, **kwargs):
+        """``fn(*args, **kwargs)`` on a worker thread once a place is free; its result (503 when the line is
+        full, 504 after ``timeout`` seconds)."""
         with self._lock:
             full = self.admitted >= self.capacity
             if not full:
@@ -262,7 +264,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         is set when the image is unlike the training images)."""
         data, name = await read_upload(file), file.filename or ""
         try:
-            prediction = (await queue.run(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
+            prediction = (await queue.call(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
         except DataError as exc:  # e.g. an alpha too small for the calibration images
             raise HTTPException(status_code=400, detail=str(exc)[:500]) from None
         return prediction.to_dict(top_k)
@@ -282,10 +284,11 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                                                 description="tree of classifiers: level whose classifier is "
                                                             "explained (0 = top; default: the deepest)")):
         data, name = await read_upload(file), file.filename or ""
-        result = await queue.run(lambda: predictor.explain(decoded(data, name), method=getattr(method, "value", method),
-                                                           opacity=opacity if alpha is None else alpha, source=name,
-                                                           level=level),
-                                 timeout=settings.explain_timeout)
+        method_name = getattr(method, "value", method)
+        result = await queue.call(lambda: predictor.explain(decoded(data, name), method=method_name,
+                                                            opacity=opacity if alpha is None else alpha, source=name,
+                                                            level=level),
+                                  timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay
             return Response(content=png_bytes(array), media_type="image/png")
@@ -370,7 +373,7 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
 
     app.router.on_shutdown.append(shutdown)
 
-    def run(job_id: str, path: Path, request: JobRequest) -> None:
+    def score_job(job_id: str, path: Path, request: JobRequest) -> None:
         from oncolens.evaluation.slides import score_slide
 
         def progress(done: int, total: int) -> None:
@@ -425,7 +428,7 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
                                     headers={"Retry-After": str(settings.retry_after)})
             jobs[job_id] = {"job": job_id, "slide": request.path, "status": "queued", "tiles_done": 0,
                             "tiles_total": None}
-        runner.submit(run, job_id, path, request)
+        runner.submit(score_job, job_id, path, request)
         return {"job": job_id, "status": "queued", "poll": f"/slides/{job_id}"}
 
     @app.get("/slides/{job_id}", dependencies=guarded, responses=_errors(401, 404))

@@ -314,12 +314,14 @@ def _source_commit() -> str | None:
     uncommitted changes) for a source tree, else the commit the installed package was built from."""
     here = Path(__file__).resolve().parent
     if (here.parents[2] / ".git").exists():  # src/oncolens/models -> the repository
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+
         try:
-            run = lambda *args: subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,  # noqa: E731
-                                               timeout=5).stdout.strip()
-            head = run("rev-parse", "HEAD")
+            head = git("rev-parse", "HEAD")
             if head:
-                return head + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+                return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
         except (OSError, subprocess.SubprocessError):
             pass
     return __commit_id__.lstrip("g") if __commit_id__ else None

@@ -414,13 +414,13 @@ def evaluate_ood(
 ) -> None:
     """How well the bundle's OOD detectors tell its kind of images from others: AUROC, FPR at 95% TPR and
     AUPR per detector and OOD set, score histograms and an HTML report."""
-    from oncolens.evaluation.trust import evaluate_ood as run
+    from oncolens.evaluation.trust import evaluate_ood as ood_evaluation
 
     sets = {}
     for item in ood:
         name, _, path = item.rpartition("=") if "=" in item else (Path(item).stem, "", item)
         sets[name or Path(path).stem] = Path(path)
-    summary = run(bundle, in_data, sets, out, split=None if split == "all" else split)
+    summary = ood_evaluation(bundle, in_data, sets, out, split=None if split == "all" else split)
     table = Table(title=f"OOD detection ({summary['default_detector']} is the bundle's default)")
     for col in ("detector", "OOD set", "AUROC", "FPR@95TPR", "AUPR", "detected at threshold"):
         table.add_column(col)

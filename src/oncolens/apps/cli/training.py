@@ -190,7 +190,7 @@ def study_transfer(
     console.print(f"study: {out}")
 
 
-def _comparison_study(name: str, run_name: str, default_models: str, doc: str, **defaults) -> None:
+def _comparison_study(name: str, function: str, default_models: str, doc: str, **defaults) -> None:
     """Register ``study NAME``: train and evaluate variants on one split (compare, pretraining)."""
 
     @_study_options(skip=("model",), **defaults)
@@ -208,9 +208,9 @@ def _comparison_study(name: str, run_name: str, default_models: str, doc: str, *
         from oncolens import studies
 
         config = _study_config(options, **defaults)
-        _run_study(lambda: getattr(studies, run_name)(manifest, out, _names(models), config, seed=config.seed,
-                                                      n_boot=n_boot, folds=folds,
-                                                      jobs=renamed(jobs, workers, "--workers", "--jobs")), out)
+        study = getattr(studies, function)
+        _run_study(lambda: study(manifest, out, _names(models), config, seed=config.seed, n_boot=n_boot, folds=folds,
+                                 jobs=renamed(jobs, workers, "--workers", "--jobs")), out)
 
     command.__doc__ = doc
     command.__name__ = f"study_{name}"
