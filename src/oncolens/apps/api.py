@@ -14,8 +14,13 @@ import enum
 import json
 import logging
 import secrets
+import shutil
+import tempfile
 import threading
+import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -52,7 +57,7 @@ class ApiSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     max_pixels: int = 40_000_000
     token: str | None = None  # bearer token required on /model, /predict and /explain when set
-    max_running: int = 2  # predictions/explanations computed at once
+    max_running: int = 2  # predictions, explanations and slide jobs computed at once (one slide at a time)
     max_waiting: int = 16  # more wait in line; beyond that: 503 with Retry-After
     retry_after: int = 5  # seconds, in a 503's Retry-After header
     explain_timeout: float = 120.0  # seconds before an explanation answers 504
@@ -135,6 +140,8 @@ class BodyLimit:
 
 class WorkQueue:
     """At most ``running`` jobs at once and ``waiting`` more in line; beyond that a 503 with Retry-After.
+    A request waits for its work (:meth:`run`); a job that outlives its request (a slide) is submitted to run in
+    the background (:meth:`submit`), in the same places.
 
     Thread-based (the jobs run on worker threads), so it holds across event loops."""
 
@@ -144,31 +151,54 @@ class WorkQueue:
         self.admitted = 0
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(running)
+        self._background: ThreadPoolExecutor | None = None
 
-    def _work(self, fn, args, kwargs):
-        try:
-            with self._slots:
-                return fn(*args, **kwargs)
-        finally:  # the place is given back when the work really ends, even after a timeout answered 504
-            with self._lock:
-                self.admitted -= 1
-
-    async def call(self, fn, *args, timeout: float | None = None, **kwargs):
-        """``fn(*args, **kwargs)`` on a worker thread once a place is free; its result (503 when the line is
-        full, 504 after ``timeout`` seconds)."""
+    def _admit(self, busy: str) -> None:
         with self._lock:
             full = self.admitted >= self.capacity
             if not full:
                 self.admitted += 1
         if full:
-            raise HTTPException(503, detail="server busy: too many predictions and explanations in progress",
-                                headers={"Retry-After": str(self.retry_after)})
+            raise HTTPException(503, detail=busy, headers={"Retry-After": str(self.retry_after)})
+
+    def _release(self) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+    def _work(self, fn, args, kwargs, lane: threading.Semaphore | None = None):
+        try:
+            with lane or nullcontext(), self._slots:
+                return fn(*args, **kwargs)
+        finally:  # the place is given back when the work really ends, even after a timeout answered 504
+            self._release()
+
+    async def run(self, fn, *args, timeout: float | None = None, **kwargs):
+        self._admit("server busy: too many predictions and explanations in progress")
         task = asyncio.ensure_future(run_in_threadpool(self._work, fn, args, kwargs))
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except asyncio.TimeoutError:
             raise HTTPException(504, detail=f"the explanation took longer than {timeout:g} s; try a faster method "
                                             "(e.g. gradcam) or retry later") from None
+
+    def submit(self, fn, *args, lane: threading.Semaphore | None = None, **kwargs) -> Future:
+        """Run ``fn`` in the background, admitted as :meth:`run` admits (503 when full). ``lane``: held before a
+        running place is taken, so a kind of long job (slides: one at a time) never takes more places than
+        its lane allows and never holds one while it waits."""
+        self._admit("server busy: too much work in progress")
+        with self._lock:
+            if self._background is None:  # at most one thread per admitted job
+                self._background = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="oncolens-job")
+        try:
+            return self._background.submit(self._work, fn, args, kwargs, lane)
+        except RuntimeError:  # shut down
+            self._release()
+            raise HTTPException(503, detail="server shutting down", headers={"Retry-After": str(self.retry_after)})
+
+    def shutdown(self) -> None:
+        """Drop the background jobs not started yet (those running finish on their threads)."""
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)
 
 
 def authorised_by(bearer: HTTPBearer, token: str):
@@ -264,7 +294,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         is set when the image is unlike the training images)."""
         data, name = await read_upload(file), file.filename or ""
         try:
-            prediction = (await queue.call(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
+            prediction = (await queue.run(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
         except DataError as exc:  # e.g. an alpha too small for the calibration images
             raise HTTPException(status_code=400, detail=str(exc)[:500]) from None
         return prediction.to_dict(top_k)
@@ -284,11 +314,10 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                                                 description="tree of classifiers: level whose classifier is "
                                                             "explained (0 = top; default: the deepest)")):
         data, name = await read_upload(file), file.filename or ""
-        method_name = getattr(method, "value", method)
-        result = await queue.call(lambda: predictor.explain(decoded(data, name), method=method_name,
-                                                            opacity=opacity if alpha is None else alpha, source=name,
-                                                            level=level),
-                                  timeout=settings.explain_timeout)
+        result = await queue.run(lambda: predictor.explain(decoded(data, name), method=getattr(method, "value", method),
+                                                           opacity=opacity if alpha is None else alpha, source=name,
+                                                           level=level),
+                                 timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay
             return Response(content=png_bytes(array), media_type="image/png")
@@ -296,7 +325,9 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                 "heatmap_png_base64": base64.b64encode(png_bytes(result.heatmap_overlay)).decode(),
                 "contours_png_base64": base64.b64encode(png_bytes(result.contour_overlay)).decode()}
 
-    _slide_jobs(app, predictor, settings, guarded)
+    slides = SlideJobs(predictor, settings, queue)
+    app.router.on_shutdown.append(slides.close)
+    _slide_routes(app, slides, guarded)
     return app
 
 
@@ -316,102 +347,48 @@ class SlideJobRequest(BaseModel):
     target: str | None = Field(None, description="the class the heatmap shows (default: the bundle's last class)")
 
 
-def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guarded: list) -> None:
-    """POST /slides starts scoring a slide that is already on the server (never a multi-GB upload), GET
-    /slides/{job} reports progress and, when done, the slide-level scores; /slides/{job}/heatmap is the PNG and
-    /slides/{job}/files/{name} any of the job's outputs (:data:`SLIDE_JOB_FILES`: the QuPath GeoJSON, the tile
-    table, a bag classifier's attention-weighted heatmap). Only paths inside ``settings.slide_root`` are read;
-    one slide is scored at a time."""
-    import tempfile
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    import shutil
-    import time
-
-    jobs: dict[str, dict] = {}
-    finished_at: dict[str, float] = {}
-    lock = threading.Lock()
-    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oncolens-slide")
-    temporary = settings.slide_output is None
-    output = settings.slide_output or Path(tempfile.mkdtemp(prefix="oncolens-slides-"))
-    root = Path(settings.slide_root).resolve() if settings.slide_root is not None else None
-    # this bundle's classes in the schema, so that a schema-valid target is one the job can use
-    JobRequest = create_model("SlideJobRequest", __base__=SlideJobRequest, __doc__=SlideJobRequest.__doc__, target=(
-        Optional[Literal[tuple(predictor.classes)]],
+def _job_request(classes: list[str]) -> type[SlideJobRequest]:
+    """:class:`SlideJobRequest` with this bundle's classes in the schema, so that a schema-valid target is one
+    the job can use."""
+    return create_model("SlideJobRequest", __base__=SlideJobRequest, __doc__=SlideJobRequest.__doc__, target=(
+        Optional[Literal[tuple(classes)]],
         Field(None, description="the class the heatmap shows (default: the bundle's last class)")))
 
-    def public(text: str) -> str:
+
+class SlideJobs:
+    """Slides already on the server (never a multi-GB upload) scored in the background: each job is
+    :func:`~oncolens.evaluation.slides.score_slide` (a resumable scoring job) submitted to the app's work queue,
+    one slide at a time, its progress the job's. Only paths inside ``settings.slide_root`` are read; at most
+    ``max_slide_jobs`` are queued or running, and finished jobs (and their folders) are kept for polling within
+    ``keep_slide_jobs`` and ``slide_job_ttl``."""
+
+    def __init__(self, predictor: Predictor, settings: ApiSettings, queue: WorkQueue):
+        self.predictor, self.settings, self.queue = predictor, settings, queue
+        self.jobs: dict[str, dict] = {}
+        self.finished_at: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.lane = threading.Semaphore(1)  # one slide scored at a time
+        self.temporary = settings.slide_output is None
+        self.output = settings.slide_output or Path(tempfile.mkdtemp(prefix="oncolens-slides-"))
+        self.root = Path(settings.slide_root).resolve() if settings.slide_root is not None else None
+
+    def public(self, text: str) -> str:
         """A message without the server's own folders (clients name slides relative to the slide folder)."""
-        for folder, shown in ((output.resolve(), "<jobs>"), (output, "<jobs>"), (root, "<slides>")):
+        for folder, shown in ((self.output.resolve(), "<jobs>"), (self.output, "<jobs>"), (self.root, "<slides>")):
             if folder is not None:
                 text = text.replace(str(folder), shown)
         return text
 
-    def finish(job_id: str, **state) -> None:
-        with lock:
-            jobs[job_id].update(**state)
-            finished_at[job_id] = time.monotonic()
-
-    def prune() -> None:
-        """Forget finished jobs past their time or beyond the count kept, and remove their folders."""
-        now = time.monotonic()
-        with lock:
-            done = sorted(finished_at, key=finished_at.get)
-            expired = [j for j in done if now - finished_at[j] > settings.slide_job_ttl]
-            expired += [j for j in done if j not in expired][:max(0, len(done) - len(expired) - settings.keep_slide_jobs)]
-            for job_id in expired:
-                jobs.pop(job_id, None)
-                finished_at.pop(job_id, None)
-        for job_id in expired:
-            shutil.rmtree(output / job_id, ignore_errors=True)
-
-    def shutdown() -> None:
-        runner.shutdown(wait=False, cancel_futures=True)
-        if temporary:
-            shutil.rmtree(output, ignore_errors=True)
-
-    app.router.on_shutdown.append(shutdown)
-
-    def score_job(job_id: str, path: Path, request: JobRequest) -> None:
-        from oncolens.evaluation.slides import score_slide
-
-        def progress(done: int, total: int) -> None:
-            with lock:
-                jobs[job_id].update(status="running", tiles_done=done, tiles_total=total)
-
-        try:
-            result = score_slide(predictor.bundle, path, output / job_id, mpp=request.mpp,
-                                 min_tissue=request.min_tissue, target=request.target, num_workers=0,
-                                 progress=progress)
-            summary = {**result.summary, "slide": {**result.summary["slide"], "path": request.path}}
-            finish(job_id, status="done", summary=json.loads(public(json.dumps(summary))),
-                   heatmap=str(result.heatmap) if result.heatmap else None,
-                   files=sorted(name for name in SLIDE_JOB_FILES if (output / job_id / name).is_file()))
-        except OncolensError as exc:
-            finish(job_id, status="failed", error=public(str(exc))[:500])
-        except Exception as exc:  # a bug: logged with its traceback, reported by id
-            log.error("slide job %s failed", job_id, exc_info=exc)
-            finish(job_id, status="failed", error=f"internal error (job {job_id})")
-
-    def job(job_id: str) -> dict:
-        prune()
-        with lock:
-            if job_id not in jobs:
-                raise HTTPException(status_code=404, detail=f"no slide job {job_id[:40]!r}")
-            return dict(jobs[job_id])
-
-    @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404, 503))
-    async def start_slide(request: JobRequest) -> dict:
-        """Start scoring a slide in the server's slide folder; answers the job id to poll. The request's
-        fields are checked as the schema says (422 otherwise) before the path is looked at."""
-        if root is None:
+    def start(self, request: SlideJobRequest) -> dict:
+        """Check the request's slide path and queue its job (HTTP errors: off 403, outside 403, missing 404,
+        busy 503)."""
+        if self.root is None:
             raise HTTPException(status_code=403, detail="slide jobs are off: start the server with --slide-root")
         try:
-            path = (root / request.path).resolve()
+            path = (self.root / request.path).resolve()
         except (OSError, ValueError, RuntimeError):
             raise HTTPException(status_code=400, detail="the slide path cannot be resolved") from None
-        if not path.is_relative_to(root):
+        if not path.is_relative_to(self.root):
             raise HTTPException(status_code=403, detail="the slide path must be inside the server's slide folder")
         try:
             found = path.is_file()
@@ -419,29 +396,115 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
             found = False
         if not found:
             raise HTTPException(status_code=404, detail=f"no slide {request.path[:200]!r} in the server's slide folder")
-        prune()
+        self.prune()
         job_id = uuid.uuid4().hex[:12]
-        with lock:
-            active = sum(1 for j in jobs.values() if j["status"] in ("queued", "running"))
-            if active >= settings.max_slide_jobs:
+        with self.lock:
+            active = sum(1 for j in self.jobs.values() if j["status"] in ("queued", "running"))
+            if active >= self.settings.max_slide_jobs:
                 raise HTTPException(503, detail=f"server busy: {active} slide jobs queued or running",
-                                    headers={"Retry-After": str(settings.retry_after)})
-            jobs[job_id] = {"job": job_id, "slide": request.path, "status": "queued", "tiles_done": 0,
-                            "tiles_total": None}
-        runner.submit(score_job, job_id, path, request)
+                                    headers={"Retry-After": str(self.settings.retry_after)})
+            self.jobs[job_id] = {"job": job_id, "slide": request.path, "status": "queued", "tiles_done": 0,
+                                 "tiles_total": None}
+        try:
+            self.queue.submit(self.run, job_id, path, request, lane=self.lane)
+        except HTTPException:
+            with self.lock:
+                self.jobs.pop(job_id, None)
+            raise
         return {"job": job_id, "status": "queued", "poll": f"/slides/{job_id}"}
+
+    def run(self, job_id: str, path: Path, request: SlideJobRequest) -> None:
+        """Score the slide into the job's folder; the job's state says how far it is, then what it found or
+        why it failed (a bug: logged with its traceback, reported by id)."""
+        from oncolens.evaluation.slides import score_slide
+
+        self.update(job_id, status="running")
+        try:
+            result = score_slide(self.predictor.bundle, path, self.output / job_id, mpp=request.mpp,
+                                 min_tissue=request.min_tissue, target=request.target, num_workers=0,
+                                 progress=lambda done, total: self.update(job_id, tiles_done=done, tiles_total=total))
+            summary = {**result.summary, "slide": {**result.summary["slide"], "path": request.path}}
+            self.update(job_id, finished=True, status="done", summary=json.loads(self.public(json.dumps(summary))),
+                        heatmap=str(result.heatmap) if result.heatmap else None,
+                        files=sorted(name for name in SLIDE_JOB_FILES if (self.output / job_id / name).is_file()))
+        except OncolensError as exc:
+            self.update(job_id, finished=True, status="failed", error=self.public(str(exc))[:500])
+        except Exception as exc:
+            log.error("slide job %s failed", job_id, exc_info=exc)
+            self.update(job_id, finished=True, status="failed", error=f"internal error (job {job_id})")
+
+    def update(self, job_id: str, finished: bool = False, **state: Any) -> None:
+        with self.lock:
+            if job_id in self.jobs:
+                self.jobs[job_id].update(**state)
+                if finished:
+                    self.finished_at[job_id] = time.monotonic()
+
+    def prune(self) -> None:
+        """Forget finished jobs past their time or beyond the count kept, and remove their folders."""
+        now = time.monotonic()
+        with self.lock:
+            done = sorted(self.finished_at, key=self.finished_at.get)
+            expired = [j for j in done if now - self.finished_at[j] > self.settings.slide_job_ttl]
+            expired += [j for j in done if j not in expired][
+                :max(0, len(done) - len(expired) - self.settings.keep_slide_jobs)]
+            for job_id in expired:
+                self.jobs.pop(job_id, None)
+                self.finished_at.pop(job_id, None)
+        for job_id in expired:
+            shutil.rmtree(self.output / job_id, ignore_errors=True)
+
+    def state(self, job_id: str) -> dict:
+        """A copy of the job's state (404 for an unknown job)."""
+        self.prune()
+        with self.lock:
+            if job_id not in self.jobs:
+                raise HTTPException(status_code=404, detail=f"no slide job {job_id[:40]!r}")
+            return dict(self.jobs[job_id])
+
+    def file(self, job_id: str, name: str) -> Path:
+        """One of a finished job's files (:data:`SLIDE_JOB_FILES`): 404 for another name or one the job did not
+        write, 409 while it has not finished."""
+        state = self.state(job_id)
+        if name not in SLIDE_JOB_FILES:
+            raise HTTPException(status_code=404, detail=f"no such job file; one of {sorted(SLIDE_JOB_FILES)}")
+        if state["status"] != "done":
+            raise HTTPException(status_code=409, detail=f"job {job_id} is {state['status']}: no files yet")
+        if name not in state.get("files", []):
+            raise HTTPException(status_code=404, detail=f"job {job_id} wrote no {name}")
+        return self.output / job_id / name
+
+    def close(self) -> None:
+        """At shutdown: queued jobs dropped, a temporary output folder removed."""
+        self.queue.shutdown()
+        if self.temporary:
+            shutil.rmtree(self.output, ignore_errors=True)
+
+
+def _slide_routes(app: FastAPI, slides: SlideJobs, guarded: list) -> None:
+    """POST /slides starts scoring a slide that is already on the server, GET /slides/{job} reports progress
+    and, when done, the slide-level scores; /slides/{job}/heatmap is the PNG and /slides/{job}/files/{name} any
+    of the job's outputs (:data:`SLIDE_JOB_FILES`: the QuPath GeoJSON, the tile table, a bag classifier's
+    attention-weighted heatmap)."""
+    JobRequest = _job_request(slides.predictor.classes)
+
+    @app.post("/slides", status_code=202, dependencies=guarded, responses=_errors(400, 401, 403, 404, 503))
+    async def start_slide(request: JobRequest) -> dict:
+        """Start scoring a slide in the server's slide folder; answers the job id to poll. The request's
+        fields are checked as the schema says (422 otherwise) before the path is looked at."""
+        return slides.start(request)
 
     @app.get("/slides/{job_id}", dependencies=guarded, responses=_errors(401, 404))
     async def slide_status(job_id: str) -> dict:
         """Status (queued, running, done, failed), tiles done of total and, when done, the slide's scores."""
-        state = job(job_id)
+        state = slides.state(job_id)
         state.pop("heatmap", None)
         return state
 
     @app.get("/slides/{job_id}/heatmap", dependencies=guarded, responses={
         **_errors(401, 404, 409), 200: {"content": {"image/png": {}}, "description": "the heatmap PNG"}})
     async def slide_heatmap(job_id: str) -> Response:
-        state = job(job_id)
+        state = slides.state(job_id)
         if state["status"] != "done" or not state.get("heatmap"):
             raise HTTPException(status_code=409, detail=f"job {job_id} is {state['status']}: no heatmap yet")
         return Response(content=Path(state["heatmap"]).read_bytes(), media_type="image/png")
@@ -449,11 +512,4 @@ def _slide_jobs(app: FastAPI, predictor: Predictor, settings: ApiSettings, guard
     @app.get("/slides/{job_id}/files/{name}", dependencies=guarded, responses={
         **_errors(401, 404, 409), 200: {"description": "one of the finished job's files (SLIDE_JOB_FILES)"}})
     async def slide_file(job_id: str, name: str) -> Response:
-        state = job(job_id)
-        if name not in SLIDE_JOB_FILES:
-            raise HTTPException(status_code=404, detail=f"no such job file; one of {sorted(SLIDE_JOB_FILES)}")
-        if state["status"] != "done":
-            raise HTTPException(status_code=409, detail=f"job {job_id} is {state['status']}: no files yet")
-        if name not in state.get("files", []):
-            raise HTTPException(status_code=404, detail=f"job {job_id} wrote no {name}")
-        return Response(content=(output / job_id / name).read_bytes(), media_type=SLIDE_JOB_FILES[name])
+        return Response(content=slides.file(job_id, name).read_bytes(), media_type=SLIDE_JOB_FILES[name])
