@@ -140,7 +140,7 @@ class BodyLimit:
 
 class WorkQueue:
     """At most ``running`` jobs at once and ``waiting`` more in line; beyond that a 503 with Retry-After.
-    A request waits for its work (:meth:`run`); a job that outlives its request (a slide) is submitted to run in
+    A request waits for its work (:meth:`call`); a job that outlives its request (a slide) is submitted to run in
     the background (:meth:`submit`), in the same places.
 
     Thread-based (the jobs run on worker threads), so it holds across event loops."""
@@ -172,7 +172,9 @@ class WorkQueue:
         finally:  # the place is given back when the work really ends, even after a timeout answered 504
             self._release()
 
-    async def run(self, fn, *args, timeout: float | None = None, **kwargs):
+    async def call(self, fn, *args, timeout: float | None = None, **kwargs):
+        """``fn(*args, **kwargs)`` on a worker thread once a place is free; its result (503 when the line is
+        full, 504 after ``timeout`` seconds)."""
         self._admit("server busy: too many predictions and explanations in progress")
         task = asyncio.ensure_future(run_in_threadpool(self._work, fn, args, kwargs))
         try:
@@ -182,7 +184,7 @@ class WorkQueue:
                                             "(e.g. gradcam) or retry later") from None
 
     def submit(self, fn, *args, lane: threading.Semaphore | None = None, **kwargs) -> Future:
-        """Run ``fn`` in the background, admitted as :meth:`run` admits (503 when full). ``lane``: held before a
+        """Run ``fn`` in the background, admitted as :meth:`call` admits (503 when full). ``lane``: held before a
         running place is taken, so a kind of long job (slides: one at a time) never takes more places than
         its lane allows and never holds one while it waits."""
         self._admit("server busy: too much work in progress")
@@ -294,7 +296,7 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
         is set when the image is unlike the training images)."""
         data, name = await read_upload(file), file.filename or ""
         try:
-            prediction = (await queue.run(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
+            prediction = (await queue.call(lambda: predictor.predict([decoded(data, name)], [name], alpha=alpha)))[0]
         except DataError as exc:  # e.g. an alpha too small for the calibration images
             raise HTTPException(status_code=400, detail=str(exc)[:500]) from None
         return prediction.to_dict(top_k)
@@ -314,10 +316,11 @@ def create_app(predictor: Predictor, settings: ApiSettings | None = None, *, max
                                                 description="tree of classifiers: level whose classifier is "
                                                             "explained (0 = top; default: the deepest)")):
         data, name = await read_upload(file), file.filename or ""
-        result = await queue.run(lambda: predictor.explain(decoded(data, name), method=getattr(method, "value", method),
-                                                           opacity=opacity if alpha is None else alpha, source=name,
-                                                           level=level),
-                                 timeout=settings.explain_timeout)
+        method_name = getattr(method, "value", method)
+        result = await queue.call(lambda: predictor.explain(decoded(data, name), method=method_name,
+                                                            opacity=opacity if alpha is None else alpha, source=name,
+                                                            level=level),
+                                  timeout=settings.explain_timeout)
         if "image/png" in request.headers.get("accept", ""):
             array = result.contour_overlay if overlay == "contours" else result.heatmap_overlay
             return Response(content=png_bytes(array), media_type="image/png")
@@ -406,14 +409,14 @@ class SlideJobs:
             self.jobs[job_id] = {"job": job_id, "slide": request.path, "status": "queued", "tiles_done": 0,
                                  "tiles_total": None}
         try:
-            self.queue.submit(self.run, job_id, path, request, lane=self.lane)
+            self.queue.submit(self.score, job_id, path, request, lane=self.lane)
         except HTTPException:
             with self.lock:
                 self.jobs.pop(job_id, None)
             raise
         return {"job": job_id, "status": "queued", "poll": f"/slides/{job_id}"}
 
-    def run(self, job_id: str, path: Path, request: SlideJobRequest) -> None:
+    def score(self, job_id: str, path: Path, request: SlideJobRequest) -> None:
         """Score the slide into the job's folder; the job's state says how far it is, then what it found or
         why it failed (a bug: logged with its traceback, reported by id)."""
         from oncolens.evaluation.slides import score_slide
