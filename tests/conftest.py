@@ -24,13 +24,14 @@ def phantom_manifest(phantom_dir) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(phantom_manifest, tmp_path_factory) -> Path:
-    """A seed CNN (32 px) trained for one epoch on the session phantoms: a real bundle, made once."""
+    """A seed CNN (32 px) trained for a few seconds on the session phantoms: a real, calibrated bundle (its
+    temperature well inside the bound a calibration must stay within), made once."""
     from oncolens.data import save_manifest, split
     from oncolens.training import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("tiny_bundle")
     csv = save_manifest(split(phantom_manifest, test=0.25, val=0.2, seed=0), tmp / "s.csv")
-    return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=1, batch_size=8,
+    return train(TrainConfig(data=str(csv), model="seed_cnn", image_size=32, epochs=6, lr=3e-3, batch_size=8,
                              runs_dir=str(tmp / "runs"), name="r", augment=False)).bundle_path
 
 

@@ -286,3 +286,16 @@ def wait_for_file_then_kill(process, path: Path, timeout: float = 300.0) -> None
         time.sleep(0.05)
     kill_tree(process.pid)
     process.wait(30)
+
+
+def fails_cleanly(args: list, *words: str) -> str:
+    """Run the oncolens command ``args`` (typer's runner): it must exit 2 with one clear message holding every
+    word of ``words`` (any case) and no traceback; its output."""
+    from typer.testing import CliRunner
+
+    from oncolens.apps.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output and all(w.lower() in result.output.lower() for w in words), result.output
+    return result.output

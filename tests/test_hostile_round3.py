@@ -10,16 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from oncolens.apps.cli import app
-from tests.helpers import noise_image, save
+from tests.helpers import fails_cleanly, noise_image, save
 
 runner = CliRunner()
 
 
-def _fails_cleanly(args: list[str], *words: str) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output and all(w.lower() in result.output.lower() for w in words), result.output
-    return result.output
+_fails_cleanly = fails_cleanly
 
 
 @pytest.mark.parametrize("level", ["50", "-1"])

@@ -22,16 +22,12 @@ from oncolens.apps.cli import app
 from oncolens.models import card as card_module
 from oncolens.models.card import CARD_JSON, CARD_MD, card_or_none, markdown_text, read_card, update_model_card
 from oncolens.predictor import Predictor
-from tests.helpers import DAMAGED_CARDS, huge_card, noise_image, png_bytes, save
+from tests.helpers import fails_cleanly, DAMAGED_CARDS, huge_card, noise_image, png_bytes, save
 
 runner = CliRunner()
 
 
-def _fails_cleanly(args: list, *words: str) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output and all(w.lower() in result.output.lower() for w in words), result.output
-    return result.output
+_fails_cleanly = fails_cleanly
 
 
 def _damaged(tiny_bundle, tmp_path, content: bytes | None = None) -> Path:

@@ -11,16 +11,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from oncolens.apps.cli import app
-from tests.helpers import noise_image, save
+from tests.helpers import fails_cleanly, noise_image, save
 
 runner = CliRunner()
 
 
-def _fails_cleanly(args: list, *words: str) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output and all(w.lower() in result.output.lower() for w in words), result.output
-    return result.output
+_fails_cleanly = fails_cleanly
 
 
 def _training_images(bundle: Path) -> list[str]:
