@@ -376,3 +376,26 @@ def test_run_names_a_training_run():
             if named and "/".join(parts) not in _RUN_PENDING:
                 found.append(f"{'/'.join(parts)}:{node.lineno}")
     assert not found, found
+
+
+def test_every_default_has_one_source():
+    """A run's defaults are settled in one place: the planner (training/planner.py) and the configuration's own
+    tables (training/config.py: PLAIN_DEFAULTS, STUDY_DEFAULTS). No other module declares a table of defaults, and
+    no study or command builds a TrainConfig with its own hyper-parameters."""
+    owners = {"training/planner", "training/config"}
+    tables, literal_configs = [], []
+    for path, parts in _modules():
+        name = "/".join(parts)
+        if name in owners:
+            continue
+        text = path.read_text()
+        tables += [f"{name}: {m.group(0)}" for m in re.finditer(r"^[A-Z_]*DEFAULTS\s*[:=]", text, re.M)]
+        if parts[0] in ("studies", "training") or name.startswith("apps/cli"):
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("TrainConfig"):
+                    chosen = [k.arg for k in node.keywords if k.arg in ("model", "epochs", "lr", "augment", "recipe")
+                              and isinstance(k.value, ast.Constant)]
+                    if chosen:
+                        literal_configs.append(f"{name}:{node.lineno}: {chosen}")
+    assert not tables, tables
+    assert not literal_configs, literal_configs

@@ -19,6 +19,7 @@ from ..errors import renamed_keyword
 from ..evaluation import MetricsReport, format_metric, load_evaluation
 from ..files import atomic_write, atomic_write_text
 from ..models import WeightsUnavailable, create_model, load_bundle
+from ..training.config import study_config
 from ..training.tasks import grouped_split
 from .cv import cross_validate
 from .runner import Job, run_jobs
@@ -136,10 +137,8 @@ def compare_models(manifest, out_dir, models: list[str], base=None, test: float 
     """Train and evaluate each model on one split (or, with ``folds``, cross-validate each on the same
     patient-grouped folds: pooled out-of-fold metrics); rows sorted by ROC-AUC, then F1. ``jobs`` runs train
     or evaluate at a time (``workers`` is its deprecated name)."""
-    from ..training import TrainConfig
-
     jobs = renamed_keyword("compare_models", "workers", "jobs", workers, jobs)
-    base = base or TrainConfig(epochs=10, lr=1e-3, augment=False, recipe="off")
+    base = base or study_config()
     table = _run_variants({m: {"model": m} for m in models}, manifest, out_dir, base, test, val, seed, n_boot, jobs,
                           folds)
     if "roc_auc" in table.columns:
@@ -155,10 +154,8 @@ def compare_pretraining(manifest, out_dir, models: list[str] = ("alexnet", "vgg1
                         folds: int | None = None, *, workers: int | None = None) -> pd.DataFrame:
     """Each model from random and from ImageNet weights (fine-tuned fully); the gain pretraining gives. ``jobs``
     runs train or evaluate at a time (``workers`` is its deprecated name)."""
-    from ..training import TrainConfig
-
     jobs = renamed_keyword("compare_pretraining", "workers", "jobs", workers, jobs)
-    base = base or TrainConfig(epochs=10, lr=1e-4, augment=False, recipe="off")
+    base = base or study_config("pretraining")
     variants = {f"{m}-{w}": {"model": m, "weights": w, "freeze": "full"} for m in models for w in ("random", "imagenet")}
     table = _run_variants(variants, manifest, out_dir, base, test, val, seed, n_boot, jobs, folds)
     gains = []

@@ -19,6 +19,7 @@ from ..figures import save_figure, subplots
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.hierarchy import HierarchyTree, resolve_levels, save_hierarchical_bundle
 from ..training import TrainConfig
+from ..training.config import study_config
 from ..training.tasks import grouped_split
 from .runner import Job, run_jobs
 from .transfer_matrix import _eval_job, _train_job
@@ -107,7 +108,7 @@ def hierarchy_study(manifest: str | Path, out_dir: str | Path, levels: Sequence[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, resolved, tree, notes = _prepare(manifest, out_dir, levels, test, val, seed, train_config or TrainConfig())
-    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3, recipe="off"))
+    base = asdict(train_config or study_config())
     runs, evals = out_dir / "runs", out_dir / "evals"
     # every run: (its data, its label column); node runs train on their branch's rows only
     plan = {"flat": (out_dir / "data" / "all.csv", LEAF_COLUMN)}

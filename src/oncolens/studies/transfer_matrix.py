@@ -14,6 +14,7 @@ from ..evaluation import evaluate, load_evaluation, load_label_map
 from ..figures import save_figure, subplots
 from ..files import atomic_write, atomic_write_text, safe_name
 from ..training import TrainConfig, train
+from ..training.config import study_config
 from ..training.tasks import grouped_split
 from .runner import Job, run_jobs
 
@@ -75,7 +76,7 @@ def transfer_matrix(manifest: str | Path, out_dir: str | Path, domain_col: str =
     domains = sorted(frame[domain_col].astype(str).unique())
     if len(domains) < 2:
         raise DataError(f"need at least two values of {domain_col!r} for a transfer matrix, found {domains}")
-    base = asdict(train_config or TrainConfig(model="seed_cnn", epochs=10, lr=1e-3, recipe="off"))
+    base = asdict(train_config or study_config())
     splits = {}
     folder = {d: safe_name(d) for d in domains}  # domain values come from the data: safe folder and run names
     for domain in domains:

@@ -12,7 +12,7 @@ import yaml
 from ..data.limits import LIMITS, check_count
 from ..errors import ConfigError, InputNotFound
 
-__all__ = ["TrainConfig", "load_config", "PLAIN_DEFAULTS"]
+__all__ = ["TrainConfig", "load_config", "PLAIN_DEFAULTS", "STUDY_DEFAULTS", "study_defaults", "study_config"]
 
 
 def _option(default, help: str, shown: str | None = None):
@@ -30,6 +30,29 @@ def _chosen(help: str):
 PLAIN_DEFAULTS: dict = {"model": "tf_efficientnet_lite0", "epochs": 10, "lr": 1e-4, "class_weights": False,
                         "patience": 3, "hflip": True, "vflip": False, "rotation": 15.0, "zoom": 0.1, "contrast": 0.2,
                         "rot90": False, "colour": 0.0, "tta": "none", "finetune": "off", "modality": "unknown"}
+
+#: the studies' runs reproduce the seeds: (value, reason) of each option a study sets unless it is given;
+#: ``pretraining`` fine-tunes pretrained weights whole, at the pretrained rate
+STUDY_DEFAULTS: dict[str, dict[str, tuple]] = {
+    "study": {"model": ("seed_cnn", "the seeds' small CNN"), "epochs": (10, "the seeds' 10 epochs"),
+              "lr": (1e-3, "the seeds' learning rate"), "augment": (False, "the seeds trained without augmentation"),
+              "recipe": ("off", "a study compares its variants under one fixed recipe")},
+    "pretraining": {"epochs": (10, "the seeds' 10 epochs"),
+                    "lr": (1e-4, "fine-tuning pretrained weights whole: a small learning rate"),
+                    "augment": (False, "the seeds trained without augmentation"),
+                    "recipe": ("off", "a study compares its variants under one fixed recipe")},
+}
+
+
+def study_defaults(kind: str = "study") -> dict:
+    """The option values a study of ``kind`` sets unless given (see :data:`STUDY_DEFAULTS`)."""
+    return {name: value for name, (value, _) in STUDY_DEFAULTS[kind].items()}
+
+
+def study_config(kind: str = "study", **given) -> "TrainConfig":
+    """The training configuration of a study's runs: its defaults, then the ``given`` options (None: not given),
+    each checked as ``train`` checks it."""
+    return load_config(None, **{**study_defaults(kind), **{k: v for k, v in given.items() if v is not None}})
 
 
 @dataclass

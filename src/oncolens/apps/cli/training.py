@@ -138,24 +138,23 @@ StudyOut = Annotated[Path, typer.Option("--out", "-o", help="study folder (rerun
 Boot = Annotated[int, typer.Option(help="bootstrap resamples per confidence interval")]
 ModelList = Annotated[str, typer.Option(help="comma-separated model names")]
 SplitManifest = Annotated[Path, typer.Argument(help="manifest (split once if it has no split column)")]
-#: the studies reproduce the seeds: their small CNN, 10 epochs at 1e-3, no augmentation, no recipe
-STUDY_DEFAULTS = {"model": "seed_cnn", "epochs": 10, "lr": 1e-3, "augment": False, "recipe": "off"}
 #: set by each study for each of its runs
 _STUDY_SETS = ("data", "runs_dir", "name", "label_col", "resume")
 
 
-def _study_options(skip: tuple[str, ...] = (), **defaults):
-    return with_options(config_options(train_config_class(), skip=_STUDY_SETS + skip,
-                                       defaults={**STUDY_DEFAULTS, **defaults}))
+def _study_options(skip: tuple[str, ...] = (), kind: str = "study"):
+    """The training options of a study's command, shown with the study's defaults (the planner's)."""
+    from oncolens.training.config import study_defaults
+
+    return with_options(config_options(train_config_class(), skip=_STUDY_SETS + skip, defaults=study_defaults(kind)))
 
 
-def _study_config(options: dict, **defaults):
+def _study_config(options: dict, kind: str = "study"):
     """The training configuration of a study's runs: the study's defaults, then the given options, each
     checked as `train` checks it (a bad value is a clear error before any run starts)."""
-    from oncolens.training import load_config
+    from oncolens.training.config import study_config
 
-    given = {k: v for k, v in options.items() if v is not None}
-    return load_config(None, **{**STUDY_DEFAULTS, **defaults, **given})
+    return study_config(kind, **options)
 
 
 def _run_study(study, out: Path) -> None:
@@ -190,10 +189,10 @@ def study_transfer(
     console.print(f"study: {out}")
 
 
-def _comparison_study(name: str, function: str, default_models: str, doc: str, **defaults) -> None:
+def _comparison_study(name: str, function: str, default_models: str, doc: str, kind: str = "study") -> None:
     """Register ``study NAME``: train and evaluate variants on one split (compare, pretraining)."""
 
-    @_study_options(skip=("model",), **defaults)
+    @_study_options(skip=("model",), kind=kind)
     def command(
         manifest: SplitManifest,
         models: ModelList = default_models,
@@ -207,7 +206,7 @@ def _comparison_study(name: str, function: str, default_models: str, doc: str, *
     ) -> None:
         from oncolens import studies
 
-        config = _study_config(options, **defaults)
+        config = _study_config(options, kind)
         study = getattr(studies, function)
         _run_study(lambda: study(manifest, out, _names(models), config, seed=config.seed, n_boot=n_boot, folds=folds,
                                  jobs=renamed(jobs, workers, "--workers", "--jobs")), out)
@@ -221,7 +220,7 @@ _comparison_study("compare", "compare_models", "seed_cnn,seed_bn_cnn,tf_efficien
                   "Architecture comparison (seed 002): same split, AUC/F1/accuracy with CIs, time, parameters.")
 _comparison_study("pretraining", "compare_pretraining", "alexnet,vgg16",
                   "Random vs ImageNet initialisation per architecture (seed 003); unavailable weights are reported.",
-                  lr=1e-4, freeze="full")
+                  kind="pretraining")
 
 
 @study_app.command("hierarchy")
