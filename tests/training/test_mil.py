@@ -148,7 +148,7 @@ def test_the_api_scores_a_slide_with_a_mil_bundle_and_serves_attention_and_qupat
         time.sleep(0.05)
     assert state["status"] == "done", state
     summary = state["summary"]
-    assert summary["kind"] == "bag" and summary["label"] == "tumour" and summary["probabilities"]["tumour"] > 0.5
+    assert summary["task"] == "bags" and summary["label"] == "tumour" and summary["probabilities"]["tumour"] > 0.5
     assert state["tiles_done"] == state["tiles_total"] > 0  # progress counts the bag's instances
     assert summary["slide"]["path"] == Path(tumour).name  # the server's folders are not shown
     top = summary["top_attention_tiles"]
