@@ -98,7 +98,7 @@ def forward_rate(bundle: Path, x: torch.Tensor, batch: int = 32, backend: str = 
     """images/s of the bundle's forward pass as the scoring loop runs it (``backend``: the default ``auto``,
     ``torch`` or ``onnx``) on preprocessed tensors ``x`` already in memory."""
     runner = make_backend(load_bundle(bundle), backend)
-    return batch_rate(lambda xs: runner.run(0, xs), x, batch)
+    return batch_rate(lambda xs: runner.forward(0, xs), x, batch)
 
 
 def unfixed_padding_rate(bundle: Path, x: torch.Tensor, batch: int = 32) -> float:

@@ -280,7 +280,7 @@ class Predictor:
                     on_batch(batch, unreadable)
                 yield [p.to_row(k, trust_fields) for p in batch]
 
-        job.run([str(p) for p in paths], rows_of)
+        job.score([str(p) for p in paths], rows_of)
         return job
 
     def predict_files(self, paths: Sequence[str | Path]) -> tuple[list[Prediction], dict[str, str]]:

@@ -57,7 +57,7 @@ def test_rows_are_written_and_fsynced_batch_by_batch_into_a_partial_file(tmp_pat
             yield [{"image": KEYS[i], "score": i} for i in todo[start:start + 4]]
 
     job = ScoringJob(out, key="image", fields=FIELDS)
-    job.run(KEYS, rows_of)
+    job.score(KEYS, rows_of)
     assert [s[0] for s in seen] == [[], KEYS[:4], KEYS[:8]]  # every batch on disk before the next is asked for
     assert seen[0][1] < seen[1][1] < seen[2][1]  # and fsynced
     assert not any(s[2] for s in seen)  # the file has its name only when complete
@@ -69,30 +69,30 @@ def test_a_killed_job_keeps_its_rows_and_resuming_scores_only_the_rest(tmp_path,
     out = tmp_path / name
     partial = tmp_path / f"{name}.partial"
     with pytest.raises(KeyboardInterrupt):
-        ScoringJob(out, key="image", fields=FIELDS).run(KEYS, batches_of([], killed_at=2))
+        ScoringJob(out, key="image", fields=FIELDS).score(KEYS, batches_of([], killed_at=2))
     assert not out.exists() and images(partial) == KEYS[:6]  # two batches of 3 were written
     with open(partial, "a") as handle:  # a line torn by the kill is dropped, its input scored again
         handle.write('{"image": "img6.png", "sc' if name.endswith(".jsonl") else "img6.png,6")
     asked: list = []
     job = ScoringJob(out, key="image", fields=FIELDS, resume=True)
-    job.run(KEYS, batches_of(asked))
+    job.score(KEYS, batches_of(asked))
     assert asked == [list(range(6, 10))] and job.done_before == 6 and job.written == 4
     rows = list(read_rows(out))
     assert [r["image"] for r in rows] == KEYS  # each input once, in input order
     assert [int(r["score"]) for r in rows] == [i * 10 for i in range(10)] and not partial.exists()
     asked.clear()
-    ScoringJob(out, key="image", fields=FIELDS).run(KEYS, batches_of(asked))  # without resume: all again
+    ScoringJob(out, key="image", fields=FIELDS).score(KEYS, batches_of(asked))  # without resume: all again
     assert asked == [list(range(10))] and images(out) == KEYS
 
 
 def test_resuming_a_finished_job_scores_nothing_and_keeps_its_file(tmp_path):
     out = tmp_path / "preds.csv"
-    ScoringJob(out, key="image", fields=FIELDS).run(KEYS, batches_of([]))
+    ScoringJob(out, key="image", fields=FIELDS).score(KEYS, batches_of([]))
     before = out.read_bytes()
     asked: list = []
     job = ScoringJob(out, key="image", fields=FIELDS, resume=True)
     assert job.complete
-    job.run(KEYS, batches_of(asked))
+    job.score(KEYS, batches_of(asked))
     assert asked == [[]] and job.written == 0 and job.done_before == 10
     assert out.read_bytes() == before and not (tmp_path / "preds.csv.partial").exists()
 
@@ -108,11 +108,11 @@ def test_resuming_does_again_the_inputs_whose_rows_no_longer_hold(tmp_path):
             (files / KEYS[i]).write_text(str(i))
             yield [{"image": KEYS[i], "file": str(files / KEYS[i])}]
 
-    ScoringJob(out, key="image", fields=["image", "file"]).run(KEYS, rows_of)
+    ScoringJob(out, key="image", fields=["image", "file"]).score(KEYS, rows_of)
     (files / KEYS[3]).unlink()
     asked.clear()
     ScoringJob(out, key="image", fields=["image", "file"], resume=True,
-               keep=lambda row: Path(row["file"]).is_file()).run(KEYS, rows_of)
+               keep=lambda row: Path(row["file"]).is_file()).score(KEYS, rows_of)
     assert asked == [[3]] and (files / KEYS[3]).is_file()
     assert sorted(images(out)) == sorted(KEYS) and len(images(out)) == 10  # once each
 
@@ -123,7 +123,7 @@ def test_the_ranks_parts_are_merged_into_one_file_in_input_order(tmp_path, name,
     for rank in (2, 1, 0):  # rank 0 last: it merges once every part is complete
         asked: list = []
         dist = Ranks(rank=rank, world_size=3)
-        ScoringJob(out, key="image", fields=fields, dist=dist).run(KEYS, batches_of(asked, size=2))
+        ScoringJob(out, key="image", fields=fields, dist=dist).score(KEYS, batches_of(asked, size=2))
         assert asked == [list(range(rank, 10, 3))]  # this rank's share only
         assert dist.part(out).exists() == (rank > 0) and out.exists() == (rank == 0)
     rows = list(read_rows(out))

@@ -285,7 +285,7 @@ def _stream_scores(loaded: ModelBundle, frame: pd.DataFrame, out_dir: Path, trus
                     rows += [{"position": i, "source": source, "unreadable": reason} for i in waiting.get(source, [])]
                 yield sorted(rows, key=lambda row: row["position"])  # parts stay in input order for the merge
 
-        job.run([str(i) for i in range(len(frame))], rows_of)
+        job.score([str(i) for i in range(len(frame))], rows_of)
     dist.barrier()
     if not dist.is_main:
         return None

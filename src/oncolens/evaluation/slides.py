@@ -151,7 +151,7 @@ def _score_slide_tiles(loaded: ModelBundle, slide_path: str | Path, out_dir: Pat
             if progress is not None:
                 progress(done, len(tiles))
 
-    job.run(keys, rows_of)
+    job.score(keys, rows_of)
     table = _read_table(out_dir / "tiles.csv", fields, text=("tile", "label", "out_of_distribution"))
     views = [{"file": "heatmap.png", "caption": f"P({target}) per tile over the slide's thumbnail"},
              {"file": "top_tiles.png", "caption": "the tiles most likely of the class, with their explanation"}]
@@ -221,7 +221,7 @@ def _score_slide_bag(loaded, slide_path: str | Path, out_dir: Path, target: str,
             for start in range(0, len(todo), 1024):
                 yield [rows[i] for i in todo[start:start + 1024]]
 
-        job.run([row["tile"] for row in rows], rows_of)
+        job.score([row["tile"] for row in rows], rows_of)
     table = _read_table(out_dir / "tiles.csv", fields, text=("tile", "label"))
     if bag is None:  # a finished table: the slide's probabilities are the summary's, else the bag's once more
         if progress is not None:

@@ -284,10 +284,10 @@ def make_bags(frame: "pd.DataFrame", out_dir: str | Path, extractor: Extractor, 
 
     try:
         try:
-            job.run(sources, bags_of)
+            job.score(sources, bags_of)
         except OutputExists:  # a manifest with other columns (the inputs gained or lost a group): made anew
             job.resume = False
-            job.run(sources, bags_of)
+            job.score(sources, bags_of)
     except OSError as exc:
         if not str(exc.filename or "").startswith(str(out_dir)):
             raise

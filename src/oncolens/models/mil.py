@@ -224,7 +224,7 @@ class BagHeadBackend:
             raise ConfigError("the bag-head back-end runs bag classifiers (MIL bundles) only")
         self.model = model
 
-    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits, _, embedding = self.model.explain(x)
         return embedding.float().cpu()[None], [logits.float().cpu()[None]]
 

@@ -106,7 +106,7 @@ class Backend(Protocol):
 
     name: str
 
-    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+    def forward(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
 
 
 class TorchBackend:
@@ -122,7 +122,7 @@ class TorchBackend:
         self.devices = [next(g[0].model.parameters()).device for g in self.groups]
         self.channels_last = [prefers_channels_last(g[0].model.name, d) for g, d in zip(self.groups, self.devices)]
 
-    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         nodes = self.groups[group]
         model = nodes[0].model
         # batch norm folded into the convolutions (a cached copy; see .fuse), or the model's own modules
@@ -155,7 +155,7 @@ class OnnxBackend:
         self.sessions = [ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
                          for graph in onnx_graphs(bundle, folder)]
 
-    def run(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         outputs = self.sessions[group].run(None, {"image": x.numpy()})
         return torch.as_tensor(outputs[0]), [torch.as_tensor(o) for o in outputs[1:]]
 
@@ -345,7 +345,7 @@ class ScoringInputs:
     dataset: Dataset  # items ((tensor, ...), index), or Unreadable(index, reason)
     batch_size: int
     num_workers: int
-    groups: list[list[HierarchyNode]]  # nodes run by one back-end call (``Backend.run(g, x)``)
+    groups: list[list[HierarchyNode]]  # nodes run by one back-end call (``Backend.forward(g, x)``)
     input_of: list[int]  # group -> the item's tensor it reads
     feature_width: dict[str, int]  # node key -> width of the features OOD detectors read
     views: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = TTA_VIEWS["none"]
@@ -405,19 +405,19 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
     def forward(tensors: tuple[torch.Tensor, ...]):
         logits, feats = {}, {}
         for g, group in enumerate(groups):
-            runs = [runner.run(g, view(tensors[plan.input_of[g]]).contiguous()) for view in views]
+            outputs = [runner.forward(g, view(tensors[plan.input_of[g]]).contiguous()) for view in views]
             for i, node in enumerate(group):
-                if len(runs) == 1:
-                    logits[node.key] = runs[0][1][i].numpy()
+                if len(outputs) == 1:
+                    logits[node.key] = outputs[0][1][i].numpy()
                 else:  # log of the mean probability: its softmax is the average over the views
-                    views_logits = [run[1][i].numpy().astype(np.float64) for run in runs]
+                    views_logits = [out[1][i].numpy().astype(np.float64) for out in outputs]
                     mean = np.mean([softmax(v) for v in views_logits], axis=0)
                     # shifted by the views' mean log-sum-exp (a per-image constant: probabilities unchanged), so
                     # logit-based detectors (energy) see the views' scale, not log-probabilities summing to one
                     scale = np.mean([np.logaddexp.reduce(v, axis=1) for v in views_logits], axis=0)[:, None]
                     logits[node.key] = (np.log(np.clip(mean, 1e-12, None)) + scale).astype(np.float32)
                 if features:  # pooled to the width the OOD detectors read (bounded whatever the backbone)
-                    feats[node.key] = pool_features(np.mean([run[0].numpy() for run in runs], axis=0),
+                    feats[node.key] = pool_features(np.mean([out[0].numpy() for out in outputs], axis=0),
                                                     plan.feature_width[node.key])
         return logits, feats
 

@@ -49,7 +49,7 @@ class ScoringJob:
         """Whether ``out`` holds a finished run (resuming it has nothing to do)."""
         return self.out.exists() and not self.out.with_name(self.out.name + ".partial").exists()
 
-    def run(self, keys: Sequence[str], rows_of: Callable[[list[int]], Iterable[list[dict]]]) -> None:
+    def score(self, keys: Sequence[str], rows_of: Callable[[list[int]], Iterable[list[dict]]]) -> None:
         """Score this rank's share of the inputs (``keys[i]`` is input ``i``'s key) that have no row yet:
         ``rows_of(indices)`` yields the rows of those inputs batch by batch; each batch is written and
         fsynced before the next is asked for. Then the ranks' parts are merged (rank 0, input order)."""
