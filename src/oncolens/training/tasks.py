@@ -5,7 +5,8 @@ bundle it calibrates, and how its rows are grouped for splits. The rest of the p
 whether the data or a model is a bag.
 
 A new task (say, multi-label or a regression of stage) is one :class:`Task` subclass registered in
-:data:`TASKS`; :func:`task_for` picks the first registered task that accepts a manifest.
+:data:`TASKS`; :func:`task_for` picks the first registered task that accepts a manifest (images, which
+accepts every manifest, last).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Task:
     row = "row"
     #: whether its rows are images a frozen backbone can embed (look-alike grouping, leakage by embedding)
     embeds = False
+    #: True for the task of every manifest no other task accepts (asked last)
+    fallback = False
 
     def accepts(self, frame: pd.DataFrame) -> bool:
         """Whether ``frame``'s rows are this task's inputs."""
@@ -127,6 +130,7 @@ class ImageTask(Task):
     name = "images"
     row = "image"
     embeds = True
+    fallback = True
 
     def accepts(self, frame):
         return True
@@ -166,8 +170,10 @@ class ImageTask(Task):
 
 
 def task_for(frame: pd.DataFrame) -> Task:
-    """The task whose inputs ``frame``'s rows are (the first registered that accepts them)."""
-    return next(task for task in TASKS.values() if task.accepts(frame))
+    """The task whose inputs ``frame``'s rows are: the first registered that accepts them, the fallback (images)
+    last."""
+    ordered = sorted(TASKS.values(), key=lambda task: task.fallback)  # stable: registration order otherwise
+    return next(task for task in ordered if task.accepts(frame))
 
 
 def plan_run(config: TrainConfig, frame: pd.DataFrame) -> Plan:
