@@ -49,7 +49,8 @@ class DecodedImageCache:
         self.pre = pre
         self.resize = build_resize(pre)
         keys = [image_key(str(p)) for p in paths]
-        namespace = hashlib.sha256(json.dumps([pre.size, pre.channels, keys]).encode()).hexdigest()[:24]
+        shape_of = [pre.size, pre.channels] + ([pre.interpolation] if pre.interpolation != "bilinear" else [])
+        namespace = hashlib.sha256(json.dumps([*shape_of, keys]).encode()).hexdigest()[:24]
         self.folder = make_entry(Path(directory) / namespace, "images")
         os.utime(self.folder)  # its last use, for the cache's least-recently-used eviction
         shape = (len(keys), pre.channels, pre.size, pre.size)

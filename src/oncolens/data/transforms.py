@@ -15,6 +15,8 @@ __all__ = ["Preprocessing", "Augmentation", "build_transforms", "build_resize", 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the resize interpolations a preprocessing may ask for (torchvision's modes of the same names)
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,11 @@ class Preprocessing:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     stain: tuple = ()  # (method, *fitted numbers): stain normalisation (data.stain), fitted once on a target image
+    interpolation: str = "bilinear"  # how images are resized: bilinear, or bicubic (the choice of some model cards)
 
     def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -40,6 +45,8 @@ class Preprocessing:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         if not self.stain:  # bundles and cache keys made before stain normalisation stay as they were
             out.pop("stain")
+        if self.interpolation == "bilinear":  # ... and those made before the interpolation was a choice
+            out.pop("interpolation")
         return out
 
     @classmethod
@@ -50,6 +57,7 @@ class Preprocessing:
             mean=tuple(float(x) for x in data["mean"]),
             std=tuple(float(x) for x in data["std"]),
             stain=tuple(data.get("stain") or ()),
+            interpolation=str(data.get("interpolation") or "bilinear"),
         )
 
 
@@ -87,7 +95,9 @@ def build_resize(pre: Preprocessing) -> v2.Compose:
     """The first, deterministic part of :func:`build_transforms`: a PIL image to a uint8 tensor of
     ``pre``'s channels and size (what the decoded-image cache stores)."""
     steps = [v2.ToImage(), v2.Grayscale(num_output_channels=1) if pre.channels == 1 else v2.RGB(),
-             v2.Resize((pre.size, pre.size), antialias=True)]
+             v2.Resize((pre.size, pre.size), antialias=True,
+                       interpolation=v2.InterpolationMode.BICUBIC if pre.interpolation == "bicubic"
+                       else v2.InterpolationMode.BILINEAR)]
     if pre.stain and pre.channels == 3:
         from .stain import StainNormalise
 

@@ -1,9 +1,10 @@
 """Networks and their weights: registry, heads, seed CNNs, pretrained weights, bundles, the scoring loop."""
 
 from .._lazy import lazy_package
-from . import ensemble, hierarchy, mil, zoo  # noqa: F401  (register the built-in models and bundle kinds)
+from . import encoders, ensemble, hierarchy, mil, zoo  # noqa: F401  (register the built-in models, encoders and bundle kinds)
 
 __all__ = [
+    "EncoderSpec",
     "EnsembleBundle",
     "load_ensemble_bundle",
     "save_ensemble_bundle",
@@ -23,6 +24,7 @@ __all__ = [
     "create_model",
     "get_spec",
     "iter_scores",
+    "list_encoders",
     "list_heads",
     "list_models",
     "load_any_bundle",
@@ -32,6 +34,7 @@ __all__ = [
     "model_table",
     "read_bundle_info",
     "register_bundle_kind",
+    "register_encoder",
     "register_head",
     "register_model",
     "resolve_levels",
@@ -51,6 +54,9 @@ lazy_package(__name__, {
     "read_bundle_info": ".bundle",
     "register_bundle_kind": ".bundle",
     "save_bundle": ".bundle",
+    "EncoderSpec": ".encoders",
+    "list_encoders": ".encoders",
+    "register_encoder": ".encoders",
     "EnsembleBundle": ".ensemble",
     "load_ensemble_bundle": ".ensemble",
     "save_ensemble_bundle": ".ensemble",

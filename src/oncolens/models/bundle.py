@@ -448,7 +448,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         input_size = check_count(int(cfg["input_size"]), "input_size", "model input_size")
         num_classes = check_count(int(cfg["num_classes"]), "num_classes", "model num_classes")
         model = create_model(cfg["name"], num_classes=num_classes, weights="random", freeze="full",
-                             head=cfg["head"], input_size=input_size, channels=int(cfg["channels"]))
+                             head=cfg["head"], input_size=input_size, channels=int(cfg["channels"]),
+                             encoder_record=cfg.get("encoder") if isinstance(cfg.get("encoder"), dict) else None)
     except ConfigError as exc:
         raise BundleError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

@@ -30,7 +30,7 @@ from .bundle import read_bundle_info, version_note
 
 __all__ = ["CARD_JSON", "CARD_MD", "CARD_MAX_BYTES", "DEFAULT_INTENDED_USE", "model_card", "card_or_none",
            "read_card", "update_model_card", "render_model_card", "markdown_text", "training_facts",
-           "weights_licence"]
+           "weights_licence", "encoder_terms", "NON_COMMERCIAL_WARNING"]
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
 #: the largest ``model_card.json`` read (a card holds a few kB); a larger file is damaged and is never read
@@ -56,10 +56,41 @@ _WEIGHT_LICENCES = (
 )
 
 
-def weights_licence(model_name: str | None, weights: str | None) -> str:
-    """The licence that applies to a model's starting weights (``weights`` as trained from)."""
+def encoder_terms(model_name: str | None, record: dict | None = None) -> tuple[str, bool] | None:
+    """``(licence, non-commercial)`` of the foundation encoder a model is built on (a registered encoder, a
+    ``timm:`` model or a ``hf-hub:`` repository; ``record`` is what the bundle recorded of its weights), else
+    None."""
+    from .encoders import HUB_PREFIX, TIMM_PREFIX, encoder_of
+
+    name = str(model_name or "")
+    spec = encoder_of(name)
+    if spec is not None:
+        return f"{spec.licence}: the {spec.name} weights ({spec.hub_id}; {spec.card_url})", spec.non_commercial
+    if name.startswith(TIMM_PREFIX) or name.startswith(HUB_PREFIX):
+        licence = str((((record or {}).get("timm_config") or {}).get("pretrained_cfg") or {}).get("license") or "")
+        if not licence and name.startswith(TIMM_PREFIX):
+            try:
+                import timm
+
+                cfg = timm.get_pretrained_cfg(name[len(TIMM_PREFIX):])
+                licence = str((cfg.license if cfg is not None else None) or "")
+            except (ImportError, RuntimeError, ValueError):
+                licence = ""
+        repo = (record or {}).get("id") or name.split(":", 1)[1]
+        non_commercial = "nc" in licence.lower().replace("_", "-").replace(" ", "-").split("-")
+        return (f"{licence or 'not stated in its configuration: see its model card'}: the weights of {repo}",
+                non_commercial)
+    return None
+
+
+def weights_licence(model_name: str | None, weights: str | None, record: dict | None = None) -> str:
+    """The licence that applies to a model's starting weights (``weights`` as trained from; ``record``: what
+    the bundle recorded of an encoder's weights)."""
     if not weights or weights == "random":
         return "none: trained from random initialisation"
+    terms = encoder_terms(model_name, record)
+    if terms is not None:
+        return terms[0]
     if weights not in ("imagenet", "auto"):
         return f"those of the checkpoint it started from ({weights}): check them before sharing this bundle"
     for prefix, licence in _WEIGHT_LICENCES:
@@ -207,6 +238,9 @@ def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
                       "accuracy_ci95": _interval(meta["val_accuracy"], n_val)}
     evaluations = kept.get("evaluations") or []
     calibration = _calibration(folder)
+    encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else None
+    terms = encoder_terms(name, encoder) if started and started != "random" else None
+    non_commercial = bool(terms and terms[1])
     return {
         "card_format": 1,
         "name": kept.get("name") or folder.name,
@@ -215,22 +249,28 @@ def model_card(bundle: str | Path, kept: dict | None = None) -> dict:
         "model": {"kind": info.get("kind"), "architecture": name, "classes": info.get("classes"),
                   "input_size": model.get("input_size") or (info.get("preprocessing") or {}).get("size"),
                   "head": model.get("head"), "freeze": model.get("freeze"), "started_from_weights": started,
-                  "tta": meta.get("tta"), "extractor": info.get("extractor")},
+                  "tta": meta.get("tta"), "extractor": info.get("extractor"), "encoder": encoder},
         "training_data": kept.get("training_data"),
         "validation": validation or None,
         "evaluations": [e for e in evaluations if not e.get("perturbation")],
         "robustness": [e for e in evaluations if e.get("perturbation")],
         "calibration": calibration,
-        "licences": {"code": CODE_LICENCE, "weights": weights_licence(name, started)},
+        "licences": {"code": CODE_LICENCE, "weights": weights_licence(name, started, encoder),
+                     "non_commercial": non_commercial},
         "provenance": info.get("provenance"),
         "version_note": version_note(info),
-        "limitations": _limitations(kept.get("training_data") or {}, calibration),
+        "limitations": _limitations(kept.get("training_data") or {}, calibration, non_commercial=non_commercial),
     }
 
 
-def _limitations(data: dict, calibration: dict | None, text=str) -> list[str]:
+NON_COMMERCIAL_WARNING = ("the pretrained weights this model is built on are licensed for non-commercial use only, "
+                          "and the bundle contains them: the same terms apply to this bundle and to what it predicts "
+                          "(see Licences)")
+
+
+def _limitations(data: dict, calibration: dict | None, text=str, non_commercial: bool = False) -> list[str]:
     """What the card warns about; ``text`` renders the facts that came from the data (:func:`markdown_text`)."""
-    out = []
+    out = [NON_COMMERCIAL_WARNING] if non_commercial else []
     if data and not data.get("patients"):
         out.append("the training data name no patients: splits were grouped by look-alike images "
                    f"({text(data.get('grouping') or 'embedding/duplicate groups')}), which bounds but may not remove "
@@ -320,8 +360,12 @@ def render_model_card(card: dict) -> str:
              f"{_fmt(model.get('head'))}; input size: {_fmt(model.get('input_size'))} px",
              f"- started from weights: {_fmt(model.get('started_from_weights'))}; test-time augmentation: "
              f"{_fmt(model.get('tta'))}",
-             "- classes: " + (", ".join(md(c) for c in classes) if isinstance(classes, list) else _fmt(classes)),
-             "", "## Training data", ""]
+             "- classes: " + (", ".join(md(c) for c in classes) if isinstance(classes, list) else _fmt(classes))]
+    encoder = model.get("encoder") if isinstance(model.get("encoder"), dict) else None
+    if encoder:
+        lines.append(f"- encoder: {_fmt(encoder.get('id'))} (revision {_fmt(encoder.get('revision'))}; weights "
+                     f"{_fmt(encoder.get('file'))}, SHA-256 {_fmt(encoder.get('sha256'))})")
+    lines += ["", "## Training data", ""]
     if data:
         lines += [f"- {_fmt(data.get('images'))} images; patients: {_fmt(data.get('patients'))}"
                   + (f" (column {md(data['patient_column'])})" if data.get("patient_column") else "")
@@ -370,8 +414,14 @@ def render_model_card(card: dict) -> str:
                   "calibration images pass)"]
     else:
         lines.append("not calibrated")
-    lines += ["", "## Limitations", "", *(f"- {x}" for x in _limitations(data, cal, text=md)), "", "## Licences", "",
-              f"- code: {card['licences']['code']}", f"- pretrained weights: {md(card['licences']['weights'])}", "",
+    licences = card["licences"]
+    warning = ["- **warning: non-commercial use only** (the pretrained weights' licence)"] \
+        if licences.get("non_commercial") else []
+    lines += ["", "## Limitations", "",
+              *(f"- {x}" for x in _limitations(data, cal, text=md,
+                                                non_commercial=bool(licences.get("non_commercial")))),
+              "", "## Licences", "", *warning,
+              f"- code: {licences['code']}", f"- pretrained weights: {md(licences['weights'])}", "",
               "## Provenance", "",
               f"- oncolens {_fmt(prov.get('oncolens'))}, commit {_fmt(prov.get('commit'))}; Python "
               f"{_fmt(prov.get('python'))}; " + ", ".join(f"{md(k)} {md(v)}"

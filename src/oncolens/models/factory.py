@@ -6,6 +6,8 @@ A model is an :class:`OncoClassifier`: a ``backbone`` mapping images to a featur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -61,7 +63,9 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's blocks in forward order (stages of ``blocks``/``features``/``layers`` expanded)."""
     blocks: list[nn.Module] = []
     for name, child in backbone.named_children():
-        if name in ("blocks", "features", "layers", "stages") and isinstance(child, (nn.Sequential, nn.ModuleList)):
+        if name == "trunk":  # an encoder's timm model (oncolens.models.encoders.EncoderBackbone)
+            blocks.extend(backbone_blocks(child))
+        elif name in ("blocks", "features", "layers", "stages") and isinstance(child, (nn.Sequential, nn.ModuleList)):
             blocks.extend(child.children())
         else:
             blocks.append(child)
@@ -133,27 +137,55 @@ def create_model(
     head: str | None = None,
     input_size: int | None = None,
     channels: int | None = None,
+    encoder_record: dict | None = None,
 ) -> OncoClassifier:
-    """Build a registered model with a ``num_classes`` head.
+    """Build a registered model (or a foundation encoder, ``timm:NAME``, ``hf-hub:ORG/NAME``: see
+    :mod:`oncolens.models.encoders`) with a ``num_classes`` head.
 
-    ``weights`` is ``random``, ``imagenet`` or the path of a checkpoint file / oncolens bundle.
+    ``weights`` is ``random``, ``imagenet`` (an encoder's own pretrained weights; ``pretrained`` says the same)
+    or the path of a checkpoint file / folder / oncolens bundle. ``encoder_record`` is what a bundle recorded
+    about its encoder's weights: it rebuilds a hub model without the hub, and weights that are not the recorded
+    ones are refused.
     >>> model = create_model("seed_cnn", num_classes=8)
     >>> sum(p.numel() for p in model.parameters())
     3305096
     """
-    spec = get_spec(name)
+    local = None
+    if encoder_record is None and str(name).startswith("hf-hub:") and isinstance(weights, (str, Path)):
+        from .encoders import local_hub_config
+
+        local = local_hub_config(weights)  # a hub repository's folder given as weights: its config.json builds it
+    spec = get_spec(name, encoder_record or local)
     size = int(input_size or spec.input_size)
     chans = int(channels or spec.channels)
+    found = None
+    if spec.encoder is not None and weights not in ("random", None, ""):
+        from .encoders import locate_weights
+
+        # found before the (large) encoder is built: missing weights cost nothing
+        found = locate_weights(spec.encoder, None if weights in ("imagenet", "pretrained") else weights)
     backbone = spec.build_backbone(chans, size)
-    if weights == "imagenet":
+    record = None
+    if found is not None:
+        from .encoders import load_located
+
+        record = load_located(spec.encoder, backbone, found)
+    elif weights in ("imagenet", "pretrained"):
         if spec.load_imagenet is None:
+            offline = [n for n in list_models() if get_spec(n).imagenet_offline]
             raise WeightsUnavailable(
                 f"{name} has no ImageNet weights; use weights='random' or a checkpoint path. "
-                f"Models with offline ImageNet weights: {', '.join(n for n in list_models() if get_spec(n).imagenet_offline)}",
+                f"Models with offline ImageNet weights: {', '.join(offline)}",
             )
-        spec.load_imagenet(backbone, chans)
+        record = spec.load_imagenet(backbone, chans)
     elif weights not in ("random", None, ""):
-        load_local_weights(backbone, weights)
+        record = spec.load_weights(backbone, weights) if spec.load_weights else load_local_weights(backbone, weights)
+    record = record if isinstance(record, dict) else None
+    if record is not None and encoder_record:
+        from .encoders import check_weights_record
+
+        check_weights_record(record, encoder_record, f"{name} weights")
+    record = record or (encoder_record if spec.encoder is not None else None)
     in_features = feature_dim(backbone)
     head_name = head or spec.default_head
     if head_name == "own":
@@ -164,11 +196,19 @@ def create_model(
     else:
         head_module = create_head(head_name, in_features, num_classes)
     spec_mean, spec_std = spec.normalisation()
+    interpolation = spec.interpolation
+    found = (record or {}).get("preprocessing") or {}  # an encoder whose repository file says its mean and std
+    if found.get("mean") and found.get("std"):
+        spec_mean, spec_std = tuple(found["mean"]), tuple(found["std"])
+        interpolation = found.get("interpolation") or interpolation
     mean = spec_mean if chans == len(spec_mean) else (float(sum(spec_mean) / len(spec_mean)),) * chans
     std = spec_std if chans == len(spec_std) else (float(sum(spec_std) / len(spec_std)),) * chans
-    preprocessing = Preprocessing(size=size, channels=chans, mean=tuple(mean), std=tuple(std))
+    preprocessing = Preprocessing(size=size, channels=chans, mean=tuple(mean), std=tuple(std),
+                                  interpolation=interpolation)
     config = {"name": name, "num_classes": num_classes, "head": head_name, "input_size": size,
               "channels": chans, "weights": str(weights), "freeze": freeze}
+    if record is not None:
+        config["encoder"] = record  # the encoder's repository, revision and weights hash: kept in the bundle
     model = OncoClassifier(backbone, head_module, preprocessing, config)
     apply_freeze(model, freeze)
     return model

