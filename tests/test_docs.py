@@ -73,3 +73,44 @@ def test_the_site_builds_strictly(tmp_path):
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").exists()
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "oncolens card" in cli and "--intended-use" in cli  # generated from the app, not written by hand
+
+
+README = ROOT / "README.md"
+
+
+def test_the_readme_is_short():
+    """The README is the repository's front page: what oncolens is, install, the two commands, a short tour, and a
+    pointer per topic into the docs, which hold everything else (issue 34)."""
+    text = README.read_text()
+    assert len(text.encode()) <= 12 * 1024, f"README.md is {len(text.encode())} bytes: move details into docs/guide/"
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    for wanted in ("What it is", "Install", "The two commands", "A tour of the main commands", "Documentation"):
+        assert wanted in sections, f"README.md has no '## {wanted}' section: {sections}"
+    body = {title: part for title, part in zip(sections, re.split(r"^## .+$", text, flags=re.M)[1:])}
+    assert "not a medical device" in text and "diagnosis" in text  # research use, said up front
+    assert "What is run here, and what is not" in sections
+    assert "pip install" in body["Install"]
+    assert re.search(r"```bash\nmake demo\b[^\n]*\nmake test\b", body["The two commands"])
+    tour = [line for line in re.findall(r"```bash\n(.*?)```", body["A tour of the main commands"], re.S)[0].splitlines()
+            if line.startswith("oncolens ")]
+    assert 8 <= len(tour) <= 12, tour
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert {"docs/getting-started.md", "docs/guide/index.md", "docs/guide/performance.md", "docs/results.md",
+            "SECURITY.md"} <= set(local)
+    for link in local:  # relative links, as GitHub resolves them
+        assert (ROOT / link).is_file(), f"README.md links to {link}, which does not exist"
+    for page in sorted((ROOT / "docs" / "guide").glob("*.md")):
+        assert f"docs/guide/{page.name}" in local, f"README.md does not point to docs/guide/{page.name}"
+
+
+def test_what_left_the_readme_is_in_the_user_guide():
+    """The memory table, every benchmark and its command, and every guide page in the site's navigation."""
+    guide = ROOT / "docs" / "guide"
+    performance = (guide / "performance.md").read_text()
+    assert "| command | peak memory (VmHWM) |" in performance and "benchmarks/bench_memory.py --demo" in performance
+    for bench in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        assert f"benchmarks/{bench.name}" in performance, f"{bench.name}: no command on the performance page"
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in sorted(guide.glob("*.md")):
+        assert f"guide/{page.name}" in nav, f"docs/guide/{page.name} is not in mkdocs.yml's nav"

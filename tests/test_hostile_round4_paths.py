@@ -1,7 +1,8 @@
-"""Hostile inputs, round 4: relative paths work everywhere. The README's command lines run as users type them,
-from a temporary working directory with relative paths, chained so that each one's output feeds the next;
-only options that make them small and fast are appended (a later option overrides the README's), and
-placeholders (``runs/<name>/bundle``, ``BUNDLE``) name a run made here. Tiling at ``--mpp 0`` says so."""
+"""Hostile inputs, round 4: relative paths work everywhere. The command lines of the README's tour and of the user
+guide (``docs/guide/``, where the README's details moved) run as users type them, from a temporary working
+directory with relative paths, chained so that each one's output feeds the next; only options that make them
+small and fast are appended (a later option overrides the documented one), and placeholders
+(``runs/<name>/bundle``, ``BUNDLE``) name a run made here. Tiling at ``--mpp 0`` says so."""
 
 from __future__ import annotations
 
@@ -19,14 +20,19 @@ from typer.testing import CliRunner
 from oncolens.apps.cli import app
 
 runner = CliRunner()
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDE = [ROOT / "docs" / "guide" / f"{page}.md" for page in (  # in the site's order
+    "data", "training", "many-images", "evaluation", "trust", "explanations", "slides", "studies", "apps", "python",
+    "performance", "caches", "development")]
 TINY = ("--model", "seed_cnn", "--weights", "random", "--freeze", "full", "--head", "own", "--image-size", "32",
         "--epochs", "1", "--batch-size", "8", "--no-augment")
 
 
 def readme_lines() -> list[str]:
-    """Every command line of the README's bash blocks, continuation lines joined."""
-    text = README.read_text()
+    """Every command line of the bash blocks of the README, then of the user guide's pages, continuation lines
+    joined."""
+    text = "\n".join(page.read_text() for page in (README, *GUIDE))
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         lines += block.replace("\\\n", " ").splitlines()
@@ -34,12 +40,12 @@ def readme_lines() -> list[str]:
 
 
 def readme(start: str, bundle: str = "runs/lite0/bundle", whole: bool = False) -> list[str]:
-    """The README's first command line that starts with ``start`` (is ``start``, with ``whole``), split as a shell
-    does (its comment dropped), with its bundle placeholder naming ``bundle``."""
+    """The first command line of the README, else of the user guide, that starts with ``start`` (is ``start``, with
+    ``whole``), split as a shell does (its comment dropped), with its bundle placeholder naming ``bundle``."""
     commands = [shlex.split(line, comments=True) for line in readme_lines()]
     wanted = shlex.split(start)
     line = next((c for c in commands if (c == wanted if whole else " ".join(c).startswith(start))), None)
-    assert line is not None, f"the README no longer shows {start!r}: update this test with it"
+    assert line is not None, f"neither the README nor the user guide shows {start!r}: update this test with it"
     placeholders = {"runs/<name>/bundle", "runs/x/bundle", "BUNDLE", "old_bundle"}
     return [bundle if token in placeholders else token for token in line]
 
@@ -102,9 +108,12 @@ def test_readme_commands_run_as_typed_with_relative_paths(tmp_path, monkeypatch)
     oncolens(readme("oncolens scan data/phantoms --out manifest.csv"))
     oncolens(readme("oncolens split manifest.csv --out splits.csv --test 0.2"))
     # training: the README's run names and files, made tiny
+    oncolens(readme("oncolens train splits.csv --name lite0"), "--model", "tf_efficientnet_lite0", "--weights",
+             "imagenet", "--freeze", "frozen", "--head", "logreg", "--finetune", "off", "--epochs", "1",
+             "--image-size", "32", "--batch-size", "8", "--no-augment")  # the linear probe: good enough to calibrate
     oncolens(readme("oncolens train splits.csv --model tf_efficientnet_lite0 --weights imagenet --freeze frozen "
-                    "--head seed004"), "--head", "logreg", "--finetune", "off", "--epochs", "1", "--image-size", "32",
-             "--batch-size", "8", "--no-augment")  # the linear probe: a model good enough to calibrate
+                    "--head seed004"), "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--no-augment",
+             "--name", "seed004", "--no-calibrate")  # the guide's hand-set recipe
     assert Path("runs/lite0/bundle/bundle.json").is_file()
     oncolens(readme("oncolens train --resume runs/lite0"))
     Path("train.yaml").write_text("model: seed_cnn\nimage_size: 32\nbatch_size: 8\naugment: false\n")
@@ -132,7 +141,8 @@ def test_readme_commands_run_as_typed_with_relative_paths(tmp_path, monkeypatch)
     oncolens(readme("oncolens evaluate-ood runs/x/bundle --in splits.csv"))
     assert Path("ood/report.html").is_file()
     _copy_images(Path("data/phantoms/histo"), Path("new_site"), 10)
-    oncolens(readme("oncolens check runs/x/bundle new_site/"), "--out", "check.json", codes=(0, 3))
+    oncolens(readme("oncolens check runs/lite0/bundle new_site/"), "--out", "check.json", codes=(0, 3))  # the tour's
+    oncolens(readme("oncolens check runs/x/bundle new_site/"), codes=(0, 3))
     assert json.loads(Path("check.json").read_text())
     oncolens(["oncolens", "scan", "new_site", "--out", "new_site_labelled.csv"])
     oncolens(readme("oncolens calibrate runs/x/bundle --data new_site_labelled.csv"))
@@ -154,7 +164,7 @@ def test_readme_commands_run_as_typed_with_relative_paths(tmp_path, monkeypatch)
         oncolens(readme("oncolens export runs/lite0/bundle --onnx onnx/"))
         assert Path("onnx/root.onnx").is_file()
         oncolens(["oncolens", "predict", "runs/lite0/bundle", "scan.png", "--backend", "onnx", "--onnx", "onnx"])
-    assert oncolens(["oncolens", "card", "runs/lite0/bundle"]).startswith("# Model card: lite0")
+    assert oncolens(readme("oncolens card runs/lite0/bundle")).startswith("# Model card: lite0")
     # the files written here name their images wherever they are read from
     Path("elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
