@@ -445,3 +445,38 @@ def test_train_takes_a_hub_layout_folder_as_weights(hub, tmp_path, monkeypatch, 
     result = runner.invoke(app, ["train", "m.csv", "--model", spec.name, "--epochs", "1", "--runs-dir", "runs",
                                  "--name", "r", "--weights", str(weights.parent)])
     assert result.exit_code == 0, result.output
+
+
+def test_hf_home_locates_the_cache(tmp_path, monkeypatch):
+    spec, trunk = tiny(monkeypatch, "dinov2-s")
+    save_snapshot(tmp_path / "home" / "hub", spec, trunk)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = create_model(spec.name, num_classes=2, weights="pretrained")
+    assert model.config["encoder"]["revision"] == REV and model.backbone.num_features == 48
+
+
+def test_a_gated_repository_refused_online_is_one_line_saying_so(tmp_path, monkeypatch):
+    """Online, without access granted: the hub's GatedRepoError becomes the same one line (never a traceback)."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    from oncolens.models import encoders
+
+    def refused(*args, **kwargs):
+        error = GatedRepoError.__new__(GatedRepoError)  # as the hub raises it, without building an HTTP response
+        Exception.__init__(error, "403 Client Error: access to model MahmoodLab/UNI is restricted")
+        raise error
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(encoders, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused)
+    with pytest.raises(WeightsError) as caught:
+        create_model("uni", num_classes=2, weights="pretrained")
+    message = str(caught.value)
+    assert "\n" not in message and "was not granted" in message and "MahmoodLab/UNI is gated" in message
+    assert "hf auth login" in message and "--weights PATH" in message

@@ -39,8 +39,8 @@ from .pretrained import WeightsUnavailable, hub_reachable, load_state_dict_file
 from .registry import ModelSpec, register_name_resolver
 
 __all__ = ["EncoderSpec", "EncoderBackbone", "ENCODERS", "register_encoder", "get_encoder", "list_encoders",
-           "encoder_table", "encoder_of", "hub_cache_dir", "hub_offline", "check_weights_record",
-           "TIMM_PREFIX", "HUB_PREFIX"]
+           "encoder_table", "encoder_of", "hub_cache_dir", "hub_offline", "check_weights_record", "build_backbone",
+           "locate_weights", "load_located", "load_encoder_weights", "file_sha256", "TIMM_PREFIX", "HUB_PREFIX"]
 
 TIMM_PREFIX, HUB_PREFIX = "timm:", "hf-hub:"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
