@@ -433,8 +433,6 @@ def test_frozen_probe_train_then_predict_on_a_reduced_encoder(hub, tmp_path, mon
     assert len(pd.read_csv("p.csv")) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="training/feature_cache.file_stamp stats FOLDER/model.safetensors, which a "
-                                       "hub-layout folder does not have (a one-line fix in the training code)")
 def test_train_takes_a_hub_layout_folder_as_weights(hub, tmp_path, monkeypatch, phantom_manifest):
     from oncolens.data import save_manifest, split
 

@@ -33,6 +33,13 @@ class _Backbones(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([backbone(x) for backbone in self.members], dim=1)
 
+    @property
+    def num_features(self) -> int:
+        """The width of the members' features side by side (what the OOD detectors read, pooled)."""
+        from .factory import feature_dim
+
+        return sum(feature_dim(backbone) for backbone in self.members)
+
 
 class _MeanProbabilities(nn.Module):
     def __init__(self, heads: Sequence[nn.Module], widths: Sequence[int], temperatures: Sequence[float]):

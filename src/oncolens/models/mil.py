@@ -296,7 +296,7 @@ class MILBundle(ModelBundle):
         options = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
         return ScoringInputs(dataset=_Bags(self, list(items), options), batch_size=1, num_workers=0,
                              groups=[[self.root]], input_of=[0],
-                             feature_width={"root": self.model.head.classifier.in_features})
+                             feature_width=lambda node: self.model.head.classifier.in_features)
 
     def shared_backbones(self) -> list:
         return []

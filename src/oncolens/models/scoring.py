@@ -347,7 +347,8 @@ class ScoringInputs:
     num_workers: int
     groups: list[list[HierarchyNode]]  # nodes run by one back-end call (``Backend.forward(g, x)``)
     input_of: list[int]  # group -> the item's tensor it reads
-    feature_width: dict[str, int]  # node key -> width of the features OOD detectors read
+    feature_width: Callable[[HierarchyNode], int]  # node -> width of the features OOD detectors read (asked only
+    # when features are)
     views: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = TTA_VIEWS["none"]
 
 
@@ -377,7 +378,7 @@ def image_inputs(bundle: ModelBundle, items: Sequence[Any], *, batch_size: int |
         num_workers = 0 if decoded else default_workers(-(-len(items) // batch_size))
     return ScoringInputs(dataset=dataset, batch_size=batch_size, num_workers=num_workers, groups=groups,
                          input_of=[distinct.index(g[0].bundle.preprocessing) for g in groups],
-                         feature_width={node.key: detector_dim(node.model.backbone) for g in groups for node in g},
+                         feature_width=lambda node: detector_dim(node.model.backbone),
                          views=views)
 
 
@@ -418,7 +419,7 @@ def iter_scores(bundle: ModelBundle, inputs: Any, backend: "str | Backend" = "au
                     logits[node.key] = (np.log(np.clip(mean, 1e-12, None)) + scale).astype(np.float32)
                 if features:  # pooled to the width the OOD detectors read (bounded whatever the backbone)
                     feats[node.key] = pool_features(np.mean([out[0].numpy() for out in outputs], axis=0),
-                                                    plan.feature_width[node.key])
+                                                    plan.feature_width(node))
         return logits, feats
 
     for out, indices, failed in forward_batches(plan.dataset, forward, batch_size=plan.batch_size,

@@ -50,6 +50,9 @@ def file_stamp(weights: str) -> list | None:
     path = Path(weights)
     if weights in ("random", "imagenet") or not path.exists():
         return None
+    if path.is_dir() and not (path / "model.safetensors").is_file():  # a folder in the hub's layout: its files
+        files = sorted(p for p in path.rglob("*") if p.is_file())[:10_000]
+        return [str(path.resolve()), [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]]
     target = path / "model.safetensors" if path.is_dir() else path
     stat = target.stat()
     return [str(target.resolve()), stat.st_size, stat.st_mtime_ns]
