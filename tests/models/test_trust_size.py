@@ -38,6 +38,10 @@ def test_every_models_trust_files_are_at_most_its_weights_or_20_mb(model, phanto
                                epochs=1, batch_size=8, image_size=size, runs_dir=str(tmp_path / "runs"), name="r",
                                augment=False, recipe="off"))
     bundle = Path(result.bundle_path)
+    if not (bundle / "trust.json").exists():  # a random frozen backbone may say too little for training to calibrate
+        from oncolens.training.calibrate import calibrate_bundle
+
+        calibrate_bundle(bundle, csv)  # asked for explicitly: kept, with a warning when the temperature is at its bound
     assert {p.name for p in bundle.iterdir()} == BUNDLE_FILES  # what predicting needs, and the model card
     weights = (bundle / "model.safetensors").stat().st_size
     trust = sum((bundle / name).stat().st_size for name in ("trust.json", "trust.safetensors"))

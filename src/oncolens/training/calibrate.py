@@ -74,7 +74,8 @@ def _true_child(node, leaf: str) -> int | None:
 TEMPERATURE_BOUND = 20.0
 
 
-def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict) -> tuple[dict[str, float], np.ndarray]:
+def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict,
+                      refuse_at_bound: bool = True) -> tuple[dict[str, float], np.ndarray]:
     """Temperature scaling of each classifier on the calibration images (a tree: each node on the images whose
     true leaf lies below it), and the calibrated leaf probabilities; ECE before and after go into ``report``."""
     node = next(iter(cal.node_logits))
@@ -82,10 +83,14 @@ def _fit_temperatures(loaded, cal: Scores, y_cal: np.ndarray, report: dict) -> t
     if loaded.single_classifier:
         temperatures[node] = fit_temperature(cal.node_logits[node], y_cal)
         if temperatures[node] >= TEMPERATURE_BOUND:  # near-uniform probabilities: not a calibration to trust
-            raise DataError(f"temperature scaling on {len(y_cal)} calibration images reached its bound "
-                            f"(T = {temperatures[node]:g}: near-uniform probabilities, nearly full prediction sets); "
-                            "these images cannot calibrate the model. Calibrate on more, or more varied, labelled "
-                            "images (`oncolens calibrate BUNDLE MANIFEST`), or give the run a larger --val-fraction")
+            said = (f"temperature scaling on {len(y_cal)} calibration images reached its bound "
+                    f"(T = {temperatures[node]:g}: near-uniform probabilities, nearly full prediction sets)")
+            if refuse_at_bound:
+                raise DataError(f"{said}; these images cannot calibrate the model. Calibrate on more, or more varied, "
+                                "labelled images (`oncolens calibrate BUNDLE MANIFEST`), or give the run a larger "
+                                "--val-fraction")
+            report["warning"] = (f"{said}: on these images the model's scores say almost nothing; its prediction "
+                                 "sets will be nearly full")
         proba = softmax(cal.node_logits[node] / temperatures[node])
         report.update(temperature=temperatures[node], ece_before=expected_calibration_error(y_cal, cal.probabilities),
                       ece_after=expected_calibration_error(y_cal, proba))
@@ -127,7 +132,7 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
               label_col: str | None = None, config: CalibrationConfig | None = None,
               fit_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
               calibration_features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-              strict: bool = True) -> Trust:
+              strict: bool = True, refuse_at_bound: bool = True) -> Trust:
     """A :class:`Trust` for ``bundle``: temperature, conformal calibration and detector thresholds from
     ``calibration_frame`` (validation images), detectors fitted on ``fit_frame`` (training images; None:
     keep the bundle's fitted detectors and move only their thresholds, e.g. recalibrating on labelled images
@@ -139,7 +144,9 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
     ``calibration_features`` for the validation images of a single-classifier bundle scored without
     test-time augmentation. ``strict=False``
     keeps going without prediction sets when there are too few calibration images for ``alpha`` (the
-    report says so); otherwise that is an error.
+    report says so); otherwise that is an error. A temperature that reaches :data:`TEMPERATURE_BOUND` is refused
+    (a DataError) unless ``refuse_at_bound`` is False: then it is kept with a warning in the report (a user's
+    explicit recalibration, e.g. on a new source where the model has little to say).
     """
     config = config or CalibrationConfig()
     config.check()
@@ -163,7 +170,7 @@ def calibrate(bundle: str | Path | ModelBundle, fit_frame: pd.DataFrame | None, 
         y_cal, unreadable = y_cal[cal.positions], len(cal.unreadable)
     node = next(iter(cal.node_logits))
     report: dict = {"calibration_images": int(len(cal)), "unreadable": unreadable}
-    temperatures, proba = (_fit_temperatures(loaded, cal, y_cal, report) if config.temperature
+    temperatures, proba = (_fit_temperatures(loaded, cal, y_cal, report, refuse_at_bound) if config.temperature
                            else ({}, cal.probabilities))
     conformal = ConformalCalibration.fit(proba, y_cal, names=tuple(config.scores), alpha=config.alpha,
                                          lam=config.raps_lambda)
@@ -223,7 +230,7 @@ def calibrate_bundle(bundle_path: str | Path, data: str | Path | pd.DataFrame, s
         return part
 
     trust = calibrate(bundle_path, None if fit_split == "keep" else rows(fit_split), rows(split),
-                      label_col=label_col, config=config)
+                      label_col=label_col, config=config, refuse_at_bound=False)  # asked for: kept, with its warning
     save_trust(trust, bundle_path)
     from ..models.card import update_model_card
 

@@ -124,6 +124,8 @@ def calibrate(
     for name, threshold in trust.thresholds.items():
         console.print(f"OOD {name}: threshold {threshold:.4g} (keeps {trust.id_recall:.0%} of {split} images)"
                       + ("  [default]" if name == trust.default_detector else ""))
+    if report.get("warning"):
+        console.print(f"warning: {report['warning']}", style="bold yellow", markup=False, highlight=False)
     console.print(f"calibration stored in {bundle}")
 
 
