@@ -218,7 +218,8 @@ class Calibration(Callback):
             loaded = run.task.trained_bundle(run, bundle.path, bundle.meta)  # as a loaded bundle runs
             trust = calibrate(loaded, frame[frame["split"] == "train"], frame[frame["split"] == "val"],
                               config=CalibrationConfig(alpha=cfg.alpha, options=options), fit_features=fit_features,
-                              calibration_features=calibration_features, strict=False)
+                              calibration_features=calibration_features, strict=False,
+                              refuse_at_bound=False)  # its OOD detectors still hold; the report warns
         except DataError as exc:
             state.console.print(f"not calibrated: {exc}", markup=False, highlight=False)
             return {"skipped": str(exc)}
@@ -227,6 +228,8 @@ class Calibration(Callback):
         ece = (f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} (T={report['temperature']:.2f}); "
                if "ece_after" in report else "")
         sets = report.get("conformal") or f"prediction sets at alpha {trust.default_alpha:g}"
+        if report.get("warning"):
+            state.console.print(f"warning: {report['warning']}", style="bold yellow", markup=False, highlight=False)
         state.console.print(f"calibrated on {report['calibration_images']} validation images: {ece}{sets}; OOD "
                           f"detectors {', '.join(trust.detectors)} (thresholds at {trust.id_recall:.0%} "
                             f"in-distribution recall), {report['seconds']:.1f}s", markup=False, highlight=False)
